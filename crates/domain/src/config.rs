@@ -1,0 +1,792 @@
+//! The configuration file (TOML) and the validated schema it declares.
+//!
+//! Parsing happens in two steps: serde reads the raw document (unknown keys are errors,
+//! never silently ignored), then [`Config::parse`] checks the meaning of every value and
+//! builds the typed [`Schema`]. Every error names the offending key and, where the TOML
+//! parser knows it, the line.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Collection names that would shadow a fixed API route under `/v1/`.
+pub const RESERVED_COLLECTIONS: &[&str] = &[
+    "keys",
+    "trash",
+    "audit",
+    "events",
+    "deletions",
+    "purge",
+    "webhooks",
+    "search",
+    "metrics",
+    "ui",
+];
+
+/// Field names used by the record representation itself.
+pub const RESERVED_FIELDS: &[&str] = &[
+    "id",
+    "collection",
+    "version",
+    "created_at",
+    "updated_at",
+    "holds",
+];
+
+/// Prefixes that are reserved for system fields (`deleted_at`, `purge_at`, `legal_hold`, …).
+pub const RESERVED_PREFIXES: &[&str] = &["deleted", "purge", "legal_hold"];
+
+/// Event types a webhook may subscribe to.
+pub const EVENT_TYPES: &[&str] = &[
+    "record.created",
+    "record.updated",
+    "record.deleted",
+    "record.restored",
+    "record.purged",
+    "record.erased",
+    "deletion.completed",
+];
+
+/// An invalid configuration: which key, where, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// Dotted path of the offending key (`collections.products.fields.sku.type`).
+    pub key: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.key.is_empty(), self.line) {
+            (false, Some(line)) => write!(f, "`{}` (line {line}): {}", self.key, self.reason),
+            (false, None) => write!(f, "`{}`: {}", self.key, self.reason),
+            (true, Some(line)) => write!(f, "line {line}: {}", self.reason),
+            (true, None) => f.write_str(&self.reason),
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub cache: CacheConfig,
+    pub search: SearchConfig,
+    pub events: EventsConfig,
+    pub webhooks: Vec<WebhookConfig>,
+    pub purge: PurgeConfig,
+    pub schema: Arc<Schema>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+}
+
+/// Where records live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// An SQLite database file.
+    Sqlite { path: PathBuf },
+    /// A PostgreSQL connection URL.
+    Postgres { url: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub url: String,
+    pub capacity: u64,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    pub nats: Option<String>,
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub secret: String,
+    /// Empty means every event type.
+    pub events: Vec<String>,
+    pub tenant: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PurgeConfig {
+    pub interval: Duration,
+    pub batch_size: u32,
+    pub pause: Duration,
+    pub max_rows_per_second: u32,
+}
+
+/// The declared collections.
+#[derive(Debug, Clone, Default)]
+pub struct Schema {
+    pub collections: IndexMap<String, Arc<Collection>>,
+}
+
+impl Schema {
+    /// The collection of that name.
+    #[must_use]
+    pub fn collection(&self, name: &str) -> Option<&Arc<Collection>> {
+        self.collections.get(name)
+    }
+}
+
+/// How `DELETE` treats a collection's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteMode {
+    /// Soft delete with a recovery window (the default).
+    Soft,
+    /// Removed at once: credentials, transient data.
+    Hard,
+}
+
+/// A declared collection.
+#[derive(Debug, Clone)]
+pub struct Collection {
+    pub name: String,
+    pub retention: Duration,
+    pub delete: DeleteMode,
+    pub require_if_match: bool,
+    pub fields: IndexMap<String, Field>,
+    /// Each entry a set of field names, unique among the active records of a tenant.
+    pub unique: Vec<Vec<String>>,
+}
+
+impl Collection {
+    /// The declared field of that name.
+    #[must_use]
+    pub fn field(&self, name: &str) -> Option<&Field> {
+        self.fields.get(name)
+    }
+}
+
+/// What happens to children when the record a ref points at is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDelete {
+    Restrict,
+    Cascade,
+    Orphan,
+    Eventual,
+}
+
+/// A field's type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Timestamp,
+    Json,
+    Ref { collection: String, on_delete: OnDelete },
+}
+
+impl FieldType {
+    /// The name used in the config file.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Integer => "integer",
+            Self::Number => "number",
+            Self::Boolean => "boolean",
+            Self::Timestamp => "timestamp",
+            Self::Json => "json",
+            Self::Ref { .. } => "ref",
+        }
+    }
+
+    /// Whether equality filters, sorting and unique sets make sense for it.
+    #[must_use]
+    pub fn is_scalar(&self) -> bool {
+        !matches!(self, Self::Json)
+    }
+}
+
+/// A declared field.
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub name: String,
+    pub ty: FieldType,
+    pub required: bool,
+    pub max_length: Option<usize>,
+    pub case_insensitive: bool,
+    pub search: bool,
+    pub pii: bool,
+    /// Keep a partial index on it so equality filters and sorts stay cheap.
+    pub index: bool,
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw document, exactly as serde reads it.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    search: RawSearch,
+    #[serde(default)]
+    events: RawEvents,
+    #[serde(default)]
+    webhooks: Vec<Spanned<RawWebhook>>,
+    #[serde(default)]
+    retention: RawRetention,
+    #[serde(default)]
+    purge: RawPurge,
+    #[serde(default)]
+    collections: IndexMap<Spanned<String>, Spanned<RawCollection>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    url: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    url: Option<Spanned<String>>,
+    capacity: Option<u64>,
+    ttl: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSearch {
+    path: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    nats: Option<Spanned<String>>,
+    retention: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Spanned<String>,
+    secret: Spanned<String>,
+    events: Option<Vec<Spanned<String>>>,
+    tenant: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    default: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPurge {
+    interval: Option<Spanned<String>>,
+    batch_size: Option<Spanned<i64>>,
+    pause: Option<Spanned<String>>,
+    max_rows_per_second: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCollection {
+    retention: Option<Spanned<String>>,
+    delete: Option<Spanned<String>>,
+    #[serde(default)]
+    require_if_match: bool,
+    #[serde(default)]
+    unique: Vec<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    fields: IndexMap<Spanned<String>, Spanned<RawField>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    #[serde(rename = "type")]
+    ty: Spanned<String>,
+    #[serde(default)]
+    required: bool,
+    max_length: Option<Spanned<i64>>,
+    #[serde(default)]
+    case_insensitive: bool,
+    #[serde(default)]
+    search: bool,
+    #[serde(default)]
+    pii: bool,
+    #[serde(default)]
+    index: bool,
+    collection: Option<Spanned<String>>,
+    on_delete: Option<Spanned<String>>,
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// Turns byte offsets into 1-based line numbers.
+struct Lines<'a>(&'a str);
+
+impl Lines<'_> {
+    fn of<T>(&self, spanned: &Spanned<T>) -> Option<usize> {
+        let start = spanned.span().start.min(self.0.len());
+        Some(self.0[..start].bytes().filter(|b| *b == b'\n').count() + 1)
+    }
+
+    fn err<T>(&self, key: impl Into<String>, at: &Spanned<T>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            line: self.of(at),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Parses a duration such as `30d`, `1h`, `50ms`.
+///
+/// # Errors
+/// Returns a message naming the accepted units.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let parsed = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("bad duration {text:?} ({e}); use a number and a unit: ms, s, m, h, d"))?;
+    if parsed.is_zero() {
+        return Err(format!("bad duration {text:?}: must be greater than zero"));
+    }
+    Ok(parsed)
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl Config {
+    /// Reads and validates a configuration document. Relative paths are resolved against
+    /// `base_dir` (the directory of the config file).
+    ///
+    /// # Errors
+    /// Returns the first problem found, naming the key and line.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1);
+            ConfigError {
+                key: String::new(),
+                line,
+                reason: e.message().trim().to_string(),
+            }
+        })?;
+        let lines = Lines(text);
+
+        let listen = match &raw.server.listen {
+            Some(s) => s
+                .get_ref()
+                .parse()
+                .map_err(|_| lines.err("server.listen", s, format!("{:?} is not an address like 127.0.0.1:8080", s.get_ref())))?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+
+        let storage = match &raw.storage.url {
+            None => StorageConfig::Sqlite {
+                path: base_dir.join("tombstone-data/tombstone.db"),
+            },
+            Some(url) => parse_storage_url(url.get_ref(), base_dir).map_err(|reason| lines.err("storage.url", url, reason))?,
+        };
+
+        let cache = CacheConfig {
+            url: match &raw.cache.url {
+                Some(u) if u.get_ref() == "memory" || u.get_ref().starts_with("redis://") => u.get_ref().clone(),
+                Some(u) => return Err(lines.err("cache.url", u, "must be \"memory\" or a redis:// URL")),
+                None => "memory".into(),
+            },
+            capacity: raw.cache.capacity.unwrap_or(100_000),
+            ttl: match &raw.cache.ttl {
+                Some(t) => parse_duration(t.get_ref()).map_err(|r| lines.err("cache.ttl", t, r))?,
+                None => Duration::from_secs(300),
+            },
+        };
+
+        let search = SearchConfig {
+            path: base_dir.join(raw.search.path.as_deref().unwrap_or("tombstone-data/search")),
+        };
+
+        let events = EventsConfig {
+            nats: match &raw.events.nats {
+                Some(n) if n.get_ref().starts_with("nats://") => Some(n.get_ref().clone()),
+                Some(n) => return Err(lines.err("events.nats", n, "must be a nats:// URL")),
+                None => None,
+            },
+            retention: match &raw.events.retention {
+                Some(t) => parse_duration(t.get_ref()).map_err(|r| lines.err("events.retention", t, r))?,
+                None => Duration::from_secs(7 * 86_400),
+            },
+        };
+
+        let mut webhooks = Vec::new();
+        for (i, hook) in raw.webhooks.iter().enumerate() {
+            let key = format!("webhooks[{i}]");
+            let h = hook.get_ref();
+            let url = h.url.get_ref();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(lines.err(format!("{key}.url"), &h.url, "must be an http:// or https:// URL"));
+            }
+            let secret = h.secret.get_ref();
+            let decoded = secret
+                .strip_prefix("whsec_")
+                .and_then(|b64| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).ok());
+            if !matches!(decoded, Some(ref bytes) if bytes.len() >= 16) {
+                return Err(lines.err(format!("{key}.secret"), &h.secret, "must be whsec_ followed by at least 16 base64-encoded bytes"));
+            }
+            let mut events = Vec::new();
+            for ev in h.events.iter().flatten() {
+                if !EVENT_TYPES.contains(&ev.get_ref().as_str()) {
+                    return Err(lines.err(format!("{key}.events"), ev, format!("unknown event type {:?}; one of {}", ev.get_ref(), EVENT_TYPES.join(", "))));
+                }
+                events.push(ev.get_ref().clone());
+            }
+            webhooks.push(WebhookConfig {
+                url: url.clone(),
+                secret: secret.clone(),
+                events,
+                tenant: h.tenant.clone(),
+            });
+        }
+
+        let default_retention = match &raw.retention.default {
+            Some(t) => parse_duration(t.get_ref()).map_err(|r| lines.err("retention.default", t, r))?,
+            None => Duration::from_secs(30 * 86_400),
+        };
+
+        let purge = PurgeConfig {
+            interval: match &raw.purge.interval {
+                Some(t) => parse_duration(t.get_ref()).map_err(|r| lines.err("purge.interval", t, r))?,
+                None => Duration::from_secs(3600),
+            },
+            batch_size: positive(&lines, "purge.batch_size", raw.purge.batch_size.as_ref(), 1000)?,
+            pause: match &raw.purge.pause {
+                Some(t) => parse_duration(t.get_ref()).map_err(|r| lines.err("purge.pause", t, r))?,
+                None => Duration::from_millis(50),
+            },
+            max_rows_per_second: positive(&lines, "purge.max_rows_per_second", raw.purge.max_rows_per_second.as_ref(), 5000)?,
+        };
+
+        let schema = build_schema(&lines, &raw.collections, default_retention)?;
+
+        Ok(Self {
+            server: ServerConfig { listen },
+            storage,
+            cache,
+            search,
+            events,
+            webhooks,
+            purge,
+            schema: Arc::new(schema),
+        })
+    }
+}
+
+fn positive(lines: &Lines<'_>, key: &str, value: Option<&Spanned<i64>>, default: u32) -> Result<u32, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => u32::try_from(*v.get_ref())
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| lines.err(key, v, "must be a positive integer")),
+    }
+}
+
+fn parse_storage_url(url: &str, base_dir: &Path) -> Result<StorageConfig, String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(StorageConfig::Postgres { url: url.to_string() });
+    }
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| format!("unsupported storage URL {url:?}; use sqlite://PATH or postgres://…"))?;
+    if rest.is_empty() {
+        return Err("sqlite URL has no file path".into());
+    }
+    Ok(StorageConfig::Sqlite { path: base_dir.join(rest) })
+}
+
+fn build_schema(
+    lines: &Lines<'_>,
+    raw: &IndexMap<Spanned<String>, Spanned<RawCollection>>,
+    default_retention: Duration,
+) -> Result<Schema, ConfigError> {
+    let mut schema = Schema::default();
+    for (name, coll) in raw {
+        let cname = name.get_ref();
+        let key = format!("collections.{cname}");
+        if !valid_name(cname) || cname.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(lines.err(&key, name, "collection names are lower-case letters, digits and _, starting with a letter (at most 63)"));
+        }
+        if RESERVED_COLLECTIONS.contains(&cname.as_str()) {
+            return Err(lines.err(&key, name, format!("{cname:?} is reserved for an API route")));
+        }
+        let c = coll.get_ref();
+        let retention = match &c.retention {
+            Some(t) => parse_duration(t.get_ref()).map_err(|r| lines.err(format!("{key}.retention"), t, r))?,
+            None => default_retention,
+        };
+        let delete = match c.delete.as_ref().map(|d| (d, d.get_ref().as_str())) {
+            None | Some((_, "soft")) => DeleteMode::Soft,
+            Some((_, "hard")) => DeleteMode::Hard,
+            Some((d, other)) => return Err(lines.err(format!("{key}.delete"), d, format!("must be \"soft\" or \"hard\", not {other:?}"))),
+        };
+        let mut fields: IndexMap<String, Field> = IndexMap::new();
+        let mut lowered = std::collections::HashSet::new();
+        for (fname, fdef) in &c.fields {
+            let fname_s = fname.get_ref();
+            let fkey = format!("{key}.fields.{fname_s}");
+            if !valid_name(fname_s) {
+                return Err(lines.err(&fkey, fname, "field names are letters, digits and _, starting with a letter (at most 63)"));
+            }
+            let lower = fname_s.to_ascii_lowercase();
+            if RESERVED_FIELDS.contains(&lower.as_str()) || RESERVED_PREFIXES.iter().any(|p| lower.starts_with(p)) {
+                return Err(lines.err(&fkey, fname, format!("{fname_s:?} is a reserved system field name")));
+            }
+            if !lowered.insert(lower) {
+                return Err(lines.err(&fkey, fname, "differs from another field only in case"));
+            }
+            let f = fdef.get_ref();
+            let ty = match f.ty.get_ref().as_str() {
+                "string" => FieldType::String,
+                "integer" => FieldType::Integer,
+                "number" => FieldType::Number,
+                "boolean" => FieldType::Boolean,
+                "timestamp" => FieldType::Timestamp,
+                "json" => FieldType::Json,
+                "ref" => {
+                    let target = f
+                        .collection
+                        .as_ref()
+                        .ok_or_else(|| lines.err(format!("{fkey}.collection"), fdef, "a ref field names its target collection"))?;
+                    if !raw.keys().any(|k| k.get_ref() == target.get_ref()) {
+                        return Err(lines.err(format!("{fkey}.collection"), target, format!("unknown collection {:?}", target.get_ref())));
+                    }
+                    let on_delete = match f.on_delete.as_ref().map(|o| (o, o.get_ref().as_str())) {
+                        None | Some((_, "restrict")) => OnDelete::Restrict,
+                        Some((_, "cascade")) => OnDelete::Cascade,
+                        Some((_, "orphan")) => OnDelete::Orphan,
+                        Some((_, "eventual")) => OnDelete::Eventual,
+                        Some((o, other)) => {
+                            return Err(lines.err(format!("{fkey}.on_delete"), o, format!("must be restrict, cascade, orphan or eventual, not {other:?}")));
+                        }
+                    };
+                    FieldType::Ref {
+                        collection: target.get_ref().clone(),
+                        on_delete,
+                    }
+                }
+                other => {
+                    return Err(lines.err(
+                        format!("{fkey}.type"),
+                        &f.ty,
+                        format!("unknown field type {other:?}; one of string, integer, number, boolean, timestamp, json, ref"),
+                    ));
+                }
+            };
+            if !matches!(ty, FieldType::Ref { .. }) {
+                if let Some(c) = &f.collection {
+                    return Err(lines.err(format!("{fkey}.collection"), c, "only ref fields name a collection"));
+                }
+                if let Some(o) = &f.on_delete {
+                    return Err(lines.err(format!("{fkey}.on_delete"), o, "only ref fields have on_delete"));
+                }
+            }
+            let max_length = match &f.max_length {
+                None => None,
+                Some(m) if ty != FieldType::String => return Err(lines.err(format!("{fkey}.max_length"), m, "only string fields have max_length")),
+                Some(m) => Some(
+                    usize::try_from(*m.get_ref())
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| lines.err(format!("{fkey}.max_length"), m, "must be a positive integer"))?,
+                ),
+            };
+            if f.case_insensitive && ty != FieldType::String {
+                return Err(lines.err(format!("{fkey}.case_insensitive"), fdef, "only string fields can be case_insensitive"));
+            }
+            if f.search && ty != FieldType::String {
+                return Err(lines.err(format!("{fkey}.search"), fdef, "only string fields can be searched"));
+            }
+            if f.index && !ty.is_scalar() {
+                return Err(lines.err(format!("{fkey}.index"), fdef, "json fields cannot be indexed"));
+            }
+            fields.insert(
+                fname_s.clone(),
+                Field {
+                    name: fname_s.clone(),
+                    // Refs are always indexed: restrict and cascade look children up by them.
+                    index: f.index || matches!(ty, FieldType::Ref { .. }),
+                    ty,
+                    required: f.required,
+                    max_length,
+                    case_insensitive: f.case_insensitive,
+                    search: f.search,
+                    pii: f.pii,
+                },
+            );
+        }
+        let mut unique = Vec::new();
+        for (i, set) in c.unique.iter().enumerate() {
+            let ukey = format!("{key}.unique[{i}]");
+            if set.get_ref().is_empty() {
+                return Err(lines.err(&ukey, set, "a unique set names at least one field"));
+            }
+            let mut names: Vec<String> = Vec::new();
+            for field in set.get_ref() {
+                let fname = field.get_ref();
+                match fields.get(fname) {
+                    None => return Err(lines.err(&ukey, field, format!("unique over undeclared field {fname:?}"))),
+                    Some(f) if !f.ty.is_scalar() => return Err(lines.err(&ukey, field, format!("json field {fname:?} cannot be unique"))),
+                    Some(_) if names.contains(fname) => return Err(lines.err(&ukey, field, format!("field {fname:?} appears twice"))),
+                    Some(_) => names.push(fname.clone()),
+                }
+            }
+            if unique.contains(&names) {
+                return Err(lines.err(&ukey, set, "the same unique set is declared twice"));
+            }
+            unique.push(names);
+        }
+        schema.collections.insert(
+            cname.clone(),
+            Arc::new(Collection {
+                name: cname.clone(),
+                retention,
+                delete,
+                require_if_match: c.require_if_match,
+                fields,
+                unique,
+            }),
+        );
+    }
+    Ok(schema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/tombstone"))
+    }
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:9090"
+
+[storage]
+url = "sqlite://data/t.db"
+
+[retention]
+default = "7d"
+
+[collections.categories.fields]
+name = { type = "string", required = true }
+
+[collections.products]
+retention = "30d"
+unique = [["sku"]]
+
+[collections.products.fields]
+sku = { type = "string", required = true, max_length = 32, case_insensitive = true }
+price_cents = { type = "integer" }
+category_id = { type = "ref", collection = "categories", on_delete = "restrict" }
+"#;
+
+    #[test]
+    fn parses_a_good_config() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.server.listen.port(), 9090);
+        assert_eq!(
+            config.storage,
+            StorageConfig::Sqlite {
+                path: PathBuf::from("/etc/tombstone/data/t.db")
+            }
+        );
+        let products = config.schema.collection("products").unwrap();
+        assert_eq!(products.retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(products.unique, vec![vec!["sku".to_string()]]);
+        assert!(products.field("sku").unwrap().case_insensitive);
+        assert!(products.field("category_id").unwrap().index);
+        let categories = config.schema.collection("categories").unwrap();
+        assert_eq!(categories.retention, Duration::from_secs(7 * 86_400));
+    }
+
+    fn error_of(text: &str) -> ConfigError {
+        parse(text).expect_err("config should be refused")
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_line() {
+        let e = error_of("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n");
+        assert!(e.reason.contains("lisen"), "{e}");
+        assert_eq!(e.line, Some(3));
+        let e = error_of("[collections.a.fields]\nx = { type = \"string\", serach = true }\n");
+        assert!(e.reason.contains("serach"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let e = error_of("[collections.a.fields]\nx = { type = \"strng\" }\n");
+        assert_eq!(e.key, "collections.a.fields.x.type");
+        assert_eq!(e.line, Some(2));
+        let e = error_of("[collections.a]\nunique = [[\"nope\"]]\n[collections.a.fields]\nx = { type = \"string\" }\n");
+        assert_eq!(e.key, "collections.a.unique[0]");
+        assert!(e.reason.contains("undeclared"));
+        let e = error_of("[collections.a.fields]\ndeleted_at = { type = \"string\" }\n");
+        assert!(e.reason.contains("reserved"));
+        let e = error_of("[collections.a.fields]\nid = { type = \"string\" }\n");
+        assert!(e.reason.contains("reserved"));
+        let e = error_of("[collections.a]\nretention = \"forever\"\n");
+        assert_eq!(e.key, "collections.a.retention");
+        let e = error_of("[retention]\ndefault = \"0s\"\n");
+        assert_eq!(e.key, "retention.default");
+        let e = error_of("[collections.keys.fields]\nx = { type = \"string\" }\n");
+        assert!(e.reason.contains("reserved"));
+        let e = error_of("[collections.a.fields]\nx = { type = \"ref\", collection = \"b\" }\n");
+        assert_eq!(e.key, "collections.a.fields.x.collection");
+        let e = error_of("[collections.a]\ndelete = \"maybe\"\n");
+        assert_eq!(e.key, "collections.a.delete");
+        let e = error_of("[collections.a.fields]\nx = { type = \"integer\", max_length = 3 }\n");
+        assert_eq!(e.key, "collections.a.fields.x.max_length");
+        let e = error_of("[[webhooks]]\nurl = \"http://x\"\nsecret = \"nope\"\n");
+        assert_eq!(e.key, "webhooks[0].secret");
+    }
+}

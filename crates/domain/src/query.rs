@@ -1,0 +1,376 @@
+//! List queries: parameters parsed into a typed query, and opaque keyset cursors.
+//!
+//! The query string of a record list is parsed here, once, into a [`ListQuery`] that every
+//! store executes the same way. Cursors carry the sort they were issued for and the
+//! position (sort value, id) of the last item, so pages stay stable under concurrent
+//! writes: an insert or delete never shifts the next page.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Collection, FieldType};
+use crate::record::{FieldValue, fold_case, parse_field_value};
+use crate::time::Timestamp;
+
+/// The default page size.
+pub const DEFAULT_LIMIT: u32 = 50;
+/// The largest page size; more is a 400.
+pub const MAX_LIMIT: u32 = 500;
+
+/// Which records a list covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeletedScope {
+    /// Active records only (the default).
+    Active,
+    /// Active and soft-deleted (`include=deleted`).
+    All,
+    /// Soft-deleted only (`filter[deleted]=true` and the `filter[deleted_*]` filters).
+    Deleted,
+}
+
+/// What a list is ordered by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortKey {
+    Id,
+    CreatedAt,
+    UpdatedAt,
+    DeletedAt,
+    Field(String),
+}
+
+/// An order: key and direction; ties are broken by id in the same direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sort {
+    pub key: SortKey,
+    pub descending: bool,
+}
+
+impl Sort {
+    fn to_param(&self) -> String {
+        let name = match &self.key {
+            SortKey::Id => "id",
+            SortKey::CreatedAt => "created_at",
+            SortKey::UpdatedAt => "updated_at",
+            SortKey::DeletedAt => "deleted_at",
+            SortKey::Field(f) => f.as_str(),
+        };
+        if self.descending { format!("-{name}") } else { name.to_string() }
+    }
+}
+
+/// A sort key's value as stored, for cursors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SortValue {
+    Null,
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+/// Where the previous page ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Position {
+    pub value: SortValue,
+    pub id: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CursorWire {
+    s: String,
+    v: SortValue,
+    i: String,
+}
+
+/// An equality filter on a declared field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldFilter {
+    pub field: String,
+    /// Already case-folded for case-insensitive fields.
+    pub value: FieldValue,
+    pub case_insensitive: bool,
+}
+
+/// A parsed record list request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListQuery {
+    pub scope: DeletedScope,
+    pub filters: Vec<FieldFilter>,
+    pub deleted_since: Option<Timestamp>,
+    pub deleted_before: Option<Timestamp>,
+    pub deleted_by: Option<String>,
+    pub purge_before: Option<Timestamp>,
+    pub sort: Sort,
+    pub limit: u32,
+    pub after: Option<Position>,
+    pub count: bool,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        Self {
+            scope: DeletedScope::Active,
+            filters: Vec::new(),
+            deleted_since: None,
+            deleted_before: None,
+            deleted_by: None,
+            purge_before: None,
+            sort: Sort {
+                key: SortKey::Id,
+                descending: false,
+            },
+            limit: DEFAULT_LIMIT,
+            after: None,
+            count: false,
+        }
+    }
+}
+
+/// A bad list parameter: which one and why (a 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{param}: {message}")]
+pub struct QueryError {
+    pub param: String,
+    pub message: String,
+}
+
+fn qerr(param: &str, message: impl Into<String>) -> QueryError {
+    QueryError {
+        param: param.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Parses `limit`: 1..=500, default 50.
+///
+/// # Errors
+/// Not a number, zero, or above the maximum.
+pub fn parse_limit(value: Option<&str>) -> Result<u32, QueryError> {
+    match value {
+        None => Ok(DEFAULT_LIMIT),
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(qerr("limit", format!("must be an integer from 1 to {MAX_LIMIT}"))),
+        },
+    }
+}
+
+/// Parses a `true`/`false` parameter.
+///
+/// # Errors
+/// Anything else.
+pub fn parse_bool(param: &str, value: &str) -> Result<bool, QueryError> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(qerr(param, "must be true or false")),
+    }
+}
+
+/// Parses an RFC 3339 parameter.
+///
+/// # Errors
+/// Not a timestamp.
+pub fn parse_time_param(param: &str, value: &str) -> Result<Timestamp, QueryError> {
+    Timestamp::parse_rfc3339(value).map_err(|m| qerr(param, m))
+}
+
+impl ListQuery {
+    /// Parses the query pairs of `GET /v1/{collection}`.
+    ///
+    /// # Errors
+    /// The first unknown, repeated or malformed parameter.
+    pub fn parse(collection: &Collection, pairs: &[(String, String)]) -> Result<Self, QueryError> {
+        let mut q = Self::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = None;
+        let mut include_deleted = false;
+        let mut only_deleted = None;
+        for (name, value) in pairs {
+            if !seen.insert(name.as_str()) {
+                return Err(qerr(name, "given more than once"));
+            }
+            match name.as_str() {
+                "limit" => q.limit = parse_limit(Some(value))?,
+                "cursor" => cursor = Some(value.as_str()),
+                "count" => q.count = parse_bool(name, value)?,
+                "include" => match value.as_str() {
+                    "deleted" => include_deleted = true,
+                    _ => return Err(qerr(name, "the only supported value is \"deleted\"")),
+                },
+                "sort" => q.sort = parse_sort(collection, value)?,
+                "q" => return Err(qerr(name, "full-text search is not enabled on this server")),
+                _ => {
+                    let Some(inner) = name.strip_prefix("filter[").and_then(|r| r.strip_suffix(']')) else {
+                        return Err(qerr(name, "unknown parameter"));
+                    };
+                    match inner {
+                        "deleted" => only_deleted = Some(parse_bool(name, value)?),
+                        "deleted_since" => q.deleted_since = Some(parse_time_param(name, value)?),
+                        "deleted_before" => q.deleted_before = Some(parse_time_param(name, value)?),
+                        "deleted_by" => q.deleted_by = Some(value.clone()),
+                        "purge_before" => q.purge_before = Some(parse_time_param(name, value)?),
+                        field_name => q.filters.push(parse_filter(collection, name, field_name, value)?),
+                    }
+                }
+            }
+        }
+        let deleted_filters =
+            q.deleted_since.is_some() || q.deleted_before.is_some() || q.deleted_by.is_some() || q.purge_before.is_some();
+        q.scope = match (only_deleted, include_deleted, deleted_filters) {
+            (Some(true), _, _) | (None, _, true) => DeletedScope::Deleted,
+            (Some(false), _, true) => {
+                return Err(qerr("filter[deleted]", "false contradicts the filter[deleted_*] filters"));
+            }
+            (Some(false), _, false) => DeletedScope::Active,
+            (None, true, false) => DeletedScope::All,
+            (None, false, false) => DeletedScope::Active,
+        };
+        if let Some(c) = cursor {
+            q.after = Some(decode_cursor(&q.sort, c)?);
+        }
+        Ok(q)
+    }
+
+    /// Whether the query can return deleted records (needs `read_deleted`).
+    #[must_use]
+    pub fn reads_deleted(&self) -> bool {
+        self.scope != DeletedScope::Active
+    }
+}
+
+fn parse_sort(collection: &Collection, value: &str) -> Result<Sort, QueryError> {
+    let (descending, name) = match value.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, value),
+    };
+    let key = match name {
+        "id" => SortKey::Id,
+        "created_at" => SortKey::CreatedAt,
+        "updated_at" => SortKey::UpdatedAt,
+        "deleted_at" => SortKey::DeletedAt,
+        other => match collection.field(other) {
+            Some(f) if f.ty.is_scalar() => SortKey::Field(other.to_string()),
+            Some(_) => return Err(qerr("sort", format!("json field {other:?} cannot be sorted on"))),
+            None => return Err(qerr("sort", format!("unknown sort field {other:?}"))),
+        },
+    };
+    Ok(Sort { key, descending })
+}
+
+fn parse_filter(collection: &Collection, param: &str, field_name: &str, raw: &str) -> Result<FieldFilter, QueryError> {
+    let field = collection
+        .field(field_name)
+        .ok_or_else(|| qerr(param, format!("{field_name:?} is not a field of {}", collection.name)))?;
+    let json = match &field.ty {
+        FieldType::Json => return Err(qerr(param, "json fields cannot be filtered on")),
+        FieldType::String | FieldType::Ref { .. } | FieldType::Timestamp => serde_json::Value::String(raw.to_string()),
+        FieldType::Integer | FieldType::Number | FieldType::Boolean => serde_json::from_str(raw)
+            .map_err(|_| qerr(param, format!("expected a {} value", field.ty.name())))?,
+    };
+    let value = parse_field_value(field, &json).map_err(|m| qerr(param, m))?;
+    let value = match value {
+        FieldValue::String(s) if field.case_insensitive => FieldValue::String(fold_case(&s)),
+        other => other,
+    };
+    Ok(FieldFilter {
+        field: field_name.to_string(),
+        value,
+        case_insensitive: field.case_insensitive,
+    })
+}
+
+/// Encodes a cursor for the position after the given item.
+#[must_use]
+pub fn encode_cursor(sort: &Sort, position: &Position) -> String {
+    let wire = CursorWire {
+        s: sort.to_param(),
+        v: position.value.clone(),
+        i: position.id.clone(),
+    };
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&wire).unwrap_or_default())
+}
+
+fn decode_cursor(sort: &Sort, cursor: &str) -> Result<Position, QueryError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| qerr("cursor", "not a cursor issued by this server"))?;
+    let wire: CursorWire =
+        serde_json::from_slice(&bytes).map_err(|_| qerr("cursor", "not a cursor issued by this server"))?;
+    if wire.s != sort.to_param() {
+        return Err(qerr("cursor", format!("issued for sort={}, not sort={}", wire.s, sort.to_param())));
+    }
+    Ok(Position { value: wire.v, id: wire.i })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn coll() -> std::sync::Arc<Collection> {
+        let c = Config::parse(
+            "[collections.c.fields]\nname = { type = \"string\", case_insensitive = true }\nn = { type = \"integer\" }\nm = { type = \"json\" }\n",
+            Path::new("."),
+        )
+        .unwrap();
+        c.schema.collection("c").unwrap().clone()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(a, b)| ((*a).to_string(), (*b).to_string())).collect()
+    }
+
+    #[test]
+    fn parses_filters_and_scopes() {
+        let c = coll();
+        let q = ListQuery::parse(&c, &pairs(&[("filter[name]", "ABC"), ("filter[n]", "3"), ("limit", "10")])).unwrap();
+        assert_eq!(q.filters[0].value, FieldValue::String("abc".into()));
+        assert_eq!(q.filters[1].value, FieldValue::Integer(3));
+        assert_eq!(q.scope, DeletedScope::Active);
+        assert!(!q.reads_deleted());
+        let q = ListQuery::parse(&c, &pairs(&[("include", "deleted")])).unwrap();
+        assert_eq!(q.scope, DeletedScope::All);
+        let q = ListQuery::parse(&c, &pairs(&[("filter[deleted_by]", "key_1")])).unwrap();
+        assert_eq!(q.scope, DeletedScope::Deleted);
+    }
+
+    #[test]
+    fn rejects_bad_parameters() {
+        let c = coll();
+        for bad in [
+            vec![("limit", "0")],
+            vec![("limit", "501")],
+            vec![("limit", "x")],
+            vec![("filter[n]", "x")],
+            vec![("filter[m]", "1")],
+            vec![("filter[nope]", "1")],
+            vec![("nope", "1")],
+            vec![("cursor", "!!!")],
+            vec![("cursor", "eyJ4IjoxfQ")],
+            vec![("sort", "nope")],
+            vec![("include", "everything")],
+            vec![("filter[deleted_since]", "yesterday")],
+            vec![("limit", "1"), ("limit", "2")],
+        ] {
+            assert!(ListQuery::parse(&c, &pairs(&bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_are_bound_to_their_sort() {
+        let c = coll();
+        let sort = parse_sort(&c, "-n").unwrap();
+        let pos = Position {
+            value: SortValue::Int(7),
+            id: "abc".into(),
+        };
+        let cursor = encode_cursor(&sort, &pos);
+        let q = ListQuery::parse(&c, &pairs(&[("sort", "-n"), ("cursor", &cursor)])).unwrap();
+        assert_eq!(q.after, Some(pos));
+        assert!(ListQuery::parse(&c, &pairs(&[("sort", "n"), ("cursor", &cursor)])).is_err());
+    }
+}

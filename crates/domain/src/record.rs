@@ -1,0 +1,425 @@
+//! Records: typed field values, validation of create bodies and merge patches (RFC 7396),
+//! and the JSON representation every endpoint answers with.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::{Collection, Field, FieldType, RESERVED_FIELDS, RESERVED_PREFIXES};
+use crate::id::is_valid_record_id;
+use crate::time::Timestamp;
+
+/// One field's value, typed by its declaration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    Null,
+    String(String),
+    Integer(i64),
+    Number(f64),
+    Boolean(bool),
+    Timestamp(Timestamp),
+    Json(Value),
+    Ref(String),
+}
+
+impl FieldValue {
+    /// The JSON form used in representations.
+    #[must_use]
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::Null => Value::Null,
+            Self::String(s) | Self::Ref(s) => Value::String(s.clone()),
+            Self::Integer(i) => Value::from(*i),
+            Self::Number(n) => serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number),
+            Self::Boolean(b) => Value::Bool(*b),
+            Self::Timestamp(t) => Value::String(t.to_rfc3339()),
+            Self::Json(v) => v.clone(),
+        }
+    }
+
+    /// Whether the value is null.
+    #[must_use]
+    pub fn is_null(&self) -> bool {
+        matches!(self, Self::Null)
+    }
+}
+
+/// A record's declared field values by name. Absent and null mean the same.
+pub type Values = BTreeMap<String, FieldValue>;
+
+/// What a soft delete recorded on the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletionMark {
+    pub deleted_at: Timestamp,
+    pub deleted_by: String,
+    pub reason: Option<String>,
+    pub deletion_id: String,
+    pub purge_at: Timestamp,
+}
+
+/// A legal hold as shown on a record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hold {
+    pub hold_id: String,
+    pub case: Option<String>,
+    pub reason: Option<String>,
+    pub actor: String,
+    pub at: Timestamp,
+}
+
+/// A stored record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub tenant: String,
+    pub collection: String,
+    pub id: String,
+    pub version: i64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub deletion: Option<DeletionMark>,
+    pub legal_hold: bool,
+    pub values: Values,
+}
+
+impl Record {
+    /// Whether the record is soft-deleted.
+    #[must_use]
+    pub fn is_deleted(&self) -> bool {
+        self.deletion.is_some()
+    }
+
+    /// The `ETag` value: `"v<version>"`.
+    #[must_use]
+    pub fn etag(&self) -> String {
+        format!("\"v{}\"", self.version)
+    }
+
+    /// The JSON representation: every system field, then the declared fields in declared
+    /// order (absent ones as null). `holds` is added when the caller may see them.
+    #[must_use]
+    pub fn to_json(&self, collection: &Collection, holds: Option<&[Hold]>) -> Value {
+        let mut map = Map::with_capacity(12 + collection.fields.len());
+        map.insert("id".into(), Value::String(self.id.clone()));
+        map.insert("collection".into(), Value::String(self.collection.clone()));
+        map.insert("version".into(), Value::from(self.version));
+        map.insert("created_at".into(), Value::String(self.created_at.to_rfc3339()));
+        map.insert("updated_at".into(), Value::String(self.updated_at.to_rfc3339()));
+        let d = self.deletion.as_ref();
+        map.insert("deleted".into(), Value::Bool(d.is_some()));
+        map.insert("deleted_at".into(), d.map_or(Value::Null, |d| Value::String(d.deleted_at.to_rfc3339())));
+        map.insert("deleted_by".into(), d.map_or(Value::Null, |d| Value::String(d.deleted_by.clone())));
+        map.insert(
+            "delete_reason".into(),
+            d.and_then(|d| d.reason.clone()).map_or(Value::Null, Value::String),
+        );
+        map.insert("deletion_id".into(), d.map_or(Value::Null, |d| Value::String(d.deletion_id.clone())));
+        map.insert("purge_at".into(), d.map_or(Value::Null, |d| Value::String(d.purge_at.to_rfc3339())));
+        map.insert("legal_hold".into(), Value::Bool(self.legal_hold));
+        if let Some(holds) = holds {
+            map.insert("holds".into(), serde_json::to_value(holds).unwrap_or(Value::Array(Vec::new())));
+        }
+        for name in collection.fields.keys() {
+            let value = self.values.get(name).map_or(Value::Null, FieldValue::to_json);
+            map.insert(name.clone(), value);
+        }
+        Value::Object(map)
+    }
+}
+
+/// A problem with one field of a body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Every problem found in a body; never empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl ValidationErrors {
+    fn one(field: &str, message: impl Into<String>) -> Self {
+        Self(vec![FieldError {
+            field: field.to_string(),
+            message: message.into(),
+        }])
+    }
+}
+
+fn is_system_field(name: &str) -> bool {
+    RESERVED_FIELDS.contains(&name) || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Checks one JSON value against a field declaration.
+///
+/// # Errors
+/// Says what the field expected.
+pub fn parse_field_value(field: &Field, value: &Value) -> Result<FieldValue, String> {
+    if value.is_null() {
+        return Ok(FieldValue::Null);
+    }
+    match &field.ty {
+        FieldType::String => {
+            let s = value.as_str().ok_or("expected a string")?;
+            if let Some(max) = field.max_length {
+                let len = s.chars().count();
+                if len > max {
+                    return Err(format!("longer than max_length {max} ({len} characters)"));
+                }
+            }
+            Ok(FieldValue::String(s.to_string()))
+        }
+        FieldType::Integer => value
+            .as_i64()
+            .map(FieldValue::Integer)
+            .ok_or_else(|| "expected an integer (64-bit)".to_string()),
+        FieldType::Number => value
+            .as_f64()
+            .map(FieldValue::Number)
+            .ok_or_else(|| "expected a number".to_string()),
+        FieldType::Boolean => value
+            .as_bool()
+            .map(FieldValue::Boolean)
+            .ok_or_else(|| "expected true or false".to_string()),
+        FieldType::Timestamp => {
+            let s = value.as_str().ok_or("expected an RFC 3339 timestamp string")?;
+            Timestamp::parse_rfc3339(s).map(FieldValue::Timestamp)
+        }
+        FieldType::Json => Ok(FieldValue::Json(value.clone())),
+        FieldType::Ref { .. } => {
+            let s = value.as_str().ok_or("expected a record id (string)")?;
+            if is_valid_record_id(s) {
+                Ok(FieldValue::Ref(s.to_string()))
+            } else {
+                Err("not a valid record id (1-128 of A-Z a-z 0-9 _ -)".into())
+            }
+        }
+    }
+}
+
+/// A validated create body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRecordBody {
+    /// The client-supplied id, if any.
+    pub id: Option<String>,
+    pub values: Values,
+}
+
+fn as_object<'a>(body: &'a Value) -> Result<&'a Map<String, Value>, ValidationErrors> {
+    body.as_object()
+        .ok_or_else(|| ValidationErrors::one("", "the body must be a JSON object"))
+}
+
+/// Validates a create body against the collection.
+///
+/// # Errors
+/// Every unknown, read-only, mistyped or missing required field.
+pub fn parse_create(collection: &Collection, body: &Value) -> Result<NewRecordBody, ValidationErrors> {
+    let object = as_object(body)?;
+    let mut errors = Vec::new();
+    let mut values = Values::new();
+    let mut id = None;
+    for (name, value) in object {
+        if name == "id" {
+            match value.as_str() {
+                Some(s) if is_valid_record_id(s) => id = Some(s.to_string()),
+                _ => errors.push(FieldError {
+                    field: "id".into(),
+                    message: "must be 1-128 of A-Z a-z 0-9 _ -".into(),
+                }),
+            }
+            continue;
+        }
+        match collection.field(name) {
+            Some(field) => match parse_field_value(field, value) {
+                Ok(v) if !v.is_null() => {
+                    values.insert(name.clone(), v);
+                }
+                Ok(_) => {}
+                Err(message) => errors.push(FieldError { field: name.clone(), message }),
+            },
+            None => errors.push(unknown_field(collection, name)),
+        }
+    }
+    for field in collection.fields.values() {
+        if field.required && !values.contains_key(&field.name) && !errors.iter().any(|e| e.field == field.name) {
+            errors.push(FieldError {
+                field: field.name.clone(),
+                message: "is required".into(),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(NewRecordBody { id, values })
+    } else {
+        Err(ValidationErrors(errors))
+    }
+}
+
+fn unknown_field(collection: &Collection, name: &str) -> FieldError {
+    let message = if is_system_field(name) {
+        "is a read-only system field".to_string()
+    } else {
+        format!("is not a field of {}", collection.name)
+    };
+    FieldError {
+        field: name.to_string(),
+        message,
+    }
+}
+
+/// A validated merge patch: the fields it sets (null = remove).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Patch(pub Map<String, Value>);
+
+/// Validates a merge patch body (RFC 7396) against the collection, without the record.
+///
+/// # Errors
+/// Every unknown, read-only or mistyped field.
+pub fn parse_patch(collection: &Collection, body: &Value) -> Result<Patch, ValidationErrors> {
+    let object = as_object(body)?;
+    let mut errors = Vec::new();
+    for (name, value) in object {
+        match collection.field(name) {
+            Some(field) => {
+                // json fields merge recursively, so only their top level is checked here.
+                if field.ty != FieldType::Json {
+                    if let Err(message) = parse_field_value(field, value) {
+                        errors.push(FieldError { field: name.clone(), message });
+                    }
+                }
+            }
+            None => errors.push(unknown_field(collection, name)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(Patch(object.clone()))
+    } else {
+        Err(ValidationErrors(errors))
+    }
+}
+
+/// RFC 7396 applied to a JSON value.
+fn merge_json(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(patch_map) => {
+            if !target.is_object() {
+                *target = Value::Object(Map::new());
+            }
+            if let Value::Object(target_map) = target {
+                for (k, v) in patch_map {
+                    if v.is_null() {
+                        target_map.remove(k);
+                    } else {
+                        merge_json(target_map.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// Applies a patch to a record's values and re-checks the required fields.
+///
+/// # Errors
+/// A required field removed, or a value invalid after the merge.
+pub fn apply_patch(collection: &Collection, current: &Values, patch: &Patch) -> Result<Values, ValidationErrors> {
+    let mut values = current.clone();
+    let mut errors = Vec::new();
+    for (name, value) in &patch.0 {
+        let Some(field) = collection.field(name) else { continue };
+        let new_value = if field.ty == FieldType::Json {
+            let mut merged = match values.get(name) {
+                Some(FieldValue::Json(v)) => v.clone(),
+                _ => Value::Null,
+            };
+            merge_json(&mut merged, value);
+            if merged.is_null() { FieldValue::Null } else { FieldValue::Json(merged) }
+        } else {
+            match parse_field_value(field, value) {
+                Ok(v) => v,
+                Err(message) => {
+                    errors.push(FieldError { field: name.clone(), message });
+                    continue;
+                }
+            }
+        };
+        if new_value.is_null() {
+            if field.required {
+                errors.push(FieldError {
+                    field: name.clone(),
+                    message: "is required and cannot be removed".into(),
+                });
+            }
+            values.remove(name);
+        } else {
+            values.insert(name.clone(), new_value);
+        }
+    }
+    if errors.is_empty() { Ok(values) } else { Err(ValidationErrors(errors)) }
+}
+
+/// The lower-case form a case-insensitive field is compared and indexed by.
+#[must_use]
+pub fn fold_case(s: &str) -> String {
+    s.to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn products() -> std::sync::Arc<Collection> {
+        let config = Config::parse(
+            r#"
+[collections.products.fields]
+sku = { type = "string", required = true, max_length = 5 }
+price = { type = "integer" }
+ratio = { type = "number" }
+live = { type = "boolean" }
+at = { type = "timestamp" }
+meta = { type = "json" }
+"#,
+            Path::new("."),
+        )
+        .unwrap();
+        config.schema.collection("products").unwrap().clone()
+    }
+
+    #[test]
+    fn create_checks_types_and_required() {
+        let c = products();
+        let ok = parse_create(&c, &json!({"sku": "A1", "price": 3, "at": "2026-01-01T00:00:00+01:00", "id": "x-1"})).unwrap();
+        assert_eq!(ok.id.as_deref(), Some("x-1"));
+        assert_eq!(ok.values["price"], FieldValue::Integer(3));
+        let err = parse_create(&c, &json!({"price": 1.5, "nope": 1, "version": 3, "id": "a b"})).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, vec!["price", "nope", "version", "id", "sku"]);
+        assert!(err.0[2].message.contains("read-only"));
+        assert!(parse_create(&c, &json!({"sku": "toolong"})).is_err());
+        assert!(parse_create(&c, &json!([1])).is_err());
+        assert!(parse_create(&c, &json!({"sku": "é€é€é"})).is_ok());
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc7396() {
+        let c = products();
+        let created = parse_create(&c, &json!({"sku": "A", "price": 1, "meta": {"a": 1, "b": {"c": 2}}})).unwrap();
+        let patch = parse_patch(&c, &json!({"price": null, "meta": {"a": null, "b": {"d": 3}}})).unwrap();
+        let merged = apply_patch(&c, &created.values, &patch).unwrap();
+        assert!(!merged.contains_key("price"));
+        assert_eq!(merged["meta"], FieldValue::Json(json!({"b": {"c": 2, "d": 3}})));
+        let remove_required = parse_patch(&c, &json!({"sku": null})).unwrap();
+        assert!(apply_patch(&c, &created.values, &remove_required).is_err());
+        assert!(parse_patch(&c, &json!({"price": "x"})).is_err());
+        assert!(parse_patch(&c, &json!({"deleted_at": null})).is_err());
+    }
+}
