@@ -16,28 +16,11 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// Collection names that would shadow a fixed API route under `/v1/`.
-pub const RESERVED_COLLECTIONS: &[&str] = &[
-    "keys",
-    "trash",
-    "audit",
-    "events",
-    "deletions",
-    "purge",
-    "webhooks",
-    "search",
-    "metrics",
-    "ui",
-];
+pub const RESERVED_COLLECTIONS: &[&str] =
+    &["keys", "trash", "audit", "events", "deletions", "purge", "webhooks", "search", "metrics", "ui"];
 
 /// Field names used by the record representation itself.
-pub const RESERVED_FIELDS: &[&str] = &[
-    "id",
-    "collection",
-    "version",
-    "created_at",
-    "updated_at",
-    "holds",
-];
+pub const RESERVED_FIELDS: &[&str] = &["id", "collection", "version", "created_at", "updated_at", "holds"];
 
 /// Prefixes that are reserved for system fields (`deleted_at`, `purge_at`, `legal_hold`, …).
 pub const RESERVED_PREFIXES: &[&str] = &["deleted", "purge", "legal_hold"];
@@ -365,11 +348,7 @@ impl Lines<'_> {
     }
 
     fn err<T>(&self, key: impl Into<String>, at: &Spanned<T>, reason: impl Into<String>) -> ConfigError {
-        ConfigError {
-            key: key.into(),
-            line: self.of(at),
-            reason: reason.into(),
-        }
+        ConfigError { key: key.into(), line: self.of(at), reason: reason.into() }
     }
 }
 
@@ -401,30 +380,24 @@ impl Config {
     /// Returns the first problem found, naming the key and line.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1);
-            ConfigError {
-                key: String::new(),
-                line,
-                reason: e.message().trim().to_string(),
-            }
+            let line =
+                e.span().map(|span| text[..span.start.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1);
+            ConfigError { key: String::new(), line, reason: e.message().trim().to_string() }
         })?;
         let lines = Lines(text);
 
         let listen = match &raw.server.listen {
-            Some(s) => s
-                .get_ref()
-                .parse()
-                .map_err(|_| lines.err("server.listen", s, format!("{:?} is not an address like 127.0.0.1:8080", s.get_ref())))?,
+            Some(s) => s.get_ref().parse().map_err(|_| {
+                lines.err("server.listen", s, format!("{:?} is not an address like 127.0.0.1:8080", s.get_ref()))
+            })?,
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
         };
 
         let storage = match &raw.storage.url {
-            None => StorageConfig::Sqlite {
-                path: base_dir.join("tombstone-data/tombstone.db"),
-            },
-            Some(url) => parse_storage_url(url.get_ref(), base_dir).map_err(|reason| lines.err("storage.url", url, reason))?,
+            None => StorageConfig::Sqlite { path: base_dir.join("tombstone-data/tombstone.db") },
+            Some(url) => {
+                parse_storage_url(url.get_ref(), base_dir).map_err(|reason| lines.err("storage.url", url, reason))?
+            }
         };
 
         let cache = CacheConfig {
@@ -440,9 +413,8 @@ impl Config {
             },
         };
 
-        let search = SearchConfig {
-            path: base_dir.join(raw.search.path.as_deref().unwrap_or("tombstone-data/search")),
-        };
+        let search =
+            SearchConfig { path: base_dir.join(raw.search.path.as_deref().unwrap_or("tombstone-data/search")) };
 
         let events = EventsConfig {
             nats: match &raw.events.nats {
@@ -469,21 +441,24 @@ impl Config {
                 .strip_prefix("whsec_")
                 .and_then(|b64| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).ok());
             if !matches!(decoded, Some(ref bytes) if bytes.len() >= 16) {
-                return Err(lines.err(format!("{key}.secret"), &h.secret, "must be whsec_ followed by at least 16 base64-encoded bytes"));
+                return Err(lines.err(
+                    format!("{key}.secret"),
+                    &h.secret,
+                    "must be whsec_ followed by at least 16 base64-encoded bytes",
+                ));
             }
             let mut events = Vec::new();
             for ev in h.events.iter().flatten() {
                 if !EVENT_TYPES.contains(&ev.get_ref().as_str()) {
-                    return Err(lines.err(format!("{key}.events"), ev, format!("unknown event type {:?}; one of {}", ev.get_ref(), EVENT_TYPES.join(", "))));
+                    return Err(lines.err(
+                        format!("{key}.events"),
+                        ev,
+                        format!("unknown event type {:?}; one of {}", ev.get_ref(), EVENT_TYPES.join(", ")),
+                    ));
                 }
                 events.push(ev.get_ref().clone());
             }
-            webhooks.push(WebhookConfig {
-                url: url.clone(),
-                secret: secret.clone(),
-                events,
-                tenant: h.tenant.clone(),
-            });
+            webhooks.push(WebhookConfig { url: url.clone(), secret: secret.clone(), events, tenant: h.tenant.clone() });
         }
 
         let default_retention = match &raw.retention.default {
@@ -501,7 +476,12 @@ impl Config {
                 Some(t) => parse_duration(t.get_ref()).map_err(|r| lines.err("purge.pause", t, r))?,
                 None => Duration::from_millis(50),
             },
-            max_rows_per_second: positive(&lines, "purge.max_rows_per_second", raw.purge.max_rows_per_second.as_ref(), 5000)?,
+            max_rows_per_second: positive(
+                &lines,
+                "purge.max_rows_per_second",
+                raw.purge.max_rows_per_second.as_ref(),
+                5000,
+            )?,
         };
 
         let schema = build_schema(&lines, &raw.collections, default_retention)?;
@@ -553,7 +533,11 @@ fn build_schema(
         let cname = name.get_ref();
         let key = format!("collections.{cname}");
         if !valid_name(cname) || cname.chars().any(|c| c.is_ascii_uppercase()) {
-            return Err(lines.err(&key, name, "collection names are lower-case letters, digits and _, starting with a letter (at most 63)"));
+            return Err(lines.err(
+                &key,
+                name,
+                "collection names are lower-case letters, digits and _, starting with a letter (at most 63)",
+            ));
         }
         if RESERVED_COLLECTIONS.contains(&cname.as_str()) {
             return Err(lines.err(&key, name, format!("{cname:?} is reserved for an API route")));
@@ -566,7 +550,13 @@ fn build_schema(
         let delete = match c.delete.as_ref().map(|d| (d, d.get_ref().as_str())) {
             None | Some((_, "soft")) => DeleteMode::Soft,
             Some((_, "hard")) => DeleteMode::Hard,
-            Some((d, other)) => return Err(lines.err(format!("{key}.delete"), d, format!("must be \"soft\" or \"hard\", not {other:?}"))),
+            Some((d, other)) => {
+                return Err(lines.err(
+                    format!("{key}.delete"),
+                    d,
+                    format!("must be \"soft\" or \"hard\", not {other:?}"),
+                ));
+            }
         };
         let mut fields: IndexMap<String, Field> = IndexMap::new();
         let mut lowered = std::collections::HashSet::new();
@@ -574,7 +564,11 @@ fn build_schema(
             let fname_s = fname.get_ref();
             let fkey = format!("{key}.fields.{fname_s}");
             if !valid_name(fname_s) {
-                return Err(lines.err(&fkey, fname, "field names are letters, digits and _, starting with a letter (at most 63)"));
+                return Err(lines.err(
+                    &fkey,
+                    fname,
+                    "field names are letters, digits and _, starting with a letter (at most 63)",
+                ));
             }
             let lower = fname_s.to_ascii_lowercase();
             if RESERVED_FIELDS.contains(&lower.as_str()) || RESERVED_PREFIXES.iter().any(|p| lower.starts_with(p)) {
@@ -592,12 +586,15 @@ fn build_schema(
                 "timestamp" => FieldType::Timestamp,
                 "json" => FieldType::Json,
                 "ref" => {
-                    let target = f
-                        .collection
-                        .as_ref()
-                        .ok_or_else(|| lines.err(format!("{fkey}.collection"), fdef, "a ref field names its target collection"))?;
+                    let target = f.collection.as_ref().ok_or_else(|| {
+                        lines.err(format!("{fkey}.collection"), fdef, "a ref field names its target collection")
+                    })?;
                     if !raw.keys().any(|k| k.get_ref() == target.get_ref()) {
-                        return Err(lines.err(format!("{fkey}.collection"), target, format!("unknown collection {:?}", target.get_ref())));
+                        return Err(lines.err(
+                            format!("{fkey}.collection"),
+                            target,
+                            format!("unknown collection {:?}", target.get_ref()),
+                        ));
                     }
                     let on_delete = match f.on_delete.as_ref().map(|o| (o, o.get_ref().as_str())) {
                         None | Some((_, "restrict")) => OnDelete::Restrict,
@@ -605,13 +602,14 @@ fn build_schema(
                         Some((_, "orphan")) => OnDelete::Orphan,
                         Some((_, "eventual")) => OnDelete::Eventual,
                         Some((o, other)) => {
-                            return Err(lines.err(format!("{fkey}.on_delete"), o, format!("must be restrict, cascade, orphan or eventual, not {other:?}")));
+                            return Err(lines.err(
+                                format!("{fkey}.on_delete"),
+                                o,
+                                format!("must be restrict, cascade, orphan or eventual, not {other:?}"),
+                            ));
                         }
                     };
-                    FieldType::Ref {
-                        collection: target.get_ref().clone(),
-                        on_delete,
-                    }
+                    FieldType::Ref { collection: target.get_ref().clone(), on_delete }
                 }
                 other => {
                     return Err(lines.err(
@@ -631,7 +629,9 @@ fn build_schema(
             }
             let max_length = match &f.max_length {
                 None => None,
-                Some(m) if ty != FieldType::String => return Err(lines.err(format!("{fkey}.max_length"), m, "only string fields have max_length")),
+                Some(m) if ty != FieldType::String => {
+                    return Err(lines.err(format!("{fkey}.max_length"), m, "only string fields have max_length"));
+                }
                 Some(m) => Some(
                     usize::try_from(*m.get_ref())
                         .ok()
@@ -640,7 +640,11 @@ fn build_schema(
                 ),
             };
             if f.case_insensitive && ty != FieldType::String {
-                return Err(lines.err(format!("{fkey}.case_insensitive"), fdef, "only string fields can be case_insensitive"));
+                return Err(lines.err(
+                    format!("{fkey}.case_insensitive"),
+                    fdef,
+                    "only string fields can be case_insensitive",
+                ));
             }
             if f.search && ty != FieldType::String {
                 return Err(lines.err(format!("{fkey}.search"), fdef, "only string fields can be searched"));
@@ -674,8 +678,12 @@ fn build_schema(
                 let fname = field.get_ref();
                 match fields.get(fname) {
                     None => return Err(lines.err(&ukey, field, format!("unique over undeclared field {fname:?}"))),
-                    Some(f) if !f.ty.is_scalar() => return Err(lines.err(&ukey, field, format!("json field {fname:?} cannot be unique"))),
-                    Some(_) if names.contains(fname) => return Err(lines.err(&ukey, field, format!("field {fname:?} appears twice"))),
+                    Some(f) if !f.ty.is_scalar() => {
+                        return Err(lines.err(&ukey, field, format!("json field {fname:?} cannot be unique")));
+                    }
+                    Some(_) if names.contains(fname) => {
+                        return Err(lines.err(&ukey, field, format!("field {fname:?} appears twice")));
+                    }
                     Some(_) => names.push(fname.clone()),
                 }
             }
@@ -734,12 +742,7 @@ category_id = { type = "ref", collection = "categories", on_delete = "restrict" 
     fn parses_a_good_config() {
         let config = parse(GOOD).unwrap();
         assert_eq!(config.server.listen.port(), 9090);
-        assert_eq!(
-            config.storage,
-            StorageConfig::Sqlite {
-                path: PathBuf::from("/etc/tombstone/data/t.db")
-            }
-        );
+        assert_eq!(config.storage, StorageConfig::Sqlite { path: PathBuf::from("/etc/tombstone/data/t.db") });
         let products = config.schema.collection("products").unwrap();
         assert_eq!(products.retention, Duration::from_secs(30 * 86_400));
         assert_eq!(products.unique, vec![vec!["sku".to_string()]]);

@@ -35,7 +35,7 @@ impl IfMatch {
     pub fn matches(&self, version: i64) -> bool {
         match self {
             Self::Any => true,
-            Self::Tags(tags) => tags.iter().any(|t| *t == Some(version)),
+            Self::Tags(tags) => tags.contains(&Some(version)),
         }
     }
 }
@@ -107,14 +107,12 @@ pub fn decide_delete(
     now: Timestamp,
 ) -> DeleteDecision {
     if let Some(mark) = &record.deletion {
-        return DeleteDecision::AlreadyDeleted {
-            deletion_id: mark.deletion_id.clone(),
-        };
+        return DeleteDecision::AlreadyDeleted { deletion_id: mark.deletion_id.clone() };
     }
-    if let Some(cond) = &request.if_match {
-        if !cond.matches(record.version) {
-            return DeleteDecision::PreconditionFailed { current: record.version };
-        }
+    if let Some(cond) = &request.if_match
+        && !cond.matches(record.version)
+    {
+        return DeleteDecision::PreconditionFailed { current: record.version };
     }
     match collection.delete {
         DeleteMode::Hard => DeleteDecision::HardDelete,
@@ -153,14 +151,12 @@ pub fn decide_restore(record: &Record, if_match: Option<&IfMatch>, now: Timestam
     if now >= mark.purge_at {
         return RestoreDecision::WindowElapsed;
     }
-    if let Some(cond) = if_match {
-        if !cond.matches(record.version) {
-            return RestoreDecision::PreconditionFailed { current: record.version };
-        }
+    if let Some(cond) = if_match
+        && !cond.matches(record.version)
+    {
+        return RestoreDecision::PreconditionFailed { current: record.version };
     }
-    RestoreDecision::Restore {
-        version: record.version + 1,
-    }
+    RestoreDecision::Restore { version: record.version + 1 }
 }
 
 /// What a PATCH may do.
@@ -168,8 +164,12 @@ pub fn decide_restore(record: &Record, if_match: Option<&IfMatch>, now: Timestam
 pub enum PatchDecision {
     /// Deleted records cannot be patched: 404.
     NotFound,
-    PreconditionFailed { current: i64 },
-    Apply { version: i64 },
+    PreconditionFailed {
+        current: i64,
+    },
+    Apply {
+        version: i64,
+    },
 }
 
 /// Decides a PATCH.
@@ -178,14 +178,12 @@ pub fn decide_patch(record: &Record, if_match: Option<&IfMatch>) -> PatchDecisio
     if record.is_deleted() {
         return PatchDecision::NotFound;
     }
-    if let Some(cond) = if_match {
-        if !cond.matches(record.version) {
-            return PatchDecision::PreconditionFailed { current: record.version };
-        }
+    if let Some(cond) = if_match
+        && !cond.matches(record.version)
+    {
+        return PatchDecision::PreconditionFailed { current: record.version };
     }
-    PatchDecision::Apply {
-        version: record.version + 1,
-    }
+    PatchDecision::Apply { version: record.version + 1 }
 }
 
 #[cfg(test)]
@@ -221,11 +219,7 @@ mod tests {
     }
 
     fn actor() -> Actor {
-        Actor {
-            tenant: "t".into(),
-            key_id: "key_1".into(),
-            request_id: "req".into(),
-        }
+        Actor { tenant: "t".into(), key_id: "key_1".into(), request_id: "req".into() }
     }
 
     #[test]
@@ -279,10 +273,7 @@ mod tests {
         );
         let deleted = record(Some(mark));
         assert_eq!(decide_restore(&deleted, None, now), RestoreDecision::Restore { version: 4 });
-        assert_eq!(
-            decide_restore(&deleted, None, Timestamp::from_micros(5_000_000)),
-            RestoreDecision::WindowElapsed
-        );
+        assert_eq!(decide_restore(&deleted, None, Timestamp::from_micros(5_000_000)), RestoreDecision::WindowElapsed);
         assert_eq!(decide_restore(&active, None, now), RestoreDecision::AlreadyActive);
         assert_eq!(decide_patch(&deleted, None), PatchDecision::NotFound);
         assert!(check_reason(Some(&"x".repeat(500))).is_ok());

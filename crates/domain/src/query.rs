@@ -116,10 +116,7 @@ impl Default for ListQuery {
             deleted_before: None,
             deleted_by: None,
             purge_before: None,
-            sort: Sort {
-                key: SortKey::Id,
-                descending: false,
-            },
+            sort: Sort { key: SortKey::Id, descending: false },
             limit: DEFAULT_LIMIT,
             after: None,
             count: false,
@@ -136,10 +133,7 @@ pub struct QueryError {
 }
 
 fn qerr(param: &str, message: impl Into<String>) -> QueryError {
-    QueryError {
-        param: param.to_string(),
-        message: message.into(),
-    }
+    QueryError { param: param.to_string(), message: message.into() }
 }
 
 /// Parses `limit`: 1..=500, default 50.
@@ -216,8 +210,10 @@ impl ListQuery {
                 }
             }
         }
-        let deleted_filters =
-            q.deleted_since.is_some() || q.deleted_before.is_some() || q.deleted_by.is_some() || q.purge_before.is_some();
+        let deleted_filters = q.deleted_since.is_some()
+            || q.deleted_before.is_some()
+            || q.deleted_by.is_some()
+            || q.purge_before.is_some();
         q.scope = match (only_deleted, include_deleted, deleted_filters) {
             (Some(true), _, _) | (None, _, true) => DeletedScope::Deleted,
             (Some(false), _, true) => {
@@ -266,36 +262,27 @@ fn parse_filter(collection: &Collection, param: &str, field_name: &str, raw: &st
     let json = match &field.ty {
         FieldType::Json => return Err(qerr(param, "json fields cannot be filtered on")),
         FieldType::String | FieldType::Ref { .. } | FieldType::Timestamp => serde_json::Value::String(raw.to_string()),
-        FieldType::Integer | FieldType::Number | FieldType::Boolean => serde_json::from_str(raw)
-            .map_err(|_| qerr(param, format!("expected a {} value", field.ty.name())))?,
+        FieldType::Integer | FieldType::Number | FieldType::Boolean => {
+            serde_json::from_str(raw).map_err(|_| qerr(param, format!("expected a {} value", field.ty.name())))?
+        }
     };
     let value = parse_field_value(field, &json).map_err(|m| qerr(param, m))?;
     let value = match value {
         FieldValue::String(s) if field.case_insensitive => FieldValue::String(fold_case(&s)),
         other => other,
     };
-    Ok(FieldFilter {
-        field: field_name.to_string(),
-        value,
-        case_insensitive: field.case_insensitive,
-    })
+    Ok(FieldFilter { field: field_name.to_string(), value, case_insensitive: field.case_insensitive })
 }
 
 /// Encodes a cursor for the position after the given item.
 #[must_use]
 pub fn encode_cursor(sort: &Sort, position: &Position) -> String {
-    let wire = CursorWire {
-        s: sort.to_param(),
-        v: position.value.clone(),
-        i: position.id.clone(),
-    };
+    let wire = CursorWire { s: sort.to_param(), v: position.value.clone(), i: position.id.clone() };
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&wire).unwrap_or_default())
 }
 
 fn decode_cursor(sort: &Sort, cursor: &str) -> Result<Position, QueryError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| qerr("cursor", "not a cursor issued by this server"))?;
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| qerr("cursor", "not a cursor issued by this server"))?;
     let wire: CursorWire =
         serde_json::from_slice(&bytes).map_err(|_| qerr("cursor", "not a cursor issued by this server"))?;
     if wire.s != sort.to_param() {
@@ -364,10 +351,7 @@ mod tests {
     fn cursors_round_trip_and_are_bound_to_their_sort() {
         let c = coll();
         let sort = parse_sort(&c, "-n").unwrap();
-        let pos = Position {
-            value: SortValue::Int(7),
-            id: "abc".into(),
-        };
+        let pos = Position { value: SortValue::Int(7), id: "abc".into() };
         let cursor = encode_cursor(&sort, &pos);
         let q = ListQuery::parse(&c, &pairs(&[("sort", "-n"), ("cursor", &cursor)])).unwrap();
         assert_eq!(q.after, Some(pos));

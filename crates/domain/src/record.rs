@@ -109,10 +109,7 @@ impl Record {
         map.insert("deleted".into(), Value::Bool(d.is_some()));
         map.insert("deleted_at".into(), d.map_or(Value::Null, |d| Value::String(d.deleted_at.to_rfc3339())));
         map.insert("deleted_by".into(), d.map_or(Value::Null, |d| Value::String(d.deleted_by.clone())));
-        map.insert(
-            "delete_reason".into(),
-            d.and_then(|d| d.reason.clone()).map_or(Value::Null, Value::String),
-        );
+        map.insert("delete_reason".into(), d.and_then(|d| d.reason.clone()).map_or(Value::Null, Value::String));
         map.insert("deletion_id".into(), d.map_or(Value::Null, |d| Value::String(d.deletion_id.clone())));
         map.insert("purge_at".into(), d.map_or(Value::Null, |d| Value::String(d.purge_at.to_rfc3339())));
         map.insert("legal_hold".into(), Value::Bool(self.legal_hold));
@@ -141,10 +138,7 @@ pub struct ValidationErrors(pub Vec<FieldError>);
 
 impl ValidationErrors {
     fn one(field: &str, message: impl Into<String>) -> Self {
-        Self(vec![FieldError {
-            field: field.to_string(),
-            message: message.into(),
-        }])
+        Self(vec![FieldError { field: field.to_string(), message: message.into() }])
     }
 }
 
@@ -171,18 +165,13 @@ pub fn parse_field_value(field: &Field, value: &Value) -> Result<FieldValue, Str
             }
             Ok(FieldValue::String(s.to_string()))
         }
-        FieldType::Integer => value
-            .as_i64()
-            .map(FieldValue::Integer)
-            .ok_or_else(|| "expected an integer (64-bit)".to_string()),
-        FieldType::Number => value
-            .as_f64()
-            .map(FieldValue::Number)
-            .ok_or_else(|| "expected a number".to_string()),
-        FieldType::Boolean => value
-            .as_bool()
-            .map(FieldValue::Boolean)
-            .ok_or_else(|| "expected true or false".to_string()),
+        FieldType::Integer => {
+            value.as_i64().map(FieldValue::Integer).ok_or_else(|| "expected an integer (64-bit)".to_string())
+        }
+        FieldType::Number => value.as_f64().map(FieldValue::Number).ok_or_else(|| "expected a number".to_string()),
+        FieldType::Boolean => {
+            value.as_bool().map(FieldValue::Boolean).ok_or_else(|| "expected true or false".to_string())
+        }
         FieldType::Timestamp => {
             let s = value.as_str().ok_or("expected an RFC 3339 timestamp string")?;
             Timestamp::parse_rfc3339(s).map(FieldValue::Timestamp)
@@ -207,9 +196,8 @@ pub struct NewRecordBody {
     pub values: Values,
 }
 
-fn as_object<'a>(body: &'a Value) -> Result<&'a Map<String, Value>, ValidationErrors> {
-    body.as_object()
-        .ok_or_else(|| ValidationErrors::one("", "the body must be a JSON object"))
+fn as_object(body: &Value) -> Result<&Map<String, Value>, ValidationErrors> {
+    body.as_object().ok_or_else(|| ValidationErrors::one("", "the body must be a JSON object"))
 }
 
 /// Validates a create body against the collection.
@@ -225,10 +213,7 @@ pub fn parse_create(collection: &Collection, body: &Value) -> Result<NewRecordBo
         if name == "id" {
             match value.as_str() {
                 Some(s) if is_valid_record_id(s) => id = Some(s.to_string()),
-                _ => errors.push(FieldError {
-                    field: "id".into(),
-                    message: "must be 1-128 of A-Z a-z 0-9 _ -".into(),
-                }),
+                _ => errors.push(FieldError { field: "id".into(), message: "must be 1-128 of A-Z a-z 0-9 _ -".into() }),
             }
             continue;
         }
@@ -245,17 +230,10 @@ pub fn parse_create(collection: &Collection, body: &Value) -> Result<NewRecordBo
     }
     for field in collection.fields.values() {
         if field.required && !values.contains_key(&field.name) && !errors.iter().any(|e| e.field == field.name) {
-            errors.push(FieldError {
-                field: field.name.clone(),
-                message: "is required".into(),
-            });
+            errors.push(FieldError { field: field.name.clone(), message: "is required".into() });
         }
     }
-    if errors.is_empty() {
-        Ok(NewRecordBody { id, values })
-    } else {
-        Err(ValidationErrors(errors))
-    }
+    if errors.is_empty() { Ok(NewRecordBody { id, values }) } else { Err(ValidationErrors(errors)) }
 }
 
 fn unknown_field(collection: &Collection, name: &str) -> FieldError {
@@ -264,10 +242,7 @@ fn unknown_field(collection: &Collection, name: &str) -> FieldError {
     } else {
         format!("is not a field of {}", collection.name)
     };
-    FieldError {
-        field: name.to_string(),
-        message,
-    }
+    FieldError { field: name.to_string(), message }
 }
 
 /// A validated merge patch: the fields it sets (null = remove).
@@ -285,20 +260,16 @@ pub fn parse_patch(collection: &Collection, body: &Value) -> Result<Patch, Valid
         match collection.field(name) {
             Some(field) => {
                 // json fields merge recursively, so only their top level is checked here.
-                if field.ty != FieldType::Json {
-                    if let Err(message) = parse_field_value(field, value) {
-                        errors.push(FieldError { field: name.clone(), message });
-                    }
+                if field.ty != FieldType::Json
+                    && let Err(message) = parse_field_value(field, value)
+                {
+                    errors.push(FieldError { field: name.clone(), message });
                 }
             }
             None => errors.push(unknown_field(collection, name)),
         }
     }
-    if errors.is_empty() {
-        Ok(Patch(object.clone()))
-    } else {
-        Err(ValidationErrors(errors))
-    }
+    if errors.is_empty() { Ok(Patch(object.clone())) } else { Err(ValidationErrors(errors)) }
 }
 
 /// RFC 7396 applied to a JSON value.
@@ -349,10 +320,7 @@ pub fn apply_patch(collection: &Collection, current: &Values, patch: &Patch) -> 
         };
         if new_value.is_null() {
             if field.required {
-                errors.push(FieldError {
-                    field: name.clone(),
-                    message: "is required and cannot be removed".into(),
-                });
+                errors.push(FieldError { field: name.clone(), message: "is required and cannot be removed".into() });
             }
             values.remove(name);
         } else {
@@ -397,7 +365,8 @@ meta = { type = "json" }
     #[test]
     fn create_checks_types_and_required() {
         let c = products();
-        let ok = parse_create(&c, &json!({"sku": "A1", "price": 3, "at": "2026-01-01T00:00:00+01:00", "id": "x-1"})).unwrap();
+        let ok = parse_create(&c, &json!({"sku": "A1", "price": 3, "at": "2026-01-01T00:00:00+01:00", "id": "x-1"}))
+            .unwrap();
         assert_eq!(ok.id.as_deref(), Some("x-1"));
         assert_eq!(ok.values["price"], FieldValue::Integer(3));
         let err = parse_create(&c, &json!({"price": 1.5, "nope": 1, "version": 3, "id": "a b"})).unwrap_err();

@@ -64,10 +64,7 @@ impl FromStr for Permission {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown scope {s:?}"))
+        Self::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| format!("unknown scope {s:?}"))
     }
 }
 

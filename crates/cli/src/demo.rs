@@ -1,0 +1,134 @@
+//! `--demo`: the shop schema under ./tombstone-data, demo data seeded once, and an admin
+//! key printed on first start.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use tombstone_domain::config::Config;
+use tombstone_domain::id::new_record_id;
+use tombstone_domain::record::{Record, parse_create};
+use tombstone_domain::scope::parse_scopes;
+use tombstone_domain::time::Clock;
+use tombstone_server::keys::create_key;
+use tombstone_store::Store;
+
+/// The demo schema.
+pub const DEMO_TOML: &str = include_str!("demo.toml");
+
+/// The tenant demo data and the demo admin key belong to.
+pub const DEMO_TENANT: &str = "demo";
+
+/// The demo configuration, rooted at `dir`.
+///
+/// # Errors
+/// Never for the shipped schema; kept fallible so a broken edit shows up at once.
+pub fn config(dir: &Path) -> anyhow::Result<Config> {
+    Config::parse(DEMO_TOML, dir).map_err(|e| anyhow::anyhow!("demo schema: {e}"))
+}
+
+/// Seeds demo data and creates the admin key on first start; prints what a newcomer needs.
+pub async fn prepare(config: &Config, store: &Arc<dyn Store>, clock: &dyn Clock) -> anyhow::Result<()> {
+    if store.get_meta("demo.seeded").await?.is_none() {
+        seed(config, store, clock).await.context("seeding demo data")?;
+        store.set_meta("demo.seeded", "1").await?;
+    }
+    if store.get_meta("demo.admin_key").await?.is_none() {
+        let scopes = parse_scopes("admin").map_err(anyhow::Error::msg)?;
+        let key = create_key(store.as_ref(), DEMO_TENANT, scopes, Some("demo admin".into()), clock.now()).await?;
+        store.set_meta("demo.admin_key", &key.key.id).await?;
+        eprintln!("demo admin key (tenant {DEMO_TENANT}, shown once): {}", key.secret);
+        eprintln!("  try: curl -H 'Authorization: Bearer {}' http://HOST/v1/products", key.secret);
+    } else {
+        eprintln!(
+            "demo admin key was printed on first start; to make another: tombstone keys create --tenant {DEMO_TENANT} --scopes admin"
+        );
+    }
+    Ok(())
+}
+
+async fn insert(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    clock: &dyn Clock,
+    collection: &str,
+    body: Value,
+) -> anyhow::Result<String> {
+    let coll = config.schema.collection(collection).with_context(|| format!("demo collection {collection}"))?;
+    let parsed = parse_create(coll, &body).map_err(|e| anyhow::anyhow!("demo {collection}: {e}"))?;
+    let now = clock.now();
+    let record = Record {
+        tenant: DEMO_TENANT.into(),
+        collection: collection.into(),
+        id: parsed.id.unwrap_or_else(new_record_id),
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        deletion: None,
+        legal_hold: false,
+        values: parsed.values,
+    };
+    Ok(store.create_record(coll, record, None).await?.id)
+}
+
+async fn seed(config: &Config, store: &Arc<dyn Store>, clock: &dyn Clock) -> anyhow::Result<()> {
+    let kitchen = insert(config, store, clock, "categories", json!({"name": "Kitchen", "slug": "kitchen"})).await?;
+    let office = insert(config, store, clock, "categories", json!({"name": "Office", "slug": "office"})).await?;
+    let mut products = Vec::new();
+    for (i, (name, cat)) in [
+        ("Blue mug", &kitchen),
+        ("Teapot", &kitchen),
+        ("Chef's knife", &kitchen),
+        ("Notebook", &office),
+        ("Fountain pen", &office),
+        ("Desk lamp", &office),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = insert(
+            config,
+            store,
+            clock,
+            "products",
+            json!({"sku": format!("SKU-{}", 1001 + i), "name": name, "price_cents": 500 + 250 * i, "category_id": cat, "description": format!("A fine {}", name.to_lowercase())}),
+        )
+        .await?;
+        products.push(id);
+    }
+    let ada =
+        insert(config, store, clock, "customers", json!({"email": "ada@example.com", "name": "Ada Lovelace"})).await?;
+    let alan =
+        insert(config, store, clock, "customers", json!({"email": "alan@example.com", "name": "Alan Turing"})).await?;
+    insert(
+        config,
+        store,
+        clock,
+        "orders",
+        json!({"customer_id": ada, "total_cents": 1750, "status": "paid", "placed_at": "2026-11-01T10:00:00Z"}),
+    )
+    .await?;
+    insert(
+        config,
+        store,
+        clock,
+        "orders",
+        json!({"customer_id": alan, "total_cents": 500, "status": "shipped", "placed_at": "2026-11-03T15:30:00Z"}),
+    )
+    .await?;
+    insert(config, store, clock, "cart_items", json!({"product_id": products[0], "customer_id": ada, "quantity": 2}))
+        .await?;
+    insert(config, store, clock, "cart_items", json!({"product_id": products[3], "customer_id": alan, "quantity": 1}))
+        .await?;
+    insert(
+        config,
+        store,
+        clock,
+        "wishlist_items",
+        json!({"product_id": products[0], "customer_id": alan, "note": "for the office"}),
+    )
+    .await?;
+    insert(config, store, clock, "webhook_secrets", json!({"name": "billing", "secret": "s3cr3t-demo-value"})).await?;
+    Ok(())
+}

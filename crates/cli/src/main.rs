@@ -1,0 +1,307 @@
+//! The `tombstone` command: wires the config, the store and the server together.
+
+mod demo;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tombstone_domain::config::{Config, StorageConfig};
+use tombstone_domain::scope::parse_scopes;
+use tombstone_domain::time::{Clock, SystemClock};
+use tombstone_server::keys::{create_key, valid_tenant};
+use tombstone_server::{AppState, serve};
+use tombstone_store::{SqliteStore, Store};
+
+/// Tombstone: a data API server in which delete is safe by default.
+#[derive(Parser)]
+#[command(name = "tombstone", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// The config file (TOML). Without it, the demo schema under ./tombstone-data.
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API and the background workers.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Address to listen on (overrides [server].listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Use the demo shop schema under ./tombstone-data, seed it once, print an admin key.
+        #[arg(long)]
+        demo: bool,
+        /// Log format; default: text on a terminal, JSON otherwise.
+        #[arg(long, value_parser = ["json", "text"])]
+        log_format: Option<String>,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Apply schema changes for the configured collections.
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; its secret is printed once.
+    Create {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The tenant the key belongs to.
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated scopes, e.g. read,write,delete:products.
+        #[arg(long)]
+        scopes: String,
+        /// A name to recognise the key by.
+        #[arg(long)]
+        name: Option<String>,
+        /// Print {"id","secret","tenant","scopes","name"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: it is deleted at once.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The key id (key_…).
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments").trim();
+            eprintln!("{first} (see tombstone --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads the config file, or the demo schema rooted at the working directory.
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+            let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            Config::parse(&text, base).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))
+        }
+        None => demo::config(Path::new(".")),
+    }
+}
+
+/// Opens the configured store and brings its schema up to date.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = match &config.storage {
+        StorageConfig::Sqlite { path } => Arc::new(SqliteStore::open(path)?),
+        StorageConfig::Postgres { .. } => {
+            bail!("storage.url: PostgreSQL storage is not available in this build yet; use sqlite://PATH")
+        }
+    };
+    store.migrate(&config.schema).await?;
+    Ok(store)
+}
+
+fn init_logging(format: Option<&str>) {
+    let json = match format {
+        Some(f) => f == "json",
+        None => !std::io::stderr().is_terminal(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOMBSTONE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.compact().init();
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    match cli.command {
+        Command::Serve { config, listen, demo, log_format } => {
+            init_logging(log_format.as_deref());
+            let demo = demo || config.config.is_none();
+            let config = if demo && config.config.is_none() {
+                demo::config(Path::new("."))?
+            } else {
+                load_config(config.config.as_deref())?
+            };
+            let store = open_store(&config).await?;
+            if demo {
+                demo::prepare(&config, &store, clock.as_ref()).await?;
+            }
+            let addr = listen.unwrap_or(config.server.listen);
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            let local = listener.local_addr()?;
+            let state = AppState::new(config.schema.clone(), store, clock);
+            eprintln!("listening on http://{local}");
+            serve(state, listener, shutdown_signal()).await.context("server failed")?;
+            Ok(())
+        }
+        Command::Migrate { config } => {
+            let config = load_config(config.config.as_deref())?;
+            open_store(&config).await?;
+            println!("schema up to date: {} collections", config.schema.collections.len());
+            Ok(())
+        }
+        Command::Keys { command } => keys(command, clock).await,
+    }
+}
+
+async fn keys(command: KeysCommand, clock: Arc<dyn Clock>) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create { config, tenant, scopes, name, json } => {
+            let config = load_config(config.config.as_deref())?;
+            if !valid_tenant(&tenant) {
+                bail!("--tenant {tenant:?}: must be 1-64 of A-Z a-z 0-9 _ -");
+            }
+            let scopes = parse_scopes(&scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
+            for s in &scopes {
+                if let Some(c) = &s.collection
+                    && config.schema.collection(c).is_none()
+                {
+                    bail!("--scopes: {s} names unknown collection {c:?}");
+                }
+            }
+            let store = open_store(&config).await?;
+            let created = create_key(store.as_ref(), &tenant, scopes, name, clock.now()).await?;
+            let scopes: Vec<String> = created.key.scopes.iter().map(ToString::to_string).collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": created.key.id, "secret": created.secret, "tenant": created.key.tenant, "scopes": scopes, "name": created.key.name})
+                );
+            } else {
+                println!(
+                    "created {} for tenant {} with scopes {}",
+                    created.key.id,
+                    created.key.tenant,
+                    scopes.join(",")
+                );
+                println!("secret (shown once): {}", created.secret);
+            }
+            Ok(())
+        }
+        KeysCommand::List { config, json } => {
+            let config = load_config(config.config.as_deref())?;
+            let store = open_store(&config).await?;
+            let keys = store.list_keys().await?;
+            if json {
+                let items: Vec<_> = keys
+                    .iter()
+                    .map(|k| {
+                        serde_json::json!({"id": k.id, "tenant": k.tenant, "name": k.name, "scopes": k.scopes.iter().map(ToString::to_string).collect::<Vec<_>>(), "created_at": k.created_at.to_rfc3339()})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(items));
+            } else {
+                println!("{:<38} {:<16} {:<28} {:<20} CREATED", "ID", "TENANT", "SCOPES", "NAME");
+                for k in keys {
+                    let scopes: Vec<String> = k.scopes.iter().map(ToString::to_string).collect();
+                    println!(
+                        "{:<38} {:<16} {:<28} {:<20} {}",
+                        k.id,
+                        k.tenant,
+                        scopes.join(","),
+                        k.name.unwrap_or_default(),
+                        k.created_at
+                    );
+                }
+            }
+            Ok(())
+        }
+        KeysCommand::Revoke { config, id } => {
+            let config = load_config(config.config.as_deref())?;
+            let store = open_store(&config).await?;
+            if store.revoke_key(&id).await? {
+                println!("revoked {id}");
+                Ok(())
+            } else {
+                bail!("no key {id}")
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

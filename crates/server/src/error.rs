@@ -1,0 +1,193 @@
+//! The one error type of the API, rendered as `application/problem+json` (RFC 9457).
+//!
+//! Each variant documents its status and problem `type` slug. There is deliberately no
+//! blanket conversion from arbitrary errors: storage failures map variant by variant, and
+//! an unexpected one becomes [`ApiError::Internal`], logged once with its cause while the
+//! client sees only the request id.
+
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use tombstone_domain::query::QueryError;
+use tombstone_domain::record::ValidationErrors;
+use tombstone_domain::scope::Permission;
+use tombstone_store::StoreError;
+
+use crate::request_id;
+
+/// The content type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Everything the API can answer with instead of success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `malformed`: the body is not JSON.
+    #[error("{0}")]
+    Malformed(String),
+    /// 400 `invalid-parameter`: a query parameter or header is not acceptable.
+    #[error("{param}: {message}")]
+    BadParameter { param: String, message: String },
+    /// 401 `unauthorized`: no key, or an unknown or revoked one.
+    #[error("a valid API key is required")]
+    Unauthorized,
+    /// 403 `forbidden`: the key lacks a scope.
+    #[error("the key lacks the {0} scope")]
+    Forbidden(Permission),
+    /// 404 `not-found`.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405 `method-not-allowed`.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 409 `unique-conflict`: an active record holds the value (`conflicting_id`).
+    #[error("an active record already has this value of {}", fields.join(", "))]
+    UniqueConflict { conflicting_id: String, fields: Vec<String> },
+    /// 409 `idempotency-conflict`: the first request with this key is still running.
+    #[error("a request with this Idempotency-Key is still being processed")]
+    IdempotencyConflict,
+    /// 410 `erased`: the record this idempotent response created has been erased.
+    #[error("the record created by this request has been erased")]
+    Erased,
+    /// 412 `precondition-failed`: `If-Match` is stale.
+    #[error("If-Match does not match the current version (v{current})")]
+    PreconditionFailed { current: i64 },
+    /// 413 `payload-too-large`: more than 1 MiB.
+    #[error("the body is larger than 1 MiB")]
+    PayloadTooLarge,
+    /// 422 `validation`: well-formed but invalid; `errors` per field.
+    #[error("{0}")]
+    Validation(ValidationErrors),
+    /// 422 `idempotency-mismatch`: the key was used with another body.
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyMismatch,
+    /// 428 `precondition-required`: the collection requires `If-Match`.
+    #[error("this collection requires If-Match on writes")]
+    PreconditionRequired,
+    /// 500 `internal`: logged with its cause; the client sees the request id only.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// 503 `unavailable`.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// A 404 for a record, worded the same whether it never existed, was deleted, or
+    /// belongs to another tenant.
+    #[must_use]
+    pub fn record_not_found(collection: &str, id: &str) -> Self {
+        Self::NotFound(format!("no record {id} in {collection}"))
+    }
+
+    /// Status and `type` slug.
+    #[must_use]
+    pub fn status_and_type(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed"),
+            Self::BadParameter { .. } => (StatusCode::BAD_REQUEST, "invalid-parameter"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
+            Self::UniqueConflict { .. } => (StatusCode::CONFLICT, "unique-conflict"),
+            Self::IdempotencyConflict => (StatusCode::CONFLICT, "idempotency-conflict"),
+            Self::Erased => (StatusCode::GONE, "erased"),
+            Self::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "precondition-failed"),
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
+            Self::IdempotencyMismatch => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-mismatch"),
+            Self::PreconditionRequired => (StatusCode::PRECONDITION_REQUIRED, "precondition-required"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+
+    /// The problem document.
+    #[must_use]
+    pub fn to_problem(&self) -> Value {
+        let (status, slug) = self.status_and_type();
+        let detail = match self {
+            Self::Internal(_) => "an unexpected error occurred; quote the request_id when reporting it".to_string(),
+            other => other.to_string(),
+        };
+        let mut body = Map::new();
+        body.insert("type".into(), json!(slug));
+        body.insert("title".into(), json!(status.canonical_reason().unwrap_or("Error")));
+        body.insert("status".into(), json!(status.as_u16()));
+        body.insert("detail".into(), json!(detail));
+        body.insert("request_id".into(), json!(request_id::current()));
+        match self {
+            Self::Forbidden(scope) => {
+                body.insert("missing_scope".into(), json!(scope.as_str()));
+            }
+            Self::UniqueConflict { conflicting_id, fields } => {
+                body.insert("conflicting_id".into(), json!(conflicting_id));
+                body.insert("fields".into(), json!(fields));
+            }
+            Self::Validation(errors) => {
+                body.insert("errors".into(), json!(errors.0));
+            }
+            Self::BadParameter { param, .. } => {
+                body.insert("errors".into(), json!([{"field": param, "message": self.to_string()}]));
+            }
+            Self::PreconditionFailed { current } => {
+                body.insert("current_etag".into(), json!(format!("\"v{current}\"")));
+            }
+            _ => {}
+        }
+        Value::Object(body)
+    }
+}
+
+/// Renders a problem document with the right content type.
+#[must_use]
+pub fn problem_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, _) = self.status_and_type();
+        if let Self::Internal(cause) = &self {
+            tracing::error!(request_id = %request_id::current(), error = %cause, "request failed");
+        }
+        let mut response = problem_response(status, &self.to_problem());
+        if matches!(self, Self::Unauthorized) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::NotFound("no such record".into()),
+            StoreError::PreconditionFailed { current } => Self::PreconditionFailed { current },
+            StoreError::UniqueConflict { conflicting_id, fields } => Self::UniqueConflict { conflicting_id, fields },
+            StoreError::Validation(errors) => Self::Validation(errors),
+            StoreError::Migration(m) | StoreError::Internal(m) => Self::Internal(m),
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        Self::BadParameter { param: e.param, message: e.message }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        Self::BadParameter { param: "path".into(), message: e.body_text() }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE { Self::PayloadTooLarge } else { Self::Malformed(e.body_text()) }
+    }
+}

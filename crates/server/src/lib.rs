@@ -1,0 +1,16 @@
+//! Tombstone's HTTP server: the REST API over the configured collections, key
+//! management, health and OpenAPI endpoints, and the background workers.
+//!
+//! Handlers are thin: they authenticate, parse the request into domain values, call the
+//! store (which applies the domain's lifecycle rules inside one transaction) and render
+//! the answer. Every error is an [`error::ApiError`] rendered as RFC 9457 problem+json.
+
+pub mod app;
+pub mod auth;
+pub mod error;
+pub mod keys;
+pub mod openapi;
+pub mod request_id;
+mod routes;
+
+pub use app::{AppState, router, serve};

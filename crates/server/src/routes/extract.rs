@@ -1,0 +1,73 @@
+//! Request extraction that answers problem+json on failure: JSON bodies, query pairs and
+//! path segments.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// A JSON body. Any content type is read as JSON, so `curl -d` works as people expect.
+pub(crate) struct JsonBody(pub Value);
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::Malformed("the body is empty; send a JSON object".into()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::Malformed(format!("the body is not valid JSON: {e}")))
+    }
+}
+
+/// Query parameters as ordered pairs (repeated names kept, so they can be refused).
+pub(crate) struct QueryPairs(pub Vec<(String, String)>);
+
+impl QueryPairs {
+    /// Refuses any parameter not in `allowed`, and repeated ones.
+    pub(crate) fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        let mut seen = Vec::new();
+        for (name, _) in &self.0 {
+            if !allowed.contains(&name.as_str()) {
+                return Err(ApiError::BadParameter { param: name.clone(), message: "unknown parameter".into() });
+            }
+            if seen.contains(&name) {
+                return Err(ApiError::BadParameter { param: name.clone(), message: "given more than once".into() });
+            }
+            seen.push(name);
+        }
+        Ok(())
+    }
+
+    /// The value of a parameter.
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        Ok(Self(form_urlencoded::parse(query.as_bytes()).into_owned().collect()))
+    }
+}
+
+/// Path parameters with problem+json rejections.
+pub(crate) struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(Path::<T>::from_request_parts(parts, state).await?.0))
+    }
+}

@@ -1,0 +1,6 @@
+//! Route handlers, one module per resource.
+
+pub(crate) mod extract;
+pub(crate) mod health;
+pub(crate) mod keys;
+pub(crate) mod records;

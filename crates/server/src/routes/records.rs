@@ -1,0 +1,444 @@
+//! The record endpoints: create, get, list, patch, delete (and its dry run), restore.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tombstone_domain::config::Collection;
+use tombstone_domain::id::{is_valid_record_id, new_deletion_id, new_record_id};
+use tombstone_domain::lifecycle::{DeleteRequest, IfMatch, check_reason, if_none_match};
+use tombstone_domain::query::{ListQuery, encode_cursor};
+use tombstone_domain::record::{FieldError, Record, ValidationErrors, parse_create, parse_patch};
+use tombstone_domain::scope::Permission;
+use tombstone_store::{DeleteOutcome, IdempotencyClaim, IdempotencyKey, RestoreOutcome, StoreError, StoredResponse};
+
+use super::extract::{ApiPath, JsonBody, QueryPairs};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+static DELETION_ID: HeaderName = HeaderName::from_static("deletion-id");
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/{collection}", get(list_records).post(create_record))
+        .route("/v1/{collection}/{id}", get(get_record).patch(patch_record).delete(delete_record).post(record_action))
+}
+
+fn collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
+    state.schema.collection(name).cloned().ok_or_else(|| ApiError::NotFound(format!("no collection {name:?}")))
+}
+
+fn checked_id<'a>(collection: &Collection, id: &'a str) -> Result<&'a str, ApiError> {
+    if is_valid_record_id(id) {
+        Ok(id)
+    } else {
+        // An id that cannot exist cannot be found.
+        Err(ApiError::record_not_found(&collection.name, id))
+    }
+}
+
+fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
+    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(IfMatch::parse)
+}
+
+/// `If-Match`, refusing its absence where the collection requires it.
+fn write_precondition(collection: &Collection, headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
+    let cond = if_match(headers);
+    if collection.require_if_match && cond.is_none() {
+        return Err(ApiError::PreconditionRequired);
+    }
+    Ok(cond)
+}
+
+fn reason(query: &QueryPairs) -> Result<Option<String>, ApiError> {
+    let reason = query.get("reason").map(str::to_string);
+    check_reason(reason.as_deref()).map_err(|message| {
+        ApiError::Validation(ValidationErrors(vec![FieldError { field: "reason".into(), message }]))
+    })?;
+    Ok(reason)
+}
+
+fn map_not_found(collection: &Collection, id: &str) -> impl Fn(StoreError) -> ApiError {
+    let (c, i) = (collection.name.clone(), id.to_string());
+    move |e| match e {
+        StoreError::NotFound => ApiError::record_not_found(&c, &i),
+        other => other.into(),
+    }
+}
+
+/// The representation a caller sees: holds only with `read_deleted`.
+fn represent(caller: &Caller, collection: &Collection, record: &Record) -> Value {
+    let holds = caller.can(Permission::ReadDeleted, Some(&collection.name)).then_some(&[][..]);
+    record.to_json(collection, holds)
+}
+
+fn record_response(status: StatusCode, caller: &Caller, collection: &Collection, record: &Record) -> Response {
+    let body = represent(caller, collection, record);
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&record.etag()) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+async fn create_record(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
+    query: QueryPairs,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let collection = collection(&state, &name)?;
+    caller.require(Permission::Write, Some(&collection.name))?;
+    query.only(&[])?;
+    let parsed = parse_create(&collection, &body).map_err(ApiError::Validation)?;
+
+    let idempotency = match headers.get(&IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => {
+            let key =
+                value.to_str().ok().filter(|k| (1..=255).contains(&k.len())).ok_or_else(|| ApiError::BadParameter {
+                    param: "Idempotency-Key".into(),
+                    message: "must be 1-255 visible ASCII characters".into(),
+                })?;
+            let key = IdempotencyKey {
+                tenant: caller.tenant().to_string(),
+                api_key: caller.key.id.clone(),
+                key: key.to_string(),
+            };
+            // serde_json's map keeps insertion order, so the fingerprint sorts keys itself.
+            let fingerprint = fingerprint(&format!("POST /v1/{name}"), &body);
+            match state.store.claim_idempotency(&key, &fingerprint, state.now()).await? {
+                IdempotencyClaim::Claimed => Some(key),
+                IdempotencyClaim::InFlight => return Err(ApiError::IdempotencyConflict),
+                IdempotencyClaim::Mismatch => return Err(ApiError::IdempotencyMismatch),
+                IdempotencyClaim::Replay(stored) => return Ok(replay(&stored)),
+            }
+        }
+    };
+
+    let now = state.now();
+    let record = Record {
+        tenant: caller.tenant().to_string(),
+        collection: collection.name.clone(),
+        id: parsed.id.unwrap_or_else(new_record_id),
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        deletion: None,
+        legal_hold: false,
+        values: parsed.values,
+    };
+    let location = format!("/v1/{}/{}", collection.name, record.id);
+    let body = represent(&caller, &collection, &record).to_string();
+    let stored = idempotency.clone().map(|key| {
+        (
+            key,
+            StoredResponse {
+                status: 201,
+                headers: vec![("location".into(), location.clone()), ("etag".into(), record.etag())],
+                body: body.clone(),
+                record: Some((collection.name.clone(), record.id.clone())),
+            },
+        )
+    });
+    match state.store.create_record(&collection, record, stored).await {
+        Ok(record) => {
+            let mut response =
+                (StatusCode::CREATED, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+            let h = response.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                h.insert(header::LOCATION, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&record.etag()) {
+                h.insert(header::ETAG, v);
+            }
+            Ok(response)
+        }
+        Err(e) => {
+            let error = ApiError::from(e);
+            if let Some(key) = idempotency {
+                if matches!(error, ApiError::UniqueConflict { .. }) {
+                    // A conflict is a final answer for this request: keep it for replays.
+                    let (status, _) = error.status_and_type();
+                    let stored = StoredResponse {
+                        status: status.as_u16(),
+                        headers: vec![("content-type".into(), crate::error::PROBLEM_JSON.into())],
+                        body: error.to_problem().to_string(),
+                        record: None,
+                    };
+                    state.store.complete_idempotency(&key, stored).await?;
+                } else {
+                    state.store.release_idempotency(&key).await?;
+                }
+            }
+            Err(error)
+        }
+    }
+}
+
+fn fingerprint(target: &str, body: &Value) -> String {
+    fn canonical(v: &Value) -> Value {
+        match v {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), canonical(v))).collect())
+            }
+            Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+            other => other.clone(),
+        }
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(target.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(canonical(body).to_string().as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+fn replay(stored: &StoredResponse) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, stored.body.clone()).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (name, value) in &stored.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::from_str(value)) {
+            h.insert(n, v);
+        }
+    }
+    h.insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
+    response
+}
+
+async fn get_record(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, id)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let collection = collection(&state, &name)?;
+    caller.require(Permission::Read, Some(&collection.name))?;
+    query.only(&["include"])?;
+    let include_deleted = match query.get("include") {
+        None => false,
+        Some("deleted") => true,
+        Some(_) => {
+            return Err(ApiError::BadParameter {
+                param: "include".into(),
+                message: "the only supported value is \"deleted\"".into(),
+            });
+        }
+    };
+    if include_deleted {
+        caller.require(Permission::ReadDeleted, Some(&collection.name))?;
+    }
+    let id = checked_id(&collection, &id)?;
+    let record = state
+        .store
+        .get_record(caller.tenant(), &collection, id)
+        .await?
+        .filter(|r| include_deleted || !r.is_deleted())
+        .ok_or_else(|| ApiError::record_not_found(&collection.name, id))?;
+    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
+        && if_none_match(inm, record.version)
+    {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(etag) = HeaderValue::from_str(&record.etag()) {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
+        return Ok(response);
+    }
+    Ok(record_response(StatusCode::OK, &caller, &collection, &record))
+}
+
+async fn list_records(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let collection = collection(&state, &name)?;
+    caller.require(Permission::Read, Some(&collection.name))?;
+    let list = ListQuery::parse(&collection, &query.0)?;
+    if list.reads_deleted() {
+        caller.require(Permission::ReadDeleted, Some(&collection.name))?;
+    }
+    let page = state.store.list_records(caller.tenant(), &collection, &list).await?;
+    let items: Vec<Value> = page.items.iter().map(|r| represent(&caller, &collection, r)).collect();
+    let mut body = json!({
+        "items": items,
+        "next_cursor": page.next.as_ref().map(|p| encode_cursor(&list.sort, p)),
+    });
+    if let Some(total) = page.total {
+        body["total"] = json!(total);
+    }
+    Ok(axum::Json(body).into_response())
+}
+
+async fn patch_record(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, id)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+    query: QueryPairs,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let collection = collection(&state, &name)?;
+    caller.require(Permission::Write, Some(&collection.name))?;
+    query.only(&[])?;
+    let id = checked_id(&collection, &id)?;
+    let cond = write_precondition(&collection, &headers)?;
+    let patch = parse_patch(&collection, &body).map_err(ApiError::Validation)?;
+    let record = state
+        .store
+        .patch_record(&caller.actor(), &collection, id, cond, patch, state.now())
+        .await
+        .map_err(map_not_found(&collection, id))?;
+    Ok(record_response(StatusCode::OK, &caller, &collection, &record))
+}
+
+async fn delete_record(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, id)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let collection = collection(&state, &name)?;
+    caller.require(Permission::Delete, Some(&collection.name))?;
+    query.only(&["reason", "dry_run"])?;
+    let id = checked_id(&collection, &id)?;
+    let dry_run = match query.get("dry_run") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::BadParameter { param: "dry_run".into(), message: "must be true or false".into() });
+        }
+    };
+    let reason = reason(&query)?;
+    let cond = write_precondition(&collection, &headers)?;
+    if dry_run {
+        return dry_run_plan(&state, &caller, &collection, id).await;
+    }
+    let request = DeleteRequest { if_match: cond, reason, deletion_id: new_deletion_id() };
+    let outcome = state
+        .store
+        .delete_record(&caller.actor(), &collection, id, request, state.now())
+        .await
+        .map_err(map_not_found(&collection, id))?;
+    let deletion_id = match &outcome {
+        DeleteOutcome::SoftDeleted { deletion_id, .. }
+        | DeleteOutcome::AlreadyDeleted { deletion_id }
+        | DeleteOutcome::HardDeleted { deletion_id } => deletion_id.clone(),
+    };
+    if let DeleteOutcome::SoftDeleted { .. } | DeleteOutcome::HardDeleted { .. } = &outcome {
+        tracing::info!(
+            request_id = %crate::request_id::current(),
+            actor = %caller.key.id,
+            collection = %collection.name,
+            "record.id" = %id,
+            "deletion.id" = %deletion_id,
+            reason = query.get("reason").unwrap_or(""),
+            hard = matches!(outcome, DeleteOutcome::HardDeleted { .. }),
+            "record deleted"
+        );
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Ok(v) = HeaderValue::from_str(&deletion_id) {
+        response.headers_mut().insert(DELETION_ID.clone(), v);
+    }
+    Ok(response)
+}
+
+/// The blast radius of a DELETE, without changing anything. Without relations the plan
+/// is the record itself; an already deleted record would delete nothing.
+async fn dry_run_plan(
+    state: &AppState,
+    caller: &Caller,
+    collection: &Arc<Collection>,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let record = state
+        .store
+        .get_record(caller.tenant(), collection, id)
+        .await?
+        .ok_or_else(|| ApiError::record_not_found(&collection.name, id))?;
+    let root = json!({"collection": collection.name, "id": id});
+    let would_delete: Vec<Value> = if record.is_deleted() { vec![] } else { vec![root.clone()] };
+    let mut counts = serde_json::Map::new();
+    if !would_delete.is_empty() {
+        counts.insert(collection.name.clone(), json!(would_delete.len()));
+    }
+    Ok(axum::Json(json!({
+        "root": root,
+        "would_delete": would_delete,
+        "blockers": [],
+        "blockers_total": 0,
+        "orphaned": [],
+        "counts": counts,
+    }))
+    .into_response())
+}
+
+/// `POST /v1/{c}/{id}:action`.
+async fn record_action(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, target)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let collection = collection(&state, &name)?;
+    let Some((id, action)) = target.rsplit_once(':') else {
+        return Err(ApiError::MethodNotAllowed);
+    };
+    match action {
+        "restore" => restore_record(&state, &caller, &collection, id, &headers, &query).await,
+        other => Err(ApiError::NotFound(format!("no action {other:?} on records"))),
+    }
+}
+
+async fn restore_record(
+    state: &AppState,
+    caller: &Caller,
+    collection: &Arc<Collection>,
+    id: &str,
+    headers: &HeaderMap,
+    query: &QueryPairs,
+) -> Result<Response, ApiError> {
+    caller.require(Permission::Restore, Some(&collection.name))?;
+    query.only(&["reason"])?;
+    let id = checked_id(collection, id)?;
+    let reason = reason(query)?;
+    let cond = write_precondition(collection, headers)?;
+    let outcome = state
+        .store
+        .restore_record(&caller.actor(), collection, id, cond, reason.clone(), state.now())
+        .await
+        .map_err(map_not_found(collection, id))?;
+    let record = match outcome {
+        RestoreOutcome::Restored(record) => {
+            tracing::info!(
+                request_id = %crate::request_id::current(),
+                actor = %caller.key.id,
+                collection = %collection.name,
+                "record.id" = %id,
+                reason = reason.as_deref().unwrap_or(""),
+                "record restored"
+            );
+            record
+        }
+        RestoreOutcome::AlreadyActive(record) => record,
+    };
+    Ok(record_response(StatusCode::OK, caller, collection, &record))
+}

@@ -1,0 +1,227 @@
+//! Tombstone's storage layer: the [`Store`] trait every backend implements, and the
+//! embedded SQLite backend.
+//!
+//! A store executes decisions the domain made (see `tombstone_domain::lifecycle`); it
+//! owns transactions, so that a state change and everything that must accompany it commit
+//! together or not at all.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tombstone_domain::config::{Collection, Schema};
+use tombstone_domain::lifecycle::{Actor, DeleteRequest, IfMatch};
+use tombstone_domain::query::{ListQuery, Position};
+use tombstone_domain::record::{Patch, Record, ValidationErrors};
+use tombstone_domain::scope::Scope;
+use tombstone_domain::time::Timestamp;
+
+pub use sqlite::SqliteStore;
+
+/// Why a store call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// No such record (or it belongs to another tenant, or it is in a state where it
+    /// must look absent).
+    #[error("not found")]
+    NotFound,
+    /// `If-Match` did not match the current version.
+    #[error("precondition failed: current version is {current}")]
+    PreconditionFailed { current: i64 },
+    /// An active record already holds the unique value (or the client-supplied id).
+    #[error("unique conflict with {conflicting_id} on {fields:?}")]
+    UniqueConflict { conflicting_id: String, fields: Vec<String> },
+    /// The merged record is invalid.
+    #[error("validation failed: {0}")]
+    Validation(ValidationErrors),
+    /// The schema cannot be applied to the existing database.
+    #[error("{0}")]
+    Migration(String),
+    /// The database could not be reached or answered with an error.
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<Record>,
+    /// Where the next page starts, when there is one.
+    pub next: Option<Position>,
+    /// Present when the query asked for `count=true`.
+    pub total: Option<u64>,
+}
+
+/// What a DELETE did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeleteOutcome {
+    /// The record is now soft-deleted.
+    SoftDeleted { deletion_id: String, record: Box<Record> },
+    /// It was already soft-deleted; nothing changed.
+    AlreadyDeleted { deletion_id: String },
+    /// The row is gone (hard-delete collection).
+    HardDeleted { deletion_id: String },
+}
+
+/// What a `:restore` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RestoreOutcome {
+    Restored(Record),
+    /// It was active already; nothing changed.
+    AlreadyActive(Record),
+}
+
+/// A key as stored: never the secret, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub id: String,
+    pub tenant: String,
+    pub name: Option<String>,
+    pub scopes: Vec<Scope>,
+    /// SHA-256 of the secret, hex.
+    pub secret_hash: String,
+    pub created_at: Timestamp,
+}
+
+/// The scope of an idempotency key: who sent it and which key it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub tenant: String,
+    pub api_key: String,
+    pub key: String,
+}
+
+/// A response kept for replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    /// Header name and value pairs to replay (Location, ETag, …).
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// The record the response is about, if any (a replay of an erased record is a 410).
+    pub record: Option<(String, String)>,
+}
+
+/// What claiming an idempotency key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// New (or expired): the caller runs the request and completes the key.
+    Claimed,
+    /// The first request is still running.
+    InFlight,
+    /// Used before with another request body.
+    Mismatch,
+    /// Used before with this body: replay this.
+    Replay(StoredResponse),
+}
+
+/// How long an idempotency key is kept.
+pub const IDEMPOTENCY_TTL_MICROS: i64 = 24 * 3600 * 1_000_000;
+/// After this long an in-flight claim is taken to be abandoned (its process died).
+pub const IDEMPOTENCY_STALE_MICROS: i64 = 60 * 1_000_000;
+
+/// A record store. Every mutation is one transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates or updates the tables and indexes the schema needs, keeping every row.
+    ///
+    /// # Errors
+    /// [`StoreError::Migration`] when the schema cannot be applied (a field changed type,
+    /// a new unique set that active records already violate).
+    async fn migrate(&self, schema: &Schema) -> Result<(), StoreError>;
+
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts a new record (version 1). When `idempotency` is given, the key is
+    /// completed with the response in the same transaction.
+    async fn create_record(
+        &self,
+        collection: &Arc<Collection>,
+        record: Record,
+        idempotency: Option<(IdempotencyKey, StoredResponse)>,
+    ) -> Result<Record, StoreError>;
+
+    /// The record, deleted or not; `None` if it does not exist in the tenant.
+    async fn get_record(
+        &self,
+        tenant: &str,
+        collection: &Arc<Collection>,
+        id: &str,
+    ) -> Result<Option<Record>, StoreError>;
+
+    /// One page of records.
+    async fn list_records(
+        &self,
+        tenant: &str,
+        collection: &Arc<Collection>,
+        query: &ListQuery,
+    ) -> Result<Page, StoreError>;
+
+    /// Applies a merge patch to an active record.
+    async fn patch_record(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        if_match: Option<IfMatch>,
+        patch: Patch,
+        now: Timestamp,
+    ) -> Result<Record, StoreError>;
+
+    /// Soft- (or, for hard collections, hard-) deletes a record.
+    async fn delete_record(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        request: DeleteRequest,
+        now: Timestamp,
+    ) -> Result<DeleteOutcome, StoreError>;
+
+    /// Restores a soft-deleted record inside its recovery window.
+    async fn restore_record(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        if_match: Option<IfMatch>,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<RestoreOutcome, StoreError>;
+
+    /// Stores a new API key.
+    async fn create_key(&self, key: StoredKey) -> Result<(), StoreError>;
+    /// The key with that id.
+    async fn find_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError>;
+    /// Every key, oldest first.
+    async fn list_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+    /// Hard-deletes a key; `false` if there was none.
+    async fn revoke_key(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Claims an idempotency key for a request with this fingerprint.
+    async fn claim_idempotency(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+        now: Timestamp,
+    ) -> Result<IdempotencyClaim, StoreError>;
+    /// Completes a claimed key with a response that changed nothing (an error answer).
+    async fn complete_idempotency(&self, key: &IdempotencyKey, response: StoredResponse) -> Result<(), StoreError>;
+    /// Forgets a claim so the request can be retried (the server failed).
+    async fn release_idempotency(&self, key: &IdempotencyKey) -> Result<(), StoreError>;
+    /// Deletes idempotency keys older than `before`; returns how many.
+    async fn expire_idempotency(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// A value from the key/value metadata table.
+    async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Sets a metadata value.
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
+}

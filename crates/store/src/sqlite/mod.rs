@@ -1,0 +1,519 @@
+//! The embedded SQLite store: one writer connection on a dedicated thread (SQLite allows
+//! one writer at a time; queueing writes in-process avoids busy retries) and a pool of
+//! read-only connections that run beside it thanks to WAL.
+
+mod records;
+mod schema;
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, mpsc};
+
+use async_trait::async_trait;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
+use tombstone_domain::config::{Collection, Schema};
+use tombstone_domain::lifecycle::{
+    Actor, DeleteDecision, DeleteRequest, IfMatch, PatchDecision, RestoreDecision, decide_delete, decide_patch,
+    decide_restore,
+};
+use tombstone_domain::query::ListQuery;
+use tombstone_domain::record::{Patch, Record, apply_patch};
+use tombstone_domain::scope::parse_scopes;
+use tombstone_domain::time::Timestamp;
+
+use self::records::TableSql;
+use crate::{
+    DeleteOutcome, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim, IdempotencyKey, Page,
+    RestoreOutcome, Store, StoreError, StoredKey, StoredResponse,
+};
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::Sender<Job>,
+    readers: r2d2::Pool<SqliteConnectionManager>,
+    tables: RwLock<HashMap<String, Arc<TableSql>>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file, applies the system migrations and
+    /// starts the writer thread.
+    ///
+    /// # Errors
+    /// The file cannot be created or opened, or is not a Tombstone database.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut conn =
+            Connection::open(path).map_err(|e| StoreError::Internal(format!("cannot open {}: {e}", path.display())))?;
+        conn.execute_batch(schema::WRITER_PRAGMAS)
+            .map_err(|e| StoreError::Internal(format!("cannot use {} as a database: {e}", path.display())))?;
+        schema::migrate_system(&mut conn)?;
+
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("tombstone-sqlite-writer".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    // A panicking job must not take the writer down with it; its
+                    // transaction rolls back when dropped during unwinding.
+                    if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
+                        tracing::error!("a write job panicked; its transaction was rolled back");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+
+        let manager = SqliteConnectionManager::file(path)
+            .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)
+            .with_init(|c| c.execute_batch(schema::READER_PRAGMAS));
+        let size = std::thread::available_parallelism().map_or(4, |n| n.get() * 2).max(4);
+        let readers = r2d2::Pool::builder()
+            .max_size(u32::try_from(size).unwrap_or(8))
+            .min_idle(Some(1))
+            .build(manager)
+            .map_err(|e| StoreError::Internal(format!("cannot open readers on {}: {e}", path.display())))?;
+        Ok(Self { path: path.to_path_buf(), writer: tx, readers, tables: RwLock::new(HashMap::new()) })
+    }
+
+    /// The database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the writer connection, inside one `BEGIN IMMEDIATE` transaction that
+    /// commits when `f` succeeds and rolls back when it fails.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let value = f(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            })();
+            let _ = reply.send(result);
+        });
+        self.writer.send(job).map_err(|_| StoreError::Internal("the writer thread has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Internal("a write was abandoned (the writer panicked)".into()))?
+    }
+
+    /// Runs `f` on a pooled read-only connection.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get().map_err(|e| StoreError::Internal(format!("no reader connection: {e}")))?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("a read task failed: {e}")))?
+    }
+
+    fn table(&self, collection: &Collection) -> Result<Arc<TableSql>, StoreError> {
+        self.tables
+            .read()
+            .map_err(|_| StoreError::Internal("table cache poisoned".into()))?
+            .get(&collection.name)
+            .cloned()
+            .ok_or_else(|| StoreError::Internal(format!("collection {} has not been migrated", collection.name)))
+    }
+}
+
+fn load_active_for_write(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &TableSql,
+    collection: &Collection,
+    tenant: &str,
+    id: &str,
+) -> Result<Record, StoreError> {
+    records::get(tx, sql, collection, tenant, id)?.ok_or(StoreError::NotFound)
+}
+
+fn insert_deletion(
+    tx: &rusqlite::Transaction<'_>,
+    actor: &Actor,
+    deletion_id: &str,
+    reason: Option<&str>,
+    record: &Record,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "insert into deletions (id, tenant, actor, reason, request_id, created_at, root_collection, root_id, status) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'done')",
+    )?
+    .execute(params![deletion_id, actor.tenant, actor.key_id, reason, actor.request_id, now.as_micros(), record.collection, record.id])?;
+    tx.prepare_cached("insert into deletion_records (deletion_id, collection, record_id) values (?1, ?2, ?3)")?
+        .execute(params![deletion_id, record.collection, record.id])?;
+    Ok(())
+}
+
+fn complete_idempotency_in(
+    tx: &rusqlite::Transaction<'_>,
+    key: &IdempotencyKey,
+    response: &StoredResponse,
+) -> Result<(), StoreError> {
+    let headers = serde_json::to_string(&response.headers).unwrap_or_else(|_| "[]".into());
+    let (coll, rid) = response.record.clone().unzip();
+    tx.prepare_cached(
+        "update idempotency set state = 'done', status = ?4, headers = ?5, body = ?6, collection = ?7, record_id = ?8 where tenant = ?1 and api_key = ?2 and key = ?3",
+    )?
+    .execute(params![key.tenant, key.api_key, key.key, response.status, headers, response.body, coll, rid])?;
+    Ok(())
+}
+
+fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, Option<String>, String, String, i64)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+}
+
+fn to_stored_key(
+    (id, tenant, name, scopes, secret_hash, created_at): (String, String, Option<String>, String, String, i64),
+) -> Result<StoredKey, StoreError> {
+    Ok(StoredKey {
+        scopes: parse_scopes(&scopes).map_err(|e| StoreError::Internal(format!("key {id} has bad scopes: {e}")))?,
+        id,
+        tenant,
+        name,
+        secret_hash,
+        created_at: Timestamp::from_micros(created_at),
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self, schema: &Schema) -> Result<(), StoreError> {
+        let collections: Vec<Arc<Collection>> = schema.collections.values().cloned().collect();
+        let for_tx = collections.clone();
+        self.write(move |tx| {
+            for c in &for_tx {
+                schema::migrate_collection(tx, c)?;
+            }
+            Ok(())
+        })
+        .await?;
+        let mut tables = self.tables.write().map_err(|_| StoreError::Internal("table cache poisoned".into()))?;
+        tables.clear();
+        for c in &collections {
+            tables.insert(c.name.clone(), Arc::new(TableSql::new(c)));
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| Ok(conn.query_row("select 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?)).await?;
+        self.write(|_| Ok(())).await
+    }
+
+    async fn create_record(
+        &self,
+        collection: &Arc<Collection>,
+        record: Record,
+        idempotency: Option<(IdempotencyKey, StoredResponse)>,
+    ) -> Result<Record, StoreError> {
+        let sql = self.table(collection)?;
+        let collection = collection.clone();
+        self.write(move |tx| {
+            let existing: Option<String> = tx
+                .prepare_cached(&format!("select id from {} where tenant = ?1 and id = ?2", sql.table))?
+                .query_row([&record.tenant, &record.id], |r| r.get(0))
+                .optional()?;
+            if let Some(id) = existing {
+                return Err(StoreError::UniqueConflict { conflicting_id: id, fields: vec!["id".into()] });
+            }
+            if let Some((other, fields)) =
+                records::unique_conflict(tx, &sql, &collection, &record.tenant, &record.id, &record.values)?
+            {
+                return Err(StoreError::UniqueConflict { conflicting_id: other, fields });
+            }
+            records::insert(tx, &sql, &collection, &record)?;
+            if let Some((key, response)) = &idempotency {
+                complete_idempotency_in(tx, key, response)?;
+            }
+            Ok(record)
+        })
+        .await
+    }
+
+    async fn get_record(
+        &self,
+        tenant: &str,
+        collection: &Arc<Collection>,
+        id: &str,
+    ) -> Result<Option<Record>, StoreError> {
+        let sql = self.table(collection)?;
+        let collection = collection.clone();
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.read(move |conn| records::get(conn, &sql, &collection, &tenant, &id)).await
+    }
+
+    async fn list_records(
+        &self,
+        tenant: &str,
+        collection: &Arc<Collection>,
+        query: &ListQuery,
+    ) -> Result<Page, StoreError> {
+        let sql = self.table(collection)?;
+        let collection = collection.clone();
+        let tenant = tenant.to_string();
+        let query = query.clone();
+        self.read(move |conn| records::list(conn, &sql, &collection, &tenant, &query)).await
+    }
+
+    async fn patch_record(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        if_match: Option<IfMatch>,
+        patch: Patch,
+        now: Timestamp,
+    ) -> Result<Record, StoreError> {
+        let sql = self.table(collection)?;
+        let collection = collection.clone();
+        let (tenant, id) = (actor.tenant.clone(), id.to_string());
+        self.write(move |tx| {
+            let current = load_active_for_write(tx, &sql, &collection, &tenant, &id)?;
+            let version = match decide_patch(&current, if_match.as_ref()) {
+                PatchDecision::NotFound => return Err(StoreError::NotFound),
+                PatchDecision::PreconditionFailed { current } => {
+                    return Err(StoreError::PreconditionFailed { current });
+                }
+                PatchDecision::Apply { version } => version,
+            };
+            let values = apply_patch(&collection, &current.values, &patch).map_err(StoreError::Validation)?;
+            if let Some((other, fields)) = records::unique_conflict(tx, &sql, &collection, &tenant, &id, &values)? {
+                return Err(StoreError::UniqueConflict { conflicting_id: other, fields });
+            }
+            let updated = Record { version, updated_at: now, values, ..current };
+            records::update_values(tx, &sql, &collection, &updated)?;
+            Ok(updated)
+        })
+        .await
+    }
+
+    async fn delete_record(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        request: DeleteRequest,
+        now: Timestamp,
+    ) -> Result<DeleteOutcome, StoreError> {
+        let sql = self.table(collection)?;
+        let collection = collection.clone();
+        let actor = actor.clone();
+        let id = id.to_string();
+        self.write(move |tx| {
+            let current = load_active_for_write(tx, &sql, &collection, &actor.tenant, &id)?;
+            match decide_delete(&collection, &current, &request, &actor, now) {
+                DeleteDecision::AlreadyDeleted { deletion_id } => Ok(DeleteOutcome::AlreadyDeleted { deletion_id }),
+                DeleteDecision::PreconditionFailed { current } => Err(StoreError::PreconditionFailed { current }),
+                DeleteDecision::HardDelete => {
+                    records::remove(tx, &sql, &actor.tenant, &id)?;
+                    insert_deletion(tx, &actor, &request.deletion_id, request.reason.as_deref(), &current, now)?;
+                    Ok(DeleteOutcome::HardDeleted { deletion_id: request.deletion_id })
+                }
+                DeleteDecision::SoftDelete { mark, version } => {
+                    let deleted = Record { version, updated_at: now, deletion: Some(mark), ..current };
+                    records::set_deletion(tx, &sql, &deleted)?;
+                    insert_deletion(tx, &actor, &request.deletion_id, request.reason.as_deref(), &deleted, now)?;
+                    Ok(DeleteOutcome::SoftDeleted { deletion_id: request.deletion_id, record: Box::new(deleted) })
+                }
+            }
+        })
+        .await
+    }
+
+    async fn restore_record(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        if_match: Option<IfMatch>,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<RestoreOutcome, StoreError> {
+        let sql = self.table(collection)?;
+        let collection = collection.clone();
+        let (tenant, id) = (actor.tenant.clone(), id.to_string());
+        let _ = reason; // carried into the audit entry once the audit log exists
+        self.write(move |tx| {
+            let current = load_active_for_write(tx, &sql, &collection, &tenant, &id)?;
+            match decide_restore(&current, if_match.as_ref(), now) {
+                RestoreDecision::AlreadyActive => Ok(RestoreOutcome::AlreadyActive(current)),
+                RestoreDecision::WindowElapsed => Err(StoreError::NotFound),
+                RestoreDecision::PreconditionFailed { current } => Err(StoreError::PreconditionFailed { current }),
+                RestoreDecision::Restore { version } => {
+                    if let Some((other, fields)) =
+                        records::unique_conflict(tx, &sql, &collection, &tenant, &id, &current.values)?
+                    {
+                        return Err(StoreError::UniqueConflict { conflicting_id: other, fields });
+                    }
+                    let restored = Record { version, updated_at: now, deletion: None, ..current };
+                    records::set_deletion(tx, &sql, &restored)?;
+                    Ok(RestoreOutcome::Restored(restored))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn create_key(&self, key: StoredKey) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            let scopes = key.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+            tx.execute(
+                "insert into api_keys (id, tenant, name, scopes, secret_hash, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![key.id, key.tenant, key.name, scopes, key.secret_hash, key.created_at.as_micros()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached("select id, tenant, name, scopes, secret_hash, created_at from api_keys where id = ?1")?
+                .query_row([id], read_key)
+                .optional()?;
+            row.map(to_stored_key).transpose()
+        })
+        .await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        self.read(|conn| {
+            let rows = conn
+                .prepare_cached(
+                    "select id, tenant, name, scopes, secret_hash, created_at from api_keys order by created_at, id",
+                )?
+                .query_map([], read_key)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(to_stored_key).collect()
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write(move |tx| Ok(tx.execute("delete from api_keys where id = ?1", [id])? > 0)).await
+    }
+
+    async fn claim_idempotency(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+        now: Timestamp,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let key = key.clone();
+        let fingerprint = fingerprint.to_string();
+        self.write(move |tx| {
+            type Row = (String, String, Option<u16>, Option<String>, Option<String>, Option<String>, Option<String>, i64);
+            let row: Option<Row> = tx
+                .prepare_cached(
+                    "select fingerprint, state, status, headers, body, collection, record_id, created_at from idempotency where tenant = ?1 and api_key = ?2 and key = ?3",
+                )?
+                .query_row(params![key.tenant, key.api_key, key.key], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+                })
+                .optional()?;
+            let now_us = now.as_micros();
+            let claim = |tx: &rusqlite::Transaction<'_>| -> Result<IdempotencyClaim, StoreError> {
+                tx.prepare_cached(
+                    "insert into idempotency (tenant, api_key, key, fingerprint, state, created_at) values (?1, ?2, ?3, ?4, 'in_flight', ?5)
+                     on conflict (tenant, api_key, key) do update set fingerprint = excluded.fingerprint, state = 'in_flight', status = null, headers = null, body = null, collection = null, record_id = null, created_at = excluded.created_at",
+                )?
+                .execute(params![key.tenant, key.api_key, key.key, fingerprint, now_us])?;
+                Ok(IdempotencyClaim::Claimed)
+            };
+            match row {
+                None => claim(tx),
+                Some((.., created_at)) if created_at < now_us - IDEMPOTENCY_TTL_MICROS => claim(tx),
+                Some((fp, ..)) if fp != fingerprint => Ok(IdempotencyClaim::Mismatch),
+                Some((_, state, .., created_at)) if state == "in_flight" => {
+                    if created_at < now_us - IDEMPOTENCY_STALE_MICROS {
+                        claim(tx)
+                    } else {
+                        Ok(IdempotencyClaim::InFlight)
+                    }
+                }
+                Some((_, _, status, headers, body, coll, rid, _)) => Ok(IdempotencyClaim::Replay(StoredResponse {
+                    status: status.unwrap_or(500),
+                    headers: headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
+                    body: body.unwrap_or_default(),
+                    record: coll.zip(rid),
+                })),
+            }
+        })
+        .await
+    }
+
+    async fn complete_idempotency(&self, key: &IdempotencyKey, response: StoredResponse) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.write(move |tx| complete_idempotency_in(tx, &key, &response)).await
+    }
+
+    async fn release_idempotency(&self, key: &IdempotencyKey) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.write(move |tx| {
+            tx.execute(
+                "delete from idempotency where tenant = ?1 and api_key = ?2 and key = ?3 and state = 'in_flight'",
+                params![key.tenant, key.api_key, key.key],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn expire_idempotency(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.write(move |tx| {
+            let n = tx.execute("delete from idempotency where created_at < ?1", [before.as_micros()])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("select value from meta where key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.write(move |tx| {
+            tx.execute(
+                "insert into meta (key, value) values (?1, ?2) on conflict (key) do update set value = excluded.value",
+                params![key, value],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}

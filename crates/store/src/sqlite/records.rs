@@ -1,0 +1,381 @@
+//! Record rows: how a record maps to its collection table, and the statements that read
+//! and write one record inside a transaction.
+
+use rusqlite::types::{Value as SqlValue, ValueRef};
+use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
+use tombstone_domain::config::{Collection, FieldType};
+use tombstone_domain::query::{DeletedScope, ListQuery, Position, SortKey, SortValue};
+use tombstone_domain::record::{DeletionMark, FieldValue, Record, Values, fold_case};
+use tombstone_domain::time::Timestamp;
+
+use super::schema::{compare_column, table_name};
+use crate::{Page, StoreError};
+
+const SYSTEM_COLUMNS: &str =
+    "tenant, id, version, created_at, updated_at, deleted_at, deleted_by, delete_reason, deletion_id, purge_at";
+const SYSTEM_COUNT: usize = 10;
+
+/// The statements of one collection, built once.
+#[derive(Debug)]
+pub(crate) struct TableSql {
+    pub table: String,
+    select: String,
+    insert: String,
+    update_values: String,
+}
+
+impl TableSql {
+    pub(crate) fn new(collection: &Collection) -> Self {
+        let table = table_name(&collection.name);
+        let mut field_cols = Vec::new();
+        let mut write_cols = Vec::new();
+        for f in collection.fields.values() {
+            field_cols.push(format!("\"f_{}\"", f.name));
+            write_cols.push(format!("\"f_{}\"", f.name));
+            if f.case_insensitive {
+                write_cols.push(format!("\"ci_{}\"", f.name));
+            }
+        }
+        let select_cols = if field_cols.is_empty() {
+            SYSTEM_COLUMNS.to_string()
+        } else {
+            format!("{SYSTEM_COLUMNS}, {}", field_cols.join(", "))
+        };
+        let select = format!("select {select_cols} from {table}");
+        let mut insert_cols = vec!["tenant", "id", "version", "created_at", "updated_at"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        insert_cols.extend(write_cols.iter().cloned());
+        let placeholders = (1..=insert_cols.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+        let insert = format!("insert into {table} ({}) values ({placeholders})", insert_cols.join(", "));
+        let mut sets = vec!["version = ?3".to_string(), "updated_at = ?4".to_string()];
+        for (i, c) in write_cols.iter().enumerate() {
+            sets.push(format!("{c} = ?{}", i + 5));
+        }
+        let update_values = format!("update {table} set {} where tenant = ?1 and id = ?2", sets.join(", "));
+        Self { table, select, insert, update_values }
+    }
+}
+
+/// The SQL value of a field value.
+pub(crate) fn to_sql(value: &FieldValue) -> SqlValue {
+    match value {
+        FieldValue::Null => SqlValue::Null,
+        FieldValue::String(s) | FieldValue::Ref(s) => SqlValue::Text(s.clone()),
+        FieldValue::Integer(i) => SqlValue::Integer(*i),
+        FieldValue::Number(n) => SqlValue::Real(*n),
+        FieldValue::Boolean(b) => SqlValue::Integer(i64::from(*b)),
+        FieldValue::Timestamp(t) => SqlValue::Integer(t.as_micros()),
+        FieldValue::Json(v) => SqlValue::Text(v.to_string()),
+    }
+}
+
+fn from_sql(ty: &FieldType, value: ValueRef<'_>) -> FieldValue {
+    match (ty, value) {
+        (_, ValueRef::Null) => FieldValue::Null,
+        (FieldType::String, ValueRef::Text(t)) => FieldValue::String(String::from_utf8_lossy(t).into_owned()),
+        (FieldType::Ref { .. }, ValueRef::Text(t)) => FieldValue::Ref(String::from_utf8_lossy(t).into_owned()),
+        (FieldType::Integer, ValueRef::Integer(i)) => FieldValue::Integer(i),
+        (FieldType::Number, ValueRef::Real(r)) => FieldValue::Number(r),
+        #[expect(clippy::cast_precision_loss, reason = "SQLite may store a whole REAL as an integer")]
+        (FieldType::Number, ValueRef::Integer(i)) => FieldValue::Number(i as f64),
+        (FieldType::Boolean, ValueRef::Integer(i)) => FieldValue::Boolean(i != 0),
+        (FieldType::Timestamp, ValueRef::Integer(i)) => FieldValue::Timestamp(Timestamp::from_micros(i)),
+        (FieldType::Json, ValueRef::Text(t)) => serde_json::from_slice(t).map_or(FieldValue::Null, FieldValue::Json),
+        // A value of another type can only come from outside Tombstone; show it as absent
+        // rather than fail the whole read.
+        _ => FieldValue::Null,
+    }
+}
+
+fn read_record(collection: &Collection, row: &Row<'_>) -> rusqlite::Result<Record> {
+    let deleted_at: Option<i64> = row.get(5)?;
+    let deletion = match deleted_at {
+        Some(at) => Some(DeletionMark {
+            deleted_at: Timestamp::from_micros(at),
+            deleted_by: row.get::<_, Option<String>>(6)?.unwrap_or_default(),
+            reason: row.get(7)?,
+            deletion_id: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
+            purge_at: Timestamp::from_micros(row.get::<_, Option<i64>>(9)?.unwrap_or(i64::MAX)),
+        }),
+        None => None,
+    };
+    let mut values = Values::new();
+    for (i, f) in collection.fields.values().enumerate() {
+        let v = from_sql(&f.ty, row.get_ref(SYSTEM_COUNT + i)?);
+        if !v.is_null() {
+            values.insert(f.name.clone(), v);
+        }
+    }
+    Ok(Record {
+        tenant: row.get(0)?,
+        collection: collection.name.clone(),
+        id: row.get(1)?,
+        version: row.get(2)?,
+        created_at: Timestamp::from_micros(row.get(3)?),
+        updated_at: Timestamp::from_micros(row.get(4)?),
+        deletion,
+        legal_hold: false,
+        values,
+    })
+}
+
+/// Reads one record by id, deleted or not.
+pub(crate) fn get(
+    conn: &Connection,
+    sql: &TableSql,
+    collection: &Collection,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<Record>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("{} where tenant = ?1 and id = ?2", sql.select))?;
+    Ok(stmt.query_row([tenant, id], |r| read_record(collection, r)).optional()?)
+}
+
+fn write_params(collection: &Collection, values: &Values) -> Vec<SqlValue> {
+    let mut params = Vec::with_capacity(collection.fields.len() + 2);
+    for f in collection.fields.values() {
+        let v = values.get(&f.name).unwrap_or(&FieldValue::Null);
+        params.push(to_sql(v));
+        if f.case_insensitive {
+            params.push(match v {
+                FieldValue::String(s) => SqlValue::Text(fold_case(s)),
+                _ => SqlValue::Null,
+            });
+        }
+    }
+    params
+}
+
+/// Inserts a new record row.
+pub(crate) fn insert(
+    conn: &Connection,
+    sql: &TableSql,
+    collection: &Collection,
+    record: &Record,
+) -> Result<(), StoreError> {
+    let mut params = vec![
+        SqlValue::Text(record.tenant.clone()),
+        SqlValue::Text(record.id.clone()),
+        SqlValue::Integer(record.version),
+        SqlValue::Integer(record.created_at.as_micros()),
+        SqlValue::Integer(record.updated_at.as_micros()),
+    ];
+    params.extend(write_params(collection, &record.values));
+    conn.prepare_cached(&sql.insert)?.execute(params_from_iter(params))?;
+    Ok(())
+}
+
+/// Rewrites a record's values at a new version.
+pub(crate) fn update_values(
+    conn: &Connection,
+    sql: &TableSql,
+    collection: &Collection,
+    record: &Record,
+) -> Result<(), StoreError> {
+    let mut params = vec![
+        SqlValue::Text(record.tenant.clone()),
+        SqlValue::Text(record.id.clone()),
+        SqlValue::Integer(record.version),
+        SqlValue::Integer(record.updated_at.as_micros()),
+    ];
+    params.extend(write_params(collection, &record.values));
+    conn.prepare_cached(&sql.update_values)?.execute(params_from_iter(params))?;
+    Ok(())
+}
+
+/// Writes a record's deletion state (set or cleared) at a new version.
+pub(crate) fn set_deletion(conn: &Connection, sql: &TableSql, record: &Record) -> Result<(), StoreError> {
+    let d = record.deletion.as_ref();
+    let mut stmt = conn.prepare_cached(&format!(
+        "update {} set version = ?3, updated_at = ?4, deleted_at = ?5, deleted_by = ?6, delete_reason = ?7, deletion_id = ?8, purge_at = ?9 where tenant = ?1 and id = ?2",
+        sql.table
+    ))?;
+    stmt.execute(rusqlite::params![
+        record.tenant,
+        record.id,
+        record.version,
+        record.updated_at.as_micros(),
+        d.map(|d| d.deleted_at.as_micros()),
+        d.map(|d| d.deleted_by.as_str()),
+        d.and_then(|d| d.reason.as_deref()),
+        d.map(|d| d.deletion_id.as_str()),
+        d.map(|d| d.purge_at.as_micros()),
+    ])?;
+    Ok(())
+}
+
+/// Removes a record row.
+pub(crate) fn remove(conn: &Connection, sql: &TableSql, tenant: &str, id: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(&format!("delete from {} where tenant = ?1 and id = ?2", sql.table))?.execute([tenant, id])?;
+    Ok(())
+}
+
+/// The active record (other than `id`) that already holds one of the collection's unique
+/// value sets, if any, and which set.
+pub(crate) fn unique_conflict(
+    conn: &Connection,
+    sql: &TableSql,
+    collection: &Collection,
+    tenant: &str,
+    id: &str,
+    values: &Values,
+) -> Result<Option<(String, Vec<String>)>, StoreError> {
+    'sets: for set in &collection.unique {
+        let mut clauses = Vec::new();
+        let mut params = vec![SqlValue::Text(tenant.to_string()), SqlValue::Text(id.to_string())];
+        for fname in set {
+            let Some(field) = collection.field(fname) else { continue 'sets };
+            let value = match values.get(fname) {
+                None | Some(FieldValue::Null) => continue 'sets, // NULLs never collide
+                Some(FieldValue::String(s)) if field.case_insensitive => SqlValue::Text(fold_case(s)),
+                Some(v) => to_sql(v),
+            };
+            params.push(value);
+            clauses.push(format!("{} = ?{}", compare_column(fname, field.case_insensitive), params.len()));
+        }
+        let query = format!(
+            "select id from {} where tenant = ?1 and id <> ?2 and deleted_at is null and {} limit 1",
+            sql.table,
+            clauses.join(" and ")
+        );
+        let found: Option<String> =
+            conn.prepare_cached(&query)?.query_row(params_from_iter(params), |r| r.get(0)).optional()?;
+        if let Some(other) = found {
+            return Ok(Some((other, set.clone())));
+        }
+    }
+    Ok(None)
+}
+
+fn sort_column(key: &SortKey, collection: &Collection) -> String {
+    match key {
+        SortKey::Id => "id".into(),
+        SortKey::CreatedAt => "created_at".into(),
+        SortKey::UpdatedAt => "updated_at".into(),
+        SortKey::DeletedAt => "deleted_at".into(),
+        SortKey::Field(f) => {
+            let _ = collection;
+            format!("\"f_{f}\"")
+        }
+    }
+}
+
+fn sort_value_to_sql(v: &SortValue) -> SqlValue {
+    match v {
+        SortValue::Null => SqlValue::Null,
+        SortValue::Int(i) => SqlValue::Integer(*i),
+        SortValue::Float(f) => SqlValue::Real(*f),
+        SortValue::Text(t) => SqlValue::Text(t.clone()),
+    }
+}
+
+fn sort_value_of(record: &Record, key: &SortKey) -> SortValue {
+    match key {
+        SortKey::Id => SortValue::Text(record.id.clone()),
+        SortKey::CreatedAt => SortValue::Int(record.created_at.as_micros()),
+        SortKey::UpdatedAt => SortValue::Int(record.updated_at.as_micros()),
+        SortKey::DeletedAt => {
+            record.deletion.as_ref().map_or(SortValue::Null, |d| SortValue::Int(d.deleted_at.as_micros()))
+        }
+        SortKey::Field(f) => match record.values.get(f).map(to_sql) {
+            None | Some(SqlValue::Null | SqlValue::Blob(_)) => SortValue::Null,
+            Some(SqlValue::Integer(i)) => SortValue::Int(i),
+            Some(SqlValue::Real(r)) => SortValue::Float(r),
+            Some(SqlValue::Text(t)) => SortValue::Text(t),
+        },
+    }
+}
+
+/// Builds the WHERE clause shared by a list and its count.
+fn filter_clause(collection: &Collection, tenant: &str, query: &ListQuery, params: &mut Vec<SqlValue>) -> String {
+    params.push(SqlValue::Text(tenant.to_string()));
+    let mut clauses = vec!["tenant = ?1".to_string()];
+    match query.scope {
+        DeletedScope::Active => clauses.push("deleted_at is null".into()),
+        DeletedScope::Deleted => clauses.push("deleted_at is not null".into()),
+        DeletedScope::All => {}
+    }
+    for filter in &query.filters {
+        params.push(to_sql(&filter.value));
+        clauses.push(format!("{} = ?{}", compare_column(&filter.field, filter.case_insensitive), params.len()));
+    }
+    let _ = collection;
+    let mut push = |clause: &str, value: SqlValue| {
+        params.push(value);
+        clauses.push(format!("{clause} ?{}", params.len()));
+    };
+    if let Some(t) = query.deleted_since {
+        push("deleted_at >=", SqlValue::Integer(t.as_micros()));
+    }
+    if let Some(t) = query.deleted_before {
+        push("deleted_at <", SqlValue::Integer(t.as_micros()));
+    }
+    if let Some(by) = &query.deleted_by {
+        push("deleted_by =", SqlValue::Text(by.clone()));
+    }
+    if let Some(t) = query.purge_before {
+        push("purge_at <", SqlValue::Integer(t.as_micros()));
+    }
+    clauses.join(" and ")
+}
+
+/// One page of a list, plus the total when asked.
+pub(crate) fn list(
+    conn: &Connection,
+    sql: &TableSql,
+    collection: &Collection,
+    tenant: &str,
+    query: &ListQuery,
+) -> Result<Page, StoreError> {
+    let mut params = Vec::new();
+    let mut clause = filter_clause(collection, tenant, query, &mut params);
+    let total = if query.count {
+        let count_sql = format!("select count(*) from {} where {clause}", sql.table);
+        let n: i64 = conn.prepare_cached(&count_sql)?.query_row(params_from_iter(params.iter()), |r| r.get(0))?;
+        Some(u64::try_from(n).unwrap_or(0))
+    } else {
+        None
+    };
+
+    let col = sort_column(&query.sort.key, collection);
+    let desc = query.sort.descending;
+    let (cmp, dir) = if desc { ("<", "desc") } else { (">", "asc") };
+    if let Some(Position { value, id }) = &query.after {
+        params.push(SqlValue::Text(id.clone()));
+        let id_param = params.len();
+        if query.sort.key == SortKey::Id {
+            clause.push_str(&format!(" and id {cmp} ?{id_param}"));
+        } else {
+            // SQLite orders NULLs first ascending and last descending; the keyset
+            // condition follows that order exactly.
+            let keyset = match (value, desc) {
+                (SortValue::Null, false) => format!("(({col} is null and id > ?{id_param}) or {col} is not null)"),
+                (SortValue::Null, true) => format!("({col} is null and id < ?{id_param})"),
+                (v, _) => {
+                    params.push(sort_value_to_sql(v));
+                    let v_param = params.len();
+                    let nulls_after = if desc { format!(" or {col} is null") } else { String::new() };
+                    format!("({col} {cmp} ?{v_param} or ({col} = ?{v_param} and id {cmp} ?{id_param}){nulls_after})")
+                }
+            };
+            clause.push_str(" and ");
+            clause.push_str(&keyset);
+        }
+    }
+    let order = if query.sort.key == SortKey::Id { format!("id {dir}") } else { format!("{col} {dir}, id {dir}") };
+    params.push(SqlValue::Integer(i64::from(query.limit) + 1));
+    let list_sql = format!("{} where {clause} order by {order} limit ?{}", sql.select, params.len());
+    let mut stmt = conn.prepare_cached(&list_sql)?;
+    let mut items = stmt
+        .query_map(params_from_iter(params.iter()), |r| read_record(collection, r))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = if items.len() > query.limit as usize {
+        items.truncate(query.limit as usize);
+        items.last().map(|r| Position { value: sort_value_of(r, &query.sort.key), id: r.id.clone() })
+    } else {
+        None
+    };
+    Ok(Page { items, next, total })
+}

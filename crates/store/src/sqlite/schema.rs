@@ -1,0 +1,299 @@
+//! SQLite schema: the system tables (versioned migrations, never edited once applied)
+//! and one table per collection, generated from the config.
+//!
+//! A collection table keeps system columns beside one column per declared field
+//! (`f_<name>`), plus a folded shadow column (`ci_<name>`) for case-insensitive strings,
+//! so uniqueness and filters compare the Unicode lower-case form. Indexes are partial:
+//! "active" indexes cover `deleted_at IS NULL` only, so lists and unique checks do not grow
+//! with the number of deleted rows.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use sha2::{Digest, Sha256};
+use tombstone_domain::config::{Collection, FieldType};
+use tombstone_domain::record::fold_case;
+
+use crate::StoreError;
+
+/// System migrations, in order. Each runs once, in a transaction, and is recorded in
+/// `_migrations`. Never edit one that has shipped: add another.
+const SYSTEM_MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_system",
+    r"
+-- Key/value settings of this deployment (demo seeded, purge paused, …).
+create table meta (
+    key   text primary key,
+    value text not null
+) without rowid;
+
+-- API keys. The secret is never stored, only its SHA-256.
+create table api_keys (
+    id          text primary key,
+    tenant      text not null,
+    name        text,
+    scopes      text not null,
+    secret_hash text not null,
+    created_at  integer not null
+) without rowid;
+
+-- The applied definition of each collection, to detect incompatible changes.
+create table collections (
+    name       text primary key,
+    definition text not null
+) without rowid;
+
+-- Deletion operations: one per DELETE; its records are listed in deletion_records.
+create table deletions (
+    id              text primary key,
+    tenant          text not null,
+    actor           text not null,
+    reason          text,
+    request_id      text,
+    created_at      integer not null,
+    root_collection text not null,
+    root_id         text not null,
+    status          text not null
+) without rowid;
+
+create table deletion_records (
+    deletion_id text not null,
+    collection  text not null,
+    record_id   text not null,
+    primary key (deletion_id, collection, record_id)
+) without rowid;
+
+-- Idempotency keys of POST requests, kept 24 hours.
+create table idempotency (
+    tenant      text not null,
+    api_key     text not null,
+    key         text not null,
+    fingerprint text not null,
+    state       text not null,          -- 'in_flight' | 'done'
+    status      integer,
+    headers     text,
+    body        text,
+    collection  text,
+    record_id   text,
+    created_at  integer not null,
+    primary key (tenant, api_key, key)
+) without rowid;
+create index idempotency_created on idempotency (created_at);
+",
+)];
+
+/// Connection settings for the one writer. WAL lets readers run beside it;
+/// `secure_delete` overwrites freed content so erased values do not linger in free pages.
+pub(crate) const WRITER_PRAGMAS: &str = "
+pragma journal_mode = wal;
+pragma synchronous = normal;
+pragma busy_timeout = 5000;
+pragma foreign_keys = off;
+pragma secure_delete = on;
+pragma temp_store = memory;
+pragma cache_size = -32000;
+";
+
+/// Settings for each reader connection.
+pub(crate) const READER_PRAGMAS: &str = "
+pragma busy_timeout = 5000;
+pragma cache_size = -16000;
+pragma temp_store = memory;
+";
+
+/// Applies the system migrations that have not run yet.
+pub(crate) fn migrate_system(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "create table if not exists _migrations (name text primary key, applied_at text not null) without rowid",
+    )?;
+    for (name, sql) in SYSTEM_MIGRATIONS {
+        let tx = conn.transaction()?;
+        let done: Option<String> =
+            tx.query_row("select name from _migrations where name = ?1", [name], |r| r.get(0)).optional()?;
+        if done.is_none() {
+            tx.execute_batch(sql).map_err(|e| StoreError::Migration(format!("system migration {name}: {e}")))?;
+            tx.execute("insert into _migrations (name, applied_at) values (?1, datetime('now'))", [name])?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The SQL type of a field's column.
+fn column_type(ty: &FieldType) -> &'static str {
+    match ty {
+        FieldType::Integer | FieldType::Boolean | FieldType::Timestamp => "integer",
+        FieldType::Number => "real",
+        FieldType::String | FieldType::Json | FieldType::Ref { .. } => "text",
+    }
+}
+
+/// The table of a collection.
+pub(crate) fn table_name(collection: &str) -> String {
+    format!("\"rec_{collection}\"")
+}
+
+/// The column a field's equality and uniqueness use: folded for case-insensitive strings.
+pub(crate) fn compare_column(field: &str, case_insensitive: bool) -> String {
+    if case_insensitive { format!("\"ci_{field}\"") } else { format!("\"f_{field}\"") }
+}
+
+fn short_hash(text: &str) -> String {
+    hex::encode(&Sha256::digest(text.as_bytes())[..6])
+}
+
+/// Creates or evolves the table of one collection, keeping its rows.
+pub(crate) fn migrate_collection(tx: &Transaction<'_>, collection: &Collection) -> Result<(), StoreError> {
+    let name = &collection.name;
+    let table = table_name(name);
+    let err = |what: &str, e: rusqlite::Error| StoreError::Migration(format!("collections.{name}: {what}: {e}"));
+
+    // Incompatible changes are refused before anything is touched.
+    let applied: Option<String> =
+        tx.query_row("select definition from collections where name = ?1", [name], |r| r.get(0)).optional()?;
+    let applied: BTreeMap<String, String> = applied.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or_default();
+    for (fname, field) in &collection.fields {
+        if let Some(old) = applied.get(fname) {
+            let new = column_type(&field.ty);
+            if old != field.ty.name() && column_type_of_name(old) != new {
+                return Err(StoreError::Migration(format!(
+                    "collections.{name}.fields.{fname}: type changed from {old} to {}; existing values cannot be converted (declare a new field instead)",
+                    field.ty.name()
+                )));
+            }
+        }
+    }
+
+    tx.execute_batch(&format!(
+        "create table if not exists {table} (
+            tenant        text not null,
+            id            text not null,
+            version       integer not null,
+            created_at    integer not null,
+            updated_at    integer not null,
+            deleted_at    integer,
+            deleted_by    text,
+            delete_reason text,
+            deletion_id   text,
+            purge_at      integer,
+            primary key (tenant, id)
+        ) without rowid;"
+    ))
+    .map_err(|e| err("create table", e))?;
+
+    let existing: Vec<String> = {
+        let mut stmt = tx.prepare(&format!("select name from pragma_table_info('rec_{name}')"))?;
+        stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<_, _>>()?
+    };
+    for field in collection.fields.values() {
+        let col = format!("f_{}", field.name);
+        if !existing.iter().any(|c| c.eq_ignore_ascii_case(&col)) {
+            tx.execute_batch(&format!("alter table {table} add column \"{col}\" {}", column_type(&field.ty)))
+                .map_err(|e| err("add column", e))?;
+        }
+        if field.case_insensitive {
+            let ci = format!("ci_{}", field.name);
+            if !existing.iter().any(|c| c.eq_ignore_ascii_case(&ci)) {
+                tx.execute_batch(&format!("alter table {table} add column \"{ci}\" text"))
+                    .map_err(|e| err("add column", e))?;
+                backfill_folded(tx, &table, &field.name)?;
+            }
+        }
+    }
+
+    // Indexes: the ones this config wants, by deterministic names; stale ones of ours go.
+    let mut wanted: Vec<(String, String)> = vec![
+        (
+            format!("ix_{name}_active"),
+            format!("create index \"ix_{name}_active\" on {table} (tenant, id) where deleted_at is null"),
+        ),
+        (
+            format!("ix_{name}_deleted"),
+            format!(
+                "create index \"ix_{name}_deleted\" on {table} (tenant, deleted_at, id) where deleted_at is not null"
+            ),
+        ),
+        (
+            format!("ix_{name}_purge"),
+            format!("create index \"ix_{name}_purge\" on {table} (purge_at) where deleted_at is not null"),
+        ),
+    ];
+    for set in &collection.unique {
+        let cols: Vec<String> =
+            set.iter().map(|f| compare_column(f, collection.field(f).is_some_and(|d| d.case_insensitive))).collect();
+        let cols = cols.join(", ");
+        let idx = format!("ux_{name}_{}", short_hash(&cols));
+        wanted.push((
+            idx.clone(),
+            format!("create unique index \"{idx}\" on {table} (tenant, {cols}) where deleted_at is null"),
+        ));
+    }
+    for field in collection.fields.values().filter(|f| f.index) {
+        let col = compare_column(&field.name, field.case_insensitive);
+        let idx = format!("ix_{name}_f_{}_{}", field.name, short_hash(&col));
+        wanted.push((
+            idx.clone(),
+            format!("create index \"{idx}\" on {table} (tenant, {col}, id) where deleted_at is null"),
+        ));
+    }
+    let present: Vec<String> = {
+        let mut stmt =
+            tx.prepare("select name from sqlite_master where type = 'index' and tbl_name = ?1 and sql is not null")?;
+        stmt.query_map([format!("rec_{name}")], |r| r.get::<_, String>(0))?.collect::<Result<_, _>>()?
+    };
+    for idx in &present {
+        if !wanted.iter().any(|(w, _)| w == idx) {
+            tx.execute_batch(&format!("drop index \"{idx}\"")).map_err(|e| err("drop index", e))?;
+        }
+    }
+    for (idx, sql) in &wanted {
+        if !present.contains(idx) {
+            tx.execute_batch(sql).map_err(|e| {
+                if idx.starts_with("ux_") {
+                    StoreError::Migration(format!(
+                        "collections.{name}.unique: active records already share a value, so the unique set cannot be added ({e})"
+                    ))
+                } else {
+                    err("create index", e)
+                }
+            })?;
+        }
+    }
+
+    let definition: BTreeMap<&str, &str> = collection
+        .fields
+        .values()
+        .map(|f| (f.name.as_str(), f.ty.name()))
+        .chain(
+            applied.iter().filter(|(k, _)| !collection.fields.contains_key(*k)).map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .collect();
+    let def_json = serde_json::to_string(&definition).unwrap_or_default();
+    tx.execute(
+        "insert into collections (name, definition) values (?1, ?2) on conflict (name) do update set definition = excluded.definition",
+        params![name, def_json],
+    )?;
+    Ok(())
+}
+
+fn column_type_of_name(ty: &str) -> &'static str {
+    match ty {
+        "integer" | "boolean" | "timestamp" => "integer",
+        "number" => "real",
+        _ => "text",
+    }
+}
+
+/// Fills a new folded column from the values already stored.
+fn backfill_folded(tx: &Transaction<'_>, table: &str, field: &str) -> Result<(), StoreError> {
+    let rows: Vec<(String, String, String)> = {
+        let mut stmt =
+            tx.prepare(&format!("select tenant, id, \"f_{field}\" from {table} where \"f_{field}\" is not null"))?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?
+    };
+    let mut update = tx.prepare(&format!("update {table} set \"ci_{field}\" = ?1 where tenant = ?2 and id = ?3"))?;
+    for (tenant, id, value) in rows {
+        update.execute(params![fold_case(&value), tenant, id])?;
+    }
+    Ok(())
+}
