@@ -1,0 +1,206 @@
+//! The test harness: a [`TestApp`] with its own temporary SQLite database, a manual clock
+//! and typed request helpers. Requests go through the real router in-process.
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tempfile::TempDir;
+use tombstone_domain::config::Config;
+use tombstone_domain::scope::parse_scopes;
+use tombstone_domain::time::{Clock, ManualClock};
+use tombstone_server::keys::create_key;
+use tombstone_server::{AppState, router};
+use tombstone_store::{SqliteStore, Store};
+
+/// The schema most tests use.
+pub const TEST_SCHEMA: &str = r#"
+[retention]
+default = "7d"
+
+[collections.products]
+unique = [["sku"]]
+
+[collections.products.fields]
+sku         = { type = "string", required = true, max_length = 32 }
+name        = { type = "string", required = true }
+price_cents = { type = "integer" }
+rating      = { type = "number" }
+active      = { type = "boolean" }
+launched_at = { type = "timestamp" }
+meta        = { type = "json" }
+category_id = { type = "ref", collection = "categories", on_delete = "restrict" }
+
+[collections.categories.fields]
+name = { type = "string", required = true }
+
+[collections.customers]
+retention = "1d"
+unique = [["email"]]
+
+[collections.customers.fields]
+email = { type = "string", required = true, case_insensitive = true, pii = true }
+name  = { type = "string" }
+
+[collections.secrets]
+delete = "hard"
+
+[collections.secrets.fields]
+value = { type = "string", required = true }
+
+[collections.contracts]
+require_if_match = true
+
+[collections.contracts.fields]
+title = { type = "string", required = true }
+"#;
+
+/// A running application over a fresh database.
+pub struct TestApp {
+    pub router: Router,
+    pub store: Arc<SqliteStore>,
+    pub clock: Arc<ManualClock>,
+    pub config: Config,
+    /// An admin key of tenant `t1`.
+    pub admin: String,
+    pub dir: TempDir,
+}
+
+/// A response, with its body read.
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl TestResponse {
+    /// The body as JSON (panics if it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    /// A header as a string.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the status, showing the body when it differs.
+    #[track_caller]
+    pub fn assert_status(&self, expected: u16) -> &Self {
+        assert_eq!(self.status.as_u16(), expected, "unexpected status; body: {}", self.text);
+        self
+    }
+
+    /// Asserts a problem+json answer with this status and type.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, kind: &str) -> Value {
+        self.assert_status(status);
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "{}", self.text);
+        let body = self.json();
+        assert_eq!(body["type"], kind, "{body}");
+        assert_eq!(body["status"], status, "{body}");
+        assert!(body["request_id"].as_str().is_some_and(|r| !r.is_empty()), "{body}");
+        assert!(body["title"].is_string() && body["detail"].is_string(), "{body}");
+        body
+    }
+}
+
+impl TestApp {
+    /// An app over [`TEST_SCHEMA`].
+    pub async fn new() -> Self {
+        Self::with_schema(TEST_SCHEMA).await
+    }
+
+    /// An app over another schema.
+    pub async fn with_schema(toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::in_dir(toml, dir).await
+    }
+
+    /// An app over a schema, with its database in `dir`.
+    pub async fn in_dir(toml: &str, dir: TempDir) -> Self {
+        let config = Config::parse(toml, dir.path()).expect("test schema");
+        let store = Arc::new(SqliteStore::open(&dir.path().join("test.db")).expect("open store"));
+        store.migrate(&config.schema).await.expect("migrate");
+        let clock = Arc::new(ManualClock::default());
+        let state = AppState::new(config.schema.clone(), store.clone(), clock.clone());
+        let router = router(state);
+        let mut app = Self { router, store, clock, config, admin: String::new(), dir };
+        app.admin = app.key("t1", "admin").await;
+        app
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// Creates a key and returns its secret.
+    pub async fn key(&self, tenant: &str, scopes: &str) -> String {
+        let scopes = parse_scopes(scopes).expect("scopes");
+        create_key(self.store.as_ref(), tenant, scopes, None, Clock::now(self.clock.as_ref()))
+            .await
+            .expect("create key")
+            .secret
+    }
+
+    /// Sends a request.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> TestResponse {
+        let mut builder = Request::builder().method(method).uri(path);
+        if let Some(key) = key {
+            builder = builder.header("authorization", format!("Bearer {key}"));
+        }
+        if body.is_some() {
+            builder = builder.header("content-type", "application/json");
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(body.map_or_else(Body::empty, Body::from)).expect("request");
+        let response = tower::ServiceExt::oneshot(self.router.clone(), request).await.expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        TestResponse { status, headers, text: String::from_utf8_lossy(&bytes).into_owned() }
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> TestResponse {
+        self.send(Method::GET, path, Some(key), &[], None).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> TestResponse {
+        self.send(Method::POST, path, Some(key), &[], Some(body.to_string().into_bytes())).await
+    }
+
+    pub async fn post_empty(&self, path: &str, key: &str) -> TestResponse {
+        self.send(Method::POST, path, Some(key), &[], None).await
+    }
+
+    pub async fn patch(&self, path: &str, key: &str, body: &Value) -> TestResponse {
+        self.send(Method::PATCH, path, Some(key), &[], Some(body.to_string().into_bytes())).await
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> TestResponse {
+        self.send(Method::DELETE, path, Some(key), &[], None).await
+    }
+
+    /// Creates a record and returns its representation (asserting 201).
+    pub async fn create(&self, collection: &str, key: &str, body: &Value) -> Value {
+        let r = self.post(&format!("/v1/{collection}"), key, body).await;
+        r.assert_status(201);
+        r.json()
+    }
+}
