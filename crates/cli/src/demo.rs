@@ -8,6 +8,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use tombstone_domain::config::Config;
 use tombstone_domain::id::new_record_id;
+use tombstone_domain::lifecycle::Actor;
 use tombstone_domain::record::{Record, parse_create};
 use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::Clock;
@@ -69,7 +70,8 @@ async fn insert(
         legal_hold: false,
         values: parsed.values,
     };
-    Ok(store.create_record(coll, record, None).await?.id)
+    let actor = Actor { tenant: DEMO_TENANT.into(), key_id: "system".into(), request_id: "demo-seed".into() };
+    Ok(store.create_record(&actor, coll, record, None).await?.id)
 }
 
 async fn seed(config: &Config, store: &Arc<dyn Store>, clock: &dyn Clock) -> anyhow::Result<()> {

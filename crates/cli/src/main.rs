@@ -53,8 +53,23 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Work with the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Apply schema changes for the configured collections.
     Migrate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain (read-only; safe beside a running server). Exit 0 and a
+    /// count when intact, exit 1 naming the first broken entry.
+    Verify {
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -207,6 +222,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command } => keys(command, clock).await,
+        Command::Audit { command: AuditCommand::Verify { config } } => {
+            let config = load_config(config.config.as_deref())?;
+            let store: Arc<dyn Store> = match &config.storage {
+                StorageConfig::Sqlite { path } => Arc::new(SqliteStore::open_read_only(path)?),
+                StorageConfig::Postgres { .. } => {
+                    bail!("storage.url: PostgreSQL storage is not available in this build yet")
+                }
+            };
+            match store.verify_audit().await? {
+                Ok(n) => {
+                    println!("{n} entries verified");
+                    Ok(())
+                }
+                Err(broken) => {
+                    eprintln!("audit chain broken: {broken}");
+                    std::process::exit(1);
+                }
+            }
+        }
     }
 }
 
@@ -275,7 +309,7 @@ async fn keys(command: KeysCommand, clock: Arc<dyn Clock>) -> anyhow::Result<()>
         KeysCommand::Revoke { config, id } => {
             let config = load_config(config.config.as_deref())?;
             let store = open_store(&config).await?;
-            if store.revoke_key(&id).await? {
+            if store.revoke_key(&id, &tombstone_server::keys::cli_actor("-"), clock.now()).await? {
                 println!("revoked {id}");
                 Ok(())
             } else {

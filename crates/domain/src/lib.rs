@@ -2,7 +2,9 @@
 //! lifecycle rules every deletion path shares. Nothing here performs I/O, so the rules
 //! are the same for SQLite, PostgreSQL, the HTTP API and the workers.
 
+pub mod audit;
 pub mod config;
+pub mod events;
 pub mod id;
 pub mod lifecycle;
 pub mod query;

@@ -50,6 +50,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::health::readyz))
         .route("/openapi.json", get(routes::health::openapi))
         .merge(routes::keys::router())
+        .merge(routes::audit::router())
+        .merge(routes::events::router())
         .merge(routes::records::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

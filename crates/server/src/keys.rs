@@ -9,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tombstone_domain::lifecycle::Actor;
 use tombstone_domain::scope::Scope;
 use tombstone_domain::time::Timestamp;
 use tombstone_store::{Store, StoreError, StoredKey};
@@ -43,12 +44,37 @@ pub fn verify(key: &StoredKey, secret: &str) -> bool {
     presented.as_bytes().ct_eq(key.secret_hash.as_bytes()).into()
 }
 
-/// Creates and stores a key.
+/// The actor of key changes made from the command line.
+#[must_use]
+pub fn cli_actor(tenant: &str) -> Actor {
+    Actor {
+        tenant: tenant.to_string(),
+        key_id: "cli".into(),
+        request_id: format!("cli_{}", uuid::Uuid::now_v7().simple()),
+    }
+}
+
+/// Creates and stores a key on behalf of the command line.
 ///
 /// # Errors
 /// The store failed.
 pub async fn create_key(
     store: &dyn Store,
+    tenant: &str,
+    scopes: Vec<Scope>,
+    name: Option<String>,
+    now: Timestamp,
+) -> Result<NewKey, StoreError> {
+    create_key_by(store, &cli_actor(tenant), tenant, scopes, name, now).await
+}
+
+/// Creates and stores a key on behalf of `actor`.
+///
+/// # Errors
+/// The store failed.
+pub async fn create_key_by(
+    store: &dyn Store,
+    actor: &Actor,
     tenant: &str,
     scopes: Vec<Scope>,
     name: Option<String>,
@@ -60,7 +86,7 @@ pub async fn create_key(
     let secret = format!("tsk_{id}_{}", URL_SAFE_NO_PAD.encode(random));
     let key =
         StoredKey { id, tenant: tenant.to_string(), name, scopes, secret_hash: hash_secret(&secret), created_at: now };
-    store.create_key(key.clone()).await?;
+    store.create_key(key.clone(), actor).await?;
     Ok(NewKey { key, secret })
 }
 

@@ -10,7 +10,9 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tombstone_domain::audit::{AuditEntry, ChainError};
 use tombstone_domain::config::{Collection, Schema};
+use tombstone_domain::events::Event;
 use tombstone_domain::lifecycle::{Actor, DeleteRequest, IfMatch};
 use tombstone_domain::query::{ListQuery, Position};
 use tombstone_domain::record::{Patch, Record, ValidationErrors};
@@ -122,6 +124,30 @@ pub enum IdempotencyClaim {
     Replay(StoredResponse),
 }
 
+/// Filters of the audit log listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub collection: Option<String>,
+    pub record_id: Option<String>,
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub since: Option<Timestamp>,
+    /// Entries with a larger seq only.
+    pub after: Option<i64>,
+    pub limit: u32,
+}
+
+/// Filters of the event feed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Events with a larger seq only.
+    pub after: i64,
+    pub collection: Option<String>,
+    /// Empty: every type.
+    pub types: Vec<String>,
+    pub limit: u32,
+}
+
 /// How long an idempotency key is kept.
 pub const IDEMPOTENCY_TTL_MICROS: i64 = 24 * 3600 * 1_000_000;
 /// After this long an in-flight claim is taken to be abandoned (its process died).
@@ -144,6 +170,7 @@ pub trait Store: Send + Sync + 'static {
     /// completed with the response in the same transaction.
     async fn create_record(
         &self,
+        actor: &Actor,
         collection: &Arc<Collection>,
         record: Record,
         idempotency: Option<(IdempotencyKey, StoredResponse)>,
@@ -197,14 +224,14 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<RestoreOutcome, StoreError>;
 
-    /// Stores a new API key.
-    async fn create_key(&self, key: StoredKey) -> Result<(), StoreError>;
+    /// Stores a new API key (audited as `key_create` in the key's tenant).
+    async fn create_key(&self, key: StoredKey, actor: &Actor) -> Result<(), StoreError>;
     /// The key with that id.
     async fn find_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError>;
     /// Every key, oldest first.
     async fn list_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
-    /// Hard-deletes a key; `false` if there was none.
-    async fn revoke_key(&self, id: &str) -> Result<bool, StoreError>;
+    /// Hard-deletes a key (audited as `key_revoke`); `false` if there was none.
+    async fn revoke_key(&self, id: &str, actor: &Actor, now: Timestamp) -> Result<bool, StoreError>;
 
     /// Claims an idempotency key for a request with this fingerprint.
     async fn claim_idempotency(
@@ -219,6 +246,20 @@ pub trait Store: Send + Sync + 'static {
     async fn release_idempotency(&self, key: &IdempotencyKey) -> Result<(), StoreError>;
     /// Deletes idempotency keys older than `before`; returns how many.
     async fn expire_idempotency(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// Audit entries of a tenant, oldest first.
+    async fn list_audit(&self, tenant: &str, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Recomputes the whole hash chain; the inner result is the count of verified entries
+    /// or the first broken one.
+    async fn verify_audit(&self) -> Result<Result<u64, ChainError>, StoreError>;
+
+    /// Events of a tenant from the outbox, in commit order.
+    async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+    /// The seq of the newest event of any tenant (0 when none).
+    async fn last_event_seq(&self) -> Result<i64, StoreError>;
+    /// Woken after every commit made through this store (other processes are seen by
+    /// polling).
+    fn changes(&self) -> Arc<tokio::sync::Notify>;
 
     /// A value from the key/value metadata table.
     async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError>;

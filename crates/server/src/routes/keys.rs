@@ -17,7 +17,7 @@ use super::extract::{ApiPath, JsonBody, QueryPairs};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::keys::{create_key, valid_tenant};
+use crate::keys::{create_key_by, valid_tenant};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/v1/keys", get(list_keys).post(create)).route("/v1/keys/{id}", delete(revoke).get(get_key))
@@ -82,7 +82,7 @@ async fn create(
         Some(Value::String(n)) if n.chars().count() <= 200 => Some(n.clone()),
         Some(_) => return Err(invalid("name", "must be a string of at most 200 characters")),
     };
-    let created = create_key(state.store.as_ref(), &tenant, scopes, name, state.now()).await?;
+    let created = create_key_by(state.store.as_ref(), &caller.actor(), &tenant, scopes, name, state.now()).await?;
     let mut body = key_json(&created.key);
     body["secret"] = json!(created.secret);
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
@@ -121,7 +121,7 @@ async fn revoke(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Permission::Admin, None)?;
-    if !state.store.revoke_key(&id).await? {
+    if !state.store.revoke_key(&id, &caller.actor(), state.now()).await? {
         return Err(ApiError::NotFound(format!("no key {id}")));
     }
     state.keys.forget(&id).await;

@@ -151,7 +151,7 @@ async fn create_record(
             },
         )
     });
-    match state.store.create_record(&collection, record, stored).await {
+    match state.store.create_record(&caller.actor(), &collection, record, stored).await {
         Ok(record) => {
             let mut response =
                 (StatusCode::CREATED, [(header::CONTENT_TYPE, "application/json")], body).into_response();

@@ -2,6 +2,7 @@
 //! one writer at a time; queueing writes in-process avoids busy retries) and a pool of
 //! read-only connections that run beside it thanks to WAL.
 
+mod changes;
 mod records;
 mod schema;
 
@@ -14,7 +15,9 @@ use async_trait::async_trait;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
+use tombstone_domain::audit::{AuditAction, AuditEntry, ChainError, ChainVerifier, NewAuditEntry};
 use tombstone_domain::config::{Collection, Schema};
+use tombstone_domain::events::{Event, EventType, NewEvent, record_event};
 use tombstone_domain::lifecycle::{
     Actor, DeleteDecision, DeleteRequest, IfMatch, PatchDecision, RestoreDecision, decide_delete, decide_patch,
     decide_restore,
@@ -26,8 +29,8 @@ use tombstone_domain::time::Timestamp;
 
 use self::records::TableSql;
 use crate::{
-    DeleteOutcome, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim, IdempotencyKey, Page,
-    RestoreOutcome, Store, StoreError, StoredKey, StoredResponse,
+    AuditQuery, DeleteOutcome, EventQuery, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim,
+    IdempotencyKey, Page, RestoreOutcome, Store, StoreError, StoredKey, StoredResponse,
 };
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -38,6 +41,7 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     tables: RwLock<HashMap<String, Arc<TableSql>>>,
+    changes: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -86,7 +90,40 @@ impl SqliteStore {
             .min_idle(Some(1))
             .build(manager)
             .map_err(|e| StoreError::Internal(format!("cannot open readers on {}: {e}", path.display())))?;
-        Ok(Self { path: path.to_path_buf(), writer: tx, readers, tables: RwLock::new(HashMap::new()) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer: tx,
+            readers,
+            tables: RwLock::new(HashMap::new()),
+            changes: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    /// Opens an existing database for reading only: no migration, no writer. Used by
+    /// commands that may run beside a serving server (`audit verify`).
+    ///
+    /// # Errors
+    /// There is no database at `path`, or it cannot be opened.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Internal(format!("no database at {}", path.display())));
+        }
+        let manager = SqliteConnectionManager::file(path)
+            .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)
+            .with_init(|c| c.execute_batch(schema::READER_PRAGMAS));
+        let readers = r2d2::Pool::builder()
+            .max_size(2)
+            .build(manager)
+            .map_err(|e| StoreError::Internal(format!("cannot open {}: {e}", path.display())))?;
+        // A writer whose thread never existed: every write fails, none can happen.
+        let (writer, _) = mpsc::channel::<Job>();
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer,
+            readers,
+            tables: RwLock::new(HashMap::new()),
+            changes: Arc::new(tokio::sync::Notify::new()),
+        })
     }
 
     /// The database file.
@@ -149,6 +186,93 @@ fn load_active_for_write(
     id: &str,
 ) -> Result<Record, StoreError> {
     records::get(tx, sql, collection, tenant, id)?.ok_or(StoreError::NotFound)
+}
+
+/// Records a change to a record: its audit entry and, when given, its event.
+#[expect(clippy::too_many_arguments, reason = "one call site per lifecycle step, each naming every part")]
+fn record_change(
+    tx: &rusqlite::Transaction<'_>,
+    actor: &Actor,
+    action: AuditAction,
+    event: Option<EventType>,
+    collection: &Collection,
+    record: &Record,
+    reason: Option<&str>,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    changes::append_audit(
+        tx,
+        NewAuditEntry {
+            at: now,
+            tenant: record.tenant.clone(),
+            actor: actor.key_id.clone(),
+            action,
+            collection: Some(record.collection.clone()),
+            record_id: Some(record.id.clone()),
+            version: Some(record.version),
+            deletion_id: record.deletion.as_ref().map(|d| d.deletion_id.clone()),
+            reason: reason.map(str::to_string),
+            request_id: Some(actor.request_id.clone()),
+        },
+    )?;
+    if let Some(kind) = event {
+        changes::append_event(tx, record_event(kind, collection, record, &actor.request_id, now))?;
+    }
+    Ok(())
+}
+
+/// Audits a key change. The key id goes in `record_id`, under the pseudo-collection
+/// `keys`; the secret never appears.
+fn audit_key(
+    tx: &rusqlite::Transaction<'_>,
+    actor: &Actor,
+    action: AuditAction,
+    tenant: &str,
+    key_id: &str,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    changes::append_audit(
+        tx,
+        NewAuditEntry {
+            at,
+            tenant: tenant.to_string(),
+            actor: actor.key_id.clone(),
+            action,
+            collection: Some("keys".into()),
+            record_id: Some(key_id.to_string()),
+            version: None,
+            deletion_id: None,
+            reason: None,
+            request_id: Some(actor.request_id.clone()),
+        },
+    )?;
+    Ok(())
+}
+
+/// The `deletion.completed` event of an operation that finished in this transaction.
+fn deletion_completed(
+    tx: &rusqlite::Transaction<'_>,
+    actor: &Actor,
+    deletion_id: &str,
+    root: &Record,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let counts = serde_json::json!({ root.collection.clone(): 1 });
+    changes::append_event(
+        tx,
+        NewEvent {
+            kind: EventType::DeletionCompleted,
+            tenant: root.tenant.clone(),
+            collection: root.collection.clone(),
+            record_id: root.id.clone(),
+            version: None,
+            deletion_id: Some(deletion_id.to_string()),
+            occurred_at: now,
+            request_id: Some(actor.request_id.clone()),
+            data: Some(serde_json::json!({"status": "done", "records": 1, "counts": counts})),
+        },
+    )?;
+    Ok(())
 }
 
 fn insert_deletion(
@@ -226,12 +350,14 @@ impl Store for SqliteStore {
 
     async fn create_record(
         &self,
+        actor: &Actor,
         collection: &Arc<Collection>,
         record: Record,
         idempotency: Option<(IdempotencyKey, StoredResponse)>,
     ) -> Result<Record, StoreError> {
         let sql = self.table(collection)?;
         let collection = collection.clone();
+        let actor = actor.clone();
         self.write(move |tx| {
             let existing: Option<String> = tx
                 .prepare_cached(&format!("select id from {} where tenant = ?1 and id = ?2", sql.table))?
@@ -246,6 +372,16 @@ impl Store for SqliteStore {
                 return Err(StoreError::UniqueConflict { conflicting_id: other, fields });
             }
             records::insert(tx, &sql, &collection, &record)?;
+            record_change(
+                tx,
+                &actor,
+                AuditAction::Create,
+                Some(EventType::Created),
+                &collection,
+                &record,
+                None,
+                record.created_at,
+            )?;
             if let Some((key, response)) = &idempotency {
                 complete_idempotency_in(tx, key, response)?;
             }
@@ -290,6 +426,7 @@ impl Store for SqliteStore {
     ) -> Result<Record, StoreError> {
         let sql = self.table(collection)?;
         let collection = collection.clone();
+        let actor = actor.clone();
         let (tenant, id) = (actor.tenant.clone(), id.to_string());
         self.write(move |tx| {
             let current = load_active_for_write(tx, &sql, &collection, &tenant, &id)?;
@@ -306,6 +443,7 @@ impl Store for SqliteStore {
             }
             let updated = Record { version, updated_at: now, values, ..current };
             records::update_values(tx, &sql, &collection, &updated)?;
+            record_change(tx, &actor, AuditAction::Update, Some(EventType::Updated), &collection, &updated, None, now)?;
             Ok(updated)
         })
         .await
@@ -331,12 +469,46 @@ impl Store for SqliteStore {
                 DeleteDecision::HardDelete => {
                     records::remove(tx, &sql, &actor.tenant, &id)?;
                     insert_deletion(tx, &actor, &request.deletion_id, request.reason.as_deref(), &current, now)?;
+                    let gone = Record {
+                        deletion: Some(tombstone_domain::record::DeletionMark {
+                            deleted_at: now,
+                            deleted_by: actor.key_id.clone(),
+                            reason: request.reason.clone(),
+                            deletion_id: request.deletion_id.clone(),
+                            purge_at: now,
+                        }),
+                        ..current
+                    };
+                    let reason = request.reason.as_deref();
+                    record_change(
+                        tx,
+                        &actor,
+                        AuditAction::Purge,
+                        Some(EventType::Purged),
+                        &collection,
+                        &gone,
+                        reason,
+                        now,
+                    )?;
+                    deletion_completed(tx, &actor, &request.deletion_id, &gone, now)?;
                     Ok(DeleteOutcome::HardDeleted { deletion_id: request.deletion_id })
                 }
                 DeleteDecision::SoftDelete { mark, version } => {
                     let deleted = Record { version, updated_at: now, deletion: Some(mark), ..current };
                     records::set_deletion(tx, &sql, &deleted)?;
                     insert_deletion(tx, &actor, &request.deletion_id, request.reason.as_deref(), &deleted, now)?;
+                    let reason = request.reason.as_deref();
+                    record_change(
+                        tx,
+                        &actor,
+                        AuditAction::Delete,
+                        Some(EventType::Deleted),
+                        &collection,
+                        &deleted,
+                        reason,
+                        now,
+                    )?;
+                    deletion_completed(tx, &actor, &request.deletion_id, &deleted, now)?;
                     Ok(DeleteOutcome::SoftDeleted { deletion_id: request.deletion_id, record: Box::new(deleted) })
                 }
             }
@@ -355,8 +527,8 @@ impl Store for SqliteStore {
     ) -> Result<RestoreOutcome, StoreError> {
         let sql = self.table(collection)?;
         let collection = collection.clone();
+        let actor = actor.clone();
         let (tenant, id) = (actor.tenant.clone(), id.to_string());
-        let _ = reason; // carried into the audit entry once the audit log exists
         self.write(move |tx| {
             let current = load_active_for_write(tx, &sql, &collection, &tenant, &id)?;
             match decide_restore(&current, if_match.as_ref(), now) {
@@ -371,6 +543,17 @@ impl Store for SqliteStore {
                     }
                     let restored = Record { version, updated_at: now, deletion: None, ..current };
                     records::set_deletion(tx, &sql, &restored)?;
+                    let reason = reason.as_deref();
+                    record_change(
+                        tx,
+                        &actor,
+                        AuditAction::Restore,
+                        Some(EventType::Restored),
+                        &collection,
+                        &restored,
+                        reason,
+                        now,
+                    )?;
                     Ok(RestoreOutcome::Restored(restored))
                 }
             }
@@ -378,14 +561,15 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_key(&self, key: StoredKey) -> Result<(), StoreError> {
+    async fn create_key(&self, key: StoredKey, actor: &Actor) -> Result<(), StoreError> {
+        let actor = actor.clone();
         self.write(move |tx| {
             let scopes = key.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
             tx.execute(
                 "insert into api_keys (id, tenant, name, scopes, secret_hash, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![key.id, key.tenant, key.name, scopes, key.secret_hash, key.created_at.as_micros()],
             )?;
-            Ok(())
+            audit_key(tx, &actor, AuditAction::KeyCreate, &key.tenant, &key.id, key.created_at)
         })
         .await
     }
@@ -415,9 +599,18 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
+    async fn revoke_key(&self, id: &str, actor: &Actor, now: Timestamp) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.write(move |tx| Ok(tx.execute("delete from api_keys where id = ?1", [id])? > 0)).await
+        let actor = actor.clone();
+        self.write(move |tx| {
+            let tenant: Option<String> =
+                tx.query_row("select tenant from api_keys where id = ?1", [&id], |r| r.get(0)).optional()?;
+            let Some(tenant) = tenant else { return Ok(false) };
+            tx.execute("delete from api_keys where id = ?1", [&id])?;
+            audit_key(tx, &actor, AuditAction::KeyRevoke, &tenant, &id, now)?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn claim_idempotency(
@@ -492,6 +685,43 @@ impl Store for SqliteStore {
             Ok(n as u64)
         })
         .await
+    }
+
+    async fn list_audit(&self, tenant: &str, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let (tenant, query) = (tenant.to_string(), query.clone());
+        self.read(move |conn| changes::list_audit(conn, &tenant, &query)).await
+    }
+
+    async fn verify_audit(&self) -> Result<Result<u64, ChainError>, StoreError> {
+        self.read(|conn| {
+            let mut verifier = ChainVerifier::default();
+            let mut failure = None;
+            let head = changes::walk_audit(conn, |entry| match verifier.push(entry) {
+                Ok(()) => true,
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            })?;
+            if let Some(e) = failure {
+                return Ok(Err(e));
+            }
+            Ok(verifier.finish(head.as_ref().map(|(seq, hash)| (*seq, hash.as_str()))))
+        })
+        .await
+    }
+
+    async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        let (tenant, query) = (tenant.to_string(), query.clone());
+        self.read(move |conn| changes::list_events(conn, &tenant, &query)).await
+    }
+
+    async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        self.read(changes::last_event_seq).await
+    }
+
+    fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.changes.clone()
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {

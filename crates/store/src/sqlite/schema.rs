@@ -18,9 +18,10 @@ use crate::StoreError;
 
 /// System migrations, in order. Each runs once, in a transaction, and is recorded in
 /// `_migrations`. Never edit one that has shipped: add another.
-const SYSTEM_MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_system",
-    r"
+const SYSTEM_MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_system",
+        r"
 -- Key/value settings of this deployment (demo seeded, purge paused, …).
 create table meta (
     key   text primary key,
@@ -80,7 +81,58 @@ create table idempotency (
 ) without rowid;
 create index idempotency_created on idempotency (created_at);
 ",
-)];
+    ),
+    (
+        "0002_audit_outbox",
+        r"
+-- The audit log: append-only, hash-chained (see tombstone_domain::audit for the
+-- canonical form). seq is the rowid: assigned by the single writer, so it is the
+-- commit order.
+create table audit (
+    seq         integer primary key,
+    at          integer not null,
+    tenant      text not null,
+    actor       text not null,
+    action      text not null,
+    collection  text,
+    record_id   text,
+    version     integer,
+    deletion_id text,
+    reason      text,
+    request_id  text,
+    prev_hash   text not null,
+    hash        text not null
+);
+create index audit_tenant on audit (tenant, seq);
+create index audit_record on audit (tenant, record_id, seq);
+
+-- The head of the chain, moved in the same transaction as every append, so a log cut
+-- short at its end is detected too.
+create table audit_head (
+    id   integer primary key check (id = 1),
+    seq  integer not null,
+    hash text not null
+);
+
+-- The transactional outbox: one row per event, written with the change it announces.
+create table outbox (
+    seq         integer primary key,
+    id          text not null unique,
+    type        text not null,
+    tenant      text not null,
+    collection  text not null,
+    record_id   text not null,
+    version     integer,
+    deletion_id text,
+    occurred_at integer not null,
+    request_id  text,
+    data        text
+);
+create index outbox_tenant on outbox (tenant, seq);
+create index outbox_record on outbox (tenant, collection, record_id, seq);
+",
+    ),
+];
 
 /// Connection settings for the one writer. WAL lets readers run beside it;
 /// `secure_delete` overwrites freed content so erased values do not linger in free pages.
