@@ -14,7 +14,7 @@ use tombstone_domain::config::{Config, StorageConfig};
 use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::{Clock, SystemClock};
 use tombstone_server::keys::{create_key, valid_tenant};
-use tombstone_server::{AppState, serve};
+use tombstone_server::{AppState, Workers, serve};
 use tombstone_store::{SqliteStore, Store};
 
 /// Tombstone: a data API server in which delete is safe by default.
@@ -211,8 +211,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
             let local = listener.local_addr()?;
             let state = AppState::new(config.schema.clone(), store, clock);
+            let workers = Workers::new(&state, &config.webhooks, config.events.retention)?;
+            workers.relay.register().await?;
             eprintln!("listening on http://{local}");
-            serve(state, listener, shutdown_signal()).await.context("server failed")?;
+            serve(state, workers, listener, shutdown_signal()).await.context("server failed")?;
             Ok(())
         }
         Command::Migrate { config } => {

@@ -215,9 +215,10 @@ impl ChainVerifier {
     /// The log ends before its head.
     pub fn finish(self, head: Option<(i64, &str)>) -> Result<u64, ChainError> {
         if let Some((head_seq, head_hash)) = head
-            && (head_seq != self.last_seq || head_hash != self.prev_hash) {
-                return Err(ChainError::Truncated { last: self.last_seq, head: head_seq });
-            }
+            && (head_seq != self.last_seq || head_hash != self.prev_hash)
+        {
+            return Err(ChainError::Truncated { last: self.last_seq, head: head_seq });
+        }
         Ok(self.count)
     }
 }

@@ -433,8 +433,12 @@ impl Config {
             let key = format!("webhooks[{i}]");
             let h = hook.get_ref();
             let url = h.url.get_ref();
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(lines.err(format!("{key}.url"), &h.url, "must be an http:// or https:// URL"));
+            let host = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).unwrap_or("");
+            if host.is_empty() || host.starts_with('/') || url.contains(char::is_whitespace) {
+                return Err(lines.err(format!("{key}.url"), &h.url, "must be an http:// or https:// URL with a host"));
+            }
+            if webhooks.iter().any(|w: &WebhookConfig| w.url == *url) {
+                return Err(lines.err(format!("{key}.url"), &h.url, "the same URL is configured twice"));
             }
             let secret = h.secret.get_ref();
             let decoded = secret

@@ -11,6 +11,7 @@ pub mod query;
 pub mod record;
 pub mod scope;
 pub mod time;
+pub mod webhook;
 
 pub use config::{Collection, Config, DeleteMode, Field, FieldType, Schema};
 pub use record::{FieldValue, Record, Values};

@@ -34,6 +34,16 @@ impl Timestamp {
             .map_err(|e| format!("not an RFC 3339 timestamp: {e}"))
     }
 
+    /// Parses an RFC 2822 date (HTTP dates after replacing `GMT` with `+0000`).
+    ///
+    /// # Errors
+    /// Returns a message when the text is not such a date.
+    pub fn parse_rfc2822(text: &str) -> Result<Self, String> {
+        DateTime::parse_from_rfc2822(text)
+            .map(|dt| Self(dt.with_timezone(&Utc).timestamp_micros()))
+            .map_err(|e| format!("not an RFC 2822 date: {e}"))
+    }
+
     /// Adds a duration, saturating at the far future.
     #[must_use]
     pub fn saturating_add(self, duration: Duration) -> Self {

@@ -9,12 +9,13 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tombstone_domain::config::Schema;
+use tombstone_domain::config::{Schema, WebhookConfig};
 use tombstone_domain::time::{Clock, Timestamp};
 use tombstone_store::{IDEMPOTENCY_TTL_MICROS, Store};
 
 use crate::auth::KeyCache;
 use crate::error::ApiError;
+use crate::webhooks::Relay;
 use crate::{request_id, routes};
 
 /// The largest accepted request body.
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::keys::router())
         .merge(routes::audit::router())
         .merge(routes::events::router())
+        .merge(routes::webhooks::router())
         .merge(routes::records::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -59,25 +61,48 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, with the background tasks.
+/// What the background workers need besides the state.
+#[derive(Clone)]
+pub struct Workers {
+    /// The webhook relay (it does nothing without endpoints).
+    pub relay: Relay,
+    /// How long outbox rows are kept once every sink has them.
+    pub outbox_retention: Duration,
+}
+
+impl Workers {
+    /// Workers for a config.
+    ///
+    /// # Errors
+    /// A webhook that cannot be used.
+    pub fn new(state: &AppState, webhooks: &[WebhookConfig], outbox_retention: Duration) -> anyhow::Result<Self> {
+        Ok(Self { relay: Relay::new(state.store.clone(), state.clock.clone(), webhooks)?, outbox_retention })
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, with the background workers.
 ///
 /// # Errors
 /// The listener failed.
 pub async fn serve(
     state: AppState,
+    workers: Workers,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let cancel = tokio::sync::watch::channel(false);
-    let housekeeping = tokio::spawn(housekeeping(state.clone(), cancel.1));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(housekeeping(state.clone(), workers.outbox_retention, cancel.1.clone()));
+    tasks.spawn(workers.relay.run(cancel.1.clone()));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     let _ = cancel.0.send(true);
-    let _ = housekeeping.await;
+    while tasks.join_next().await.is_some() {}
     result
 }
 
-/// Periodic upkeep: expired idempotency keys are removed hourly.
-async fn housekeeping(state: AppState, mut cancel: tokio::sync::watch::Receiver<bool>) {
+/// Periodic upkeep, hourly: expired idempotency keys go, and outbox rows past their
+/// retention that every sink has received go, in batches.
+async fn housekeeping(state: AppState, outbox_retention: Duration, mut cancel: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
@@ -87,6 +112,23 @@ async fn housekeeping(state: AppState, mut cancel: tokio::sync::watch::Receiver<
                     Ok(n) if n > 0 => tracing::info!(removed = n, "expired idempotency keys"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "could not expire idempotency keys"),
+                }
+                let retention = i64::try_from(outbox_retention.as_micros()).unwrap_or(i64::MAX);
+                let before = Timestamp::from_micros(state.now().as_micros().saturating_sub(retention));
+                loop {
+                    match state.store.cleanup_outbox(before, 1000).await {
+                        Ok(1000) => tokio::task::yield_now().await,
+                        Ok(n) => {
+                            if n > 0 {
+                                tracing::info!(removed = n, "cleaned up the outbox");
+                            }
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not clean up the outbox");
+                            break;
+                        }
+                    }
                 }
             }
             _ = cancel.changed() => break,

@@ -12,5 +12,6 @@ pub mod keys;
 pub mod openapi;
 pub mod request_id;
 mod routes;
+pub mod webhooks;
 
-pub use app::{AppState, router, serve};
+pub use app::{AppState, Workers, router, serve};

@@ -148,6 +148,76 @@ pub struct EventQuery {
     pub limit: u32,
 }
 
+/// A configured webhook endpoint, as the relay and the store see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEndpoint {
+    /// Stable id derived from the URL (`wh_…`).
+    pub id: String,
+    pub url: String,
+    /// Event types to deliver; empty means all.
+    pub events: Vec<String>,
+    /// Deliver only this tenant's events.
+    pub tenant: Option<String>,
+}
+
+/// An endpoint's stored state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointState {
+    pub id: String,
+    pub url: String,
+    pub cursor: i64,
+    pub disabled_at: Option<Timestamp>,
+    pub disabled_reason: Option<String>,
+}
+
+/// A webhook delivery and its attempts so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: String,
+    pub endpoint_id: String,
+    pub event_seq: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub tenant: String,
+    pub status: String,
+    pub attempts: u32,
+    pub next_attempt_at: Timestamp,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<Timestamp>,
+    pub delivered_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+}
+
+/// A delivery that is due, with its event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueDelivery {
+    pub delivery: Delivery,
+    pub event: Event,
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// 2xx.
+    Delivered { status: u16 },
+    /// Failed; try again at `next_attempt_at`.
+    Retry { status: Option<u16>, error: String, next_attempt_at: Timestamp },
+    /// Failed for the last time.
+    GiveUp { status: Option<u16>, error: String },
+    /// 410 Gone: the endpoint is disabled and its pending deliveries cancelled.
+    EndpointGone,
+}
+
+/// Filters of the deliveries listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryQuery {
+    pub status: Option<String>,
+    pub endpoint_id: Option<String>,
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
 /// How long an idempotency key is kept.
 pub const IDEMPOTENCY_TTL_MICROS: i64 = 24 * 3600 * 1_000_000;
 /// After this long an in-flight claim is taken to be abandoned (its process died).
@@ -260,6 +330,35 @@ pub trait Store: Send + Sync + 'static {
     /// Woken after every commit made through this store (other processes are seen by
     /// polling).
     fn changes(&self) -> Arc<tokio::sync::Notify>;
+
+    /// Registers the configured endpoints; a new one starts after the newest event.
+    async fn sync_webhook_endpoints(&self, endpoints: &[WebhookEndpoint]) -> Result<Vec<EndpointState>, StoreError>;
+    /// The state of every endpoint ever registered.
+    async fn webhook_endpoints(&self) -> Result<Vec<EndpointState>, StoreError>;
+    /// Re-enables a disabled endpoint; `false` if unknown.
+    async fn enable_webhook_endpoint(&self, id: &str) -> Result<bool, StoreError>;
+    /// Creates deliveries for events past each enabled endpoint's cursor (at most
+    /// `batch` events per endpoint) and advances the cursors, in one transaction.
+    async fn fan_out_webhooks(
+        &self,
+        endpoints: &[WebhookEndpoint],
+        now: Timestamp,
+        batch: u32,
+    ) -> Result<u64, StoreError>;
+    /// Due deliveries that are the oldest pending one of their record at their endpoint.
+    async fn due_deliveries(&self, now: Timestamp, limit: u32) -> Result<Vec<DueDelivery>, StoreError>;
+    /// Records an attempt's outcome.
+    async fn record_attempt(&self, delivery_id: &str, at: Timestamp, outcome: AttemptOutcome)
+    -> Result<(), StoreError>;
+    /// A tenant's deliveries, oldest first.
+    async fn list_deliveries(&self, tenant: &str, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError>;
+    /// Makes a delivery of the tenant pending again, due now; `None` if unknown.
+    async fn redeliver(&self, tenant: &str, id: &str, now: Timestamp) -> Result<Option<Delivery>, StoreError>;
+    /// Pending deliveries (all endpoints).
+    async fn webhook_backlog(&self) -> Result<u64, StoreError>;
+    /// Deletes outbox rows older than `before` that every endpoint has fanned out and no
+    /// pending delivery needs, at most `limit`; returns how many.
+    async fn cleanup_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
 
     /// A value from the key/value metadata table.
     async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError>;

@@ -29,9 +29,10 @@ async fn list_audit(State(state): State<AppState>, caller: Caller, query: QueryP
     query.only(&["collection", "record_id", "action", "actor", "since", "cursor", "limit"])?;
     let limit = parse_limit(query.get("limit"))?;
     if let Some(a) = query.get("action")
-        && AuditAction::parse(a).is_none() {
-            return Err(bad("action", "unknown action"));
-        }
+        && AuditAction::parse(a).is_none()
+    {
+        return Err(bad("action", "unknown action"));
+    }
     let after = match query.get("cursor") {
         None => None,
         Some(c) => Some(c.parse::<i64>().map_err(|_| bad("cursor", "not a cursor issued by this server"))?),

@@ -46,9 +46,10 @@ fn parse_seq(param: &str, value: &str) -> Result<i64, ApiError> {
 fn filters(state: &AppState, query: &QueryPairs) -> Result<(Option<String>, Vec<String>), ApiError> {
     let collection = query.get("collection").map(str::to_string);
     if let Some(c) = &collection
-        && state.schema.collection(c).is_none() {
-            return Err(bad("collection", "unknown collection"));
-        }
+        && state.schema.collection(c).is_none()
+    {
+        return Err(bad("collection", "unknown collection"));
+    }
     let mut types = Vec::new();
     if let Some(list) = query.get("type") {
         for t in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {

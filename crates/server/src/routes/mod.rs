@@ -6,3 +6,4 @@ pub(crate) mod extract;
 pub(crate) mod health;
 pub(crate) mod keys;
 pub(crate) mod records;
+pub(crate) mod webhooks;

@@ -5,6 +5,7 @@
 mod changes;
 mod records;
 mod schema;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -29,8 +30,9 @@ use tombstone_domain::time::Timestamp;
 
 use self::records::TableSql;
 use crate::{
-    AuditQuery, DeleteOutcome, EventQuery, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim,
-    IdempotencyKey, Page, RestoreOutcome, Store, StoreError, StoredKey, StoredResponse,
+    AttemptOutcome, AuditQuery, DeleteOutcome, Delivery, DeliveryQuery, DueDelivery, EndpointState, EventQuery,
+    IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim, IdempotencyKey, Page, RestoreOutcome, Store,
+    StoreError, StoredKey, StoredResponse, WebhookEndpoint,
 };
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -722,6 +724,73 @@ impl Store for SqliteStore {
 
     fn changes(&self) -> Arc<tokio::sync::Notify> {
         self.changes.clone()
+    }
+
+    async fn sync_webhook_endpoints(&self, endpoints: &[WebhookEndpoint]) -> Result<Vec<EndpointState>, StoreError> {
+        let endpoints = endpoints.to_vec();
+        self.write(move |tx| webhooks::sync(tx, &endpoints)).await
+    }
+
+    async fn webhook_endpoints(&self) -> Result<Vec<EndpointState>, StoreError> {
+        self.read(webhooks::endpoints).await
+    }
+
+    async fn enable_webhook_endpoint(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            Ok(tx.execute(
+                "update webhook_endpoints set disabled_at = null, disabled_reason = null where id = ?1",
+                [id],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn fan_out_webhooks(
+        &self,
+        endpoints: &[WebhookEndpoint],
+        now: Timestamp,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        let endpoints = endpoints.to_vec();
+        self.write(move |tx| webhooks::fan_out(tx, &endpoints, now, batch)).await
+    }
+
+    async fn due_deliveries(&self, now: Timestamp, limit: u32) -> Result<Vec<DueDelivery>, StoreError> {
+        self.read(move |conn| webhooks::due(conn, now, limit)).await
+    }
+
+    async fn record_attempt(
+        &self,
+        delivery_id: &str,
+        at: Timestamp,
+        outcome: AttemptOutcome,
+    ) -> Result<(), StoreError> {
+        let id = delivery_id.to_string();
+        self.write(move |tx| webhooks::record_attempt(tx, &id, at, &outcome)).await
+    }
+
+    async fn list_deliveries(&self, tenant: &str, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
+        let (tenant, query) = (tenant.to_string(), query.clone());
+        self.read(move |conn| webhooks::list(conn, &tenant, &query)).await
+    }
+
+    async fn redeliver(&self, tenant: &str, id: &str, now: Timestamp) -> Result<Option<Delivery>, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.write(move |tx| webhooks::redeliver(tx, &tenant, &id, now)).await
+    }
+
+    async fn webhook_backlog(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            let n: i64 =
+                conn.query_row("select count(*) from webhook_deliveries where status = 'pending'", [], |r| r.get(0))?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn cleanup_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        self.write(move |tx| webhooks::cleanup_outbox(tx, before, limit)).await
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -132,6 +132,44 @@ create index outbox_tenant on outbox (tenant, seq);
 create index outbox_record on outbox (tenant, collection, record_id, seq);
 ",
     ),
+    (
+        "0003_webhooks",
+        r"
+-- Configured webhook endpoints and how far the outbox has been fanned out to each.
+create table webhook_endpoints (
+    id              text primary key,
+    url             text not null,
+    cursor          integer not null,
+    disabled_at     integer,
+    disabled_reason text
+) without rowid;
+
+-- One row per (endpoint, event): the delivery and its attempts. Only the oldest pending
+-- delivery of a record is sent, so each endpoint sees a record's events in order.
+create table webhook_deliveries (
+    id              text primary key,
+    endpoint_id     text not null,
+    event_seq       integer not null,
+    event_id        text not null,
+    event_type      text not null,
+    tenant          text not null,
+    record_key      text not null,
+    status          text not null,     -- pending | delivered | failed | cancelled
+    attempts        integer not null,
+    next_attempt_at integer not null,
+    last_status     integer,
+    last_error      text,
+    last_attempt_at integer,
+    delivered_at    integer,
+    created_at      integer not null,
+    unique (endpoint_id, event_seq)
+) without rowid;
+create index webhook_due on webhook_deliveries (next_attempt_at) where status = 'pending';
+create index webhook_queue on webhook_deliveries (endpoint_id, record_key, event_seq) where status = 'pending';
+create index webhook_tenant on webhook_deliveries (tenant, id);
+create index webhook_event on webhook_deliveries (event_seq);
+",
+    ),
 ];
 
 /// Connection settings for the one writer. WAL lets readers run beside it;

@@ -1,0 +1,132 @@
+//! Webhook deliveries and endpoints: `GET /v1/webhooks/deliveries` (filters `status`,
+//! `endpoint`), `POST /v1/webhooks/deliveries/{id}:redeliver`, and for operators
+//! `GET /v1/webhooks/endpoints` and `POST /v1/webhooks/endpoints/{id}:enable`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tombstone_domain::query::parse_limit;
+use tombstone_domain::scope::Permission;
+use tombstone_store::{Delivery, DeliveryQuery};
+
+use super::extract::{ApiPath, QueryPairs};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/webhooks/deliveries", get(list_deliveries))
+        .route("/v1/webhooks/deliveries/{target}", post(redeliver))
+        .route("/v1/webhooks/endpoints", get(list_endpoints))
+        .route("/v1/webhooks/endpoints/{target}", post(enable_endpoint))
+}
+
+fn delivery_json(d: &Delivery) -> Value {
+    json!({
+        "id": d.id,
+        "endpoint_id": d.endpoint_id,
+        "event_id": d.event_id,
+        "event_seq": d.event_seq,
+        "event_type": d.event_type,
+        "status": d.status,
+        "attempts": d.attempts,
+        "next_attempt_at": (d.status == "pending").then(|| d.next_attempt_at.to_rfc3339()),
+        "last_status": d.last_status,
+        "last_error": d.last_error,
+        "last_attempt_at": d.last_attempt_at.map(|t| t.to_rfc3339()),
+        "delivered_at": d.delivered_at.map(|t| t.to_rfc3339()),
+        "created_at": d.created_at.to_rfc3339(),
+    })
+}
+
+async fn list_deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    caller.require(Permission::Events, None)?;
+    query.only(&["status", "endpoint", "cursor", "limit"])?;
+    let limit = parse_limit(query.get("limit"))?;
+    let status = query.get("status").map(str::to_string);
+    if let Some(s) = &status
+        && !["pending", "delivered", "failed", "cancelled"].contains(&s.as_str())
+    {
+        return Err(ApiError::BadParameter {
+            param: "status".into(),
+            message: "one of pending, delivered, failed, cancelled".into(),
+        });
+    }
+    let q = DeliveryQuery {
+        status,
+        endpoint_id: query.get("endpoint").map(str::to_string),
+        after: query.get("cursor").map(str::to_string),
+        limit: limit + 1,
+    };
+    let mut items = state.store.list_deliveries(caller.tenant(), &q).await?;
+    let next = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|d| d.id.clone())
+    } else {
+        None
+    };
+    let items: Vec<Value> = items.iter().map(delivery_json).collect();
+    Ok(axum::Json(json!({"items": items, "next_cursor": next})).into_response())
+}
+
+async fn redeliver(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(target): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let Some(id) = target.strip_suffix(":redeliver") else {
+        return Err(ApiError::NotFound(format!("no action on deliveries in {target:?}")));
+    };
+    caller.require(Permission::Events, None)?;
+    let delivery = state
+        .store
+        .redeliver(caller.tenant(), id, state.now())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no delivery {id}")))?;
+    state.store.changes().notify_waiters();
+    Ok(axum::Json(delivery_json(&delivery)).into_response())
+}
+
+async fn list_endpoints(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Permission::Admin, None)?;
+    let items: Vec<Value> = state
+        .store
+        .webhook_endpoints()
+        .await?
+        .iter()
+        .map(|e| {
+            json!({
+                "id": e.id,
+                "url": e.url,
+                "cursor": e.cursor,
+                "disabled": e.disabled_at.is_some(),
+                "disabled_at": e.disabled_at.map(|t| t.to_rfc3339()),
+                "disabled_reason": e.disabled_reason,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"items": items, "next_cursor": null})).into_response())
+}
+
+async fn enable_endpoint(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(target): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let Some(id) = target.strip_suffix(":enable") else {
+        return Err(ApiError::NotFound(format!("no action on endpoints in {target:?}")));
+    };
+    caller.require(Permission::Admin, None)?;
+    if !state.store.enable_webhook_endpoint(id).await? {
+        return Err(ApiError::NotFound(format!("no webhook endpoint {id}")));
+    }
+    state.store.changes().notify_waiters();
+    Ok(axum::Json(json!({"id": id, "disabled": false})).into_response())
+}

@@ -1,0 +1,259 @@
+//! The webhook relay: fans the outbox out to each configured endpoint and delivers, at
+//! least once, in order per record, with Standard Webhooks signatures and the Standard
+//! Webhooks retry schedule. Every bit of delivery state lives in the database, so a
+//! restart neither loses nor invents a delivery.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tombstone_domain::config::WebhookConfig;
+use tombstone_domain::time::{Clock, Timestamp};
+use tombstone_domain::webhook::{SCHEDULE, secret_key, sign};
+use tombstone_store::{AttemptOutcome, DueDelivery, Store, StoreError, WebhookEndpoint};
+
+/// How long one attempt may take.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How many deliveries are in flight at once.
+const CONCURRENCY: usize = 16;
+/// Events fanned out per endpoint per pass.
+const FAN_OUT_BATCH: u32 = 1000;
+/// Deliveries attempted per pass.
+const DISPATCH_BATCH: u32 = 256;
+
+/// One endpoint with its signing key.
+#[derive(Clone)]
+struct Endpoint {
+    spec: WebhookEndpoint,
+    key: Vec<u8>,
+}
+
+/// The stable id of an endpoint: derived from its URL, so it survives restarts.
+#[must_use]
+pub fn endpoint_id(url: &str) -> String {
+    format!("wh_{}", &hex::encode(Sha256::digest(url.as_bytes()))[..16])
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayPass {
+    pub fanned_out: u64,
+    pub attempted: u64,
+    pub delivered: u64,
+    pub failed: u64,
+}
+
+/// The relay.
+#[derive(Clone)]
+pub struct Relay {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    endpoints: Arc<Vec<Endpoint>>,
+    client: reqwest::Client,
+}
+
+impl Relay {
+    /// Builds the relay for the configured webhooks.
+    ///
+    /// # Errors
+    /// A secret that does not decode, or an HTTP client that cannot be built.
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, webhooks: &[WebhookConfig]) -> anyhow::Result<Self> {
+        let mut endpoints = Vec::new();
+        for (i, w) in webhooks.iter().enumerate() {
+            let key = secret_key(&w.secret).map_err(|e| anyhow::anyhow!("webhooks[{i}].secret: {e}"))?;
+            reqwest::Url::parse(&w.url).map_err(|e| anyhow::anyhow!("webhooks[{i}].url: {e}"))?;
+            endpoints.push(Endpoint {
+                spec: WebhookEndpoint {
+                    id: endpoint_id(&w.url),
+                    url: w.url.clone(),
+                    events: w.events.clone(),
+                    tenant: w.tenant.clone(),
+                },
+                key,
+            });
+        }
+        let client = reqwest::Client::builder()
+            .timeout(ATTEMPT_TIMEOUT)
+            .user_agent(concat!("tombstone-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { store, clock, endpoints: Arc::new(endpoints), client })
+    }
+
+    /// Whether any endpoint is configured.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    fn specs(&self) -> Vec<WebhookEndpoint> {
+        self.endpoints.iter().map(|e| e.spec.clone()).collect()
+    }
+
+    /// Registers the endpoints with the store (new ones start after the newest event).
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn register(&self) -> Result<(), StoreError> {
+        self.store.sync_webhook_endpoints(&self.specs()).await.map(|_| ())
+    }
+
+    /// One pass: fan out new events, then attempt due deliveries until none is due.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn run_once(&self) -> Result<RelayPass, StoreError> {
+        let mut pass = RelayPass::default();
+        if self.endpoints.is_empty() {
+            return Ok(pass);
+        }
+        let specs = self.specs();
+        loop {
+            let n = self.store.fan_out_webhooks(&specs, self.clock.now(), FAN_OUT_BATCH).await?;
+            pass.fanned_out += n;
+            if n < u64::from(FAN_OUT_BATCH) {
+                break;
+            }
+        }
+        // Delivering a record's event makes its next event the head of the queue, so keep
+        // going until nothing is due; failures are rescheduled into the future.
+        loop {
+            let due = self.store.due_deliveries(self.clock.now(), DISPATCH_BATCH).await?;
+            if due.is_empty() {
+                break;
+            }
+            pass.attempted += due.len() as u64;
+            let outcomes: Vec<Result<bool, StoreError>> =
+                futures_util::stream::iter(due).map(|d| self.attempt(d)).buffer_unordered(CONCURRENCY).collect().await;
+            for outcome in outcomes {
+                if outcome? {
+                    pass.delivered += 1;
+                } else {
+                    pass.failed += 1;
+                }
+            }
+        }
+        Ok(pass)
+    }
+
+    /// Runs passes until cancelled: after every commit, and at least once a second for
+    /// retries that come due.
+    pub async fn run(self, mut cancel: tokio::sync::watch::Receiver<bool>) {
+        if let Err(e) = self.register().await {
+            tracing::error!(error = %e, "webhook relay could not register its endpoints");
+        }
+        let changes = self.store.changes();
+        loop {
+            let notified = changes.notified();
+            match self.run_once().await {
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "webhook relay pass failed; retrying"),
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = cancel.changed() => break,
+            }
+        }
+    }
+
+    /// Sends one delivery and records the outcome; `true` when delivered.
+    async fn attempt(&self, due: DueDelivery) -> Result<bool, StoreError> {
+        let Some(endpoint) = self.endpoints.iter().find(|e| e.spec.id == due.delivery.endpoint_id) else {
+            // An endpoint removed from the config: its deliveries wait, checked hourly,
+            // in case it returns.
+            let outcome = AttemptOutcome::Retry {
+                status: None,
+                error: "endpoint is no longer configured".into(),
+                next_attempt_at: self.clock.now().saturating_add(Duration::from_secs(3600)),
+            };
+            self.store.record_attempt(&due.delivery.id, self.clock.now(), outcome).await?;
+            return Ok(false);
+        };
+        let body = due.event.envelope().to_string();
+        let now = self.clock.now();
+        let timestamp = now.as_micros() / 1_000_000;
+        let signature = sign(&endpoint.key, &due.event.id, timestamp, body.as_bytes());
+        let result = self
+            .client
+            .post(&endpoint.spec.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &due.event.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        let attempts = due.delivery.attempts + 1;
+        let (status, error, retry_after) = match result {
+            Ok(response) if response.status().is_success() => {
+                let status = response.status().as_u16();
+                self.store.record_attempt(&due.delivery.id, now, AttemptOutcome::Delivered { status }).await?;
+                return Ok(true);
+            }
+            Ok(response) if response.status().as_u16() == 410 => {
+                tracing::warn!(endpoint = %endpoint.spec.url, "webhook endpoint answered 410 Gone; disabling it");
+                self.store.record_attempt(&due.delivery.id, now, AttemptOutcome::EndpointGone).await?;
+                return Ok(false);
+            }
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = retry_after(response.headers().get("retry-after").and_then(|v| v.to_str().ok()));
+                (Some(status), format!("endpoint answered {status}"), retry_after)
+            }
+            Err(e) if e.is_timeout() => (None, "timed out after 15 s".to_string(), None),
+            Err(e) => (None, format!("request failed: {e}"), None),
+        };
+        let outcome = match next_attempt(attempts, retry_after) {
+            Some(delay) => AttemptOutcome::Retry { status, error, next_attempt_at: now.saturating_add(delay) },
+            None => AttemptOutcome::GiveUp { status, error },
+        };
+        self.store.record_attempt(&due.delivery.id, now, outcome).await?;
+        Ok(false)
+    }
+}
+
+/// When to try again after `attempts` failed attempts: the schedule's next step with
+/// ±10% jitter, or later if the endpoint asked for it; `None` when the schedule is spent.
+#[must_use]
+pub fn next_attempt(attempts: u32, retry_after: Option<Duration>) -> Option<Duration> {
+    let step = *SCHEDULE.get(attempts as usize)?;
+    let jitter = rand::rng().random_range(0.9..1.1);
+    let delay = step.mul_f64(jitter);
+    Some(match retry_after {
+        Some(asked) => delay.max(asked.min(Duration::from_secs(24 * 3600))),
+        None => delay,
+    })
+}
+
+/// Reads `Retry-After` as seconds (an HTTP date is read too).
+fn retry_after(value: Option<&str>) -> Option<Duration> {
+    let value = value?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    // An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) is an RFC 2822 date.
+    let when = Timestamp::parse_rfc2822(&value.replace("GMT", "+0000")).ok()?;
+    let micros = when.as_micros() - tombstone_domain::time::SystemClock.now().as_micros();
+    (micros > 0).then(|| Duration::from_micros(micros.unsigned_abs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_with_jitter_and_retry_after() {
+        let d = next_attempt(1, None).unwrap();
+        assert!(d >= Duration::from_millis(4500) && d <= Duration::from_millis(5500), "{d:?}");
+        let d = next_attempt(2, None).unwrap();
+        assert!(d >= Duration::from_secs(270) && d <= Duration::from_secs(330), "{d:?}");
+        let d = next_attempt(1, Some(Duration::from_secs(60))).unwrap();
+        assert_eq!(d, Duration::from_secs(60));
+        assert!(next_attempt(10, None).is_none());
+        assert_eq!(retry_after(Some("120")), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(Some("Sun, 06 Nov 1994 08:49:37 GMT")), None, "a past date means now");
+        assert!(retry_after(Some("soon")).is_none());
+    }
+}
