@@ -1,6 +1,7 @@
 //! The `tombstone` command: wires the config, the store and the server together.
 
 mod demo;
+mod purge;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -52,6 +53,20 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Run one purge pass now: hard-delete records past their recovery window.
+    Purge {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print what would be purged, per collection, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Work with the audit log.
     Audit {
@@ -165,7 +180,7 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 /// Opens the configured store and brings its schema up to date.
-async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store: Arc<dyn Store> = match &config.storage {
         StorageConfig::Sqlite { path } => Arc::new(SqliteStore::open(path)?),
         StorageConfig::Postgres { .. } => {
@@ -211,7 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
             let local = listener.local_addr()?;
             let state = AppState::new(config.schema.clone(), store, clock);
-            let workers = Workers::new(&state, &config.webhooks, config.events.retention)?;
+            let workers = Workers::new(&state, &config.webhooks, config.purge.clone(), config.events.retention)?;
             workers.relay.register().await?;
             eprintln!("listening on http://{local}");
             serve(state, workers, listener, shutdown_signal()).await.context("server failed")?;
@@ -224,6 +239,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command } => keys(command, clock).await,
+        Command::Purge { config, dry_run, collection, json } => {
+            let config = load_config(config.config.as_deref())?;
+            purge::run(&config, clock, dry_run, collection.as_deref(), json).await
+        }
         Command::Audit { command: AuditCommand::Verify { config } } => {
             let config = load_config(config.config.as_deref())?;
             let store: Arc<dyn Store> = match &config.storage {

@@ -9,14 +9,15 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tombstone_domain::config::{Schema, WebhookConfig};
+use tombstone_domain::config::{PurgeConfig, Schema, WebhookConfig};
 use tombstone_domain::time::{Clock, Timestamp};
 use tombstone_store::{IDEMPOTENCY_TTL_MICROS, Store};
 
 use crate::auth::KeyCache;
 use crate::error::ApiError;
+use crate::purge::PurgeWorker;
 use crate::webhooks::Relay;
-use crate::{request_id, routes};
+use crate::{request_id, routes, telemetry};
 
 /// The largest accepted request body.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -34,6 +35,7 @@ impl AppState {
     /// State over a migrated store.
     #[must_use]
     pub fn new(schema: Arc<Schema>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        telemetry::handle();
         Self { schema, store, clock, keys: KeyCache::default() }
     }
 
@@ -50,11 +52,14 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/openapi.json", get(routes::health::openapi))
+        .route("/metrics", get(telemetry::metrics_endpoint))
         .merge(routes::keys::router())
         .merge(routes::audit::router())
         .merge(routes::events::router())
         .merge(routes::webhooks::router())
+        .merge(routes::retention::router())
         .merge(routes::records::router())
+        .route_layer(middleware::from_fn(telemetry::track_duration))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(request_id::middleware))
@@ -66,6 +71,8 @@ pub fn router(state: AppState) -> Router {
 pub struct Workers {
     /// The webhook relay (it does nothing without endpoints).
     pub relay: Relay,
+    /// The purge worker.
+    pub purge: PurgeWorker,
     /// How long outbox rows are kept once every sink has them.
     pub outbox_retention: Duration,
 }
@@ -75,8 +82,17 @@ impl Workers {
     ///
     /// # Errors
     /// A webhook that cannot be used.
-    pub fn new(state: &AppState, webhooks: &[WebhookConfig], outbox_retention: Duration) -> anyhow::Result<Self> {
-        Ok(Self { relay: Relay::new(state.store.clone(), state.clock.clone(), webhooks)?, outbox_retention })
+    pub fn new(
+        state: &AppState,
+        webhooks: &[WebhookConfig],
+        purge: PurgeConfig,
+        outbox_retention: Duration,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            relay: Relay::new(state.store.clone(), state.clock.clone(), webhooks)?,
+            purge: PurgeWorker::new(state.store.clone(), state.clock.clone(), state.schema.clone(), purge),
+            outbox_retention,
+        })
     }
 }
 
@@ -94,6 +110,7 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(housekeeping(state.clone(), workers.outbox_retention, cancel.1.clone()));
     tasks.spawn(workers.relay.run(cancel.1.clone()));
+    tasks.spawn(workers.purge.run(cancel.1.clone()));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     let _ = cancel.0.send(true);
     while tasks.join_next().await.is_some() {}

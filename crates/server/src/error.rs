@@ -37,12 +37,21 @@ pub enum ApiError {
     /// 404 `not-found`.
     #[error("{0}")]
     NotFound(String),
-    /// 405 `method-not-allowed`.
+    /// 405 `method-not-allowed`; `Allow` names the methods that are.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// 405 for a record URL without an action: `Allow: GET, PATCH, DELETE`.
+    #[error("POST needs an action: /v1/{{collection}}/{{id}}:restore, :purge, :erase, :hold or :release")]
+    RecordMethodNotAllowed,
     /// 409 `unique-conflict`: an active record holds the value (`conflicting_id`).
     #[error("an active record already has this value of {}", fields.join(", "))]
     UniqueConflict { conflicting_id: String, fields: Vec<String> },
+    /// 409 `not-deleted`: `:purge` of an active record (destruction takes two steps).
+    #[error("only a soft-deleted record can be purged; delete it first")]
+    NotDeleted,
+    /// 409 `legal-hold`: the record is held, so it cannot be purged or erased.
+    #[error("the record is under a legal hold")]
+    LegalHold,
     /// 409 `idempotency-conflict`: the first request with this key is still running.
     #[error("a request with this Idempotency-Key is still being processed")]
     IdempotencyConflict,
@@ -89,9 +98,13 @@ impl ApiError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
-            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
+            Self::MethodNotAllowed | Self::RecordMethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed")
+            }
             Self::UniqueConflict { .. } => (StatusCode::CONFLICT, "unique-conflict"),
             Self::IdempotencyConflict => (StatusCode::CONFLICT, "idempotency-conflict"),
+            Self::NotDeleted => (StatusCode::CONFLICT, "not-deleted"),
+            Self::LegalHold => (StatusCode::CONFLICT, "legal-hold"),
             Self::Erased => (StatusCode::GONE, "erased"),
             Self::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "precondition-failed"),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
@@ -155,6 +168,9 @@ impl IntoResponse for ApiError {
             tracing::error!(request_id = %request_id::current(), error = %cause, "request failed");
         }
         let mut response = problem_response(status, &self.to_problem());
+        if matches!(self, Self::RecordMethodNotAllowed) {
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET,HEAD,PATCH,DELETE"));
+        }
         if matches!(self, Self::Unauthorized) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -169,6 +185,8 @@ impl From<StoreError> for ApiError {
             StoreError::PreconditionFailed { current } => Self::PreconditionFailed { current },
             StoreError::UniqueConflict { conflicting_id, fields } => Self::UniqueConflict { conflicting_id, fields },
             StoreError::Validation(errors) => Self::Validation(errors),
+            StoreError::NotDeleted => Self::NotDeleted,
+            StoreError::LegalHold => Self::LegalHold,
             StoreError::Migration(m) | StoreError::Internal(m) => Self::Internal(m),
         }
     }

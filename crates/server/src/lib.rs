@@ -10,8 +10,10 @@ pub mod auth;
 pub mod error;
 pub mod keys;
 pub mod openapi;
+pub mod purge;
 pub mod request_id;
 mod routes;
+pub mod telemetry;
 pub mod webhooks;
 
 pub use app::{AppState, Workers, router, serve};

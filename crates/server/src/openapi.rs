@@ -1,10 +1,1344 @@
-//! The OpenAPI document served at `/openapi.json`.
+//! The OpenAPI 3.1 document served at `/openapi.json`, built from the configured schema.
+//!
+//! Record endpoints are generic in the router (`/v1/{collection}`) but concrete in the
+//! document: every configured collection gets its own paths, a component schema of its
+//! records (system fields and declared fields with their JSON types), a `New…` schema for
+//! create bodies, a `…Patch` schema for merge patches and a `…List` schema for pages, so a
+//! client generator sees real types and a new collection appears without touching this file.
+//! Fixed shapes (the problem document, keys, the deletion plan, audit entries, event
+//! envelopes, webhook deliveries) are components too, and every documented error answers
+//! `application/problem+json` with the `Problem` schema. Statuses that only some
+//! collections can produce (428 where `require_if_match`, 409 `restrict` where another
+//! collection restricts deletes) are documented only there.
+//!
+//! What the document promises is checked against the router by `tests/openapi.rs`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use tombstone_domain::config::Schema;
+use tombstone_domain::audit::AuditAction;
+use tombstone_domain::config::{Collection, DeleteMode, Field, FieldType, OnDelete, Schema};
+use tombstone_domain::events::EventType;
+use tombstone_domain::query::{DEFAULT_LIMIT, MAX_LIMIT};
+use utoipa::openapi::header::{Header, HeaderBuilder};
+use utoipa::openapi::path::{
+    HttpMethod, Operation, OperationBuilder, Parameter, ParameterBuilder, ParameterIn, PathItem, PathsBuilder,
+};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::{
+    AdditionalProperties, ArrayBuilder, KnownFormat, ObjectBuilder, Ref, SchemaFormat, SchemaType, Type,
+};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::tag::TagBuilder;
+use utoipa::openapi::{ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, RefOr, Required};
+
+use crate::app::BODY_LIMIT;
+use crate::error::PROBLEM_JSON;
+
+/// The name of the security scheme every authenticated operation requires.
+pub const SECURITY_SCHEME: &str = "bearer";
+
+/// The component name of the error document.
+pub const PROBLEM_SCHEMA: &str = "Problem";
+
+/// Component names of the fixed shapes; collection schemas never take one of these.
+const FIXED_SCHEMAS: &[&str] = &[
+    PROBLEM_SCHEMA,
+    "FieldError",
+    "RecordRef",
+    "DeletionPlan",
+    "Hold",
+    "Key",
+    "NewKey",
+    "CreatedKey",
+    "KeyList",
+    "Status",
+    "AuditEntry",
+    "AuditList",
+    "Event",
+    "EventList",
+    "Delivery",
+    "DeliveryList",
+    "WebhookEndpoint",
+    "WebhookEndpointList",
+    "WebhookEndpointEnabled",
+];
+
+/// Problem `type` slugs a client may meet (RFC 9457 `type`, a relative URI reference).
+const PROBLEM_TYPES: &[&str] = &[
+    "malformed",
+    "invalid-parameter",
+    "unauthorized",
+    "forbidden",
+    "not-found",
+    "method-not-allowed",
+    "unique-conflict",
+    "restrict",
+    "parent-deleted",
+    "legal-hold",
+    "not-deleted",
+    "idempotency-conflict",
+    "erased",
+    "precondition-failed",
+    "payload-too-large",
+    "validation",
+    "idempotency-mismatch",
+    "precondition-required",
+    "internal",
+    "unavailable",
+];
+
+/// The document for this schema, as JSON.
+#[must_use]
+pub fn document(schema: &Schema) -> Value {
+    // The document is plain data (strings, maps, numbers): serializing it cannot fail.
+    serde_json::to_value(openapi(schema)).unwrap_or_else(|e| json!({"openapi": "3.1.0", "error": e.to_string()}))
+}
 
 /// The document for this schema.
 #[must_use]
-pub fn document(schema: &Schema) -> Value {
-    json!({"openapi": "3.1.0", "info": {"title": "Tombstone", "version": env!("CARGO_PKG_VERSION")}, "x-collections": schema.collections.keys().collect::<Vec<_>>()})
+pub fn openapi(schema: &Schema) -> OpenApi {
+    let names = SchemaNames::for_schema(schema);
+    let mut paths = PathsBuilder::new();
+    let mut components = fixed_components();
+    let mut tags = Vec::new();
+
+    for (name, collection) in &schema.collections {
+        let n = &names.0[name];
+        tags.push(TagBuilder::new().name(name.as_str()).description(Some(collection_description(collection))).build());
+        components = components
+            .schema(n.record.clone(), record_schema(collection))
+            .schema(n.new.clone(), new_record_schema(collection))
+            .schema(n.patch.clone(), patch_schema(collection))
+            .schema(n.list.clone(), list_schema(collection, n));
+        let base = format!("/v1/{name}");
+        let item = format!("{base}/{{id}}");
+        paths = paths
+            .path(&base, PathItem::new(HttpMethod::Get, list_operation(collection, n)))
+            .path(&base, PathItem::new(HttpMethod::Post, create_operation(collection, n)))
+            .path(&item, PathItem::new(HttpMethod::Get, get_operation(collection, n)))
+            .path(&item, PathItem::new(HttpMethod::Patch, update_operation(collection, n)))
+            .path(&item, PathItem::new(HttpMethod::Delete, delete_operation(schema, collection)))
+            .path(format!("{item}:restore"), PathItem::new(HttpMethod::Post, restore_operation(collection, n)));
+    }
+
+    paths = key_paths(paths);
+    paths = audit_paths(paths);
+    paths = event_paths(paths, schema);
+    paths = webhook_paths(paths);
+    components = feed_components(components);
+    paths = system_paths(paths);
+    tags.push(TagBuilder::new().name("keys").description(Some("API keys (admin scope).")).build());
+    tags.push(
+        TagBuilder::new()
+            .name("audit")
+            .description(Some("The hash-chained, append-only audit log: no method changes it (405)."))
+            .build(),
+    );
+    tags.push(
+        TagBuilder::new()
+            .name("events")
+            .description(Some("The tenant's events in commit order: a feed, a live stream, webhook deliveries."))
+            .build(),
+    );
+    tags.push(TagBuilder::new().name("system").description(Some("Health and this document; no key needed.")).build());
+
+    OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("Tombstone")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "A data API in which delete is safe by default: every DELETE is a soft delete that can be \
+                     restored within the collection's recovery window. Every error is \
+                     `application/problem+json` (RFC 9457); every response carries `X-Request-Id`.",
+                ))
+                .build(),
+        )
+        .paths(paths.build())
+        .components(Some(components.build()))
+        .security(Some([SecurityRequirement::new(SECURITY_SCHEME, Vec::<String>::new())]))
+        .tags(Some(tags))
+        .build()
+}
+
+// ---------------------------------------------------------------------------------------
+// Component names
+
+/// The component names of one collection's schemas.
+struct CollectionNames {
+    record: String,
+    new: String,
+    patch: String,
+    list: String,
+}
+
+impl CollectionNames {
+    fn from_base(base: &str) -> Self {
+        Self {
+            record: base.to_string(),
+            new: format!("New{base}"),
+            patch: format!("{base}Patch"),
+            list: format!("{base}List"),
+        }
+    }
+
+    fn all(&self) -> [&String; 4] {
+        [&self.record, &self.new, &self.patch, &self.list]
+    }
+}
+
+/// Component names per collection: `cart_items` → `CartItems`, `NewCartItems`, … A name
+/// that would clash (with a fixed shape, or with another collection's derived name such as
+/// `new_products` against `NewProducts`) gets a numeric suffix, in config order.
+struct SchemaNames(HashMap<String, CollectionNames>);
+
+impl SchemaNames {
+    fn for_schema(schema: &Schema) -> Self {
+        let mut used: HashSet<String> = FIXED_SCHEMAS.iter().map(|s| (*s).to_string()).collect();
+        let mut names = HashMap::new();
+        for name in schema.collections.keys() {
+            let pascal = pascal_case(name);
+            let mut candidate = CollectionNames::from_base(&pascal);
+            let mut n = 1;
+            while candidate.all().iter().any(|s| used.contains(*s)) {
+                n += 1;
+                candidate = CollectionNames::from_base(&format!("{pascal}_{n}"));
+            }
+            used.extend(candidate.all().into_iter().cloned());
+            names.insert(name.clone(), candidate);
+        }
+        Self(names)
+    }
+}
+
+fn pascal_case(name: &str) -> String {
+    name.split('_')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+        })
+        .collect()
+}
+
+fn schema_ref(name: &str) -> Ref {
+    Ref::from_schema_name(name)
+}
+
+// ---------------------------------------------------------------------------------------
+// Schemas
+
+fn string() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::String)
+}
+
+fn nullable(ty: Type) -> SchemaType {
+    SchemaType::from_iter([ty, Type::Null])
+}
+
+fn date_time() -> ObjectBuilder {
+    string().format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+}
+
+fn integer() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::Integer).format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+}
+
+fn boolean() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::Boolean)
+}
+
+fn array_of(items: impl Into<RefOr<utoipa::openapi::Schema>>) -> ArrayBuilder {
+    ArrayBuilder::new().items(items.into())
+}
+
+fn record_id() -> ObjectBuilder {
+    string().pattern(Some("^[A-Za-z0-9_-]{1,128}$")).min_length(Some(1)).max_length(Some(128))
+}
+
+fn closed(object: ObjectBuilder) -> ObjectBuilder {
+    object.additional_properties(Some(AdditionalProperties::<utoipa::openapi::Schema>::FreeForm(false)))
+}
+
+/// `30d`, `12h`, `90s`: the largest unit that divides the duration.
+fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => format!("{}ms", d.as_millis()),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn on_delete_name(on_delete: OnDelete) -> &'static str {
+    match on_delete {
+        OnDelete::Restrict => "restrict",
+        OnDelete::Cascade => "cascade",
+        OnDelete::Orphan => "orphan",
+        OnDelete::Eventual => "eventual",
+    }
+}
+
+fn collection_description(collection: &Collection) -> String {
+    let mut text = match collection.delete {
+        DeleteMode::Soft => format!(
+            "Records of `{}`. DELETE is a soft delete, restorable for {}; then the record is purged.",
+            collection.name,
+            human_duration(collection.retention)
+        ),
+        DeleteMode::Hard => format!(
+            "Records of `{}`, a hard-delete collection: DELETE removes a record at once; there is no trash and \
+             no restore.",
+            collection.name
+        ),
+    };
+    for set in &collection.unique {
+        text.push_str(&format!(" Unique among active records of a tenant: ({}).", set.join(", ")));
+    }
+    if collection.require_if_match {
+        text.push_str(" PATCH, DELETE and :restore require `If-Match`.");
+    }
+    text
+}
+
+/// The schema of one declared field's value. `nullable` when the field may be null (absent).
+fn field_schema(field: &Field, nullable_value: bool) -> RefOr<utoipa::openapi::Schema> {
+    let ty = |t: Type| if nullable_value { nullable(t) } else { SchemaType::new(t) };
+    let mut notes: Vec<String> = Vec::new();
+    let object = match &field.ty {
+        FieldType::String => {
+            if field.case_insensitive {
+                notes.push("case-insensitive for filters and uniqueness".into());
+            }
+            if field.search {
+                notes.push("full-text indexed".into());
+            }
+            string().schema_type(ty(Type::String)).max_length(field.max_length)
+        }
+        FieldType::Integer => integer().schema_type(ty(Type::Integer)),
+        FieldType::Number => ObjectBuilder::new()
+            .schema_type(ty(Type::Number))
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Double))),
+        FieldType::Boolean => boolean().schema_type(ty(Type::Boolean)),
+        FieldType::Timestamp => {
+            notes.push("RFC 3339, stored and returned in UTC".into());
+            date_time().schema_type(ty(Type::String))
+        }
+        FieldType::Json => {
+            notes.push("any JSON value; PATCH merges objects recursively (RFC 7396)".into());
+            ObjectBuilder::new().schema_type(SchemaType::AnyValue)
+        }
+        FieldType::Ref { collection, on_delete } => {
+            notes.push(format!(
+                "id of a `{collection}` record; deleting that record: {}",
+                match on_delete {
+                    OnDelete::Restrict => "refused while this record is active (409 `restrict`)",
+                    OnDelete::Cascade => "deletes this record too, in the same operation",
+                    OnDelete::Orphan => "keeps this record and the id",
+                    OnDelete::Eventual => "deletes this record soon after, in the background",
+                }
+            ));
+            record_id().schema_type(ty(Type::String)).extensions(Some(
+                utoipa::openapi::extensions::ExtensionsBuilder::new()
+                    .add("x-tombstone-ref", json!({"collection": collection, "on_delete": on_delete_name(*on_delete)}))
+                    .build(),
+            ))
+        }
+    };
+    if field.pii {
+        notes.push("personal data: scrubbed by erasure, kept out of events and audit".into());
+    }
+    let description = (!notes.is_empty()).then(|| {
+        let mut text = notes.join("; ");
+        if let Some(first) = text.get_mut(0..1) {
+            first.make_ascii_uppercase();
+        }
+        text + "."
+    });
+    object.description(description).into()
+}
+
+/// The representation of a record: system fields, then declared fields. Every declared
+/// field is always present (null when unset), so all are `required`; optional ones are
+/// nullable.
+fn record_schema(collection: &Collection) -> ObjectBuilder {
+    let nullable_time = || date_time().schema_type(nullable(Type::String));
+    let mut object = ObjectBuilder::new()
+        .title(Some(collection.name.clone()))
+        .description(Some(collection_description(collection)))
+        .property("id", record_id().description(Some("UUIDv7 unless the creator supplied one.")))
+        .property("collection", string().enum_values(Some([collection.name.as_str()])))
+        .property(
+            "version",
+            integer().minimum(Some(1)).description(Some("Incremented by every change, delete and restore.")),
+        )
+        .property("created_at", date_time())
+        .property("updated_at", date_time())
+        .property("deleted", boolean())
+        .property("deleted_at", nullable_time())
+        .property(
+            "deleted_by",
+            string().schema_type(nullable(Type::String)).description(Some("The deleting key's id.")),
+        )
+        .property("delete_reason", string().schema_type(nullable(Type::String)).max_length(Some(500)))
+        .property("deletion_id", string().schema_type(nullable(Type::String)))
+        .property("purge_at", nullable_time().description(Some("End of the recovery window: restorable until then.")))
+        .property("legal_hold", boolean())
+        .property(
+            "holds",
+            array_of(schema_ref("Hold")).description(Some("Active legal holds; present for keys with `read_deleted`.")),
+        );
+    for name in [
+        "id",
+        "collection",
+        "version",
+        "created_at",
+        "updated_at",
+        "deleted",
+        "deleted_at",
+        "deleted_by",
+        "delete_reason",
+        "deletion_id",
+        "purge_at",
+        "legal_hold",
+    ] {
+        object = object.required(name);
+    }
+    for field in collection.fields.values() {
+        object = object.property(&field.name, field_schema(field, !field.required)).required(&field.name);
+    }
+    object
+}
+
+/// A create body: declared fields (null means absent) and an optional client-chosen id.
+fn new_record_schema(collection: &Collection) -> ObjectBuilder {
+    let mut object = closed(ObjectBuilder::new())
+        .title(Some(format!("new {}", collection.name)))
+        .description(Some(format!("The body of `POST /v1/{}`.", collection.name)))
+        .property(
+            "id",
+            record_id().description(Some(
+                "Optional; an id already used in this tenant and collection, deleted or not, is a 409 \
+                 `unique-conflict`.",
+            )),
+        );
+    for field in collection.fields.values() {
+        object = object.property(&field.name, field_schema(field, !field.required));
+        if field.required {
+            object = object.required(&field.name);
+        }
+    }
+    object
+}
+
+/// A JSON merge patch (RFC 7396): `null` removes a value, which required fields refuse.
+fn patch_schema(collection: &Collection) -> ObjectBuilder {
+    let mut object = closed(ObjectBuilder::new()).title(Some(format!("{} patch", collection.name))).description(Some(
+        "A JSON merge patch (RFC 7396) of declared fields: members replace values, `null` removes one \
+         (refused for required fields); system fields are read-only.",
+    ));
+    for field in collection.fields.values() {
+        object = object.property(&field.name, field_schema(field, !field.required));
+    }
+    object
+}
+
+fn list_schema(collection: &Collection, names: &CollectionNames) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .title(Some(format!("{} page", collection.name)))
+        .property("items", array_of(schema_ref(&names.record)))
+        .property(
+            "next_cursor",
+            string()
+                .schema_type(nullable(Type::String))
+                .description(Some("Pass as `cursor` for the next page; null at the end.")),
+        )
+        .property("total", integer().minimum(Some(0)).description(Some("Present with `count=true`.")))
+        .required("items")
+        .required("next_cursor")
+}
+
+fn record_ref_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .property("collection", string())
+        .property("id", record_id())
+        .required("collection")
+        .required("id")
+}
+
+fn problem_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .title(Some("problem"))
+        .description(Some("An RFC 9457 problem document; the members after `request_id` appear where they apply."))
+        .property(
+            "type",
+            string()
+                .description(Some(format!("A stable slug: {}.", PROBLEM_TYPES.join(", "))))
+                .examples(["not-found", "validation"]),
+        )
+        .property("title", string())
+        .property("status", ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(400)).maximum(Some(599)))
+        .property("detail", string())
+        .property("request_id", string().description(Some("Also in `X-Request-Id`; quote it when reporting.")))
+        .property(
+            "conflicting_id",
+            record_id().description(Some("409 `unique-conflict`: the active record holding the value.")),
+        )
+        .property("fields", array_of(string()).description(Some("409 `unique-conflict`: the unique set.")))
+        .property(
+            "errors",
+            array_of(schema_ref("FieldError")).description(Some("400 and 422: what is wrong, per field.")),
+        )
+        .property("missing_scope", string().description(Some("403: the bare scope the key lacks, e.g. `delete`.")))
+        .property("current_etag", string().description(Some("412: the current `ETag`.")))
+        .property(
+            "blockers",
+            array_of(schema_ref("RecordRef")).description(Some("409 `restrict` and `parent-deleted`.")),
+        )
+        .property("blockers_total", integer().minimum(Some(0)))
+        .required("type")
+        .required("title")
+        .required("status")
+        .required("detail")
+        .required("request_id")
+}
+
+fn key_schema(with_secret: bool) -> ObjectBuilder {
+    let mut object = ObjectBuilder::new()
+        .property("id", string().examples(["key_0190a3c27b1e7c3d9a513f1f2a4b5c6d"]))
+        .property("tenant", string())
+        .property("name", string().schema_type(nullable(Type::String)))
+        .property("scopes", array_of(string().examples(["read", "delete:products"])))
+        .property("created_at", date_time());
+    for name in ["id", "tenant", "name", "scopes", "created_at"] {
+        object = object.required(name);
+    }
+    if with_secret {
+        object = object
+            .property("secret", string().description(Some("`tsk_…`: shown once, never again.")))
+            .required("secret");
+    }
+    object
+}
+
+fn fixed_components() -> ComponentsBuilder {
+    ComponentsBuilder::new()
+        .security_scheme(
+            SECURITY_SCHEME,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("tsk_…")
+                    .description(Some("`Authorization: Bearer <secret>`; create keys with `tombstone keys create`."))
+                    .build(),
+            ),
+        )
+        .schema(PROBLEM_SCHEMA, problem_schema())
+        .schema(
+            "FieldError",
+            ObjectBuilder::new()
+                .property("field", string())
+                .property("message", string())
+                .required("field")
+                .required("message"),
+        )
+        .schema("RecordRef", record_ref_schema())
+        .schema(
+            "DeletionPlan",
+            ObjectBuilder::new()
+                .description(Some("What a DELETE would do (`dry_run=true`); nothing is changed."))
+                .property("root", schema_ref("RecordRef"))
+                .property(
+                    "would_delete",
+                    array_of(schema_ref("RecordRef")).description(Some("The root first, then every cascaded record.")),
+                )
+                .property("blockers", array_of(schema_ref("RecordRef")))
+                .property("blockers_total", integer().minimum(Some(0)))
+                .property("orphaned", array_of(schema_ref("RecordRef")))
+                .property(
+                    "counts",
+                    ObjectBuilder::new()
+                        .description(Some("Records per collection, the root included."))
+                        .additional_properties(Some(integer())),
+                )
+                .required("root")
+                .required("would_delete")
+                .required("blockers")
+                .required("orphaned")
+                .required("counts"),
+        )
+        .schema(
+            "Hold",
+            ObjectBuilder::new()
+                .property("hold_id", string())
+                .property("case", string().schema_type(nullable(Type::String)))
+                .property("reason", string().schema_type(nullable(Type::String)))
+                .property("actor", string())
+                .property("at", date_time())
+                .required("hold_id")
+                .required("actor")
+                .required("at"),
+        )
+        .schema("Key", key_schema(false))
+        .schema("CreatedKey", key_schema(true))
+        .schema(
+            "NewKey",
+            closed(ObjectBuilder::new())
+                .property(
+                    "tenant",
+                    string().description(Some("Default: the calling key's tenant.")).max_length(Some(64)),
+                )
+                .property(
+                    "scopes",
+                    utoipa::openapi::schema::OneOfBuilder::new()
+                        .item(array_of(string()))
+                        .item(string().description(Some("Comma-separated.")))
+                        .examples([json!(["read", "delete:products"])]),
+                )
+                .property("name", string().max_length(Some(200)))
+                .required("scopes"),
+        )
+        .schema(
+            "KeyList",
+            ObjectBuilder::new()
+                .property("items", array_of(schema_ref("Key")))
+                .property("next_cursor", string().schema_type(nullable(Type::String)))
+                .required("items")
+                .required("next_cursor"),
+        )
+        .schema("Status", ObjectBuilder::new().property("status", string()).required("status"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Parameters, headers, responses
+
+fn query(name: &str, schema: impl Into<RefOr<utoipa::openapi::Schema>>, description: &str) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Query)
+        .required(Required::False)
+        .schema(Some(schema))
+        .description(Some(description))
+        .build()
+}
+
+fn header_param(name: &str, required: bool, description: &str) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Header)
+        .required(if required { Required::True } else { Required::False })
+        .schema(Some(string()))
+        .description(Some(description))
+        .build()
+}
+
+fn id_param(description: &str) -> Parameter {
+    ParameterBuilder::new()
+        .name("id")
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .schema(Some(record_id()))
+        .description(Some(description))
+        .build()
+}
+
+fn if_match_param(collection: &Collection, action: &str) -> Parameter {
+    let text = if collection.require_if_match {
+        format!(
+            "Required by this collection (428 without it). The record's `ETag`; stale → 412 and nothing is {action}."
+        )
+    } else {
+        format!("The record's `ETag`; stale → 412 and nothing is {action}.")
+    };
+    header_param("If-Match", collection.require_if_match, &text)
+}
+
+fn reason_param(what: &str) -> Parameter {
+    query("reason", string().max_length(Some(500)), &format!("Why; recorded with the {what} (at most 500 characters)."))
+}
+
+fn response_header(description: &str) -> Header {
+    HeaderBuilder::new().schema(string()).description(Some(description)).build()
+}
+
+/// A response with `X-Request-Id`, as every response has.
+fn response(description: &str) -> ResponseBuilder {
+    ResponseBuilder::new()
+        .description(description)
+        .header("X-Request-Id", response_header("The request id: echoed when sent, generated otherwise."))
+}
+
+fn json_response(description: &str, schema: impl Into<RefOr<utoipa::openapi::Schema>>) -> ResponseBuilder {
+    response(description).content("application/json", ContentBuilder::new().schema(Some(schema)).build())
+}
+
+fn etag_header() -> Header {
+    response_header("`\"v<version>\"`: the record's version, for `If-Match` and `If-None-Match`.")
+}
+
+fn problem(description: &str) -> Response {
+    response(description)
+        .content(PROBLEM_JSON, ContentBuilder::new().schema(Some(schema_ref(PROBLEM_SCHEMA))).build())
+        .build()
+}
+
+/// The error answers every authenticated operation shares: 401, and 403 naming the scope.
+fn authenticated(operation: OperationBuilder, scope: &str) -> OperationBuilder {
+    let mut unauthorized = problem("`unauthorized`: no key, or an unknown or revoked one.");
+    unauthorized.headers.insert("WWW-Authenticate".into(), response_header("`Bearer`."));
+    operation.response("401", unauthorized).response(
+        "403",
+        problem(&format!("`forbidden`: the key lacks the `{scope}` scope (named in `missing_scope`).")),
+    )
+}
+
+fn operation(id: String, tag: &str, summary: &str) -> OperationBuilder {
+    OperationBuilder::new().operation_id(Some(id)).tag(tag).summary(Some(summary))
+}
+
+fn json_body(schema: &str, content_types: &[&str], description: &str) -> utoipa::openapi::request_body::RequestBody {
+    let mut body = RequestBodyBuilder::new().required(Some(Required::True)).description(Some(description));
+    for content_type in content_types {
+        body = body.content(*content_type, ContentBuilder::new().schema(Some(schema_ref(schema))).build());
+    }
+    body.build()
+}
+
+fn body_errors(operation: OperationBuilder) -> OperationBuilder {
+    operation
+        .response("413", problem(&format!("`payload-too-large`: the body is larger than {} KiB.", BODY_LIMIT / 1024)))
+}
+
+// ---------------------------------------------------------------------------------------
+// Record operations
+
+fn scalar_fields(collection: &Collection) -> impl Iterator<Item = &Field> {
+    collection.fields.values().filter(|f| f.ty.is_scalar())
+}
+
+fn list_operation(collection: &Collection, names: &CollectionNames) -> Operation {
+    let c = &collection.name;
+    let deleted_note = "Needs `read_deleted`.";
+    let mut parameters = vec![
+        query(
+            "limit",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(MAX_LIMIT))
+                .default(Some(json!(DEFAULT_LIMIT))),
+            &format!("Page size, 1 to {MAX_LIMIT} (more → 400)."),
+        ),
+        query("cursor", string(), "The `next_cursor` of the previous page (same `sort`)."),
+        query(
+            "include",
+            string().enum_values(Some(["deleted"])),
+            "`deleted`: soft-deleted records too. Needs `read_deleted`.",
+        ),
+        query("filter[deleted]", boolean(), &format!("`true`: soft-deleted records only. {deleted_note}")),
+        query("filter[deleted_since]", date_time(), &format!("Deleted at or after. {deleted_note}")),
+        query("filter[deleted_before]", date_time(), &format!("Deleted before. {deleted_note}")),
+        query("filter[deleted_by]", string(), &format!("Deleted by this key id. {deleted_note}")),
+        query(
+            "filter[purge_before]",
+            date_time(),
+            &format!("Recovery window ends before (\"expiring soon\"). {deleted_note}"),
+        ),
+    ];
+    let mut sorts = Vec::new();
+    for key in ["id", "created_at", "updated_at", "deleted_at"] {
+        sorts.push(key.to_string());
+        sorts.push(format!("-{key}"));
+    }
+    for field in scalar_fields(collection) {
+        parameters.push(query(
+            &format!("filter[{}]", field.name),
+            field_schema(field, false),
+            &format!("Equality on `{}`.", field.name),
+        ));
+        sorts.push(field.name.clone());
+        sorts.push(format!("-{}", field.name));
+    }
+    parameters.push(query(
+        "sort",
+        string().enum_values(Some(sorts)).default(Some(json!("id"))),
+        "Order; `-` for descending. Ties break by id; the default `id` is creation order.",
+    ));
+    parameters.push(query("count", boolean(), "`true`: add `total`, the number of matching records."));
+
+    let op = operation(format!("list_{c}"), c, &format!("List {c}"))
+        .description(Some("Active records unless asked otherwise; cursors stay stable under concurrent writes."))
+        .parameters(Some(parameters))
+        .response("200", json_response("A page.", schema_ref(&names.list)))
+        .response("400", problem("`invalid-parameter`: an unknown, repeated or malformed parameter or cursor."));
+    authenticated(op, "read").build()
+}
+
+fn create_operation(collection: &Collection, names: &CollectionNames) -> Operation {
+    let c = &collection.name;
+    let created = json_response("Created.", schema_ref(&names.record))
+        .header("Location", response_header("`/v1/{collection}/{id}`."))
+        .header("ETag", etag_header())
+        .header("Idempotent-Replayed", response_header("`true` when this answer replays an earlier one."));
+    let op = operation(format!("create_{c}"), c, &format!("Create a record in {c}"))
+        .parameter(header_param(
+            "Idempotency-Key",
+            false,
+            "1-255 characters. The same key and body within 24 h replays the first answer \
+             (`Idempotent-Replayed: true`).",
+        ))
+        .request_body(Some(json_body(&names.new, &["application/json"], "The new record.")))
+        .response("201", created)
+        .response(
+            "400",
+            problem("`malformed`: not JSON; `invalid-parameter`: a bad `Idempotency-Key` or query parameter."),
+        )
+        .response(
+            "409",
+            problem(
+                "`unique-conflict`: an active record holds a unique value, or the id is taken \
+                 (`conflicting_id`); `idempotency-conflict`: the first request with this key is still running.",
+            ),
+        )
+        .response("410", problem("`erased`: the record this idempotent request created has been erased."))
+        .response(
+            "422",
+            problem(
+                "`validation`: wrong types, unknown or missing fields, a missing or deleted parent (`errors`); \
+                 `idempotency-mismatch`: the key was used with another body.",
+            ),
+        );
+    authenticated(body_errors(op), "write").build()
+}
+
+fn get_operation(collection: &Collection, names: &CollectionNames) -> Operation {
+    let c = &collection.name;
+    let op = operation(format!("get_{c}"), c, &format!("Get a record of {c}"))
+        .parameter(id_param("The record id."))
+        .parameter(query(
+            "include",
+            string().enum_values(Some(["deleted"])),
+            "`deleted`: answer for a soft-deleted record too (until it is purged). Needs `read_deleted`.",
+        ))
+        .parameter(header_param("If-None-Match", false, "An `ETag`; when current → 304."))
+        .response("200", json_response("The record.", schema_ref(&names.record)).header("ETag", etag_header()))
+        .response("304", response("Not modified: `If-None-Match` matches.").header("ETag", etag_header()))
+        .response("400", problem("`invalid-parameter`: an unknown parameter or `include` value."))
+        .response(
+            "404",
+            problem("`not-found`: no such record, or it is deleted (without `include=deleted`), purged or erased."),
+        );
+    authenticated(op, "read").build()
+}
+
+fn update_operation(collection: &Collection, names: &CollectionNames) -> Operation {
+    let c = &collection.name;
+    let mut op = operation(format!("update_{c}"), c, &format!("Update a record of {c}"))
+        .description(Some("JSON merge patch (RFC 7396); bumps `version`."))
+        .parameter(id_param("The record id."))
+        .parameter(if_match_param(collection, "changed"))
+        .request_body(Some(json_body(
+            &names.patch,
+            &["application/merge-patch+json", "application/json"],
+            "The changes.",
+        )))
+        .response("200", json_response("The updated record.", schema_ref(&names.record)).header("ETag", etag_header()))
+        .response("400", problem("`malformed`: not JSON; `invalid-parameter`: a query parameter."))
+        .response("404", problem("`not-found`: no such record, or it is deleted."))
+        .response("412", problem("`precondition-failed`: `If-Match` is stale (`current_etag`)."))
+        .response("422", problem("`validation`: wrong types, unknown fields, a required field removed, a bad parent."));
+    if !collection.unique.is_empty() {
+        op = op.response("409", problem("`unique-conflict`: an active record holds the value (`conflicting_id`)."));
+    }
+    if collection.require_if_match {
+        op = op.response("428", problem("`precondition-required`: this collection requires `If-Match`."));
+    }
+    authenticated(body_errors(op), "write").build()
+}
+
+/// Collections whose refs to `collection` refuse its deletion.
+fn restricting_children<'a>(schema: &'a Schema, collection: &'a Collection) -> impl Iterator<Item = &'a str> + 'a {
+    schema.collections.values().filter_map(move |child| {
+        child
+            .fields
+            .values()
+            .any(|f| {
+                matches!(&f.ty, FieldType::Ref { collection: target, on_delete: OnDelete::Restrict }
+                    if *target == collection.name)
+            })
+            .then_some(child.name.as_str())
+    })
+}
+
+fn delete_operation(schema: &Schema, collection: &Collection) -> Operation {
+    let c = &collection.name;
+    let deleted = response(match collection.delete {
+        DeleteMode::Soft => "Soft-deleted (or already deleted: nothing changes). Restorable until `purge_at`.",
+        DeleteMode::Hard => "Deleted for good: this is a hard-delete collection.",
+    })
+    .header("Deletion-Id", response_header("The deletion operation (`del_…`)."));
+    let mut op = operation(format!("delete_{c}"), c, &format!("Delete a record of {c}"))
+        .parameter(id_param("The record id."))
+        .parameter(reason_param("deletion"))
+        .parameter(query(
+            "dry_run",
+            boolean(),
+            "`true`: answer the deletion plan (200) and change nothing — the blast radius before the click.",
+        ))
+        .parameter(if_match_param(collection, "deleted"))
+        .response("200", json_response("`dry_run=true`: the plan.", schema_ref("DeletionPlan")))
+        .response("204", deleted)
+        .response("400", problem("`invalid-parameter`: an unknown parameter or a `dry_run` other than true/false."))
+        .response("404", problem("`not-found`: no such record (purged, erased, or never there)."))
+        .response("412", problem("`precondition-failed`: `If-Match` is stale on an active record (`current_etag`)."))
+        .response("422", problem("`validation`: `reason` longer than 500 characters."));
+    let children: Vec<&str> = restricting_children(schema, collection).collect();
+    if !children.is_empty() {
+        op = op.response(
+            "409",
+            problem(&format!(
+                "`restrict`: active records of {} point here (`blockers`, `blockers_total`).",
+                children.join(", ")
+            )),
+        );
+    }
+    if collection.require_if_match {
+        op = op.response("428", problem("`precondition-required`: this collection requires `If-Match`."));
+    }
+    authenticated(op, "delete").build()
+}
+
+fn restore_operation(collection: &Collection, names: &CollectionNames) -> Operation {
+    let c = &collection.name;
+    let mut conflicts = Vec::new();
+    if !collection.unique.is_empty() {
+        conflicts.push("`unique-conflict`: an active record now holds a unique value (`conflicting_id`)");
+    }
+    if collection
+        .fields
+        .values()
+        .any(|f| matches!(&f.ty, FieldType::Ref { on_delete, .. } if *on_delete != OnDelete::Orphan))
+    {
+        conflicts.push("`parent-deleted`: a parent is deleted; restore it first (`blockers`)");
+    }
+    let mut op = operation(format!("restore_{c}"), c, &format!("Restore a deleted record of {c}"))
+        .description(Some(match collection.delete {
+            DeleteMode::Soft => "Within the recovery window; restoring an active record changes nothing.",
+            DeleteMode::Hard => "A hard-delete collection keeps no deleted records: there is nothing to restore.",
+        }))
+        .parameter(id_param("The record id."))
+        .parameter(reason_param("restore"))
+        .parameter(if_match_param(collection, "restored"))
+        .response("200", json_response("The record, active.", schema_ref(&names.record)).header("ETag", etag_header()))
+        .response("400", problem("`invalid-parameter`: an unknown query parameter."))
+        .response("404", problem("`not-found`: never existed, purged, erased, or the recovery window has elapsed."))
+        .response("412", problem("`precondition-failed`: `If-Match` is stale (`current_etag`)."))
+        .response("422", problem("`validation`: `reason` longer than 500 characters."));
+    if !conflicts.is_empty() {
+        op = op.response("409", problem(&format!("{}.", conflicts.join("; "))));
+    }
+    if collection.require_if_match {
+        op = op.response("428", problem("`precondition-required`: this collection requires `If-Match`."));
+    }
+    authenticated(op, "restore").build()
+}
+
+// ---------------------------------------------------------------------------------------
+// Audit, events and webhooks
+
+fn page_schema(item: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .property("items", array_of(schema_ref(item)))
+        .property(
+            "next_cursor",
+            string().schema_type(nullable(Type::String)).description(Some("Pass as `cursor` for the next page.")),
+        )
+        .required("items")
+        .required("next_cursor")
+}
+
+fn nullable_string() -> ObjectBuilder {
+    string().schema_type(nullable(Type::String))
+}
+
+fn nullable_time() -> ObjectBuilder {
+    date_time().schema_type(nullable(Type::String))
+}
+
+fn nullable_integer() -> ObjectBuilder {
+    integer().schema_type(nullable(Type::Integer))
+}
+
+fn require_all(mut object: ObjectBuilder, names: &[&str]) -> ObjectBuilder {
+    for name in names {
+        object = object.required(*name);
+    }
+    object
+}
+
+fn event_type_names() -> Vec<&'static str> {
+    EventType::ALL.iter().map(|t| t.as_str()).collect()
+}
+
+fn feed_components(components: ComponentsBuilder) -> ComponentsBuilder {
+    let audit = ObjectBuilder::new()
+        .property("seq", integer().minimum(Some(1)))
+        .property("at", date_time())
+        .property("tenant", string())
+        .property("actor", string().description(Some("The key id that acted.")))
+        .property("action", string().enum_values(Some(AuditAction::ALL.iter().map(|a| a.as_str()))))
+        .property("collection", nullable_string())
+        .property("record_id", nullable_string())
+        .property("version", nullable_integer())
+        .property("deletion_id", nullable_string())
+        .property("reason", nullable_string())
+        .property("request_id", nullable_string())
+        .property("prev_hash", string())
+        .property("hash", string().description(Some("SHA-256 over `prev_hash` and the entry's canonical form (hex).")));
+    let audit = require_all(
+        audit,
+        &[
+            "seq",
+            "at",
+            "tenant",
+            "actor",
+            "action",
+            "collection",
+            "record_id",
+            "version",
+            "deletion_id",
+            "reason",
+            "request_id",
+            "prev_hash",
+            "hash",
+        ],
+    );
+    let event = ObjectBuilder::new()
+        .description(Some("The envelope, exactly as delivered to webhooks, NATS and the stream."))
+        .property("id", string().description(Some("`evt_…`, stable: dedupe on it.")))
+        .property("seq", integer().minimum(Some(1)))
+        .property("type", string().enum_values(Some(event_type_names())))
+        .property("tenant", string())
+        .property("collection", string())
+        .property("record_id", string())
+        .property("version", nullable_integer())
+        .property("deletion_id", nullable_string())
+        .property("occurred_at", date_time())
+        .property("request_id", nullable_string())
+        .property(
+            "data",
+            ObjectBuilder::new()
+                .schema_type(nullable(Type::Object))
+                .description(Some("The record without its `pii` fields; null for purged and erased records.")),
+        );
+    let event = require_all(
+        event,
+        &[
+            "id",
+            "seq",
+            "type",
+            "tenant",
+            "collection",
+            "record_id",
+            "version",
+            "deletion_id",
+            "occurred_at",
+            "request_id",
+            "data",
+        ],
+    );
+    let delivery = ObjectBuilder::new()
+        .property("id", string())
+        .property("endpoint_id", string())
+        .property("event_id", string())
+        .property("event_seq", integer())
+        .property("event_type", string().enum_values(Some(event_type_names())))
+        .property("status", string().enum_values(Some(DELIVERY_STATUSES.iter().copied())))
+        .property("attempts", integer().minimum(Some(0)))
+        .property("next_attempt_at", nullable_time().description(Some("Set while `pending`.")))
+        .property("last_status", nullable_integer().description(Some("The endpoint's last HTTP status.")))
+        .property("last_error", nullable_string())
+        .property("last_attempt_at", nullable_time())
+        .property("delivered_at", nullable_time())
+        .property("created_at", date_time());
+    let delivery = require_all(
+        delivery,
+        &[
+            "id",
+            "endpoint_id",
+            "event_id",
+            "event_seq",
+            "event_type",
+            "status",
+            "attempts",
+            "next_attempt_at",
+            "last_status",
+            "last_error",
+            "last_attempt_at",
+            "delivered_at",
+            "created_at",
+        ],
+    );
+    let endpoint = ObjectBuilder::new()
+        .property("id", string().description(Some("`wh_…`, derived from the URL.")))
+        .property("url", string())
+        .property("cursor", integer().description(Some("The seq delivered up to.")))
+        .property("disabled", boolean())
+        .property("disabled_at", nullable_time())
+        .property("disabled_reason", nullable_string());
+    let endpoint = require_all(endpoint, &["id", "url", "cursor", "disabled", "disabled_at", "disabled_reason"]);
+    components
+        .schema("AuditEntry", audit)
+        .schema("AuditList", page_schema("AuditEntry"))
+        .schema("Event", event)
+        .schema("EventList", page_schema("Event"))
+        .schema("Delivery", delivery)
+        .schema("DeliveryList", page_schema("Delivery"))
+        .schema("WebhookEndpoint", endpoint)
+        .schema("WebhookEndpointList", page_schema("WebhookEndpoint"))
+        .schema(
+            "WebhookEndpointEnabled",
+            require_all(
+                ObjectBuilder::new().property("id", string()).property("disabled", boolean()),
+                &["id", "disabled"],
+            ),
+        )
+}
+
+/// Delivery states, as `GET /v1/webhooks/deliveries?status=` accepts them.
+const DELIVERY_STATUSES: &[&str] = &["pending", "delivered", "failed", "cancelled"];
+
+fn limit_param() -> Parameter {
+    query(
+        "limit",
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(MAX_LIMIT))
+            .default(Some(json!(DEFAULT_LIMIT))),
+        &format!("Page size, 1 to {MAX_LIMIT} (more → 400)."),
+    )
+}
+
+fn seq_param(name: &str, description: &str) -> Parameter {
+    query(name, integer().minimum(Some(0)), description)
+}
+
+fn audit_paths(paths: PathsBuilder) -> PathsBuilder {
+    let list = operation("audit_list".into(), "audit", "List audit entries")
+        .description(Some("The tenant's entries, oldest first."))
+        .parameters(Some([
+            query("collection", string(), "Only this collection."),
+            query("record_id", string(), "Only this record."),
+            query(
+                "action",
+                string().enum_values(Some(AuditAction::ALL.iter().map(|a| a.as_str()))),
+                "Only this action.",
+            ),
+            query("actor", string(), "Only this key id."),
+            query("since", date_time(), "At or after."),
+            query("cursor", string(), "The `next_cursor` of the previous page."),
+            limit_param(),
+        ]))
+        .response("200", json_response("A page of entries.", schema_ref("AuditList")))
+        .response("400", problem("`invalid-parameter`: an unknown or malformed parameter or cursor."));
+    let get = operation("audit_get".into(), "audit", "Get an audit entry")
+        .parameter(
+            ParameterBuilder::new()
+                .name("seq")
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .schema(Some(integer().minimum(Some(1))))
+                .description(Some("The entry's seq.")),
+        )
+        .response("200", json_response("The entry.", schema_ref("AuditEntry")))
+        .response("404", problem("`not-found`: no such entry in this tenant."));
+    paths
+        .path("/v1/audit", PathItem::new(HttpMethod::Get, authenticated(list, "audit").build()))
+        .path("/v1/audit/{seq}", PathItem::new(HttpMethod::Get, authenticated(get, "audit").build()))
+}
+
+fn event_filters(schema: &Schema) -> [Parameter; 2] {
+    [
+        query(
+            "collection",
+            string().enum_values(Some(schema.collections.keys().map(String::as_str))),
+            "Only this collection's events.",
+        ),
+        query("type", string(), &format!("Comma-separated event types: {}.", event_type_names().join(", "))),
+    ]
+}
+
+fn event_paths(paths: PathsBuilder, schema: &Schema) -> PathsBuilder {
+    let [collection, kind] = event_filters(schema);
+    let list = operation("events_list".into(), "events", "List events")
+        .description(Some("In commit order; at least once, each with a stable `id`."))
+        .parameters(Some([
+            seq_param("after", "Events after this seq (default 0: from the start)."),
+            seq_param("cursor", "The `next_cursor` of the previous page (instead of `after`)."),
+            limit_param(),
+            collection,
+            kind,
+        ]))
+        .response("200", json_response("A page of events.", schema_ref("EventList")))
+        .response(
+            "400",
+            problem("`invalid-parameter`: an unknown or malformed parameter, or both `after` and `cursor`."),
+        );
+    let [collection, kind] = event_filters(schema);
+    let stream = operation("events_stream".into(), "events", "Follow events live (SSE)")
+        .description(Some(
+            "Server-sent events: `id:` is the seq, `event:` the type, `data:` the envelope. Resumes after              `Last-Event-ID` or `after`; without either it starts with new events only.",
+        ))
+        .parameters(Some([seq_param("after", "Resume after this seq."), collection, kind]))
+        .parameter(header_param("Last-Event-ID", false, "The last seq seen; wins over `after`."))
+        .response(
+            "200",
+            response("An endless `text/event-stream`; each `data:` is an `Event`.").content(
+                "text/event-stream",
+                ContentBuilder::new()
+                    .schema(Some(string()))
+                    .extensions(Some(
+                        utoipa::openapi::extensions::ExtensionsBuilder::new()
+                            .add("x-event-schema", json!({"$ref": "#/components/schemas/Event"}))
+                            .build(),
+                    ))
+                    .build(),
+            ),
+        )
+        .response("400", problem("`invalid-parameter`: an unknown or malformed parameter or `Last-Event-ID`."));
+    paths
+        .path("/v1/events", PathItem::new(HttpMethod::Get, authenticated(list, "events").build()))
+        .path("/v1/events/stream", PathItem::new(HttpMethod::Get, authenticated(stream, "events").build()))
+}
+
+fn webhook_paths(paths: PathsBuilder) -> PathsBuilder {
+    let deliveries = operation("webhooks_deliveries".into(), "events", "List webhook deliveries")
+        .parameters(Some([
+            query("status", string().enum_values(Some(DELIVERY_STATUSES.iter().copied())), "Only this status."),
+            query("endpoint", string(), "Only this endpoint id (`wh_…`)."),
+            query("cursor", string(), "The `next_cursor` of the previous page."),
+            limit_param(),
+        ]))
+        .response("200", json_response("A page of deliveries, with their attempts.", schema_ref("DeliveryList")))
+        .response("400", problem("`invalid-parameter`: an unknown or malformed parameter."));
+    let redeliver = operation("webhooks_redeliver".into(), "events", "Send a delivery again")
+        .parameter(id_param("The delivery id."))
+        .response("200", json_response("The delivery, pending again.", schema_ref("Delivery")))
+        .response("404", problem("`not-found`: no such delivery in this tenant."));
+    let endpoints = operation("webhooks_endpoints".into(), "events", "List webhook endpoints")
+        .description(Some("Configured endpoints and their state; an endpoint answering 410 is disabled."))
+        .response("200", json_response("Every endpoint (one page).", schema_ref("WebhookEndpointList")));
+    let enable = operation("webhooks_enable".into(), "events", "Enable a disabled webhook endpoint")
+        .parameter(id_param("The endpoint id (`wh_…`)."))
+        .response("200", json_response("Enabled.", schema_ref("WebhookEndpointEnabled")))
+        .response("404", problem("`not-found`: no such endpoint."));
+    paths
+        .path("/v1/webhooks/deliveries", PathItem::new(HttpMethod::Get, authenticated(deliveries, "events").build()))
+        .path(
+            "/v1/webhooks/deliveries/{id}:redeliver",
+            PathItem::new(HttpMethod::Post, authenticated(redeliver, "events").build()),
+        )
+        .path("/v1/webhooks/endpoints", PathItem::new(HttpMethod::Get, authenticated(endpoints, "admin").build()))
+        .path(
+            "/v1/webhooks/endpoints/{id}:enable",
+            PathItem::new(HttpMethod::Post, authenticated(enable, "admin").build()),
+        )
+}
+
+// ---------------------------------------------------------------------------------------
+// Keys and system endpoints
+
+fn key_paths(paths: PathsBuilder) -> PathsBuilder {
+    let create = operation("keys_create".into(), "keys", "Create a key")
+        .description(Some("For any tenant: admin keys are operator keys. The secret is shown once."))
+        .request_body(Some(json_body("NewKey", &["application/json"], "The key.")))
+        .response("201", json_response("The key, with its secret (shown once).", schema_ref("CreatedKey")))
+        .response("400", problem("`malformed`: not JSON; `invalid-parameter`: a query parameter."))
+        .response("422", problem("`validation`: a bad tenant, scope, name or unknown member (`errors`)."));
+    let list = operation("keys_list".into(), "keys", "List keys")
+        .description(Some("Never their secrets."))
+        .parameter(query(
+            "limit",
+            ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)).maximum(Some(MAX_LIMIT)),
+            "Page size.",
+        ))
+        .parameter(query("cursor", string(), "The `next_cursor` of the previous page."))
+        .parameter(query("tenant", string(), "Only this tenant's keys."))
+        .response("200", json_response("A page of keys.", schema_ref("KeyList")))
+        .response("400", problem("`invalid-parameter`: an unknown or malformed parameter."));
+    let get = operation("keys_get".into(), "keys", "Get a key")
+        .parameter(id_param("The key id (`key_…`)."))
+        .response("200", json_response("The key (never its secret).", schema_ref("Key")))
+        .response("404", problem("`not-found`: no such key."));
+    let revoke = operation("keys_revoke".into(), "keys", "Revoke a key")
+        .description(Some("Deleted at once (credentials are never soft-deleted); refused everywhere within 1 s."))
+        .parameter(id_param("The key id (`key_…`)."))
+        .response("204", response("Revoked."))
+        .response("404", problem("`not-found`: no such key."));
+    paths
+        .path("/v1/keys", PathItem::new(HttpMethod::Post, authenticated(body_errors(create), "admin").build()))
+        .path("/v1/keys", PathItem::new(HttpMethod::Get, authenticated(list, "admin").build()))
+        .path("/v1/keys/{id}", PathItem::new(HttpMethod::Get, authenticated(get, "admin").build()))
+        .path("/v1/keys/{id}", PathItem::new(HttpMethod::Delete, authenticated(revoke, "admin").build()))
+}
+
+/// Operations anyone may call: `security: []`.
+fn public(operation: OperationBuilder) -> Operation {
+    operation.securities(Some(Vec::<SecurityRequirement>::new())).build()
+}
+
+fn system_paths(paths: PathsBuilder) -> PathsBuilder {
+    let healthz = operation("healthz".into(), "system", "Liveness: the process runs")
+        .response("200", json_response("`{\"status\": \"ok\"}`", schema_ref("Status")));
+    let readyz = operation("readyz".into(), "system", "Readiness: the database answers")
+        .response("200", json_response("`{\"status\": \"ready\"}`", schema_ref("Status")))
+        .response("503", problem("`unavailable`: the database does not answer."));
+    let openapi = operation("openapi".into(), "system", "This document").response(
+        "200",
+        json_response("The OpenAPI 3.1 document of this server's configuration.", ObjectBuilder::new()),
+    );
+    paths
+        .path("/healthz", PathItem::new(HttpMethod::Get, public(healthz)))
+        .path("/readyz", PathItem::new(HttpMethod::Get, public(readyz)))
+        .path("/openapi.json", PathItem::new(HttpMethod::Get, public(openapi)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pascal_case_names() {
+        assert_eq!(pascal_case("products"), "Products");
+        assert_eq!(pascal_case("cart_items"), "CartItems");
+        assert_eq!(pascal_case("a__b2"), "AB2");
+    }
+
+    #[test]
+    fn clashing_collection_names_get_a_suffix() {
+        let config = tombstone_domain::config::Config::parse(
+            "[collections.products.fields]\nx = { type = \"string\" }\n\
+             [collections.new_products.fields]\nx = { type = \"string\" }\n\
+             [collections.problem.fields]\nx = { type = \"string\" }\n",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let names = SchemaNames::for_schema(&config.schema);
+        assert_eq!(names.0["products"].new, "NewProducts");
+        assert_eq!(names.0["new_products"].record, "NewProducts_2");
+        assert_eq!(names.0["problem"].record, "Problem_2");
+    }
+
+    #[test]
+    fn durations_read_like_the_config() {
+        assert_eq!(human_duration(Duration::from_secs(30 * 86_400)), "30d");
+        assert_eq!(human_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(human_duration(Duration::from_secs(90)), "90s");
+    }
 }

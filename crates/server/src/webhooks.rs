@@ -205,6 +205,7 @@ impl Relay {
             Err(e) if e.is_timeout() => (None, "timed out after 15 s".to_string(), None),
             Err(e) => (None, format!("request failed: {e}"), None),
         };
+        metrics::counter!("tombstone_webhook_failures_total", "endpoint" => endpoint.spec.id.clone()).increment(1);
         let outcome = match next_attempt(attempts, retry_after) {
             Some(delay) => AttemptOutcome::Retry { status, error, next_attempt_at: now.saturating_add(delay) },
             None => AttemptOutcome::GiveUp { status, error },

@@ -15,7 +15,7 @@ use tombstone_domain::config::{Collection, Schema};
 use tombstone_domain::events::Event;
 use tombstone_domain::lifecycle::{Actor, DeleteRequest, IfMatch};
 use tombstone_domain::query::{ListQuery, Position};
-use tombstone_domain::record::{Patch, Record, ValidationErrors};
+use tombstone_domain::record::{Hold, Patch, Record, ValidationErrors};
 use tombstone_domain::scope::Scope;
 use tombstone_domain::time::Timestamp;
 
@@ -34,6 +34,12 @@ pub enum StoreError {
     /// An active record already holds the unique value (or the client-supplied id).
     #[error("unique conflict with {conflicting_id} on {fields:?}")]
     UniqueConflict { conflicting_id: String, fields: Vec<String> },
+    /// `:purge` of a record that is not soft-deleted.
+    #[error("the record is not deleted")]
+    NotDeleted,
+    /// The record is under a legal hold.
+    #[error("the record is under a legal hold")]
+    LegalHold,
     /// The merged record is invalid.
     #[error("validation failed: {0}")]
     Validation(ValidationErrors),
@@ -218,6 +224,61 @@ pub struct DeliveryQuery {
     pub limit: u32,
 }
 
+/// Where a trash page ended: the newest-first order is (deleted_at, collection, id)
+/// descending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrashPosition {
+    pub deleted_at: Timestamp,
+    pub collection: String,
+    pub id: String,
+}
+
+/// Filters of the trash listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrashQuery {
+    pub deleted_since: Option<Timestamp>,
+    pub deleted_before: Option<Timestamp>,
+    pub deleted_by: Option<String>,
+    pub purge_before: Option<Timestamp>,
+    pub after: Option<TrashPosition>,
+    pub limit: u32,
+}
+
+/// What one purge batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeBatch {
+    /// Rows hard-deleted.
+    pub purged: u64,
+    /// Purge is paused: nothing was done.
+    pub paused: bool,
+}
+
+/// What is due for purge in one collection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeDue {
+    pub collection: String,
+    /// Past `purge_at` and not held.
+    pub due_now: u64,
+    /// Up to 100 ids of those.
+    pub sample: Vec<String>,
+    /// Coming due within the horizon (not held), not counting those due now.
+    pub due_soon: u64,
+    /// Past `purge_at` but held.
+    pub held: u64,
+}
+
+/// What an erasure removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erasure {
+    pub collection: String,
+    pub id: String,
+    pub erased_at: Timestamp,
+    pub audit_seq: i64,
+    pub versions: u64,
+    pub events: u64,
+    pub idempotent_responses: u64,
+}
+
 /// How long an idempotency key is kept.
 pub const IDEMPOTENCY_TTL_MICROS: i64 = 24 * 3600 * 1_000_000;
 /// After this long an in-flight claim is taken to be abandoned (its process died).
@@ -359,6 +420,88 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes outbox rows older than `before` that every endpoint has fanned out and no
     /// pending delivery needs, at most `limit`; returns how many.
     async fn cleanup_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
+
+    /// Places a legal hold on a record (deleted or not).
+    #[expect(clippy::too_many_arguments, reason = "each argument is one part of the hold")]
+    async fn place_hold(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        case: Option<String>,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<Hold, StoreError>;
+    /// Releases one hold; the record afterwards. `NotFound` for an unknown or released hold.
+    #[expect(clippy::too_many_arguments, reason = "each argument is one part of the release")]
+    async fn release_hold(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        hold_id: &str,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<Record, StoreError>;
+    /// The active holds of these records.
+    async fn active_holds(
+        &self,
+        tenant: &str,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<Hold>>, StoreError>;
+
+    /// Hard-deletes one soft-deleted record now (`:purge`), whether or not purge is paused.
+    async fn purge_record(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Purges up to `limit` records of a collection past `purge_at` and not held, oldest
+    /// `purge_at` first, in one transaction; nothing when purge is paused.
+    async fn purge_batch(
+        &self,
+        collection: &Arc<Collection>,
+        now: Timestamp,
+        limit: u32,
+        run_id: &str,
+    ) -> Result<PurgeBatch, StoreError>;
+    /// What is due now and within `horizon` after `now`, per collection (one tenant, or all).
+    async fn purge_due(
+        &self,
+        tenant: Option<&str>,
+        collections: &[Arc<Collection>],
+        now: Timestamp,
+        horizon: Timestamp,
+    ) -> Result<Vec<PurgeDue>, StoreError>;
+    /// Pauses or resumes purge (kept in the database, so every process obeys it).
+    async fn set_purge_paused(&self, paused: bool) -> Result<(), StoreError>;
+    /// Whether purge is paused.
+    async fn purge_paused(&self) -> Result<bool, StoreError>;
+
+    /// Erases a record and every stored copy of its values.
+    async fn erase_record(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<Erasure, StoreError>;
+    /// Whether the record was erased.
+    async fn is_erased(&self, tenant: &str, collection: &str, id: &str) -> Result<bool, StoreError>;
+
+    /// Soft-deleted records still inside their window, newest first, over `collections`.
+    async fn list_trash(
+        &self,
+        tenant: &str,
+        collections: &[Arc<Collection>],
+        query: &TrashQuery,
+        now: Timestamp,
+    ) -> Result<Vec<Record>, StoreError>;
 
     /// A value from the key/value metadata table.
     async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError>;

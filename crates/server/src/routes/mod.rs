@@ -6,4 +6,5 @@ pub(crate) mod extract;
 pub(crate) mod health;
 pub(crate) mod keys;
 pub(crate) mod records;
+pub(crate) mod retention;
 pub(crate) mod webhooks;

@@ -1,8 +1,10 @@
 //! The record endpoints: create, get, list, patch, delete (and its dry run), restore.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +15,7 @@ use tombstone_domain::config::Collection;
 use tombstone_domain::id::{is_valid_record_id, new_deletion_id, new_record_id};
 use tombstone_domain::lifecycle::{DeleteRequest, IfMatch, check_reason, if_none_match};
 use tombstone_domain::query::{ListQuery, encode_cursor};
-use tombstone_domain::record::{FieldError, Record, ValidationErrors, parse_create, parse_patch};
+use tombstone_domain::record::{FieldError, Hold, Record, ValidationErrors, parse_create, parse_patch};
 use tombstone_domain::scope::Permission;
 use tombstone_store::{DeleteOutcome, IdempotencyClaim, IdempotencyKey, RestoreOutcome, StoreError, StoredResponse};
 
@@ -42,6 +44,15 @@ fn checked_id<'a>(collection: &Collection, id: &'a str) -> Result<&'a str, ApiEr
     } else {
         // An id that cannot exist cannot be found.
         Err(ApiError::record_not_found(&collection.name, id))
+    }
+}
+
+/// Counts a read, and whether it could see deleted records.
+fn count_read(collection: &Collection, include_deleted: bool) {
+    metrics::counter!("tombstone_reads_total", "collection" => collection.name.clone()).increment(1);
+    if include_deleted {
+        metrics::counter!("tombstone_include_deleted_reads_total", "collection" => collection.name.clone())
+            .increment(1);
     }
 }
 
@@ -74,19 +85,42 @@ fn map_not_found(collection: &Collection, id: &str) -> impl Fn(StoreError) -> Ap
     }
 }
 
-/// The representation a caller sees: holds only with `read_deleted`.
-fn represent(caller: &Caller, collection: &Collection, record: &Record) -> Value {
-    let holds = caller.can(Permission::ReadDeleted, Some(&collection.name)).then_some(&[][..]);
-    record.to_json(collection, holds)
+/// The representation a caller sees: `holds` only with `read_deleted`.
+fn represent(caller: &Caller, collection: &Collection, record: &Record, holds: &HashMap<String, Vec<Hold>>) -> Value {
+    let shown = caller
+        .can(Permission::ReadDeleted, Some(&collection.name))
+        .then(|| holds.get(&record.id).map_or(&[][..], Vec::as_slice));
+    record.to_json(collection, shown)
 }
 
-fn record_response(status: StatusCode, caller: &Caller, collection: &Collection, record: &Record) -> Response {
-    let body = represent(caller, collection, record);
+/// The active holds of the held records among `records`, when the caller may see them.
+async fn holds_of(
+    state: &AppState,
+    caller: &Caller,
+    collection: &Collection,
+    records: &[&Record],
+) -> Result<HashMap<String, Vec<Hold>>, ApiError> {
+    let held: Vec<String> = records.iter().filter(|r| r.legal_hold).map(|r| r.id.clone()).collect();
+    if held.is_empty() || !caller.can(Permission::ReadDeleted, Some(&collection.name)) {
+        return Ok(HashMap::new());
+    }
+    Ok(state.store.active_holds(caller.tenant(), &collection.name, &held).await?)
+}
+
+async fn record_response(
+    state: &AppState,
+    status: StatusCode,
+    caller: &Caller,
+    collection: &Collection,
+    record: &Record,
+) -> Result<Response, ApiError> {
+    let holds = holds_of(state, caller, collection, &[record]).await?;
+    let body = represent(caller, collection, record, &holds);
     let mut response = (status, axum::Json(body)).into_response();
     if let Ok(etag) = HeaderValue::from_str(&record.etag()) {
         response.headers_mut().insert(header::ETAG, etag);
     }
-    response
+    Ok(response)
 }
 
 async fn create_record(
@@ -121,7 +155,14 @@ async fn create_record(
                 IdempotencyClaim::Claimed => Some(key),
                 IdempotencyClaim::InFlight => return Err(ApiError::IdempotencyConflict),
                 IdempotencyClaim::Mismatch => return Err(ApiError::IdempotencyMismatch),
-                IdempotencyClaim::Replay(stored) => return Ok(replay(&stored)),
+                IdempotencyClaim::Replay(stored) => {
+                    if let Some((c, id)) = &stored.record
+                        && state.store.is_erased(caller.tenant(), c, id).await?
+                    {
+                        return Err(ApiError::Erased);
+                    }
+                    return Ok(replay(&stored));
+                }
             }
         }
     };
@@ -139,7 +180,7 @@ async fn create_record(
         values: parsed.values,
     };
     let location = format!("/v1/{}/{}", collection.name, record.id);
-    let body = represent(&caller, &collection, &record).to_string();
+    let body = represent(&caller, &collection, &record, &HashMap::new()).to_string();
     let stored = idempotency.clone().map(|key| {
         (
             key,
@@ -242,6 +283,7 @@ async fn get_record(
     if include_deleted {
         caller.require(Permission::ReadDeleted, Some(&collection.name))?;
     }
+    count_read(&collection, include_deleted);
     let id = checked_id(&collection, &id)?;
     let record = state
         .store
@@ -258,7 +300,7 @@ async fn get_record(
         }
         return Ok(response);
     }
-    Ok(record_response(StatusCode::OK, &caller, &collection, &record))
+    record_response(&state, StatusCode::OK, &caller, &collection, &record).await
 }
 
 async fn list_records(
@@ -273,8 +315,10 @@ async fn list_records(
     if list.reads_deleted() {
         caller.require(Permission::ReadDeleted, Some(&collection.name))?;
     }
+    count_read(&collection, list.reads_deleted());
     let page = state.store.list_records(caller.tenant(), &collection, &list).await?;
-    let items: Vec<Value> = page.items.iter().map(|r| represent(&caller, &collection, r)).collect();
+    let holds = holds_of(&state, &caller, &collection, &page.items.iter().collect::<Vec<_>>()).await?;
+    let items: Vec<Value> = page.items.iter().map(|r| represent(&caller, &collection, r, &holds)).collect();
     let mut body = json!({
         "items": items,
         "next_cursor": page.next.as_ref().map(|p| encode_cursor(&list.sort, p)),
@@ -304,7 +348,7 @@ async fn patch_record(
         .patch_record(&caller.actor(), &collection, id, cond, patch, state.now())
         .await
         .map_err(map_not_found(&collection, id))?;
-    Ok(record_response(StatusCode::OK, &caller, &collection, &record))
+    record_response(&state, StatusCode::OK, &caller, &collection, &record).await
 }
 
 async fn delete_record(
@@ -341,6 +385,15 @@ async fn delete_record(
         | DeleteOutcome::AlreadyDeleted { deletion_id }
         | DeleteOutcome::HardDeleted { deletion_id } => deletion_id.clone(),
     };
+    match &outcome {
+        DeleteOutcome::SoftDeleted { .. } => {
+            metrics::counter!("tombstone_soft_delete_total", "collection" => collection.name.clone()).increment(1);
+        }
+        DeleteOutcome::HardDeleted { .. } => {
+            metrics::counter!("tombstone_purge_rows_total", "collection" => collection.name.clone()).increment(1);
+        }
+        DeleteOutcome::AlreadyDeleted { .. } => {}
+    }
     if let DeleteOutcome::SoftDeleted { .. } | DeleteOutcome::HardDeleted { .. } = &outcome {
         tracing::info!(
             request_id = %crate::request_id::current(),
@@ -397,13 +450,18 @@ async fn record_action(
     ApiPath((name, target)): ApiPath<(String, String)>,
     headers: HeaderMap,
     query: QueryPairs,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     let collection = collection(&state, &name)?;
     let Some((id, action)) = target.rsplit_once(':') else {
-        return Err(ApiError::MethodNotAllowed);
+        return Err(ApiError::RecordMethodNotAllowed);
     };
     match action {
         "restore" => restore_record(&state, &caller, &collection, id, &headers, &query).await,
+        "purge" => purge_record(&state, &caller, &collection, id, &query).await,
+        "erase" => erase_record(&state, &caller, &collection, id, &query).await,
+        "hold" => hold_record(&state, &caller, &collection, id, &query, body).await,
+        "release" => release_hold(&state, &caller, &collection, id, &query).await,
         other => Err(ApiError::NotFound(format!("no action {other:?} on records"))),
     }
 }
@@ -428,6 +486,7 @@ async fn restore_record(
         .map_err(map_not_found(collection, id))?;
     let record = match outcome {
         RestoreOutcome::Restored(record) => {
+            metrics::counter!("tombstone_restore_total", "collection" => collection.name.clone()).increment(1);
             tracing::info!(
                 request_id = %crate::request_id::current(),
                 actor = %caller.key.id,
@@ -440,5 +499,157 @@ async fn restore_record(
         }
         RestoreOutcome::AlreadyActive(record) => record,
     };
-    Ok(record_response(StatusCode::OK, caller, collection, &record))
+    record_response(state, StatusCode::OK, caller, collection, &record).await
+}
+
+async fn purge_record(
+    state: &AppState,
+    caller: &Caller,
+    collection: &Arc<Collection>,
+    id: &str,
+    query: &QueryPairs,
+) -> Result<Response, ApiError> {
+    caller.require(Permission::Purge, Some(&collection.name))?;
+    query.only(&["reason"])?;
+    let id = checked_id(collection, id)?;
+    let reason = reason(query)?;
+    state
+        .store
+        .purge_record(&caller.actor(), collection, id, reason.clone(), state.now())
+        .await
+        .map_err(map_not_found(collection, id))?;
+    metrics::counter!("tombstone_purge_rows_total", "collection" => collection.name.clone()).increment(1);
+    tracing::info!(
+        request_id = %crate::request_id::current(),
+        actor = %caller.key.id,
+        collection = %collection.name,
+        "record.id" = %id,
+        reason = reason.as_deref().unwrap_or(""),
+        "record purged"
+    );
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn erase_record(
+    state: &AppState,
+    caller: &Caller,
+    collection: &Arc<Collection>,
+    id: &str,
+    query: &QueryPairs,
+) -> Result<Response, ApiError> {
+    caller.require(Permission::Erase, Some(&collection.name))?;
+    query.only(&["reason"])?;
+    let id = checked_id(collection, id)?;
+    let reason = reason(query)?;
+    let erasure = state
+        .store
+        .erase_record(&caller.actor(), collection, id, reason.clone(), state.now())
+        .await
+        .map_err(map_not_found(collection, id))?;
+    metrics::counter!("tombstone_erase_total", "collection" => collection.name.clone()).increment(1);
+    tracing::info!(
+        request_id = %crate::request_id::current(),
+        actor = %caller.key.id,
+        collection = %collection.name,
+        "record.id" = %id,
+        reason = reason.as_deref().unwrap_or(""),
+        "record erased"
+    );
+    Ok(axum::Json(json!({
+        "collection": erasure.collection,
+        "id": erasure.id,
+        "erased_at": erasure.erased_at.to_rfc3339(),
+        "audit_seq": erasure.audit_seq,
+        "scrubbed": {
+            "versions": erasure.versions,
+            "events": erasure.events,
+            "idempotent_responses": erasure.idempotent_responses,
+            // No cache or search index holds record values in this build, so none remains.
+            "search": true,
+            "cache": true,
+        },
+    }))
+    .into_response())
+}
+
+fn optional_text(object: &serde_json::Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.chars().count() <= 500 => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::Validation(ValidationErrors(vec![FieldError {
+            field: name.into(),
+            message: "must be a string of at most 500 characters".into(),
+        }]))),
+    }
+}
+
+async fn hold_record(
+    state: &AppState,
+    caller: &Caller,
+    collection: &Arc<Collection>,
+    id: &str,
+    query: &QueryPairs,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.require(Permission::Hold, Some(&collection.name))?;
+    query.only(&[])?;
+    let id = checked_id(collection, id)?;
+    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::Malformed(format!("the body is not valid JSON: {e}")))?
+    };
+    let Some(object) = value.as_object() else {
+        return Err(ApiError::Validation(ValidationErrors(vec![FieldError {
+            field: String::new(),
+            message: "the body must be a JSON object {\"case\", \"reason\"}".into(),
+        }])));
+    };
+    if let Some(unknown) = object.keys().find(|k| *k != "case" && *k != "reason") {
+        return Err(ApiError::Validation(ValidationErrors(vec![FieldError {
+            field: unknown.clone(),
+            message: "is not a hold field (case, reason)".into(),
+        }])));
+    }
+    let case = optional_text(object, "case")?;
+    let reason = optional_text(object, "reason")?;
+    let hold = state
+        .store
+        .place_hold(&caller.actor(), collection, id, case, reason, state.now())
+        .await
+        .map_err(map_not_found(collection, id))?;
+    tracing::info!(
+        request_id = %crate::request_id::current(),
+        actor = %caller.key.id,
+        collection = %collection.name,
+        "record.id" = %id,
+        "hold.id" = %hold.hold_id,
+        "legal hold placed"
+    );
+    Ok((StatusCode::CREATED, axum::Json(hold)).into_response())
+}
+
+async fn release_hold(
+    state: &AppState,
+    caller: &Caller,
+    collection: &Arc<Collection>,
+    id: &str,
+    query: &QueryPairs,
+) -> Result<Response, ApiError> {
+    caller.require(Permission::Hold, Some(&collection.name))?;
+    query.only(&["hold_id", "reason"])?;
+    let id = checked_id(collection, id)?;
+    let hold_id = query.get("hold_id").ok_or_else(|| ApiError::BadParameter {
+        param: "hold_id".into(),
+        message: "is required: the hold to release".into(),
+    })?;
+    let reason = reason(query)?;
+    let record =
+        state.store.release_hold(&caller.actor(), collection, id, hold_id, reason, state.now()).await.map_err(|e| {
+            match e {
+                StoreError::NotFound => ApiError::NotFound(format!("no active hold {hold_id} on {id}")),
+                other => other.into(),
+            }
+        })?;
+    record_response(state, StatusCode::OK, caller, collection, &record).await
 }

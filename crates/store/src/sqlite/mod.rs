@@ -4,6 +4,7 @@
 
 mod changes;
 mod records;
+mod retention;
 mod schema;
 mod webhooks;
 
@@ -24,15 +25,15 @@ use tombstone_domain::lifecycle::{
     decide_restore,
 };
 use tombstone_domain::query::ListQuery;
-use tombstone_domain::record::{Patch, Record, apply_patch};
+use tombstone_domain::record::{Hold, Patch, Record, apply_patch};
 use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::Timestamp;
 
 use self::records::TableSql;
 use crate::{
-    AttemptOutcome, AuditQuery, DeleteOutcome, Delivery, DeliveryQuery, DueDelivery, EndpointState, EventQuery,
-    IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim, IdempotencyKey, Page, RestoreOutcome, Store,
-    StoreError, StoredKey, StoredResponse, WebhookEndpoint,
+    AttemptOutcome, AuditQuery, DeleteOutcome, Delivery, DeliveryQuery, DueDelivery, EndpointState, Erasure,
+    EventQuery, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim, IdempotencyKey, Page, PurgeBatch,
+    PurgeDue, RestoreOutcome, Store, StoreError, StoredKey, StoredResponse, TrashQuery, WebhookEndpoint,
 };
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -153,6 +154,22 @@ impl SqliteStore {
         });
         self.writer.send(job).map_err(|_| StoreError::Internal("the writer thread has stopped".into()))?;
         answer.await.map_err(|_| StoreError::Internal("a write was abandoned (the writer panicked)".into()))?
+    }
+
+    /// Checkpoints the WAL into the database file and truncates it.
+    async fn checkpoint(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = conn
+                .query_row("pragma wal_checkpoint(truncate)", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())
+                .map_err(StoreError::from);
+            let _ = reply.send(result);
+        });
+        self.writer
+            .send(job)
+            .map_err(|_| StoreError::Internal("the store is read-only or its writer has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Internal("a checkpoint was abandoned".into()))?
     }
 
     /// Runs `f` on a pooled read-only connection.
@@ -791,6 +808,141 @@ impl Store for SqliteStore {
 
     async fn cleanup_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
         self.write(move |tx| webhooks::cleanup_outbox(tx, before, limit)).await
+    }
+
+    async fn place_hold(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        case: Option<String>,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<Hold, StoreError> {
+        let sql = self.table(collection)?;
+        let (collection, actor, id) = (collection.clone(), actor.clone(), id.to_string());
+        self.write(move |tx| retention::place_hold(tx, &sql, &collection, &actor, &id, case, reason, now)).await
+    }
+
+    async fn release_hold(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        hold_id: &str,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<Record, StoreError> {
+        let sql = self.table(collection)?;
+        let (collection, actor, id, hold_id) = (collection.clone(), actor.clone(), id.to_string(), hold_id.to_string());
+        self.write(move |tx| retention::release_hold(tx, &sql, &collection, &actor, &id, &hold_id, reason, now)).await
+    }
+
+    async fn active_holds(
+        &self,
+        tenant: &str,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, Vec<Hold>>, StoreError> {
+        let (tenant, collection, ids) = (tenant.to_string(), collection.to_string(), ids.to_vec());
+        self.read(move |conn| retention::active_holds(conn, &tenant, &collection, &ids)).await
+    }
+
+    async fn purge_record(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let sql = self.table(collection)?;
+        let (collection, actor, id) = (collection.clone(), actor.clone(), id.to_string());
+        self.write(move |tx| retention::purge_record(tx, &sql, &collection, &actor, &id, reason, now)).await
+    }
+
+    async fn purge_batch(
+        &self,
+        collection: &Arc<Collection>,
+        now: Timestamp,
+        limit: u32,
+        run_id: &str,
+    ) -> Result<PurgeBatch, StoreError> {
+        let sql = self.table(collection)?;
+        let (collection, run_id) = (collection.clone(), run_id.to_string());
+        self.write(move |tx| retention::purge_batch(tx, &sql, &collection, now, limit, &run_id)).await
+    }
+
+    async fn purge_due(
+        &self,
+        tenant: Option<&str>,
+        collections: &[Arc<Collection>],
+        now: Timestamp,
+        horizon: Timestamp,
+    ) -> Result<Vec<PurgeDue>, StoreError> {
+        let tables =
+            collections.iter().map(|c| Ok((c.clone(), self.table(c)?))).collect::<Result<Vec<_>, StoreError>>()?;
+        let tenant = tenant.map(str::to_string);
+        self.read(move |conn| {
+            tables.iter().map(|(c, sql)| retention::purge_due(conn, sql, c, tenant.as_deref(), now, horizon)).collect()
+        })
+        .await
+    }
+
+    async fn set_purge_paused(&self, paused: bool) -> Result<(), StoreError> {
+        self.write(move |tx| retention::set_paused(tx, paused)).await
+    }
+
+    async fn purge_paused(&self) -> Result<bool, StoreError> {
+        self.read(retention::is_paused).await
+    }
+
+    async fn erase_record(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<Erasure, StoreError> {
+        let sql = self.table(collection)?;
+        let (collection, actor, id) = (collection.clone(), actor.clone(), id.to_string());
+        let erasure = self.write(move |tx| retention::erase(tx, &sql, &collection, &actor, &id, reason, now)).await?;
+        // Old page images in the WAL may still hold the values: copy the pages back into
+        // the database file (where secure_delete zeroed the freed space) and truncate it.
+        self.checkpoint().await?;
+        Ok(erasure)
+    }
+
+    async fn is_erased(&self, tenant: &str, collection: &str, id: &str) -> Result<bool, StoreError> {
+        let (tenant, collection, id) = (tenant.to_string(), collection.to_string(), id.to_string());
+        self.read(move |conn| retention::is_erased(conn, &tenant, &collection, &id)).await
+    }
+
+    async fn list_trash(
+        &self,
+        tenant: &str,
+        collections: &[Arc<Collection>],
+        query: &TrashQuery,
+        now: Timestamp,
+    ) -> Result<Vec<Record>, StoreError> {
+        let tables =
+            collections.iter().map(|c| Ok((c.clone(), self.table(c)?))).collect::<Result<Vec<_>, StoreError>>()?;
+        let (tenant, query) = (tenant.to_string(), query.clone());
+        self.read(move |conn| {
+            let mut all = Vec::new();
+            for (c, sql) in &tables {
+                all.extend(retention::trash(conn, sql, c, &tenant, &query, now)?);
+            }
+            // Newest first over (deleted_at, collection, id).
+            all.sort_by(|a, b| {
+                let key = |r: &Record| (r.deletion.as_ref().map(|d| d.deleted_at), r.collection.clone(), r.id.clone());
+                key(b).cmp(&key(a))
+            });
+            all.truncate(query.limit as usize);
+            Ok(all)
+        })
+        .await
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -25,6 +25,11 @@ pub(crate) struct TableSql {
 }
 
 impl TableSql {
+    /// `select <every column> from <table>`.
+    pub(crate) fn select(&self) -> &str {
+        &self.select
+    }
+
     pub(crate) fn new(collection: &Collection) -> Self {
         let table = table_name(&collection.name);
         let mut field_cols = Vec::new();
@@ -41,7 +46,12 @@ impl TableSql {
         } else {
             format!("{SYSTEM_COLUMNS}, {}", field_cols.join(", "))
         };
-        let select = format!("select {select_cols} from {table}");
+        // Whether any hold is active, read with the row so lists cost no extra query.
+        let held = format!(
+            "exists (select 1 from holds h where h.tenant = {table}.tenant and h.collection = '{}' and h.record_id = {table}.id and h.released_at is null)",
+            collection.name
+        );
+        let select = format!("select {select_cols}, {held} from {table}");
         let mut insert_cols = vec!["tenant", "id", "version", "created_at", "updated_at"]
             .into_iter()
             .map(String::from)
@@ -89,7 +99,7 @@ fn from_sql(ty: &FieldType, value: ValueRef<'_>) -> FieldValue {
     }
 }
 
-fn read_record(collection: &Collection, row: &Row<'_>) -> rusqlite::Result<Record> {
+pub(crate) fn read_record(collection: &Collection, row: &Row<'_>) -> rusqlite::Result<Record> {
     let deleted_at: Option<i64> = row.get(5)?;
     let deletion = match deleted_at {
         Some(at) => Some(DeletionMark {
@@ -116,7 +126,7 @@ fn read_record(collection: &Collection, row: &Row<'_>) -> rusqlite::Result<Recor
         created_at: Timestamp::from_micros(row.get(3)?),
         updated_at: Timestamp::from_micros(row.get(4)?),
         deletion,
-        legal_hold: false,
+        legal_hold: row.get(SYSTEM_COUNT + collection.fields.len())?,
         values,
     })
 }

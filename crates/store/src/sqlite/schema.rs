@@ -170,6 +170,36 @@ create index webhook_tenant on webhook_deliveries (tenant, id);
 create index webhook_event on webhook_deliveries (event_seq);
 ",
     ),
+    (
+        "0004_retention",
+        r"
+-- Legal holds: stackable, named; a record is held while any of its holds is unreleased.
+create table holds (
+    id             text primary key,
+    tenant         text not null,
+    collection     text not null,
+    record_id      text not null,
+    case_name      text,
+    reason         text,
+    actor          text not null,
+    at             integer not null,
+    released_at    integer,
+    released_by    text,
+    release_reason text
+) without rowid;
+create index holds_active on holds (tenant, collection, record_id) where released_at is null;
+
+-- Records erased for GDPR: ids only, never values (answers 410 to idempotent replays).
+create table erasures (
+    tenant     text not null,
+    collection text not null,
+    record_id  text not null,
+    erased_at  integer not null,
+    audit_seq  integer not null,
+    primary key (tenant, collection, record_id)
+) without rowid;
+",
+    ),
 ];
 
 /// Connection settings for the one writer. WAL lets readers run beside it;

@@ -1,0 +1,172 @@
+//! The purge worker: hard-deletes soft-deleted records whose recovery window has elapsed
+//! and that no legal hold protects, gently — in batches of `batch_size`, pausing `pause`
+//! between batches and never exceeding `max_rows_per_second` per collection — so live
+//! traffic keeps its latency.
+//!
+//! Each batch is one transaction (rows, audit entries, `record.purged` events), so a crash
+//! mid-pass loses nothing and purges nothing twice: the rolled-back batch is simply due
+//! again on the next pass. The pause flag is read inside each batch's transaction.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tombstone_domain::config::{Collection, PurgeConfig, Schema};
+use tombstone_domain::time::{Clock, Timestamp};
+use tombstone_store::{Store, StoreError};
+
+/// Waits between batches. The server sleeps; tests advance a manual clock instead.
+pub trait Pacer: Send + Sync {
+    /// Waits `duration`.
+    fn wait(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// Sleeps on the tokio timer.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SleepPacer;
+
+impl Pacer for SleepPacer {
+    fn wait(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+}
+
+/// One batch of a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchReport {
+    pub collection: String,
+    pub rows: u64,
+    /// The wait after this batch (pause, stretched by the rate cap).
+    pub waited: Duration,
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub batches: Vec<BatchReport>,
+    pub purged: u64,
+    /// Failed batches (retried on the next pass).
+    pub errors: u64,
+    /// Purge was paused (before or during the pass).
+    pub paused: bool,
+}
+
+/// The worker.
+#[derive(Clone)]
+pub struct PurgeWorker {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    schema: Arc<Schema>,
+    config: PurgeConfig,
+}
+
+impl PurgeWorker {
+    #[must_use]
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, schema: Arc<Schema>, config: PurgeConfig) -> Self {
+        Self { store, clock, schema, config }
+    }
+
+    /// The collections a pass covers (all, or one).
+    fn collections(&self, only: Option<&str>) -> Vec<Arc<Collection>> {
+        self.schema.collections.values().filter(|c| only.is_none_or(|o| c.name == o)).cloned().collect()
+    }
+
+    /// Runs one pass over every collection (or `only`), calling `progress` after each
+    /// batch.
+    pub async fn run_pass(
+        &self,
+        pacer: &dyn Pacer,
+        only: Option<&str>,
+        progress: &(dyn Fn(&BatchReport) + Sync),
+    ) -> PassReport {
+        let started = Instant::now();
+        let run_id = format!("purge_{}", uuid::Uuid::now_v7().simple());
+        let mut report = PassReport::default();
+        'collections: for collection in self.collections(only) {
+            let cap = f64::from(self.config.max_rows_per_second);
+            loop {
+                let batch_start = self.clock.now();
+                let result = self.store.purge_batch(&collection, batch_start, self.config.batch_size, &run_id).await;
+                let batch = match result {
+                    Ok(b) => b,
+                    Err(e) => {
+                        report.errors += 1;
+                        metrics::counter!("tombstone_purge_job_errors_total", "collection" => collection.name.clone())
+                            .increment(1);
+                        tracing::warn!(collection = %collection.name, error = %e, "purge batch failed; it is retried on the next pass");
+                        continue 'collections;
+                    }
+                };
+                if batch.paused {
+                    report.paused = true;
+                    break 'collections;
+                }
+                if batch.purged == 0 {
+                    break;
+                }
+                metrics::counter!("tombstone_purge_rows_total", "collection" => collection.name.clone())
+                    .increment(batch.purged);
+                report.purged += batch.purged;
+                // The rate cap: this batch may not take less than rows / cap seconds.
+                #[expect(clippy::cast_precision_loss, reason = "batch sizes are far below 2^52")]
+                let minimum = Duration::from_secs_f64(batch.purged as f64 / cap);
+                let spent = elapsed(batch_start, self.clock.now());
+                let waited = self.config.pause.max(minimum.saturating_sub(spent));
+                let b = BatchReport { collection: collection.name.clone(), rows: batch.purged, waited };
+                progress(&b);
+                report.batches.push(b);
+                if batch.purged < u64::from(self.config.batch_size) {
+                    break;
+                }
+                pacer.wait(waited).await;
+            }
+        }
+        metrics::histogram!("tombstone_purge_job_runtime_seconds").record(started.elapsed().as_secs_f64());
+        if report.purged > 0 || report.errors > 0 {
+            tracing::info!(purged = report.purged, errors = report.errors, run = %run_id, "purge pass finished");
+        }
+        report
+    }
+
+    /// Updates the backlog gauge: records due now, per collection.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn measure_backlog(&self) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let due = self.store.purge_due(None, &self.collections(None), now, now).await?;
+        for d in due {
+            #[expect(clippy::cast_precision_loss, reason = "a gauge")]
+            metrics::gauge!("tombstone_purge_backlog", "collection" => d.collection.clone()).set(d.due_now as f64);
+        }
+        Ok(())
+    }
+
+    /// Runs a pass every `interval` (the first one interval after start) until cancelled.
+    pub async fn run(self, mut cancel: tokio::sync::watch::Receiver<bool>) {
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.config.interval, self.config.interval);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let pass = self.run_pass(&SleepPacer, None, &|_| {});
+                    tokio::select! {
+                        _ = pass => {}
+                        // Cancellation waits for the current batch's transaction, never
+                        // splits one: the pass future is only dropped between awaits.
+                        _ = cancel.changed() => break,
+                    }
+                    if let Err(e) = self.measure_backlog().await {
+                        tracing::warn!(error = %e, "could not measure the purge backlog");
+                    }
+                }
+                _ = cancel.changed() => break,
+            }
+        }
+    }
+}
+
+fn elapsed(from: Timestamp, to: Timestamp) -> Duration {
+    Duration::from_micros(u64::try_from(to.as_micros() - from.as_micros()).unwrap_or(0))
+}

@@ -1,0 +1,61 @@
+//! Prometheus metrics: the recorder (installed once per process), `/metrics`, and the
+//! request-duration middleware.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::app::AppState;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's metrics recorder; installed on first use. `None` when another recorder
+/// was installed first (then `/metrics` answers with what it can: nothing).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .ok()
+                .and_then(|b| b.install_recorder().ok())
+        })
+        .as_ref()
+}
+
+/// `GET /metrics`: Prometheus text format. Gauges that are cheap to read from the
+/// database are refreshed at scrape time.
+pub(crate) async fn metrics_endpoint(State(state): State<AppState>) -> Response {
+    if let Ok(backlog) = state.store.webhook_backlog().await {
+        #[expect(clippy::cast_precision_loss, reason = "a gauge")]
+        metrics::gauge!("tombstone_outbox_backlog").set(backlog as f64);
+    }
+    let body = handle().map(PrometheusHandle::render).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Records `tombstone_http_request_duration_seconds` by route, method, status and, for
+/// record routes, collection.
+pub(crate) async fn track_duration(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let Some(route) = route else { return next.run(request).await };
+    let collection = route
+        .starts_with("/v1/{collection}")
+        .then(|| request.uri().path().split('/').nth(2).unwrap_or_default().to_string())
+        .unwrap_or_default();
+    let method = request.method().as_str().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(
+        "tombstone_http_request_duration_seconds",
+        "route" => route, "method" => method, "status" => status, "collection" => collection
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
+}

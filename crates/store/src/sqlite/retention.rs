@@ -1,0 +1,370 @@
+//! Retention: legal holds, purge (one record or a batch), erasure, the trash and the
+//! purge preview.
+
+use std::collections::HashMap;
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_iter};
+use tombstone_domain::audit::{AuditAction, NewAuditEntry};
+use tombstone_domain::config::Collection;
+use tombstone_domain::events::{EventType, record_event};
+use tombstone_domain::id::new_hold_id;
+use tombstone_domain::lifecycle::Actor;
+use tombstone_domain::record::{Hold, Record};
+use tombstone_domain::time::Timestamp;
+
+use super::changes;
+use super::records::{self, TableSql};
+use crate::{Erasure, PurgeBatch, PurgeDue, StoreError, TrashQuery};
+
+/// The meta key of the purge pause.
+pub(crate) const PURGE_PAUSED: &str = "purge.paused";
+
+fn active_hold_clause(sql: &TableSql, collection: &str) -> String {
+    format!(
+        "exists (select 1 from holds h where h.tenant = {t}.tenant and h.collection = '{collection}' and h.record_id = {t}.id and h.released_at is null)",
+        t = sql.table
+    )
+}
+
+pub(crate) fn place_hold(
+    tx: &Transaction<'_>,
+    sql: &TableSql,
+    collection: &Collection,
+    actor: &Actor,
+    id: &str,
+    case: Option<String>,
+    reason: Option<String>,
+    now: Timestamp,
+) -> Result<Hold, StoreError> {
+    let record = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
+    let hold = Hold { hold_id: new_hold_id(), case, reason, actor: actor.key_id.clone(), at: now };
+    tx.prepare_cached(
+        "insert into holds (id, tenant, collection, record_id, case_name, reason, actor, at) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![hold.hold_id, actor.tenant, collection.name, id, hold.case, hold.reason, hold.actor, now.as_micros()])?;
+    audit(
+        tx,
+        actor,
+        AuditAction::Hold,
+        &record,
+        hold_reason(&hold.hold_id, hold.case.as_deref(), hold.reason.as_deref()),
+        now,
+    )?;
+    Ok(hold)
+}
+
+/// The audit `reason` of a hold or release: which hold, the case, and why.
+fn hold_reason(hold_id: &str, case: Option<&str>, reason: Option<&str>) -> Option<String> {
+    let mut text = hold_id.to_string();
+    if let Some(c) = case {
+        text.push_str(&format!(" case={c}"));
+    }
+    if let Some(r) = reason {
+        text.push_str(&format!(": {r}"));
+    }
+    Some(text)
+}
+
+fn audit(
+    conn: &Connection,
+    actor: &Actor,
+    action: AuditAction,
+    record: &Record,
+    reason: Option<String>,
+    now: Timestamp,
+) -> Result<i64, StoreError> {
+    let entry = changes::append_audit(
+        conn,
+        NewAuditEntry {
+            at: now,
+            tenant: record.tenant.clone(),
+            actor: actor.key_id.clone(),
+            action,
+            collection: Some(record.collection.clone()),
+            record_id: Some(record.id.clone()),
+            version: Some(record.version),
+            deletion_id: record.deletion.as_ref().map(|d| d.deletion_id.clone()),
+            reason,
+            request_id: Some(actor.request_id.clone()),
+        },
+    )?;
+    Ok(entry.seq)
+}
+
+#[expect(clippy::too_many_arguments, reason = "each argument is one part of the release")]
+pub(crate) fn release_hold(
+    tx: &Transaction<'_>,
+    sql: &TableSql,
+    collection: &Collection,
+    actor: &Actor,
+    id: &str,
+    hold_id: &str,
+    reason: Option<String>,
+    now: Timestamp,
+) -> Result<Record, StoreError> {
+    let record = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
+    let case: Option<Option<String>> = tx
+        .prepare_cached(
+            "select case_name from holds where id = ?1 and tenant = ?2 and collection = ?3 and record_id = ?4 and released_at is null",
+        )?
+        .query_row(params![hold_id, actor.tenant, collection.name, id], |r| r.get(0))
+        .optional()?;
+    let Some(case) = case else { return Err(StoreError::NotFound) };
+    tx.prepare_cached("update holds set released_at = ?2, released_by = ?3, release_reason = ?4 where id = ?1")?
+        .execute(params![hold_id, now.as_micros(), actor.key_id, reason])?;
+    audit(tx, actor, AuditAction::Release, &record, hold_reason(hold_id, case.as_deref(), reason.as_deref()), now)?;
+    records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)
+}
+
+pub(crate) fn active_holds(
+    conn: &Connection,
+    tenant: &str,
+    collection: &str,
+    ids: &[String],
+) -> Result<HashMap<String, Vec<Hold>>, StoreError> {
+    let mut out: HashMap<String, Vec<Hold>> = HashMap::new();
+    let mut stmt = conn.prepare_cached(
+        "select record_id, id, case_name, reason, actor, at from holds
+         where tenant = ?1 and collection = ?2 and record_id = ?3 and released_at is null order by at, id",
+    )?;
+    for id in ids {
+        let holds = stmt
+            .query_map(params![tenant, collection, id], |r| {
+                Ok(Hold {
+                    hold_id: r.get(1)?,
+                    case: r.get(2)?,
+                    reason: r.get(3)?,
+                    actor: r.get(4)?,
+                    at: Timestamp::from_micros(r.get(5)?),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        out.insert(id.clone(), holds);
+    }
+    Ok(out)
+}
+
+/// Removes one record row with its audit entry (`purge`) and event (`record.purged`).
+fn purge_row(
+    tx: &Transaction<'_>,
+    sql: &TableSql,
+    collection: &Collection,
+    actor: &Actor,
+    record: &Record,
+    reason: Option<String>,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    records::remove(tx, sql, &record.tenant, &record.id)?;
+    audit(tx, actor, AuditAction::Purge, record, reason, now)?;
+    changes::append_event(tx, record_event(EventType::Purged, collection, record, &actor.request_id, now))?;
+    Ok(())
+}
+
+pub(crate) fn purge_record(
+    tx: &Transaction<'_>,
+    sql: &TableSql,
+    collection: &Collection,
+    actor: &Actor,
+    id: &str,
+    reason: Option<String>,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let record = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
+    if !record.is_deleted() {
+        return Err(StoreError::NotDeleted);
+    }
+    if record.legal_hold {
+        return Err(StoreError::LegalHold);
+    }
+    purge_row(tx, sql, collection, actor, &record, reason, now)
+}
+
+fn paused(conn: &Connection) -> Result<bool, StoreError> {
+    let v: Option<String> = conn
+        .prepare_cached("select value from meta where key = ?1")?
+        .query_row([PURGE_PAUSED], |r| r.get(0))
+        .optional()?;
+    Ok(v.as_deref() == Some("true"))
+}
+
+pub(crate) fn purge_batch(
+    tx: &Transaction<'_>,
+    sql: &TableSql,
+    collection: &Collection,
+    now: Timestamp,
+    limit: u32,
+    run_id: &str,
+) -> Result<PurgeBatch, StoreError> {
+    // Checked inside the batch's transaction: once a pause commits, no batch purges.
+    if paused(tx)? {
+        return Ok(PurgeBatch { purged: 0, paused: true });
+    }
+    let query = format!(
+        "{} where deleted_at is not null and purge_at <= ?1 and not {} order by purge_at limit ?2",
+        sql.select(),
+        active_hold_clause(sql, &collection.name)
+    );
+    let due: Vec<Record> = tx
+        .prepare_cached(&query)?
+        .query_map(params![now.as_micros(), limit], |r| records::read_record(collection, r))?
+        .collect::<Result<_, _>>()?;
+    for record in &due {
+        let actor =
+            Actor { tenant: record.tenant.clone(), key_id: "system:purge".into(), request_id: run_id.to_string() };
+        purge_row(tx, sql, collection, &actor, record, Some("recovery window elapsed".into()), now)?;
+    }
+    Ok(PurgeBatch { purged: due.len() as u64, paused: false })
+}
+
+pub(crate) fn purge_due(
+    conn: &Connection,
+    sql: &TableSql,
+    collection: &Collection,
+    tenant: Option<&str>,
+    now: Timestamp,
+    horizon: Timestamp,
+) -> Result<PurgeDue, StoreError> {
+    let held = active_hold_clause(sql, &collection.name);
+    let tenant_clause = if tenant.is_some() { "tenant = ?3 and" } else { "?3 is null and" };
+    let count = |condition: &str| -> Result<u64, StoreError> {
+        let q =
+            format!("select count(*) from {} where {tenant_clause} deleted_at is not null and {condition}", sql.table);
+        let n: i64 =
+            conn.prepare_cached(&q)?.query_row(params![now.as_micros(), horizon.as_micros(), tenant], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    };
+    let due_now = count(&format!("purge_at <= ?1 and not {held} and ?2 = ?2"))?;
+    let due_soon = count(&format!("purge_at > ?1 and purge_at <= ?2 and not {held}"))?;
+    let held_count = count(&format!("purge_at <= ?1 and {held} and ?2 = ?2"))?;
+    let sample_q = format!(
+        "select id from {} where {tenant_clause} deleted_at is not null and purge_at <= ?1 and not {held} and ?2 = ?2 order by purge_at limit 100",
+        sql.table
+    );
+    let sample = conn
+        .prepare_cached(&sample_q)?
+        .query_map(params![now.as_micros(), horizon.as_micros(), tenant], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(PurgeDue { collection: collection.name.clone(), due_now, sample, due_soon, held: held_count })
+}
+
+pub(crate) fn set_paused(conn: &Connection, paused: bool) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "insert into meta (key, value) values (?1, ?2) on conflict (key) do update set value = excluded.value",
+    )?
+    .execute(params![PURGE_PAUSED, if paused { "true" } else { "false" }])?;
+    Ok(())
+}
+
+pub(crate) fn is_paused(conn: &Connection) -> Result<bool, StoreError> {
+    paused(conn)
+}
+
+pub(crate) fn erase(
+    tx: &Transaction<'_>,
+    sql: &TableSql,
+    collection: &Collection,
+    actor: &Actor,
+    id: &str,
+    reason: Option<String>,
+    now: Timestamp,
+) -> Result<Erasure, StoreError> {
+    let record = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
+    if record.legal_hold {
+        return Err(StoreError::LegalHold);
+    }
+    let events = tx
+        .prepare_cached(
+            "update outbox set data = null where tenant = ?1 and collection = ?2 and record_id = ?3 and data is not null",
+        )?
+        .execute(params![actor.tenant, collection.name, id])?;
+    let responses = tx
+        .prepare_cached(
+            "update idempotency set body = null, headers = null, state = 'erased' where tenant = ?1 and collection = ?2 and record_id = ?3",
+        )?
+        .execute(params![actor.tenant, collection.name, id])?;
+    records::remove(tx, sql, &actor.tenant, id)?;
+    let audit_seq = audit(tx, actor, AuditAction::Erase, &record, reason, now)?;
+    changes::append_event(tx, record_event(EventType::Erased, collection, &record, &actor.request_id, now))?;
+    tx.prepare_cached(
+        "insert into erasures (tenant, collection, record_id, erased_at, audit_seq) values (?1, ?2, ?3, ?4, ?5)
+         on conflict do update set erased_at = excluded.erased_at, audit_seq = excluded.audit_seq",
+    )?
+    .execute(params![actor.tenant, collection.name, id, now.as_micros(), audit_seq])?;
+    Ok(Erasure {
+        collection: collection.name.clone(),
+        id: id.to_string(),
+        erased_at: now,
+        audit_seq,
+        versions: 0,
+        events: events as u64,
+        idempotent_responses: responses as u64,
+    })
+}
+
+pub(crate) fn is_erased(conn: &Connection, tenant: &str, collection: &str, id: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("select 1 from erasures where tenant = ?1 and collection = ?2 and record_id = ?3")?
+        .query_row(params![tenant, collection, id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// One collection's part of a trash page.
+pub(crate) fn trash(
+    conn: &Connection,
+    sql: &TableSql,
+    collection: &Collection,
+    tenant: &str,
+    query: &TrashQuery,
+    now: Timestamp,
+) -> Result<Vec<Record>, StoreError> {
+    let mut params = vec![SqlValue::Text(tenant.to_string()), SqlValue::Integer(now.as_micros())];
+    let mut clauses = vec!["tenant = ?1".to_string(), "deleted_at is not null".into(), "purge_at > ?2".into()];
+    let mut push = |clause: &str, v: SqlValue| {
+        params.push(v);
+        clauses.push(format!("{clause} ?{}", params.len()));
+    };
+    if let Some(t) = query.deleted_since {
+        push("deleted_at >=", SqlValue::Integer(t.as_micros()));
+    }
+    if let Some(t) = query.deleted_before {
+        push("deleted_at <", SqlValue::Integer(t.as_micros()));
+    }
+    if let Some(by) = &query.deleted_by {
+        push("deleted_by =", SqlValue::Text(by.clone()));
+    }
+    if let Some(t) = query.purge_before {
+        push("purge_at <", SqlValue::Integer(t.as_micros()));
+    }
+    if let Some(after) = &query.after {
+        // Newest first over (deleted_at, collection, id); this collection's name is a
+        // constant, so the tuple comparison reduces to one of three forms.
+        let at = after.deleted_at.as_micros();
+        params.push(SqlValue::Integer(at));
+        let at_param = params.len();
+        match collection.name.as_str().cmp(after.collection.as_str()) {
+            std::cmp::Ordering::Less => clauses.push(format!("deleted_at <= ?{at_param}")),
+            std::cmp::Ordering::Greater => clauses.push(format!("deleted_at < ?{at_param}")),
+            std::cmp::Ordering::Equal => {
+                params.push(SqlValue::Text(after.id.clone()));
+                clauses.push(format!(
+                    "(deleted_at < ?{at_param} or (deleted_at = ?{at_param} and id < ?{}))",
+                    params.len()
+                ));
+            }
+        }
+    }
+    params.push(SqlValue::Integer(i64::from(query.limit)));
+    let q = format!(
+        "{} where {} order by deleted_at desc, id desc limit ?{}",
+        sql.select(),
+        clauses.join(" and "),
+        params.len()
+    );
+    let rows = conn
+        .prepare_cached(&q)?
+        .query_map(params_from_iter(params), |r| records::read_record(collection, r))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
