@@ -143,9 +143,12 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 };
             }
+            // clap's message runs until its first blank line (a missing-arguments error
+            // lists them on the following lines); keep all of it, on one line.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments").trim();
-            eprintln!("{first} (see tombstone --help)");
+            let message: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+            let message = if message.is_empty() { "invalid arguments".to_string() } else { message.join(" ") };
+            eprintln!("{message} (see tombstone --help)");
             return ExitCode::from(2);
         }
     };

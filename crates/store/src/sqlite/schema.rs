@@ -274,10 +274,10 @@ pub(crate) fn migrate_collection(tx: &Transaction<'_>, collection: &Collection) 
     let applied: BTreeMap<String, String> = applied.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or_default();
     for (fname, field) in &collection.fields {
         if let Some(old) = applied.get(fname) {
-            let new = column_type(&field.ty);
-            if old != field.ty.name() && column_type_of_name(old) != new {
+            let old_type = old.split('/').next().unwrap_or_default();
+            if old_type != field.ty.name() {
                 return Err(StoreError::Migration(format!(
-                    "collections.{name}.fields.{fname}: type changed from {old} to {}; existing values cannot be converted (declare a new field instead)",
+                    "collections.{name}.fields.{fname}: type changed from {old_type} to {}; existing values cannot be converted (declare a new field instead)",
                     field.ty.name()
                 )));
             }
@@ -316,6 +316,9 @@ pub(crate) fn migrate_collection(tx: &Transaction<'_>, collection: &Collection) 
             if !existing.iter().any(|c| c.eq_ignore_ascii_case(&ci)) {
                 tx.execute_batch(&format!("alter table {table} add column \"{ci}\" text"))
                     .map_err(|e| err("add column", e))?;
+                backfill_folded(tx, &table, &field.name)?;
+            } else if applied.get(&field.name).is_some_and(|d| !d.ends_with("/ci")) {
+                // Folding was off for a while: the shadow column is stale.
                 backfill_folded(tx, &table, &field.name)?;
             }
         }
@@ -380,13 +383,13 @@ pub(crate) fn migrate_collection(tx: &Transaction<'_>, collection: &Collection) 
         }
     }
 
-    let definition: BTreeMap<&str, &str> = collection
+    // Each field's type, with "/ci" while it is case-insensitive; removed fields are kept
+    // so that re-adding one with another type is still refused.
+    let definition: BTreeMap<String, String> = collection
         .fields
         .values()
-        .map(|f| (f.name.as_str(), f.ty.name()))
-        .chain(
-            applied.iter().filter(|(k, _)| !collection.fields.contains_key(*k)).map(|(k, v)| (k.as_str(), v.as_str())),
-        )
+        .map(|f| (f.name.clone(), format!("{}{}", f.ty.name(), if f.case_insensitive { "/ci" } else { "" })))
+        .chain(applied.iter().filter(|(k, _)| !collection.fields.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())))
         .collect();
     let def_json = serde_json::to_string(&definition).unwrap_or_default();
     tx.execute(
@@ -394,14 +397,6 @@ pub(crate) fn migrate_collection(tx: &Transaction<'_>, collection: &Collection) 
         params![name, def_json],
     )?;
     Ok(())
-}
-
-fn column_type_of_name(ty: &str) -> &'static str {
-    match ty {
-        "integer" | "boolean" | "timestamp" => "integer",
-        "number" => "real",
-        _ => "text",
-    }
 }
 
 /// Fills a new folded column from the values already stored.
