@@ -44,10 +44,11 @@ pub(crate) async fn metrics_endpoint(State(state): State<AppState>) -> Response 
 pub(crate) async fn track_duration(request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
     let Some(route) = route else { return next.run(request).await };
-    let collection = route
-        .starts_with("/v1/{collection}")
-        .then(|| request.uri().path().split('/').nth(2).unwrap_or_default().to_string())
-        .unwrap_or_default();
+    let collection = if route.starts_with("/v1/{collection}") {
+        request.uri().path().split('/').nth(2).unwrap_or_default().to_string()
+    } else {
+        String::new()
+    };
     let method = request.method().as_str().to_string();
     let started = Instant::now();
     let response = next.run(request).await;

@@ -422,7 +422,6 @@ pub trait Store: Send + Sync + 'static {
     async fn cleanup_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
 
     /// Places a legal hold on a record (deleted or not).
-    #[expect(clippy::too_many_arguments, reason = "each argument is one part of the hold")]
     async fn place_hold(
         &self,
         actor: &Actor,
@@ -433,7 +432,6 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Hold, StoreError>;
     /// Releases one hold; the record afterwards. `NotFound` for an unknown or released hold.
-    #[expect(clippy::too_many_arguments, reason = "each argument is one part of the release")]
     async fn release_hold(
         &self,
         actor: &Actor,

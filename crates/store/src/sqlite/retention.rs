@@ -27,6 +27,7 @@ fn active_hold_clause(sql: &TableSql, collection: &str) -> String {
     )
 }
 
+#[expect(clippy::too_many_arguments, reason = "each argument is one part of the hold")]
 pub(crate) fn place_hold(
     tx: &Transaction<'_>,
     sql: &TableSql,
