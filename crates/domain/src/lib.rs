@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod deletion;
 pub mod events;
 pub mod id;
 pub mod lifecycle;

@@ -29,6 +29,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub keys: KeyCache,
+    /// `/openapi.json`, rendered once: the schema does not change while serving.
+    pub openapi: Arc<String>,
 }
 
 impl AppState {
@@ -36,7 +38,8 @@ impl AppState {
     #[must_use]
     pub fn new(schema: Arc<Schema>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         telemetry::handle();
-        Self { schema, store, clock, keys: KeyCache::default() }
+        let openapi = Arc::new(crate::openapi::document(&schema).to_string());
+        Self { schema, store, clock, keys: KeyCache::default(), openapi }
     }
 
     /// The current instant.

@@ -64,6 +64,11 @@ const FIXED_SCHEMAS: &[&str] = &[
     "WebhookEndpoint",
     "WebhookEndpointList",
     "WebhookEndpointEnabled",
+    "HoldRequest",
+    "ErasureReceipt",
+    "TrashList",
+    "PurgePreview",
+    "PurgeState",
 ];
 
 /// Problem `type` slugs a client may meet (RFC 9457 `type`, a relative URI reference).
@@ -121,15 +126,27 @@ pub fn openapi(schema: &Schema) -> OpenApi {
             .path(&item, PathItem::new(HttpMethod::Get, get_operation(collection, n)))
             .path(&item, PathItem::new(HttpMethod::Patch, update_operation(collection, n)))
             .path(&item, PathItem::new(HttpMethod::Delete, delete_operation(schema, collection)))
-            .path(format!("{item}:restore"), PathItem::new(HttpMethod::Post, restore_operation(collection, n)));
+            .path(format!("{item}:restore"), PathItem::new(HttpMethod::Post, restore_operation(collection, n)))
+            .path(format!("{item}:purge"), PathItem::new(HttpMethod::Post, purge_operation(collection)))
+            .path(format!("{item}:erase"), PathItem::new(HttpMethod::Post, erase_operation(collection)))
+            .path(format!("{item}:hold"), PathItem::new(HttpMethod::Post, hold_operation(collection)))
+            .path(format!("{item}:release"), PathItem::new(HttpMethod::Post, release_operation(collection, n)));
     }
 
+    paths = retention_paths(paths, schema);
+    components = retention_components(components, schema, &names);
     paths = key_paths(paths);
     paths = audit_paths(paths);
     paths = event_paths(paths, schema);
     paths = webhook_paths(paths);
     components = feed_components(components);
     paths = system_paths(paths);
+    tags.push(
+        TagBuilder::new()
+            .name("retention")
+            .description(Some("The trash across collections, and control of the purge worker."))
+            .build(),
+    );
     tags.push(TagBuilder::new().name("keys").description(Some("API keys (admin scope).")).build());
     tags.push(
         TagBuilder::new()
@@ -143,7 +160,9 @@ pub fn openapi(schema: &Schema) -> OpenApi {
             .description(Some("The tenant's events in commit order: a feed, a live stream, webhook deliveries."))
             .build(),
     );
-    tags.push(TagBuilder::new().name("system").description(Some("Health and this document; no key needed.")).build());
+    tags.push(
+        TagBuilder::new().name("system").description(Some("Health, metrics and this document; no key needed.")).build(),
+    );
 
     OpenApiBuilder::new()
         .info(
@@ -948,6 +967,196 @@ fn restore_operation(collection: &Collection, names: &CollectionNames) -> Operat
     authenticated(op, "restore").build()
 }
 
+fn purge_operation(collection: &Collection) -> Operation {
+    let c = &collection.name;
+    let op = operation(format!("purge_{c}"), c, &format!("Purge a deleted record of {c} now"))
+        .description(Some("Hard-deletes a soft-deleted record before its window ends; not blocked by a purge pause."))
+        .parameter(id_param("The record id."))
+        .parameter(reason_param("purge"))
+        .response("204", response("Purged: audited as `purge`, event `record.purged`."))
+        .response("400", problem("`invalid-parameter`: an unknown query parameter."))
+        .response("404", problem("`not-found`: no such record (already purged, erased, or never there)."))
+        .response(
+            "409",
+            problem("`not-deleted`: the record is active, delete it first; `legal-hold`: the record is held."),
+        )
+        .response("422", problem("`validation`: `reason` longer than 500 characters."));
+    authenticated(op, "purge").build()
+}
+
+fn erase_operation(collection: &Collection) -> Operation {
+    let c = &collection.name;
+    let op = operation(format!("erase_{c}"), c, &format!("Erase a record of {c} (GDPR)"))
+        .description(Some(
+            "Removes the record and every stored copy of its values at once, deleted or not; the audit keeps \
+             who, when, why and the id. Afterwards every endpoint answers 404 for it.",
+        ))
+        .parameter(id_param("The record id."))
+        .parameter(reason_param("erasure"))
+        .response("200", json_response("The erasure receipt.", schema_ref("ErasureReceipt")))
+        .response("400", problem("`invalid-parameter`: an unknown query parameter."))
+        .response("404", problem("`not-found`: no such record (purged, erased, or never there)."))
+        .response("409", problem("`legal-hold`: the record is held."))
+        .response("422", problem("`validation`: `reason` longer than 500 characters."));
+    authenticated(op, "erase").build()
+}
+
+fn hold_operation(collection: &Collection) -> Operation {
+    let c = &collection.name;
+    let body = RequestBodyBuilder::new()
+        .required(Some(Required::False))
+        .description(Some("Optional: the case and the reason."))
+        .content("application/json", ContentBuilder::new().schema(Some(schema_ref("HoldRequest"))).build())
+        .build();
+    let op = operation(format!("hold_{c}"), c, &format!("Place a legal hold on a record of {c}"))
+        .description(Some("Holds stack; a held record can be deleted and restored but is never purged or erased."))
+        .parameter(id_param("The record id."))
+        .request_body(Some(body))
+        .response("201", json_response("The hold.", schema_ref("Hold")))
+        .response("400", problem("`malformed`: not JSON; `invalid-parameter`: a query parameter."))
+        .response("404", problem("`not-found`: no such record (purged, erased, or never there)."))
+        .response("422", problem("`validation`: unknown members, or `case`/`reason` not a string of at most 500."));
+    authenticated(body_errors(op), "hold").build()
+}
+
+fn release_operation(collection: &Collection, names: &CollectionNames) -> Operation {
+    let c = &collection.name;
+    let op = operation(format!("release_{c}"), c, &format!("Release a legal hold on a record of {c}"))
+        .parameter(id_param("The record id."))
+        .parameter(
+            ParameterBuilder::new()
+                .name("hold_id")
+                .parameter_in(ParameterIn::Query)
+                .required(Required::True)
+                .schema(Some(string()))
+                .description(Some("The hold to release (`hold_id` from `:hold`).")),
+        )
+        .parameter(reason_param("release"))
+        .response("200", json_response("The record.", schema_ref(&names.record)).header("ETag", etag_header()))
+        .response("400", problem("`invalid-parameter`: `hold_id` missing, or an unknown parameter."))
+        .response("404", problem("`not-found`: no such record, or no such active hold on it."))
+        .response("422", problem("`validation`: `reason` longer than 500 characters."));
+    authenticated(op, "hold").build()
+}
+
+// ---------------------------------------------------------------------------------------
+// Trash and purge
+
+fn retention_components(components: ComponentsBuilder, schema: &Schema, names: &SchemaNames) -> ComponentsBuilder {
+    // A trash item is a record of any collection; `collection` says which.
+    let mut item = utoipa::openapi::schema::OneOfBuilder::new();
+    let mut mapping = Vec::new();
+    for name in schema.collections.keys() {
+        let record = &names.0[name].record;
+        item = item.item(schema_ref(record));
+        mapping.push((name.clone(), format!("#/components/schemas/{record}")));
+    }
+    let mut discriminator = utoipa::openapi::schema::Discriminator::new("collection");
+    discriminator.mapping = mapping.into_iter().collect();
+    let item = item.discriminator(Some(discriminator));
+    let scrubbed = require_all(
+        ObjectBuilder::new()
+            .property("versions", integer().minimum(Some(0)))
+            .property("events", integer().minimum(Some(0)))
+            .property("idempotent_responses", integer().minimum(Some(0)))
+            .property("search", boolean())
+            .property("cache", boolean()),
+        &["versions", "events", "idempotent_responses", "search", "cache"],
+    );
+    let due = require_all(
+        ObjectBuilder::new()
+            .property("count", integer().minimum(Some(0)).description(Some("Due now.")))
+            .property("sample", array_of(record_id()).max_items(Some(100)).description(Some("Up to 100 ids due now.")))
+            .property("due_next_7_days", integer().minimum(Some(0)))
+            .property("held", integer().minimum(Some(0)).description(Some("Past their window but held."))),
+        &["count", "sample", "due_next_7_days"],
+    );
+    components
+        .schema(
+            "HoldRequest",
+            closed(ObjectBuilder::new())
+                .property("case", string().schema_type(nullable(Type::String)).max_length(Some(500)))
+                .property("reason", string().schema_type(nullable(Type::String)).max_length(Some(500))),
+        )
+        .schema(
+            "ErasureReceipt",
+            require_all(
+                ObjectBuilder::new()
+                    .property("collection", string())
+                    .property("id", record_id())
+                    .property("erased_at", date_time())
+                    .property("audit_seq", integer().minimum(Some(1)))
+                    .property("scrubbed", scrubbed),
+                &["collection", "id", "erased_at", "audit_seq", "scrubbed"],
+            ),
+        )
+        .schema(
+            "TrashList",
+            require_all(
+                ObjectBuilder::new()
+                    .description(Some("Deleted records still inside their window, newest first."))
+                    .property("items", ArrayBuilder::new().items(item))
+                    .property("next_cursor", nullable_string()),
+                &["items", "next_cursor"],
+            ),
+        )
+        .schema(
+            "PurgePreview",
+            require_all(
+                ObjectBuilder::new()
+                    .property("as_of", date_time())
+                    .property("paused", boolean())
+                    .property("total", integer().minimum(Some(0)).description(Some("Due now, all collections.")))
+                    .property("collections", ObjectBuilder::new().additional_properties(Some(due))),
+                &["as_of", "paused", "total", "collections"],
+            ),
+        )
+        .schema("PurgeState", require_all(ObjectBuilder::new().property("paused", boolean()), &["paused"]))
+}
+
+fn retention_paths(paths: PathsBuilder, schema: &Schema) -> PathsBuilder {
+    let collection_names = || string().enum_values(Some(schema.collections.keys().map(String::as_str)));
+    let trash = operation("trash_list".into(), "retention", "List the trash")
+        .description(Some(
+            "Deleted records still inside their recovery window, newest first, of every collection the key \
+             may read deleted records of.",
+        ))
+        .parameters(Some([
+            query("collection", collection_names(), "Only this collection."),
+            query("deleted_since", date_time(), "Deleted at or after."),
+            query("deleted_before", date_time(), "Deleted before."),
+            query("deleted_by", string(), "Deleted by this key id."),
+            query("purge_before", date_time(), "Recovery window ends before (\"expiring soon\")."),
+            limit_param(),
+            query("cursor", string(), "The `next_cursor` of the previous page."),
+        ]))
+        .response("200", json_response("A page of deleted records.", schema_ref("TrashList")))
+        .response("400", problem("`invalid-parameter`: an unknown or malformed parameter or cursor."));
+    let preview = operation("purge_preview".into(), "retention", "Preview the purge")
+        .parameter(query("collection", collection_names(), "Only this collection."))
+        .response(
+            "200",
+            json_response("Per collection: due now, a sample, due within 7 days.", schema_ref("PurgePreview")),
+        )
+        .response("400", problem("`invalid-parameter`: an unknown parameter or collection."));
+    let state = |id: &str, summary: &str| {
+        authenticated(
+            operation(id.into(), "retention", summary)
+                .response("200", json_response("The purge state.", schema_ref("PurgeState"))),
+            "admin",
+        )
+        .build()
+    };
+    paths
+        .path("/v1/trash", PathItem::new(HttpMethod::Get, authenticated(trash, "read_deleted").build()))
+        .path("/v1/purge/preview", PathItem::new(HttpMethod::Get, authenticated(preview, "purge").build()))
+        .path(
+            "/v1/purge:pause",
+            PathItem::new(HttpMethod::Post, state("purge_pause", "Pause purging (every replica, across restarts)")),
+        )
+        .path("/v1/purge:resume", PathItem::new(HttpMethod::Post, state("purge_resume", "Resume purging")))
+}
+
 // ---------------------------------------------------------------------------------------
 // Audit, events and webhooks
 
@@ -1303,7 +1512,13 @@ fn system_paths(paths: PathsBuilder) -> PathsBuilder {
         "200",
         json_response("The OpenAPI 3.1 document of this server's configuration.", ObjectBuilder::new()),
     );
+    let metrics = operation("metrics".into(), "system", "Prometheus metrics").response(
+        "200",
+        response("The Prometheus text exposition format.")
+            .content("text/plain", ContentBuilder::new().schema(Some(string())).build()),
+    );
     paths
+        .path("/metrics", PathItem::new(HttpMethod::Get, public(metrics)))
         .path("/healthz", PathItem::new(HttpMethod::Get, public(healthz)))
         .path("/readyz", PathItem::new(HttpMethod::Get, public(readyz)))
         .path("/openapi.json", PathItem::new(HttpMethod::Get, public(openapi)))

@@ -1,0 +1,283 @@
+//! Deletion planning: what a DELETE will touch, as a value, before anything changes.
+//!
+//! [`plan`] walks the relation graph from the root through every `ref` field that points
+//! at a record being deleted: `cascade` children join the deletion (in the same
+//! transaction), `eventual` children join it too but are deleted later by a worker,
+//! `orphan` children stay active and are listed, and `restrict` children that would stay
+//! active block the whole delete — anywhere in the tree. The same plan answers a dry run
+//! and is what the store executes, so the two cannot disagree.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use serde::Serialize;
+
+use crate::config::{FieldType, OnDelete, Schema};
+
+/// How many blockers a 409 lists (their total is given too).
+pub const MAX_BLOCKERS: usize = 100;
+
+/// A record named by collection and id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct RecordRef {
+    pub collection: String,
+    pub id: String,
+}
+
+impl RecordRef {
+    #[must_use]
+    pub fn new(collection: &str, id: &str) -> Self {
+        Self { collection: collection.to_string(), id: id.to_string() }
+    }
+}
+
+/// A relation into a collection: `child_collection.field` refers to a parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edge {
+    pub child_collection: String,
+    pub field: String,
+    pub on_delete: OnDelete,
+}
+
+/// Every relation pointing at `parent_collection`, in schema order.
+#[must_use]
+pub fn edges_into(schema: &Schema, parent_collection: &str) -> Vec<Edge> {
+    let mut edges = Vec::new();
+    for c in schema.collections.values() {
+        for f in c.fields.values() {
+            if let FieldType::Ref { collection, on_delete } = &f.ty
+                && collection == parent_collection
+            {
+                edges.push(Edge { child_collection: c.name.clone(), field: f.name.clone(), on_delete: *on_delete });
+            }
+        }
+    }
+    edges
+}
+
+/// Finds active children; implemented by each store over its transaction.
+pub trait ChildFinder {
+    type Error;
+    /// Ids of the active records of `child_collection` (in the caller's tenant) whose
+    /// `field` is one of `parent_ids`.
+    ///
+    /// # Errors
+    /// The store failed.
+    fn active_children(
+        &mut self,
+        child_collection: &str,
+        field: &str,
+        parent_ids: &[String],
+    ) -> Result<Vec<String>, Self::Error>;
+}
+
+/// An eventual relation to work through after the immediate part has committed: the
+/// active children of `parent` through `child_collection.field`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventualEdge {
+    pub child_collection: String,
+    pub field: String,
+    pub parent: RecordRef,
+}
+
+/// The plan of one DELETE.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeletionPlan {
+    pub root: Option<RecordRef>,
+    /// Deleted in the DELETE's transaction: the root first, then its cascade.
+    pub immediate: Vec<RecordRef>,
+    /// Deleted afterwards by the eventual-cascade worker (with their own cascades).
+    pub eventual: Vec<RecordRef>,
+    /// Where the worker starts: eventual relations of records deleted immediately.
+    pub eventual_edges: Vec<EventualEdge>,
+    /// Active `restrict` children that would be left pointing at deleted records.
+    pub blockers: Vec<RecordRef>,
+    pub blockers_total: u64,
+    /// Active `orphan` children that keep pointing at deleted records.
+    pub orphaned: Vec<RecordRef>,
+}
+
+impl DeletionPlan {
+    /// Everything the delete takes: the root first, then the cascade, then the eventual part.
+    #[must_use]
+    pub fn would_delete(&self) -> Vec<RecordRef> {
+        self.immediate.iter().chain(&self.eventual).cloned().collect()
+    }
+
+    /// Records per collection, over everything the delete takes.
+    #[must_use]
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for r in self.immediate.iter().chain(&self.eventual) {
+            *counts.entry(r.collection.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Whether a `restrict` relation blocks the delete.
+    #[must_use]
+    pub fn is_blocked(&self) -> bool {
+        self.blockers_total > 0
+    }
+}
+
+/// Plans the deletion of `root` (an active record).
+///
+/// # Errors
+/// The child finder failed.
+pub fn plan<F: ChildFinder>(schema: &Schema, root: RecordRef, finder: &mut F) -> Result<DeletionPlan, F::Error> {
+    // Breadth-first over cascade and eventual edges; `seen` guards cycles in the schema
+    // and in the data.
+    let mut seen: HashSet<RecordRef> = HashSet::from([root.clone()]);
+    let mut immediate = vec![root.clone()];
+    let mut eventual: Vec<RecordRef> = Vec::new();
+    let mut eventual_edges = Vec::new();
+    // (record, reached only through an eventual edge)
+    let mut queue: VecDeque<(RecordRef, bool)> = VecDeque::from([(root.clone(), false)]);
+    let mut restrict_children: Vec<RecordRef> = Vec::new();
+    let mut orphan_children: Vec<RecordRef> = Vec::new();
+    while let Some((parent, parent_eventual)) = queue.pop_front() {
+        for edge in edges_into(schema, &parent.collection) {
+            let children =
+                finder.active_children(&edge.child_collection, &edge.field, std::slice::from_ref(&parent.id))?;
+            match edge.on_delete {
+                OnDelete::Restrict => {
+                    restrict_children.extend(children.iter().map(|id| RecordRef::new(&edge.child_collection, id)));
+                }
+                OnDelete::Orphan => {
+                    orphan_children.extend(children.iter().map(|id| RecordRef::new(&edge.child_collection, id)));
+                }
+                OnDelete::Cascade | OnDelete::Eventual => {
+                    let later = parent_eventual || edge.on_delete == OnDelete::Eventual;
+                    if edge.on_delete == OnDelete::Eventual && !parent_eventual && !children.is_empty() {
+                        eventual_edges.push(EventualEdge {
+                            child_collection: edge.child_collection.clone(),
+                            field: edge.field.clone(),
+                            parent: parent.clone(),
+                        });
+                    }
+                    for id in children {
+                        let child = RecordRef::new(&edge.child_collection, &id);
+                        if seen.insert(child.clone()) {
+                            if later {
+                                eventual.push(child.clone());
+                            } else {
+                                immediate.push(child.clone());
+                            }
+                            queue.push_back((child, later));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut blockers: Vec<RecordRef> = Vec::new();
+    let mut blocker_set = HashSet::new();
+    for r in restrict_children {
+        if !seen.contains(&r) && blocker_set.insert(r.clone()) {
+            blockers.push(r);
+        }
+    }
+    let blockers_total = blockers.len() as u64;
+    blockers.truncate(MAX_BLOCKERS);
+    let mut orphaned = Vec::new();
+    let mut orphan_set = HashSet::new();
+    for r in orphan_children {
+        if !seen.contains(&r) && orphan_set.insert(r.clone()) {
+            orphaned.push(r);
+        }
+    }
+    Ok(DeletionPlan { root: Some(root), immediate, eventual, eventual_edges, blockers, blockers_total, orphaned })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::convert::Infallible;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// Children by (collection, field, parent id).
+    #[derive(Default)]
+    struct Graph(HashMap<(String, String, String), Vec<String>>);
+
+    impl Graph {
+        fn add(&mut self, collection: &str, field: &str, parent: &str, id: &str) {
+            self.0.entry((collection.into(), field.into(), parent.into())).or_default().push(id.into());
+        }
+    }
+
+    impl ChildFinder for Graph {
+        type Error = Infallible;
+        fn active_children(&mut self, c: &str, f: &str, parents: &[String]) -> Result<Vec<String>, Infallible> {
+            Ok(parents
+                .iter()
+                .flat_map(|p| self.0.get(&(c.into(), f.into(), p.clone())).cloned().unwrap_or_default())
+                .collect())
+        }
+    }
+
+    fn schema() -> Schema {
+        let toml = r#"
+[collections.categories.fields]
+parent_id = { type = "ref", collection = "categories", on_delete = "cascade" }
+[collections.products.fields]
+category_id = { type = "ref", collection = "categories", on_delete = "restrict" }
+[collections.carts.fields]
+product_id = { type = "ref", collection = "products", on_delete = "cascade" }
+[collections.reviews.fields]
+product_id = { type = "ref", collection = "products", on_delete = "orphan" }
+[collections.views.fields]
+product_id = { type = "ref", collection = "products", on_delete = "eventual" }
+[collections.view_notes.fields]
+view_id = { type = "ref", collection = "views", on_delete = "cascade" }
+"#;
+        Config::parse(toml, Path::new(".")).unwrap().schema.as_ref().clone()
+    }
+
+    #[test]
+    fn cascade_orphan_and_eventual() {
+        let mut g = Graph::default();
+        g.add("carts", "product_id", "p1", "c1");
+        g.add("carts", "product_id", "p1", "c2");
+        g.add("reviews", "product_id", "p1", "r1");
+        g.add("views", "product_id", "p1", "v1");
+        g.add("view_notes", "view_id", "v1", "n1");
+        let plan = plan(&schema(), RecordRef::new("products", "p1"), &mut g).unwrap();
+        assert_eq!(
+            plan.immediate,
+            vec![RecordRef::new("products", "p1"), RecordRef::new("carts", "c1"), RecordRef::new("carts", "c2")]
+        );
+        assert_eq!(plan.eventual, vec![RecordRef::new("views", "v1"), RecordRef::new("view_notes", "n1")]);
+        assert_eq!(plan.eventual_edges.len(), 1);
+        assert_eq!(plan.orphaned, vec![RecordRef::new("reviews", "r1")]);
+        assert!(!plan.is_blocked());
+        assert_eq!(plan.counts()["carts"], 2);
+        assert_eq!(plan.would_delete()[0], RecordRef::new("products", "p1"));
+    }
+
+    #[test]
+    fn restrict_anywhere_in_the_tree_blocks_and_cycles_end() {
+        let mut g = Graph::default();
+        // c1 -> c2 -> c1 (a cycle in the data), c2 has a product.
+        g.add("categories", "parent_id", "c1", "c2");
+        g.add("categories", "parent_id", "c2", "c1");
+        g.add("products", "category_id", "c2", "p1");
+        let plan = plan(&schema(), RecordRef::new("categories", "c1"), &mut g).unwrap();
+        assert_eq!(plan.immediate.len(), 2);
+        assert!(plan.is_blocked());
+        assert_eq!(plan.blockers, vec![RecordRef::new("products", "p1")]);
+    }
+
+    #[test]
+    fn blockers_are_capped_but_counted() {
+        let mut g = Graph::default();
+        for i in 0..150 {
+            g.add("products", "category_id", "c1", &format!("p{i}"));
+        }
+        let plan = plan(&schema(), RecordRef::new("categories", "c1"), &mut g).unwrap();
+        assert_eq!(plan.blockers.len(), MAX_BLOCKERS);
+        assert_eq!(plan.blockers_total, 150);
+    }
+}
