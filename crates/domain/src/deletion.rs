@@ -7,7 +7,7 @@
 //! active block the whole delete — anywhere in the tree. The same plan answers a dry run
 //! and is what the store executes, so the two cannot disagree.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 
@@ -57,8 +57,10 @@ pub fn edges_into(schema: &Schema, parent_collection: &str) -> Vec<Edge> {
 /// Finds active children; implemented by each store over its transaction.
 pub trait ChildFinder {
     type Error;
-    /// Ids of the active records of `child_collection` (in the caller's tenant) whose
-    /// `field` is one of `parent_ids`.
+    /// `(child id, parent id)` of the active records of `child_collection` (in the
+    /// caller's tenant) whose `field` is one of `parent_ids`. Called once per relation and
+    /// level of the tree with all of that level's parents, so a cascade over thousands of
+    /// children costs a handful of set-based queries, not one per child.
     ///
     /// # Errors
     /// The store failed.
@@ -67,7 +69,7 @@ pub trait ChildFinder {
         child_collection: &str,
         field: &str,
         parent_ids: &[String],
-    ) -> Result<Vec<String>, Self::Error>;
+    ) -> Result<Vec<(String, String)>, Self::Error>;
 }
 
 /// An eventual relation to work through after the immediate part has committed: the
@@ -125,50 +127,76 @@ impl DeletionPlan {
 /// # Errors
 /// The child finder failed.
 pub fn plan<F: ChildFinder>(schema: &Schema, root: RecordRef, finder: &mut F) -> Result<DeletionPlan, F::Error> {
-    // Breadth-first over cascade and eventual edges; `seen` guards cycles in the schema
+    plan_from(schema, &[root], finder)
+}
+
+/// Plans the deletion of several records at once (the eventual worker's batches).
+///
+/// # Errors
+/// The child finder failed.
+pub fn plan_from<F: ChildFinder>(
+    schema: &Schema,
+    roots: &[RecordRef],
+    finder: &mut F,
+) -> Result<DeletionPlan, F::Error> {
+    // Level by level over cascade and eventual edges; `seen` guards cycles in the schema
     // and in the data.
-    let mut seen: HashSet<RecordRef> = HashSet::from([root.clone()]);
-    let mut immediate = vec![root.clone()];
+    let mut seen: HashSet<RecordRef> = roots.iter().cloned().collect();
+    let mut immediate: Vec<RecordRef> = roots.to_vec();
     let mut eventual: Vec<RecordRef> = Vec::new();
     let mut eventual_edges = Vec::new();
-    // (record, reached only through an eventual edge)
-    let mut queue: VecDeque<(RecordRef, bool)> = VecDeque::from([(root.clone(), false)]);
     let mut restrict_children: Vec<RecordRef> = Vec::new();
     let mut orphan_children: Vec<RecordRef> = Vec::new();
-    while let Some((parent, parent_eventual)) = queue.pop_front() {
-        for edge in edges_into(schema, &parent.collection) {
-            let children =
-                finder.active_children(&edge.child_collection, &edge.field, std::slice::from_ref(&parent.id))?;
-            match edge.on_delete {
-                OnDelete::Restrict => {
-                    restrict_children.extend(children.iter().map(|id| RecordRef::new(&edge.child_collection, id)));
-                }
-                OnDelete::Orphan => {
-                    orphan_children.extend(children.iter().map(|id| RecordRef::new(&edge.child_collection, id)));
-                }
-                OnDelete::Cascade | OnDelete::Eventual => {
-                    let later = parent_eventual || edge.on_delete == OnDelete::Eventual;
-                    if edge.on_delete == OnDelete::Eventual && !parent_eventual && !children.is_empty() {
-                        eventual_edges.push(EventualEdge {
-                            child_collection: edge.child_collection.clone(),
-                            field: edge.field.clone(),
-                            parent: parent.clone(),
-                        });
+    // (record, reached through an eventual edge)
+    let mut level: Vec<(RecordRef, bool)> = roots.iter().map(|r| (r.clone(), false)).collect();
+    while !level.is_empty() {
+        // Group this level's parents by collection and by whether they are eventual.
+        let mut groups: BTreeMap<(String, bool), Vec<String>> = BTreeMap::new();
+        for (r, later) in &level {
+            groups.entry((r.collection.clone(), *later)).or_default().push(r.id.clone());
+        }
+        let mut next = Vec::new();
+        for ((parent_collection, parent_eventual), parent_ids) in groups {
+            for edge in edges_into(schema, &parent_collection) {
+                let pairs = finder.active_children(&edge.child_collection, &edge.field, &parent_ids)?;
+                match edge.on_delete {
+                    OnDelete::Restrict => {
+                        restrict_children
+                            .extend(pairs.iter().map(|(id, _)| RecordRef::new(&edge.child_collection, id)));
                     }
-                    for id in children {
-                        let child = RecordRef::new(&edge.child_collection, &id);
-                        if seen.insert(child.clone()) {
-                            if later {
-                                eventual.push(child.clone());
-                            } else {
-                                immediate.push(child.clone());
+                    OnDelete::Orphan => {
+                        orphan_children.extend(pairs.iter().map(|(id, _)| RecordRef::new(&edge.child_collection, id)));
+                    }
+                    OnDelete::Cascade | OnDelete::Eventual => {
+                        let later = parent_eventual || edge.on_delete == OnDelete::Eventual;
+                        if edge.on_delete == OnDelete::Eventual && !parent_eventual {
+                            let mut parents: Vec<&String> = pairs.iter().map(|(_, p)| p).collect();
+                            parents.sort();
+                            parents.dedup();
+                            for p in parents {
+                                eventual_edges.push(EventualEdge {
+                                    child_collection: edge.child_collection.clone(),
+                                    field: edge.field.clone(),
+                                    parent: RecordRef::new(&parent_collection, p),
+                                });
                             }
-                            queue.push_back((child, later));
+                        }
+                        for (id, _) in pairs {
+                            let child = RecordRef::new(&edge.child_collection, &id);
+                            if seen.insert(child.clone()) {
+                                if later {
+                                    eventual.push(child.clone());
+                                } else {
+                                    immediate.push(child.clone());
+                                }
+                                next.push((child, later));
+                            }
                         }
                     }
                 }
             }
         }
+        level = next;
     }
     let mut blockers: Vec<RecordRef> = Vec::new();
     let mut blocker_set = HashSet::new();
@@ -186,7 +214,15 @@ pub fn plan<F: ChildFinder>(schema: &Schema, root: RecordRef, finder: &mut F) ->
             orphaned.push(r);
         }
     }
-    Ok(DeletionPlan { root: Some(root), immediate, eventual, eventual_edges, blockers, blockers_total, orphaned })
+    Ok(DeletionPlan {
+        root: roots.first().cloned(),
+        immediate,
+        eventual,
+        eventual_edges,
+        blockers,
+        blockers_total,
+        orphaned,
+    })
 }
 
 #[cfg(test)]
@@ -210,10 +246,18 @@ mod tests {
 
     impl ChildFinder for Graph {
         type Error = Infallible;
-        fn active_children(&mut self, c: &str, f: &str, parents: &[String]) -> Result<Vec<String>, Infallible> {
+        fn active_children(
+            &mut self,
+            c: &str,
+            f: &str,
+            parents: &[String],
+        ) -> Result<Vec<(String, String)>, Infallible> {
             Ok(parents
                 .iter()
-                .flat_map(|p| self.0.get(&(c.into(), f.into(), p.clone())).cloned().unwrap_or_default())
+                .flat_map(|p| {
+                    let ids = self.0.get(&(c.into(), f.into(), p.clone())).cloned().unwrap_or_default();
+                    ids.into_iter().map(|id| (id, p.clone()))
+                })
                 .collect())
         }
     }

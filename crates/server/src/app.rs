@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::events::router())
         .merge(routes::webhooks::router())
         .merge(routes::retention::router())
+        .merge(routes::deletions::router())
         .merge(routes::records::router())
         .route_layer(middleware::from_fn(telemetry::track_duration))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
@@ -114,11 +115,34 @@ pub async fn serve(
     tasks.spawn(housekeeping(state.clone(), workers.outbox_retention, cancel.1.clone()));
     tasks.spawn(workers.relay.run(cancel.1.clone()));
     tasks.spawn(workers.purge.run(cancel.1.clone()));
+    tasks.spawn(eventual_cascades(state.clone(), cancel.1.clone()));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     let _ = cancel.0.send(true);
     while tasks.join_next().await.is_some() {}
     result
 }
+
+/// Works through eventual cascades: after every commit, and once a second in case another
+/// process queued work. Each batch is one transaction, so a crash resumes where it stopped.
+async fn eventual_cascades(state: AppState, mut cancel: tokio::sync::watch::Receiver<bool>) {
+    let changes = state.store.changes();
+    loop {
+        let notified = changes.notified();
+        match state.store.run_eventual(EVENTUAL_BATCH, state.now()).await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "eventual cascade progressed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "eventual cascade step failed; retrying"),
+        }
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = cancel.changed() => break,
+        }
+    }
+}
+
+/// Children deleted per eventual-cascade transaction.
+pub const EVENTUAL_BATCH: u32 = 500;
 
 /// Periodic upkeep, hourly: expired idempotency keys go, and outbox rows past their
 /// retention that every sink has received go, in batches.

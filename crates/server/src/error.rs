@@ -9,10 +9,11 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
+use tombstone_domain::deletion::RecordRef;
 use tombstone_domain::query::QueryError;
 use tombstone_domain::record::ValidationErrors;
 use tombstone_domain::scope::Permission;
-use tombstone_store::StoreError;
+use tombstone_store::{RestoreConflict, StoreError};
 
 use crate::request_id;
 
@@ -52,6 +53,16 @@ pub enum ApiError {
     /// 409 `legal-hold`: the record is held, so it cannot be purged or erased.
     #[error("the record is under a legal hold")]
     LegalHold,
+    /// 409 `restrict`: active children refer to the record (`blockers`, `blockers_total`).
+    #[error("{total} active records refer to this one through restrict relations; delete or re-point them first")]
+    Restrict { blockers: Vec<RecordRef>, total: u64 },
+    /// 409 `parent-deleted`: the record's parent is deleted (`blockers` names it).
+    #[error("a record this one refers to is deleted; restore it first, or restore the deletion operation")]
+    ParentDeleted { parents: Vec<RecordRef> },
+    /// 409 `restore-conflict`: a deletion operation cannot be restored as a whole
+    /// (`conflicts` lists every reason); nothing was restored.
+    #[error("the deletion operation cannot be restored as a whole; nothing was restored")]
+    RestoreConflicts(Vec<RestoreConflict>),
     /// 409 `idempotency-conflict`: the first request with this key is still running.
     #[error("a request with this Idempotency-Key is still being processed")]
     IdempotencyConflict,
@@ -104,6 +115,9 @@ impl ApiError {
             Self::UniqueConflict { .. } => (StatusCode::CONFLICT, "unique-conflict"),
             Self::IdempotencyConflict => (StatusCode::CONFLICT, "idempotency-conflict"),
             Self::NotDeleted => (StatusCode::CONFLICT, "not-deleted"),
+            Self::Restrict { .. } => (StatusCode::CONFLICT, "restrict"),
+            Self::ParentDeleted { .. } => (StatusCode::CONFLICT, "parent-deleted"),
+            Self::RestoreConflicts(_) => (StatusCode::CONFLICT, "restore-conflict"),
             Self::LegalHold => (StatusCode::CONFLICT, "legal-hold"),
             Self::Erased => (StatusCode::GONE, "erased"),
             Self::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "precondition-failed"),
@@ -140,6 +154,17 @@ impl ApiError {
             }
             Self::Validation(errors) => {
                 body.insert("errors".into(), json!(errors.0));
+            }
+            Self::Restrict { blockers, total } => {
+                body.insert("blockers".into(), json!(blockers));
+                body.insert("blockers_total".into(), json!(total));
+            }
+            Self::ParentDeleted { parents } => {
+                body.insert("blockers".into(), json!(parents));
+                body.insert("blockers_total".into(), json!(parents.len()));
+            }
+            Self::RestoreConflicts(conflicts) => {
+                body.insert("conflicts".into(), json!(conflicts));
             }
             Self::BadParameter { param, .. } => {
                 body.insert("errors".into(), json!([{"field": param, "message": self.to_string()}]));
@@ -186,6 +211,9 @@ impl From<StoreError> for ApiError {
             StoreError::UniqueConflict { conflicting_id, fields } => Self::UniqueConflict { conflicting_id, fields },
             StoreError::Validation(errors) => Self::Validation(errors),
             StoreError::NotDeleted => Self::NotDeleted,
+            StoreError::Restrict { blockers, total } => Self::Restrict { blockers, total },
+            StoreError::ParentDeleted { parents } => Self::ParentDeleted { parents },
+            StoreError::RestoreConflicts(c) => Self::RestoreConflicts(c),
             StoreError::LegalHold => Self::LegalHold,
             StoreError::Migration(m) | StoreError::Internal(m) => Self::Internal(m),
         }

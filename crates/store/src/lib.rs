@@ -12,6 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tombstone_domain::audit::{AuditEntry, ChainError};
 use tombstone_domain::config::{Collection, Schema};
+use tombstone_domain::deletion::{DeletionPlan, RecordRef};
 use tombstone_domain::events::Event;
 use tombstone_domain::lifecycle::{Actor, DeleteRequest, IfMatch};
 use tombstone_domain::query::{ListQuery, Position};
@@ -40,6 +41,15 @@ pub enum StoreError {
     /// The record is under a legal hold.
     #[error("the record is under a legal hold")]
     LegalHold,
+    /// Active `restrict` children block the delete.
+    #[error("{total} active records refer to it through restrict relations")]
+    Restrict { blockers: Vec<RecordRef>, total: u64 },
+    /// The record points at parents that are deleted (or gone).
+    #[error("its parent is deleted")]
+    ParentDeleted { parents: Vec<RecordRef> },
+    /// A deletion operation cannot be restored as a whole.
+    #[error("the operation cannot be restored: {} conflicts", .0.len())]
+    RestoreConflicts(Vec<RestoreConflict>),
     /// The merged record is invalid.
     #[error("validation failed: {0}")]
     Validation(ValidationErrors),
@@ -279,6 +289,48 @@ pub struct Erasure {
     pub idempotent_responses: u64,
 }
 
+/// Why one record of an operation cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RestoreConflict {
+    pub collection: String,
+    pub id: String,
+    /// `unique-conflict`, `parent-deleted`, `purged` or `window-elapsed`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflicting_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<RecordRef>,
+}
+
+/// Whether a deletion has reached one sink.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SinkStatus {
+    /// `done`, `pending` or `failed`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A deletion operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletionOp {
+    pub id: String,
+    pub status: String,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub created_at: Timestamp,
+    pub root: RecordRef,
+    pub records: Vec<RecordRef>,
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// The earliest `purge_at` among its records still deleted by it.
+    pub restorable_until: Option<Timestamp>,
+    /// Per webhook endpoint id.
+    pub webhooks: std::collections::BTreeMap<String, SinkStatus>,
+}
+
 /// How long an idempotency key is kept.
 pub const IDEMPOTENCY_TTL_MICROS: i64 = 24 * 3600 * 1_000_000;
 /// After this long an in-flight claim is taken to be abandoned (its process died).
@@ -500,6 +552,22 @@ pub trait Store: Send + Sync + 'static {
         query: &TrashQuery,
         now: Timestamp,
     ) -> Result<Vec<Record>, StoreError>;
+
+    /// The plan of deleting a record (`None`: no such record in the tenant; an already
+    /// deleted record plans nothing).
+    async fn plan_deletion(
+        &self,
+        tenant: &str,
+        collection: &Arc<Collection>,
+        id: &str,
+    ) -> Result<Option<DeletionPlan>, StoreError>;
+    /// A deletion operation of the tenant.
+    async fn get_deletion(&self, tenant: &str, id: &str) -> Result<Option<DeletionOp>, StoreError>;
+    /// Restores exactly the records an operation deleted, all or nothing.
+    async fn restore_deletion(&self, actor: &Actor, id: &str, now: Timestamp) -> Result<Vec<Record>, StoreError>;
+    /// Works through eventual cascades: at most `batch` children per step; returns how
+    /// many records were deleted.
+    async fn run_eventual(&self, batch: u32, now: Timestamp) -> Result<u64, StoreError>;
 
     /// A value from the key/value metadata table.
     async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError>;

@@ -1,6 +1,7 @@
 //! Route handlers, one module per resource.
 
 pub(crate) mod audit;
+pub(crate) mod deletions;
 pub(crate) mod events;
 pub(crate) mod extract;
 pub(crate) mod health;

@@ -413,32 +413,27 @@ async fn delete_record(
     Ok(response)
 }
 
-/// The blast radius of a DELETE, without changing anything. Without relations the plan
-/// is the record itself; an already deleted record would delete nothing.
+/// The blast radius of a DELETE, without changing anything: the plan the delete would
+/// execute, computed by the same code.
 async fn dry_run_plan(
     state: &AppState,
     caller: &Caller,
     collection: &Arc<Collection>,
     id: &str,
 ) -> Result<Response, ApiError> {
-    let record = state
+    let plan = state
         .store
-        .get_record(caller.tenant(), collection, id)
+        .plan_deletion(caller.tenant(), collection, id)
         .await?
         .ok_or_else(|| ApiError::record_not_found(&collection.name, id))?;
-    let root = json!({"collection": collection.name, "id": id});
-    let would_delete: Vec<Value> = if record.is_deleted() { vec![] } else { vec![root.clone()] };
-    let mut counts = serde_json::Map::new();
-    if !would_delete.is_empty() {
-        counts.insert(collection.name.clone(), json!(would_delete.len()));
-    }
     Ok(axum::Json(json!({
-        "root": root,
-        "would_delete": would_delete,
-        "blockers": [],
-        "blockers_total": 0,
-        "orphaned": [],
-        "counts": counts,
+        "root": {"collection": collection.name, "id": id},
+        "would_delete": plan.would_delete(),
+        "blockers": plan.blockers,
+        "blockers_total": plan.blockers_total,
+        "orphaned": plan.orphaned,
+        "eventual": plan.eventual,
+        "counts": plan.counts(),
     }))
     .into_response())
 }

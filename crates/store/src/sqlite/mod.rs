@@ -4,6 +4,7 @@
 
 mod changes;
 mod records;
+mod relations;
 mod retention;
 mod schema;
 mod webhooks;
@@ -19,7 +20,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use tokio::sync::oneshot;
 use tombstone_domain::audit::{AuditAction, AuditEntry, ChainError, ChainVerifier, NewAuditEntry};
 use tombstone_domain::config::{Collection, Schema};
-use tombstone_domain::events::{Event, EventType, NewEvent, record_event};
+use tombstone_domain::deletion::{DeletionPlan, RecordRef};
+use tombstone_domain::events::{Event, EventType, record_event};
 use tombstone_domain::lifecycle::{
     Actor, DeleteDecision, DeleteRequest, IfMatch, PatchDecision, RestoreDecision, decide_delete, decide_patch,
     decide_restore,
@@ -31,9 +33,9 @@ use tombstone_domain::time::Timestamp;
 
 use self::records::TableSql;
 use crate::{
-    AttemptOutcome, AuditQuery, DeleteOutcome, Delivery, DeliveryQuery, DueDelivery, EndpointState, Erasure,
-    EventQuery, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim, IdempotencyKey, Page, PurgeBatch,
-    PurgeDue, RestoreOutcome, Store, StoreError, StoredKey, StoredResponse, TrashQuery, WebhookEndpoint,
+    AttemptOutcome, AuditQuery, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery, EndpointState,
+    Erasure, EventQuery, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim, IdempotencyKey, Page,
+    PurgeBatch, PurgeDue, RestoreOutcome, Store, StoreError, StoredKey, StoredResponse, TrashQuery, WebhookEndpoint,
 };
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -43,7 +45,8 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: mpsc::Sender<Job>,
     readers: r2d2::Pool<SqliteConnectionManager>,
-    tables: RwLock<HashMap<String, Arc<TableSql>>>,
+    tables: RwLock<Arc<relations::Tables>>,
+    schema: RwLock<Arc<Schema>>,
     changes: Arc<tokio::sync::Notify>,
 }
 
@@ -97,7 +100,8 @@ impl SqliteStore {
             path: path.to_path_buf(),
             writer: tx,
             readers,
-            tables: RwLock::new(HashMap::new()),
+            tables: RwLock::new(Arc::new(HashMap::new())),
+            schema: RwLock::new(Arc::new(Schema::default())),
             changes: Arc::new(tokio::sync::Notify::new()),
         })
     }
@@ -124,7 +128,8 @@ impl SqliteStore {
             path: path.to_path_buf(),
             writer,
             readers,
-            tables: RwLock::new(HashMap::new()),
+            tables: RwLock::new(Arc::new(HashMap::new())),
+            schema: RwLock::new(Arc::new(Schema::default())),
             changes: Arc::new(tokio::sync::Notify::new()),
         })
     }
@@ -185,6 +190,13 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Internal(format!("a read task failed: {e}")))?
+    }
+
+    /// The schema and statements the store was migrated to.
+    fn catalog(&self) -> Result<(Arc<Schema>, Arc<relations::Tables>), StoreError> {
+        let schema = self.schema.read().map_err(|_| StoreError::Internal("schema poisoned".into()))?.clone();
+        let tables = self.tables.read().map_err(|_| StoreError::Internal("table cache poisoned".into()))?.clone();
+        Ok((schema, tables))
     }
 
     fn table(&self, collection: &Collection) -> Result<Arc<TableSql>, StoreError> {
@@ -268,32 +280,6 @@ fn audit_key(
     Ok(())
 }
 
-/// The `deletion.completed` event of an operation that finished in this transaction.
-fn deletion_completed(
-    tx: &rusqlite::Transaction<'_>,
-    actor: &Actor,
-    deletion_id: &str,
-    root: &Record,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    let counts = serde_json::json!({ root.collection.clone(): 1 });
-    changes::append_event(
-        tx,
-        NewEvent {
-            kind: EventType::DeletionCompleted,
-            tenant: root.tenant.clone(),
-            collection: root.collection.clone(),
-            record_id: root.id.clone(),
-            version: None,
-            deletion_id: Some(deletion_id.to_string()),
-            occurred_at: now,
-            request_id: Some(actor.request_id.clone()),
-            data: Some(serde_json::json!({"status": "done", "records": 1, "counts": counts})),
-        },
-    )?;
-    Ok(())
-}
-
 fn insert_deletion(
     tx: &rusqlite::Transaction<'_>,
     actor: &Actor,
@@ -301,11 +287,22 @@ fn insert_deletion(
     reason: Option<&str>,
     record: &Record,
     now: Timestamp,
+    status: &str,
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "insert into deletions (id, tenant, actor, reason, request_id, created_at, root_collection, root_id, status) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'done')",
+        "insert into deletions (id, tenant, actor, reason, request_id, created_at, root_collection, root_id, status) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
-    .execute(params![deletion_id, actor.tenant, actor.key_id, reason, actor.request_id, now.as_micros(), record.collection, record.id])?;
+    .execute(params![
+        deletion_id,
+        actor.tenant,
+        actor.key_id,
+        reason,
+        actor.request_id,
+        now.as_micros(),
+        record.collection,
+        record.id,
+        status
+    ])?;
     tx.prepare_cached("insert into deletion_records (deletion_id, collection, record_id) values (?1, ?2, ?3)")?
         .execute(params![deletion_id, record.collection, record.id])?;
     Ok(())
@@ -354,11 +351,10 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await?;
-        let mut tables = self.tables.write().map_err(|_| StoreError::Internal("table cache poisoned".into()))?;
-        tables.clear();
-        for c in &collections {
-            tables.insert(c.name.clone(), Arc::new(TableSql::new(c)));
-        }
+        let tables: relations::Tables =
+            collections.iter().map(|c| (c.name.clone(), Arc::new(TableSql::new(c)))).collect();
+        *self.tables.write().map_err(|_| StoreError::Internal("table cache poisoned".into()))? = Arc::new(tables);
+        *self.schema.write().map_err(|_| StoreError::Internal("schema poisoned".into()))? = Arc::new(schema.clone());
         Ok(())
     }
 
@@ -385,6 +381,7 @@ impl Store for SqliteStore {
             if let Some(id) = existing {
                 return Err(StoreError::UniqueConflict { conflicting_id: id, fields: vec!["id".into()] });
             }
+            relations::check_refs(tx, &collection, &record.tenant, &record.values, None)?;
             if let Some((other, fields)) =
                 records::unique_conflict(tx, &sql, &collection, &record.tenant, &record.id, &record.values)?
             {
@@ -457,6 +454,8 @@ impl Store for SqliteStore {
                 PatchDecision::Apply { version } => version,
             };
             let values = apply_patch(&collection, &current.values, &patch).map_err(StoreError::Validation)?;
+            let changed: Vec<String> = patch.0.keys().cloned().collect();
+            relations::check_refs(tx, &collection, &tenant, &values, Some(&changed))?;
             if let Some((other, fields)) = records::unique_conflict(tx, &sql, &collection, &tenant, &id, &values)? {
                 return Err(StoreError::UniqueConflict { conflicting_id: other, fields });
             }
@@ -477,60 +476,85 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> Result<DeleteOutcome, StoreError> {
         let sql = self.table(collection)?;
+        let (schema, tables) = self.catalog()?;
         let collection = collection.clone();
         let actor = actor.clone();
         let id = id.to_string();
         self.write(move |tx| {
             let current = load_active_for_write(tx, &sql, &collection, &actor.tenant, &id)?;
-            match decide_delete(&collection, &current, &request, &actor, now) {
-                DeleteDecision::AlreadyDeleted { deletion_id } => Ok(DeleteOutcome::AlreadyDeleted { deletion_id }),
-                DeleteDecision::PreconditionFailed { current } => Err(StoreError::PreconditionFailed { current }),
+            let decision = decide_delete(&collection, &current, &request, &actor, now);
+            let (deleted, hard) = match decision {
+                DeleteDecision::AlreadyDeleted { deletion_id } => {
+                    return Ok(DeleteOutcome::AlreadyDeleted { deletion_id });
+                }
+                DeleteDecision::PreconditionFailed { current } => {
+                    return Err(StoreError::PreconditionFailed { current });
+                }
                 DeleteDecision::HardDelete => {
-                    records::remove(tx, &sql, &actor.tenant, &id)?;
-                    insert_deletion(tx, &actor, &request.deletion_id, request.reason.as_deref(), &current, now)?;
-                    let gone = Record {
-                        deletion: Some(tombstone_domain::record::DeletionMark {
-                            deleted_at: now,
-                            deleted_by: actor.key_id.clone(),
-                            reason: request.reason.clone(),
-                            deletion_id: request.deletion_id.clone(),
-                            purge_at: now,
-                        }),
-                        ..current
+                    let mark = tombstone_domain::record::DeletionMark {
+                        deleted_at: now,
+                        deleted_by: actor.key_id.clone(),
+                        reason: request.reason.clone(),
+                        deletion_id: request.deletion_id.clone(),
+                        purge_at: now,
                     };
-                    let reason = request.reason.as_deref();
-                    record_change(
-                        tx,
-                        &actor,
-                        AuditAction::Purge,
-                        Some(EventType::Purged),
-                        &collection,
-                        &gone,
-                        reason,
-                        now,
-                    )?;
-                    deletion_completed(tx, &actor, &request.deletion_id, &gone, now)?;
-                    Ok(DeleteOutcome::HardDeleted { deletion_id: request.deletion_id })
+                    (Record { deletion: Some(mark), ..current }, true)
                 }
                 DeleteDecision::SoftDelete { mark, version } => {
-                    let deleted = Record { version, updated_at: now, deletion: Some(mark), ..current };
-                    records::set_deletion(tx, &sql, &deleted)?;
-                    insert_deletion(tx, &actor, &request.deletion_id, request.reason.as_deref(), &deleted, now)?;
-                    let reason = request.reason.as_deref();
-                    record_change(
-                        tx,
-                        &actor,
-                        AuditAction::Delete,
-                        Some(EventType::Deleted),
-                        &collection,
-                        &deleted,
-                        reason,
-                        now,
-                    )?;
-                    deletion_completed(tx, &actor, &request.deletion_id, &deleted, now)?;
-                    Ok(DeleteOutcome::SoftDeleted { deletion_id: request.deletion_id, record: Box::new(deleted) })
+                    (Record { version, updated_at: now, deletion: Some(mark), ..current }, false)
                 }
+            };
+            // The blast radius, computed inside this transaction by the same code that
+            // answers dry runs; a restrict anywhere blocks everything.
+            let plan = relations::plan(tx, &schema, &actor.tenant, RecordRef::new(&collection.name, &id))?;
+            if plan.is_blocked() {
+                return Err(StoreError::Restrict { blockers: plan.blockers, total: plan.blockers_total });
             }
+            let reason = request.reason.as_deref();
+            let status = if plan.eventual_edges.is_empty() { "done" } else { "pending" };
+            insert_deletion(tx, &actor, &request.deletion_id, reason, &deleted, now, status)?;
+            if hard {
+                records::remove(tx, &sql, &actor.tenant, &id)?;
+                record_change(
+                    tx,
+                    &actor,
+                    AuditAction::Purge,
+                    Some(EventType::Purged),
+                    &collection,
+                    &deleted,
+                    reason,
+                    now,
+                )?;
+            } else {
+                records::set_deletion(tx, &sql, &deleted)?;
+                record_change(
+                    tx,
+                    &actor,
+                    AuditAction::Delete,
+                    Some(EventType::Deleted),
+                    &collection,
+                    &deleted,
+                    reason,
+                    now,
+                )?;
+            }
+            let mark = relations::Mark {
+                deletion_id: request.deletion_id.clone(),
+                deleted_by: actor.key_id.clone(),
+                reason: request.reason.clone(),
+                at: now,
+            };
+            relations::delete_records(tx, &schema, &tables, &actor, &plan.immediate[1..], &mark)?;
+            if plan.eventual_edges.is_empty() {
+                relations::completed(tx, &request.deletion_id, &actor.request_id, now)?;
+            } else {
+                relations::enqueue(tx, &request.deletion_id, &actor.tenant, &plan.eventual_edges)?;
+            }
+            Ok(if hard {
+                DeleteOutcome::HardDeleted { deletion_id: request.deletion_id }
+            } else {
+                DeleteOutcome::SoftDeleted { deletion_id: request.deletion_id, record: Box::new(deleted) }
+            })
         })
         .await
     }
@@ -555,6 +579,12 @@ impl Store for SqliteStore {
                 RestoreDecision::WindowElapsed => Err(StoreError::NotFound),
                 RestoreDecision::PreconditionFailed { current } => Err(StoreError::PreconditionFailed { current }),
                 RestoreDecision::Restore { version } => {
+                    // A child whose parent is deleted cannot come back alone (orphan
+                    // relations excepted): restore the operation that deleted both.
+                    let parents = relations::inactive_parents(tx, &collection, &current)?;
+                    if !parents.is_empty() {
+                        return Err(StoreError::ParentDeleted { parents });
+                    }
                     if let Some((other, fields)) =
                         records::unique_conflict(tx, &sql, &collection, &tenant, &id, &current.values)?
                     {
@@ -769,6 +799,11 @@ impl Store for SqliteStore {
         now: Timestamp,
         batch: u32,
     ) -> Result<u64, StoreError> {
+        // Idle passes only read: a write would wake every waiter, the relay included.
+        let ids: Vec<String> = endpoints.iter().map(|e| e.id.clone()).collect();
+        if !self.read(move |conn| webhooks::any_behind(conn, &ids)).await? {
+            return Ok(0);
+        }
         let endpoints = endpoints.to_vec();
         self.write(move |tx| webhooks::fan_out(tx, &endpoints, now, batch)).await
     }
@@ -943,6 +978,50 @@ impl Store for SqliteStore {
             Ok(all)
         })
         .await
+    }
+
+    async fn plan_deletion(
+        &self,
+        tenant: &str,
+        collection: &Arc<Collection>,
+        id: &str,
+    ) -> Result<Option<DeletionPlan>, StoreError> {
+        let sql = self.table(collection)?;
+        let (schema, _) = self.catalog()?;
+        let (collection, tenant, id) = (collection.clone(), tenant.to_string(), id.to_string());
+        self.read(move |conn| relations::dry_run(conn, &schema, &sql, &collection, &tenant, &id)).await
+    }
+
+    async fn get_deletion(&self, tenant: &str, id: &str) -> Result<Option<DeletionOp>, StoreError> {
+        let (schema, _) = self.catalog()?;
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.read(move |conn| relations::get_operation(conn, &schema, &tenant, &id)).await
+    }
+
+    async fn restore_deletion(&self, actor: &Actor, id: &str, now: Timestamp) -> Result<Vec<Record>, StoreError> {
+        let (schema, tables) = self.catalog()?;
+        let (actor, id) = (actor.clone(), id.to_string());
+        self.write(move |tx| relations::restore_operation(tx, &schema, &tables, &actor, &id, now)).await
+    }
+
+    async fn run_eventual(&self, batch: u32, now: Timestamp) -> Result<u64, StoreError> {
+        // Idle passes only read: a write would wake every waiter, the worker included.
+        let queued: bool = self
+            .read(|conn| Ok(conn.query_row("select exists (select 1 from deletion_queue)", [], |r| r.get(0))?))
+            .await?;
+        if !queued {
+            return Ok(0);
+        }
+        let mut total = 0;
+        loop {
+            let (schema, tables) = self.catalog()?;
+            let (deleted, more) =
+                self.write(move |tx| relations::eventual_step(tx, &schema, &tables, batch, now)).await?;
+            total += deleted;
+            if !more {
+                return Ok(total);
+            }
+        }
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {

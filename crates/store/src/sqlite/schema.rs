@@ -200,6 +200,23 @@ create table erasures (
 ) without rowid;
 ",
     ),
+    (
+        "0005_eventual",
+        r"
+-- Eventual cascades still to work through: the active children of parent_id through
+-- child_collection.field, taken in id order after after_id, batch by batch.
+create table deletion_queue (
+    deletion_id      text not null,
+    tenant           text not null,
+    child_collection text not null,
+    field            text not null,
+    parent_id        text not null,
+    after_id         text not null,
+    primary key (deletion_id, child_collection, field, parent_id)
+) without rowid;
+create index deletions_pending on deletions (status) where status = 'pending';
+",
+    ),
 ];
 
 /// Connection settings for the one writer. WAL lets readers run beside it;

@@ -241,3 +241,17 @@ pub(crate) fn cleanup_outbox(conn: &Connection, before: Timestamp, limit: u32) -
     )?;
     Ok(n as u64)
 }
+
+/// Whether any of these enabled endpoints has events left to fan out.
+pub(crate) fn any_behind(conn: &Connection, ids: &[String]) -> Result<bool, StoreError> {
+    let newest: i64 = conn.query_row("select coalesce(max(seq), 0) from outbox", [], |r| r.get(0))?;
+    let mut stmt = conn.prepare_cached("select cursor from webhook_endpoints where id = ?1 and disabled_at is null")?;
+    for id in ids {
+        if let Some(cursor) = stmt.query_row([id], |r| r.get::<_, i64>(0)).optional()?
+            && cursor < newest
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

@@ -1,0 +1,87 @@
+//! Deletion operations: `GET /v1/deletions/{id}` (what one DELETE took, its status and
+//! how far it has propagated) and `POST /v1/deletions/{id}:restore` (exactly those
+//! records back, all or nothing).
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tombstone_domain::scope::Permission;
+use tombstone_store::StoreError;
+
+use super::extract::ApiPath;
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/v1/deletions/{target}", get(get_deletion).post(restore_deletion))
+}
+
+async fn get_deletion(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let op = state
+        .store
+        .get_deletion(caller.tenant(), &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no deletion operation {id}")))?;
+    // Reading an operation shows deleted records' ids: read_deleted on its root's collection.
+    caller.require(Permission::ReadDeleted, Some(&op.root.collection))?;
+    Ok(axum::Json(json!({
+        "id": op.id,
+        "status": op.status,
+        "actor": op.actor,
+        "reason": op.reason,
+        "created_at": op.created_at.to_rfc3339(),
+        "root": op.root,
+        "records": op.records,
+        "counts": op.counts,
+        "restorable_until": op.restorable_until.map(|t| t.to_rfc3339()),
+        "propagation": {
+            // Events are committed with the deletion itself.
+            "outbox": {"status": "done"},
+            "webhooks": op.webhooks,
+        },
+    }))
+    .into_response())
+}
+
+async fn restore_deletion(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(target): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let Some(id) = target.strip_suffix(":restore") else {
+        return Err(ApiError::MethodNotAllowed);
+    };
+    let op = state
+        .store
+        .get_deletion(caller.tenant(), id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no deletion operation {id}")))?;
+    for collection in op.counts.keys() {
+        caller.require(Permission::Restore, Some(collection))?;
+    }
+    let restored = state.store.restore_deletion(&caller.actor(), id, state.now()).await.map_err(|e| match e {
+        StoreError::NotFound => ApiError::NotFound(format!("no deletion operation {id}")),
+        other => other.into(),
+    })?;
+    tracing::info!(
+        request_id = %crate::request_id::current(),
+        actor = %caller.key.id,
+        "deletion.id" = %id,
+        restored = restored.len(),
+        "deletion operation restored"
+    );
+    for r in &restored {
+        metrics::counter!("tombstone_restore_total", "collection" => r.collection.clone()).increment(1);
+    }
+    let items: Vec<Value> =
+        restored.iter().filter_map(|r| state.schema.collection(&r.collection).map(|c| r.to_json(c, None))).collect();
+    Ok(axum::Json(json!({"deletion_id": id, "restored": items.len(), "items": items, "next_cursor": null}))
+        .into_response())
+}
