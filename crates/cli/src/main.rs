@@ -16,7 +16,7 @@ use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::{Clock, SystemClock};
 use tombstone_server::keys::{create_key, valid_tenant};
 use tombstone_server::{AppState, Workers, serve};
-use tombstone_store::{SqliteStore, Store};
+use tombstone_store::{MemoryCache, SqliteStore, Store};
 
 /// Tombstone: a data API server in which delete is safe by default.
 #[derive(Parser)]
@@ -185,7 +185,15 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 /// Opens the configured store and brings its schema up to date.
 pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store: Arc<dyn Store> = match &config.storage {
-        StorageConfig::Sqlite { path } => Arc::new(SqliteStore::open(path)?),
+        StorageConfig::Sqlite { path } => {
+            if config.cache.url != "memory" {
+                bail!(
+                    "cache.url: only \"memory\" is available in this build (a shared cache comes with PostgreSQL storage)"
+                );
+            }
+            let cache = Arc::new(MemoryCache::new(config.cache.capacity, config.cache.ttl));
+            Arc::new(SqliteStore::open(path)?.with_cache(cache)?)
+        }
         StorageConfig::Postgres { .. } => {
             bail!("storage.url: PostgreSQL storage is not available in this build yet; use sqlite://PATH")
         }

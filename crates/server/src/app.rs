@@ -116,6 +116,7 @@ pub async fn serve(
     tasks.spawn(workers.relay.run(cancel.1.clone()));
     tasks.spawn(workers.purge.run(cancel.1.clone()));
     tasks.spawn(eventual_cascades(state.clone(), cancel.1.clone()));
+    tasks.spawn(cache_sync(state.clone(), cancel.1.clone()));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     let _ = cancel.0.send(true);
     while tasks.join_next().await.is_some() {}
@@ -136,6 +137,22 @@ async fn eventual_cascades(state: AppState, mut cancel: tokio::sync::watch::Rece
         tokio::select! {
             () = notified => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = cancel.changed() => break,
+        }
+    }
+}
+
+/// Once a second, tells the read cache what other processes changed (writes made through
+/// this process invalidate at once).
+async fn cache_sync(state: AppState, mut cancel: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = state.store.sync_cache().await {
+                    tracing::warn!(error = %e, "could not sync the cache with the outbox");
+                }
+            }
             _ = cancel.changed() => break,
         }
     }

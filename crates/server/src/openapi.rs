@@ -580,6 +580,11 @@ fn fixed_components() -> ComponentsBuilder {
                 .property("blockers_total", integer().minimum(Some(0)))
                 .property("orphaned", array_of(schema_ref("RecordRef")))
                 .property(
+                    "eventual",
+                    array_of(schema_ref("RecordRef"))
+                        .description(Some("Records an eventual cascade would delete after the DELETE answers.")),
+                )
+                .property(
                     "counts",
                     ObjectBuilder::new()
                         .description(Some("Records per collection, the root included."))

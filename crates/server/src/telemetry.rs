@@ -20,12 +20,38 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
                 .ok()
-                .and_then(|b| b.install_recorder().ok())
+                .and_then(|b| b.install_recorder().ok());
+            if handle.is_some() {
+                register_all();
+            }
+            handle
         })
         .as_ref()
+}
+
+/// Every counter and gauge exists from the start (at zero), so dashboards and alerts do
+/// not see a metric appear only after its first event.
+fn register_all() {
+    for name in [
+        "tombstone_soft_delete_total",
+        "tombstone_restore_total",
+        "tombstone_purge_rows_total",
+        "tombstone_purge_job_errors_total",
+        "tombstone_erase_total",
+        "tombstone_include_deleted_reads_total",
+        "tombstone_reads_total",
+        "tombstone_cache_hits_total",
+        "tombstone_cache_misses_total",
+        "tombstone_webhook_failures_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for name in ["tombstone_purge_backlog", "tombstone_outbox_backlog"] {
+        metrics::gauge!(name).set(0.0);
+    }
 }
 
 /// `GET /metrics`: Prometheus text format. Gauges that are cheap to read from the

@@ -5,6 +5,7 @@
 //! owns transactions, so that a state change and everything that must accompany it commit
 //! together or not at all.
 
+pub mod cache;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tombstone_domain::record::{Hold, Patch, Record, ValidationErrors};
 use tombstone_domain::scope::Scope;
 use tombstone_domain::time::Timestamp;
 
+pub use cache::{MemoryCache, RecordCache};
 pub use sqlite::SqliteStore;
 
 /// Why a store call failed.
@@ -568,6 +570,9 @@ pub trait Store: Send + Sync + 'static {
     /// Works through eventual cascades: at most `batch` children per step; returns how
     /// many records were deleted.
     async fn run_eventual(&self, batch: u32, now: Timestamp) -> Result<u64, StoreError>;
+
+    /// Tells the read cache about changes other processes made (a no-op without a cache).
+    async fn sync_cache(&self) -> Result<u64, StoreError>;
 
     /// A value from the key/value metadata table.
     async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError>;

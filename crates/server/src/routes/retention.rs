@@ -99,21 +99,52 @@ async fn list_trash(State(state): State<AppState>, caller: Caller, query: QueryP
     } else {
         None
     };
-    let items: Vec<Value> =
-        records.iter().filter_map(|r| state.schema.collection(&r.collection).map(|c| r.to_json(c, None))).collect();
+    // Every trash reader has read_deleted, so holds are shown.
+    let mut holds = std::collections::HashMap::new();
+    for c in &collections {
+        let held: Vec<String> =
+            records.iter().filter(|r| r.collection == c.name && r.legal_hold).map(|r| r.id.clone()).collect();
+        if !held.is_empty() {
+            for (id, h) in state.store.active_holds(caller.tenant(), &c.name, &held).await? {
+                holds.insert((c.name.clone(), id), h);
+            }
+        }
+    }
+    let items: Vec<Value> = records
+        .iter()
+        .filter_map(|r| {
+            let shown = holds.get(&(r.collection.clone(), r.id.clone())).map_or(&[][..], Vec::as_slice);
+            state.schema.collection(&r.collection).map(|c| r.to_json(c, Some(shown)))
+        })
+        .collect();
     metrics::counter!("tombstone_include_deleted_reads_total", "collection" => "trash").increment(1);
     Ok(axum::Json(json!({"items": items, "next_cursor": next})).into_response())
 }
 
 async fn preview(State(state): State<AppState>, caller: Caller, query: QueryPairs) -> Result<Response, ApiError> {
-    caller.require(Permission::Purge, None)?;
     query.only(&["collection"])?;
     let collections: Vec<Arc<Collection>> = match query.get("collection") {
-        Some(name) => vec![state.schema.collection(name).cloned().ok_or_else(|| ApiError::BadParameter {
-            param: "collection".into(),
-            message: "unknown collection".into(),
-        })?],
-        None => state.schema.collections.values().cloned().collect(),
+        Some(name) => {
+            let c = state.schema.collection(name).cloned().ok_or_else(|| ApiError::BadParameter {
+                param: "collection".into(),
+                message: "unknown collection".into(),
+            })?;
+            caller.require(Permission::Purge, Some(name))?;
+            vec![c]
+        }
+        None => {
+            let allowed: Vec<_> = state
+                .schema
+                .collections
+                .values()
+                .filter(|c| caller.can(Permission::Purge, Some(&c.name)))
+                .cloned()
+                .collect();
+            if allowed.is_empty() {
+                return Err(ApiError::Forbidden(Permission::Purge));
+            }
+            allowed
+        }
     };
     let now = state.now();
     let due =

@@ -16,7 +16,7 @@ use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::{Clock, ManualClock};
 use tombstone_server::keys::create_key;
 use tombstone_server::{AppState, router};
-use tombstone_store::{SqliteStore, Store};
+use tombstone_store::{MemoryCache, SqliteStore, Store};
 
 /// The schema most tests use.
 pub const TEST_SCHEMA: &str = r#"
@@ -126,7 +126,10 @@ impl TestApp {
     /// An app over a schema, with its database in `dir`.
     pub async fn in_dir(toml: &str, dir: TempDir) -> Self {
         let config = Config::parse(toml, dir.path()).expect("test schema");
-        let store = Arc::new(SqliteStore::open(&dir.path().join("test.db")).expect("open store"));
+        // The production path: a read cache in front of the store.
+        let cache = Arc::new(MemoryCache::new(10_000, std::time::Duration::from_secs(300)));
+        let store = SqliteStore::open(&dir.path().join("test.db")).expect("open store");
+        let store = Arc::new(store.with_cache(cache).expect("cache"));
         store.migrate(&config.schema).await.expect("migrate");
         let clock = Arc::new(ManualClock::default());
         let state = AppState::new(config.schema.clone(), store.clone(), clock.clone());

@@ -43,8 +43,20 @@ pub(crate) fn append_audit(conn: &Connection, entry: NewAuditEntry) -> Result<Au
     Ok(sealed)
 }
 
+std::thread_local! {
+    /// Records changed by the transaction running on this (the writer) thread: every
+    /// change writes an event, so this is where the cache learns what to invalidate.
+    pub(crate) static CHANGED: std::cell::RefCell<Vec<crate::cache::CacheKey>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Notes a change to a record that writes no event (a hold), so the cache forgets it.
+pub(crate) fn touched(tenant: &str, collection: &str, id: &str) {
+    CHANGED.with(|c| c.borrow_mut().push((tenant.to_string(), collection.to_string(), id.to_string())));
+}
+
 /// Appends an event to the outbox.
 pub(crate) fn append_event(conn: &Connection, event: NewEvent) -> Result<i64, StoreError> {
+    CHANGED.with(|c| c.borrow_mut().push((event.tenant.clone(), event.collection.clone(), event.record_id.clone())));
     let data = event.data.as_ref().map(ToString::to_string);
     conn.prepare_cached(
         "insert into outbox (id, type, tenant, collection, record_id, version, deletion_id, occurred_at, request_id, data)
@@ -183,4 +195,17 @@ pub(crate) fn list_events(conn: &Connection, tenant: &str, query: &EventQuery) -
 /// The newest event seq (0 when there is none).
 pub(crate) fn last_event_seq(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("select coalesce(max(seq), 0) from outbox", [], |r| r.get(0))?)
+}
+
+/// Records changed after `after` (any tenant), oldest first: what other processes changed.
+pub(crate) fn changed_since(
+    conn: &Connection,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<(i64, crate::cache::CacheKey)>, StoreError> {
+    let rows = conn
+        .prepare_cached("select seq, tenant, collection, record_id from outbox where seq > ?1 order by seq limit ?2")?
+        .query_map(params![after, limit], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
 }

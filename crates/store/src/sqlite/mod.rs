@@ -48,6 +48,9 @@ pub struct SqliteStore {
     tables: RwLock<Arc<relations::Tables>>,
     schema: RwLock<Arc<Schema>>,
     changes: Arc<tokio::sync::Notify>,
+    cache: Option<Arc<dyn crate::RecordCache>>,
+    /// The newest outbox seq whose records the cache has been told about.
+    cache_seen: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -103,6 +106,8 @@ impl SqliteStore {
             tables: RwLock::new(Arc::new(HashMap::new())),
             schema: RwLock::new(Arc::new(Schema::default())),
             changes: Arc::new(tokio::sync::Notify::new()),
+            cache: None,
+            cache_seen: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         })
     }
 
@@ -131,7 +136,44 @@ impl SqliteStore {
             tables: RwLock::new(Arc::new(HashMap::new())),
             schema: RwLock::new(Arc::new(Schema::default())),
             changes: Arc::new(tokio::sync::Notify::new()),
+            cache: None,
+            cache_seen: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         })
+    }
+
+    /// Puts a read cache in front of single-record reads. Every write through this store
+    /// invalidates what it changed before answering; changes made by other processes are
+    /// picked up by `Store::sync_cache`.
+    ///
+    /// # Errors
+    /// The outbox position cannot be read.
+    pub fn with_cache(mut self, cache: Arc<dyn crate::RecordCache>) -> Result<Self, StoreError> {
+        let conn = self.readers.get().map_err(|e| StoreError::Internal(format!("no reader connection: {e}")))?;
+        let newest = changes::last_event_seq(&conn)?;
+        self.cache_seen.store(newest, std::sync::atomic::Ordering::SeqCst);
+        self.cache = Some(cache);
+        Ok(self)
+    }
+
+    /// Invalidates the records that changed since the last call (other processes write
+    /// too: `tombstone purge`, other replicas). Returns how many changes were seen.
+    async fn sync_cache_now(&self) -> Result<u64, StoreError> {
+        let Some(cache) = self.cache.clone() else { return Ok(0) };
+        let seen = self.cache_seen.clone();
+        self.read(move |conn| {
+            let mut total = 0;
+            loop {
+                let after = seen.load(std::sync::atomic::Ordering::SeqCst);
+                let batch = changes::changed_since(conn, after, 1000)?;
+                let Some(last) = batch.last().map(|(seq, _)| *seq) else { return Ok(total) };
+                for (_, key) in &batch {
+                    cache.invalidate(key);
+                }
+                total += batch.len() as u64;
+                seen.fetch_max(last, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+        .await
     }
 
     /// The database file.
@@ -148,13 +190,23 @@ impl SqliteStore {
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
+        let cache = self.cache.clone();
         let job: Job = Box::new(move |conn| {
+            changes::CHANGED.with(|c| c.borrow_mut().clear());
             let result = (|| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let value = f(&tx)?;
                 tx.commit()?;
                 Ok(value)
             })();
+            // Invalidate before the caller hears of the commit: no response to a change
+            // can be followed by a read of the old state from the cache.
+            let changed = changes::CHANGED.with(|c| std::mem::take(&mut *c.borrow_mut()));
+            if let (Some(cache), true) = (&cache, result.is_ok()) {
+                for key in &changed {
+                    cache.invalidate(key);
+                }
+            }
             let _ = reply.send(result);
         });
         self.writer.send(job).map_err(|_| StoreError::Internal("the writer thread has stopped".into()))?;
@@ -413,9 +465,21 @@ impl Store for SqliteStore {
         id: &str,
     ) -> Result<Option<Record>, StoreError> {
         let sql = self.table(collection)?;
+        let key = (tenant.to_string(), collection.name.clone(), id.to_string());
+        let token = match &self.cache {
+            Some(cache) => match cache.lookup(&key) {
+                Some(hit) => return Ok(hit),
+                None => Some(cache.token(&key)),
+            },
+            None => None,
+        };
         let collection = collection.clone();
         let (tenant, id) = (tenant.to_string(), id.to_string());
-        self.read(move |conn| records::get(conn, &sql, &collection, &tenant, &id)).await
+        let found = self.read(move |conn| records::get(conn, &sql, &collection, &tenant, &id)).await?;
+        if let (Some(cache), Some(token)) = (&self.cache, token) {
+            cache.fill(key, token, found.clone());
+        }
+        Ok(found)
     }
 
     async fn list_records(
@@ -490,6 +554,8 @@ impl Store for SqliteStore {
                 DeleteDecision::PreconditionFailed { current } => {
                     return Err(StoreError::PreconditionFailed { current });
                 }
+                // A held record is never purged; a hard delete is a purge.
+                DeleteDecision::HardDelete if current.legal_hold => return Err(StoreError::LegalHold),
                 DeleteDecision::HardDelete => {
                     let mark = tombstone_domain::record::DeletionMark {
                         deleted_at: now,
@@ -1022,6 +1088,10 @@ impl Store for SqliteStore {
                 return Ok(total);
             }
         }
+    }
+
+    async fn sync_cache(&self) -> Result<u64, StoreError> {
+        self.sync_cache_now().await
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -209,6 +209,11 @@ pub(crate) fn delete_records(
                 .query_map(params_from_iter(params.iter()), |r| records::read_record(collection, r))?
                 .collect::<Result<_, _>>()?;
             let n = rows.len() as u64;
+            if collection.delete == DeleteMode::Hard && rows.iter().any(|r| r.legal_hold) {
+                // Cascading into a hard-delete collection purges, and held records are
+                // never purged: the whole delete stops.
+                return Err(StoreError::LegalHold);
+            }
             if collection.delete == DeleteMode::Hard {
                 let delete =
                     format!("delete from {} where tenant = ?1 and deleted_at is null and id in ({in_list})", sql.table);

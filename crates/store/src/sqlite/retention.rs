@@ -39,11 +39,14 @@ pub(crate) fn place_hold(
     now: Timestamp,
 ) -> Result<Hold, StoreError> {
     let record = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
+    // A hold changes the representation (legal_hold, holds), so it is a new version.
+    let record = bump_version(tx, sql, record, now)?;
     let hold = Hold { hold_id: new_hold_id(), case, reason, actor: actor.key_id.clone(), at: now };
     tx.prepare_cached(
         "insert into holds (id, tenant, collection, record_id, case_name, reason, actor, at) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![hold.hold_id, actor.tenant, collection.name, id, hold.case, hold.reason, hold.actor, now.as_micros()])?;
+    changes::touched(&actor.tenant, &collection.name, id);
     audit(
         tx,
         actor,
@@ -53,6 +56,17 @@ pub(crate) fn place_hold(
         now,
     )?;
     Ok(hold)
+}
+
+/// Moves a record to its next version without changing its values.
+fn bump_version(tx: &Transaction<'_>, sql: &TableSql, record: Record, now: Timestamp) -> Result<Record, StoreError> {
+    let bumped = Record { version: record.version + 1, updated_at: now, ..record };
+    tx.prepare_cached(&format!(
+        "update {} set version = ?3, updated_at = ?4 where tenant = ?1 and id = ?2",
+        sql.table
+    ))?
+    .execute(params![bumped.tenant, bumped.id, bumped.version, now.as_micros()])?;
+    Ok(bumped)
 }
 
 /// The audit `reason` of a hold or release: which hold, the case, and why.
@@ -112,8 +126,10 @@ pub(crate) fn release_hold(
         .query_row(params![hold_id, actor.tenant, collection.name, id], |r| r.get(0))
         .optional()?;
     let Some(case) = case else { return Err(StoreError::NotFound) };
+    let record = bump_version(tx, sql, record, now)?;
     tx.prepare_cached("update holds set released_at = ?2, released_by = ?3, release_reason = ?4 where id = ?1")?
         .execute(params![hold_id, now.as_micros(), actor.key_id, reason])?;
+    changes::touched(&actor.tenant, &collection.name, id);
     audit(tx, actor, AuditAction::Release, &record, hold_reason(hold_id, case.as_deref(), reason.as_deref()), now)?;
     records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)
 }

@@ -1,0 +1,505 @@
+//! `tombstone purge` as an operator runs it: the real binary beside a real `tombstone serve`
+//! on the same database. Records get a one-second recovery window, so the tests wait for
+//! real time to pass — bounded, by polling the preview rather than sleeping blindly.
+//!
+//! The dry run must agree with `GET /v1/purge/preview` and change nothing; the real run
+//! purges exactly what was due; a paused purge purges nothing and says so.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use reqwest::blocking::Client;
+use rusqlite::{Connection, OpenFlags};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tombstone");
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long records may take to come due (their window is one second).
+const DUE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a server may show a record another process purged (it polls the outbox).
+const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(3);
+
+const CONFIG: &str = r#"
+[storage]
+url = "sqlite://data/tombstone.db"
+
+[retention]
+default = "1s"
+
+[purge]
+interval = "1h"
+batch_size = 2
+pause = "10ms"
+max_rows_per_second = 1000
+
+[collections.notes.fields]
+text = { type = "string" }
+
+[collections.memos]
+retention = "1h"
+
+[collections.memos.fields]
+text = { type = "string" }
+"#;
+
+// ---------------------------------------------------------------------------------------
+// Harness
+
+/// A config directory and a separate working directory.
+struct Workspace {
+    _root: TempDir,
+    config_dir: PathBuf,
+    cwd: PathBuf,
+}
+
+impl Workspace {
+    fn new() -> Self {
+        let root = tempfile::tempdir().expect("temp dir");
+        let config_dir = root.path().join("etc");
+        let cwd = root.path().join("work");
+        std::fs::create_dir_all(&config_dir).expect("config dir");
+        std::fs::create_dir_all(&cwd).expect("cwd");
+        std::fs::write(config_dir.join("tombstone.toml"), CONFIG).expect("write config");
+        Self { _root: root, config_dir, cwd }
+    }
+
+    fn config(&self) -> String {
+        self.config_dir.join("tombstone.toml").to_str().expect("utf-8 path").to_string()
+    }
+
+    fn db(&self) -> Connection {
+        let conn =
+            Connection::open_with_flags(self.config_dir.join("data/tombstone.db"), OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .expect("open database");
+        conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+        conn
+    }
+
+    /// Runs a one-shot command.
+    fn run(&self, args: &[&str]) -> Output {
+        run_in(&self.cwd, args)
+    }
+
+    /// `tombstone purge --config F ARGS…`, asserting success.
+    fn purge(&self, args: &[&str]) -> Output {
+        let config = self.config();
+        let mut all = vec!["purge", "--config", config.as_str()];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        out.assert_success();
+        out
+    }
+
+    /// An admin key of tenant t1 (its secret).
+    fn admin_key(&self) -> String {
+        let config = self.config();
+        let out = self.run(&["keys", "create", "--config", &config, "--tenant", "t1", "--scopes", "admin", "--json"]);
+        out.assert_success();
+        let key: Value = serde_json::from_str(out.stdout.trim()).expect("keys create --json");
+        key["secret"].as_str().expect("secret").to_string()
+    }
+
+    fn serve(&self) -> Server {
+        let config = self.config();
+        Server::start(&self.cwd, &["serve", "--config", &config, "--listen", "127.0.0.1:0"])
+    }
+}
+
+#[derive(Debug)]
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    #[track_caller]
+    fn assert_success(&self) -> &Self {
+        assert!(self.status.success(), "exit {:?}\nstdout: {}\nstderr: {}", self.status, self.stdout, self.stderr);
+        self
+    }
+
+    /// The printed JSON object.
+    #[track_caller]
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
+}
+
+fn run_in(cwd: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tombstone");
+    let stdout = drain(child.stdout.take().expect("stdout"));
+    let stderr = drain(child.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tombstone {args:?} still running after {COMMAND_TIMEOUT:?}; stderr: {}", stderr.join().unwrap());
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: stdout.join().expect("stdout"), stderr: stderr.join().expect("stderr") }
+}
+
+/// A running `tombstone serve`, killed on drop.
+struct Server {
+    child: Child,
+    base: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+    http: Client,
+}
+
+impl Server {
+    fn start(cwd: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tombstone serve");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let rx = spawn_line_reader(child.stderr.take().expect("stderr"), lines.clone());
+        let http = Client::builder().timeout(Duration::from_secs(10)).build().expect("http client");
+        let mut server = Self { child, base: String::new(), stderr: lines, http };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    if let Some(addr) = line.trim().strip_prefix("listening on http://") {
+                        server.base = format!("http://{addr}");
+                        return server;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no `listening on` line within {START_TIMEOUT:?}; stderr:\n{}", server.stderr_text())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = server.child.wait().ok();
+                    panic!("tombstone serve exited ({status:?}) before listening; stderr:\n{}", server.stderr_text())
+                }
+            }
+        }
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr.lock().expect("stderr lines").join("\n")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a request and returns the status and the JSON body (`null` when empty).
+    fn call(&self, method: reqwest::Method, path: &str, key: &str, body: Option<&Value>) -> (StatusCode, Value) {
+        let mut request = self.http.request(method.clone(), self.url(path)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status();
+        let text = response.text().expect("body");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"))
+        };
+        (status, json)
+    }
+
+    #[track_caller]
+    fn expect(&self, method: reqwest::Method, path: &str, key: &str, body: Option<&Value>, status: u16) -> Value {
+        let (got, json) = self.call(method.clone(), path, key, body);
+        assert_eq!(got.as_u16(), status, "{method} {path}: {json}");
+        json
+    }
+
+    /// Creates a record and returns its id.
+    fn create(&self, collection: &str, key: &str, text: &str) -> String {
+        let r =
+            self.expect(reqwest::Method::POST, &format!("/v1/{collection}"), key, Some(&json!({"text": text})), 201);
+        r["id"].as_str().expect("id").to_string()
+    }
+
+    fn delete(&self, collection: &str, id: &str, key: &str) {
+        self.expect(reqwest::Method::DELETE, &format!("/v1/{collection}/{id}"), key, None, 204);
+    }
+
+    fn preview(&self, key: &str) -> Value {
+        self.expect(reqwest::Method::GET, "/v1/purge/preview", key, None, 200)
+    }
+
+    /// Polls the preview until `collection` has `count` records due (real time must pass
+    /// for a one-second window); returns that preview.
+    fn wait_until_due(&self, key: &str, collection: &str, count: u64) -> Value {
+        let deadline = Instant::now() + DUE_TIMEOUT;
+        loop {
+            let preview = self.preview(key);
+            if preview["collections"][collection]["count"].as_u64() == Some(count) {
+                return preview;
+            }
+            assert!(Instant::now() < deadline, "{collection} never had {count} records due: {preview}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_line_reader(pipe: impl Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) -> Receiver<String> {
+    let (tx, rx) = channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            lines.lock().expect("stderr lines").push(line.clone());
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// The `COLLECTION: N due` lines of a dry run; panics on any other line except a note
+/// about the pause (returned separately).
+fn due_lines(stdout: &str) -> (BTreeMap<String, u64>, Vec<String>) {
+    let mut due = BTreeMap::new();
+    let mut notes = Vec::new();
+    for line in stdout.lines().filter(|l| !l.trim().is_empty()) {
+        let parsed = line.strip_suffix(" due").and_then(|l| l.split_once(": ")).and_then(|(c, n)| {
+            (!c.is_empty() && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_'))
+                .then_some(())
+                .and(n.parse::<u64>().ok().map(|n| (c.to_string(), n)))
+        });
+        match parsed {
+            Some((c, n)) => assert!(due.insert(c, n).is_none(), "a collection printed twice:\n{stdout}"),
+            None => {
+                assert!(line.contains("paused"), "unexpected dry-run line {line:?} in:\n{stdout}");
+                notes.push(line.to_string());
+            }
+        }
+    }
+    (due, notes)
+}
+
+/// Row counts that any purge would change.
+fn fingerprint(conn: &Connection) -> (i64, i64, i64, i64) {
+    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    (
+        count("select count(*) from rec_notes"),
+        count("select count(*) from rec_memos"),
+        count("select count(*) from audit"),
+        count("select count(*) from outbox"),
+    )
+}
+
+fn ids_of(values: &Value) -> HashSet<String> {
+    values
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {values}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn dry_run_matches_the_preview_and_changes_nothing_then_purge_purges() {
+    let ws = Workspace::new();
+    let key = ws.admin_key();
+    let server = ws.serve();
+    let notes: Vec<String> = (0..5).map(|i| server.create("notes", &key, &format!("note {i}"))).collect();
+    for id in &notes[..4] {
+        server.delete("notes", id, &key);
+    }
+    let held = &notes[3];
+    server.expect(reqwest::Method::POST, &format!("/v1/notes/{held}:hold"), &key, Some(&json!({"case": "K"})), 201);
+    let memos: Vec<String> = (0..2).map(|i| server.create("memos", &key, &format!("memo {i}"))).collect();
+    for id in &memos {
+        server.delete("memos", id, &key);
+    }
+
+    let preview = server.wait_until_due(&key, "notes", 3);
+    assert_eq!(preview["paused"], false);
+    assert_eq!(preview["total"], 3);
+    assert_eq!(preview["collections"]["notes"]["held"], 1);
+    assert_eq!(preview["collections"]["memos"]["count"], 0);
+    assert_eq!(preview["collections"]["memos"]["due_next_7_days"], 2);
+    let due_ids: HashSet<String> = notes[..3].iter().cloned().collect();
+    assert_eq!(ids_of(&preview["collections"]["notes"]["sample"]), due_ids);
+    let before = fingerprint(&ws.db());
+
+    // The text dry run: one line per collection, the preview's counts.
+    let out = ws.purge(&["--dry-run"]);
+    let (due, notes_printed) = due_lines(&out.stdout);
+    let expected: BTreeMap<String, u64> = preview["collections"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(c, v)| (c.clone(), v["count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(due, expected, "dry run:\n{}", out.stdout);
+    assert!(notes_printed.is_empty(), "nothing is paused:\n{}", out.stdout);
+
+    // The JSON dry run.
+    let json = ws.purge(&["--dry-run", "--json"]).json();
+    assert_eq!(json["paused"], false, "{json}");
+    assert_eq!(json["collections"]["notes"]["due"], 3, "{json}");
+    assert_eq!(json["collections"]["notes"]["held"], 1, "{json}");
+    assert_eq!(ids_of(&json["collections"]["notes"]["sample"]), due_ids);
+    assert_eq!(json["collections"]["memos"]["due"], 0, "{json}");
+
+    // One collection only.
+    let out = ws.purge(&["--dry-run", "--collection", "memos"]);
+    assert_eq!(due_lines(&out.stdout).0, BTreeMap::from([("memos".to_string(), 0)]), "{}", out.stdout);
+
+    // None of that changed anything.
+    assert_eq!(fingerprint(&ws.db()), before);
+    assert_eq!(server.preview(&key)["collections"]["notes"]["count"], 3);
+
+    // The server reads (and caches) one of them before another process purges it.
+    let cached = &notes[0];
+    server.expect(reqwest::Method::GET, &format!("/v1/notes/{cached}?include=deleted"), &key, None, 200);
+
+    // The real pass purges exactly what was due and says so.
+    let out = ws.purge(&[]);
+    let summary = out.stdout.trim();
+    assert!(summary.starts_with("purged 3 records"), "{summary}");
+    assert!(summary.contains("notes: 3"), "{summary}");
+    assert!(!summary.contains("memos"), "nothing was purged from memos: {summary}");
+    let after = fingerprint(&ws.db());
+    assert_eq!((after.0, after.1), (before.0 - 3, before.1));
+    assert_eq!(after.2, before.2 + 3, "one audit entry per purged record");
+    assert_eq!(after.3, before.3 + 3, "one event per purged record");
+
+    // The server learns of a purge made by another process within a bound (its cache is
+    // told through the outbox), and of those it never cached at once.
+    let deadline = Instant::now() + CACHE_SYNC_TIMEOUT;
+    while server.call(reqwest::Method::GET, &format!("/v1/notes/{cached}?include=deleted"), &key, None).0
+        != StatusCode::NOT_FOUND
+    {
+        assert!(Instant::now() < deadline, "the server still shows {cached} {CACHE_SYNC_TIMEOUT:?} after its purge");
+        thread::sleep(Duration::from_millis(100));
+    }
+    for id in &notes[..3] {
+        server.expect(reqwest::Method::GET, &format!("/v1/notes/{id}?include=deleted"), &key, None, 404);
+        server.expect(reqwest::Method::POST, &format!("/v1/notes/{id}:restore"), &key, None, 404);
+    }
+    let kept = server.expect(reqwest::Method::GET, &format!("/v1/notes/{held}?include=deleted"), &key, None, 200);
+    assert_eq!(kept["legal_hold"], true);
+    server.expect(reqwest::Method::GET, &format!("/v1/notes/{}", notes[4]), &key, None, 200);
+    for id in &memos {
+        server.expect(reqwest::Method::GET, &format!("/v1/memos/{id}?include=deleted"), &key, None, 200);
+    }
+    let audit = server.expect(reqwest::Method::GET, "/v1/audit?action=purge", &key, None, 200);
+    let purged: HashSet<String> =
+        audit["items"].as_array().unwrap().iter().map(|e| e["record_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(purged, due_ids);
+    assert_eq!(audit["items"].as_array().unwrap().len(), 3);
+    let events = server.expect(reqwest::Method::GET, "/v1/events?type=record.purged", &key, None, 200);
+    assert_eq!(events["items"].as_array().unwrap().len(), 3, "{events}");
+    let preview = server.preview(&key);
+    assert_eq!((preview["total"].clone(), preview["collections"]["notes"]["held"].clone()), (json!(0), json!(1)));
+
+    // A second pass has nothing left to do.
+    let json = ws.purge(&["--json"]).json();
+    assert_eq!(
+        (json["purged"].clone(), json["paused"].clone(), json["errors"].clone()),
+        (json!(0), json!(false), json!(0))
+    );
+    assert_eq!(fingerprint(&ws.db()), after);
+}
+
+#[test]
+fn a_paused_purge_purges_nothing_says_so_and_stays_paused_across_restarts() {
+    let ws = Workspace::new();
+    let key = ws.admin_key();
+    let server = ws.serve();
+    let ids: Vec<String> = (0..2).map(|i| server.create("notes", &key, &format!("note {i}"))).collect();
+    for id in &ids {
+        server.delete("notes", id, &key);
+    }
+    server.wait_until_due(&key, "notes", 2);
+    let paused = server.expect(reqwest::Method::POST, "/v1/purge:pause", &key, None, 200);
+    assert_eq!(paused["paused"], true);
+    let before = fingerprint(&ws.db());
+
+    let out = ws.purge(&[]);
+    assert!(out.stdout.contains("paused"), "the command says why nothing happened: {}", out.stdout);
+    assert!(out.stdout.contains("nothing purged") || out.stdout.contains("purged 0"), "{}", out.stdout);
+    let json = ws.purge(&["--json"]).json();
+    assert_eq!((json["paused"].clone(), json["purged"].clone()), (json!(true), json!(0)), "{json}");
+    let (due, notes) = due_lines(&ws.purge(&["--dry-run"]).stdout);
+    assert_eq!(due["notes"], 2, "the dry run still shows what is due");
+    assert_eq!(notes.len(), 1, "and says the pause would stop it");
+    assert_eq!(ws.purge(&["--dry-run", "--json"]).json()["paused"], true);
+    assert_eq!(fingerprint(&ws.db()), before, "nothing purged while paused");
+
+    // The pause lives in the database: a restarted server still reports it.
+    drop(server);
+    let server = ws.serve();
+    assert_eq!(server.preview(&key)["paused"], true);
+    assert_eq!(ws.purge(&["--json"]).json()["purged"], 0);
+
+    server.expect(reqwest::Method::POST, "/v1/purge:resume", &key, None, 200);
+    let json = ws.purge(&["--json"]).json();
+    assert_eq!((json["paused"].clone(), json["purged"].clone()), (json!(false), json!(2)), "{json}");
+    assert_eq!(json["collections"]["notes"], 2, "{json}");
+    for id in &ids {
+        server.expect(reqwest::Method::GET, &format!("/v1/notes/{id}?include=deleted"), &key, None, 404);
+    }
+}
+
+#[test]
+fn purge_refuses_an_unknown_collection_in_one_line() {
+    let ws = Workspace::new();
+    let config = ws.config();
+    for args in [
+        vec!["purge", "--config", config.as_str(), "--collection", "nope"],
+        vec!["purge", "--config", config.as_str(), "--dry-run", "--collection", "nope"],
+    ] {
+        let out = ws.run(&args);
+        assert!(!out.status.success(), "{args:?} succeeded: {}", out.stdout);
+        let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line on stderr:\n{}", out.stderr);
+        assert!(lines[0].contains("nope"), "{}", lines[0]);
+        assert!(out.stdout.trim().is_empty(), "{}", out.stdout);
+    }
+    let out = ws.run(&["purge", "--config", "/nonexistent/tombstone.toml"]);
+    assert!(!out.status.success());
+    assert_eq!(out.stderr.lines().filter(|l| !l.trim().is_empty()).count(), 1, "{}", out.stderr);
+}
