@@ -15,6 +15,7 @@ use tombstone_domain::config::{Config, StorageConfig};
 use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::{Clock, SystemClock};
 use tombstone_server::keys::{create_key, valid_tenant};
+use tombstone_server::search::SearchIndex;
 use tombstone_server::{AppState, Workers, serve};
 use tombstone_store::{MemoryCache, SqliteStore, Store};
 
@@ -67,6 +68,22 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Compare the database with the search index and the outbox consumers; print drift.
+    Reconcile {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Fix what differs (needs the index to itself: stop the server first; a running
+        /// server repairs on its own every 10 minutes).
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the search index from the database (with the server stopped).
+    Reindex {
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Work with the audit log.
     Audit {
@@ -236,7 +253,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener =
                 tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
             let local = listener.local_addr()?;
-            let state = AppState::new(config.schema.clone(), store, clock);
+            let search = Arc::new(SearchIndex::open(&config.search.path, true)?);
+            let state = AppState::new(config.schema.clone(), store, clock).with_search(search);
             let workers = Workers::new(&state, &config.webhooks, config.purge.clone(), config.events.retention)?;
             workers.relay.register().await?;
             eprintln!("listening on http://{local}");
@@ -250,6 +268,60 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command } => keys(command, clock).await,
+        Command::Reconcile { config, repair, json } => {
+            let config = load_config(config.config.as_deref())?;
+            let store = open_store(&config).await?;
+            let index = SearchIndex::open(&config.search.path, repair)?;
+            let drift = tombstone_server::search::reconcile(&index, store.as_ref(), &config.schema, repair).await?;
+            if json {
+                println!("{}", serde_json::to_string(&drift)?);
+            } else {
+                println!(
+                    "search: {} stale documents, {} missing documents",
+                    drift.stale_documents.len(),
+                    drift.missing_documents.len()
+                );
+                for (t, c, i) in drift.stale_documents.iter().take(20) {
+                    println!("  stale   {t}/{c}/{i}");
+                }
+                for (t, c, i) in drift.missing_documents.iter().take(20) {
+                    println!("  missing {t}/{c}/{i}");
+                }
+                println!("search indexer: {} events behind", drift.index_lag.max(0));
+                println!("webhooks: {} deliveries pending", drift.webhook_backlog);
+                if repair {
+                    println!("repaired");
+                }
+            }
+            Ok(())
+        }
+        Command::Reindex { config } => {
+            let config = load_config(config.config.as_deref())?;
+            let store = open_store(&config).await?;
+            let index = SearchIndex::open(&config.search.path, true)?;
+            let bar = if std::io::stderr().is_terminal() {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} indexing {msg:<16} {pos} records  {per_sec}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                Some(bar)
+            } else {
+                None
+            };
+            let progress = |collection: &str, n: u64| {
+                if let Some(bar) = &bar {
+                    bar.set_message(collection.to_string());
+                    bar.inc(n);
+                }
+            };
+            let n = index.rebuild(store.as_ref(), &config.schema, &progress).await?;
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            println!("indexed {n} records");
+            Ok(())
+        }
         Command::Purge { config, dry_run, collection, json } => {
             let config = load_config(config.config.as_deref())?;
             purge::run(&config, clock, dry_run, collection.as_deref(), json).await

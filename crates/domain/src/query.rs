@@ -105,6 +105,10 @@ pub struct ListQuery {
     pub limit: u32,
     pub after: Option<Position>,
     pub count: bool,
+    /// Full-text query (`q`), over the collection's `search` fields.
+    pub q: Option<String>,
+    /// Only these ids (the search's candidates); set by the server, not by the client.
+    pub ids: Option<Vec<String>>,
 }
 
 impl Default for ListQuery {
@@ -120,6 +124,8 @@ impl Default for ListQuery {
             limit: DEFAULT_LIMIT,
             after: None,
             count: false,
+            q: None,
+            ids: None,
         }
     }
 }
@@ -194,7 +200,16 @@ impl ListQuery {
                     _ => return Err(qerr(name, "the only supported value is \"deleted\"")),
                 },
                 "sort" => q.sort = parse_sort(collection, value)?,
-                "q" => return Err(qerr(name, "full-text search is not enabled on this server")),
+                "q" => {
+                    if !collection.fields.values().any(|f| f.search) {
+                        return Err(qerr(name, format!("{} has no search fields", collection.name)));
+                    }
+                    let text = value.trim();
+                    if text.is_empty() || text.chars().count() > 500 {
+                        return Err(qerr(name, "must be 1 to 500 characters"));
+                    }
+                    q.q = Some(text.to_string());
+                }
                 _ => {
                     let Some(inner) = name.strip_prefix("filter[").and_then(|r| r.strip_suffix(']')) else {
                         return Err(qerr(name, "unknown parameter"));

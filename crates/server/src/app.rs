@@ -16,6 +16,7 @@ use tombstone_store::{IDEMPOTENCY_TTL_MICROS, Store};
 use crate::auth::KeyCache;
 use crate::error::ApiError;
 use crate::purge::PurgeWorker;
+use crate::search::SearchIndex;
 use crate::webhooks::Relay;
 use crate::{request_id, routes, telemetry};
 
@@ -31,6 +32,8 @@ pub struct AppState {
     pub keys: KeyCache,
     /// `/openapi.json`, rendered once: the schema does not change while serving.
     pub openapi: Arc<String>,
+    /// The full-text index (absent only when no collection has a `search` field).
+    pub search: Option<Arc<SearchIndex>>,
 }
 
 impl AppState {
@@ -39,7 +42,14 @@ impl AppState {
     pub fn new(schema: Arc<Schema>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         telemetry::handle();
         let openapi = Arc::new(crate::openapi::document(&schema).to_string());
-        Self { schema, store, clock, keys: KeyCache::default(), openapi }
+        Self { schema, store, clock, keys: KeyCache::default(), openapi, search: None }
+    }
+
+    /// The same state with a search index.
+    #[must_use]
+    pub fn with_search(mut self, index: Arc<SearchIndex>) -> Self {
+        self.search = Some(index);
+        self
     }
 
     /// The current instant.
@@ -117,6 +127,15 @@ pub async fn serve(
     tasks.spawn(workers.purge.run(cancel.1.clone()));
     tasks.spawn(eventual_cascades(state.clone(), cancel.1.clone()));
     tasks.spawn(cache_sync(state.clone(), cancel.1.clone()));
+    if let Some(index) = state.search.clone() {
+        tasks.spawn(crate::search::run(
+            index,
+            state.store.clone(),
+            state.schema.clone(),
+            RECONCILE_EVERY,
+            cancel.1.clone(),
+        ));
+    }
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     let _ = cancel.0.send(true);
     while tasks.join_next().await.is_some() {}
@@ -157,6 +176,9 @@ async fn cache_sync(state: AppState, mut cancel: tokio::sync::watch::Receiver<bo
         }
     }
 }
+
+/// How often the in-server reconciler compares the index with the database.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(600);
 
 /// Children deleted per eventual-cascade transaction.
 pub const EVENTUAL_BATCH: u32 = 500;

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod purge;
 pub mod request_id;
 mod routes;
+pub mod search;
 pub mod telemetry;
 pub mod webhooks;
 

@@ -49,7 +49,7 @@ fn register_all() {
     ] {
         metrics::counter!(name).increment(0);
     }
-    for name in ["tombstone_purge_backlog", "tombstone_outbox_backlog"] {
+    for name in ["tombstone_purge_backlog", "tombstone_outbox_backlog", "tombstone_search_drift"] {
         metrics::gauge!(name).set(0.0);
     }
 }

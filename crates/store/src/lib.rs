@@ -331,6 +331,8 @@ pub struct DeletionOp {
     pub restorable_until: Option<Timestamp>,
     /// Per webhook endpoint id.
     pub webhooks: std::collections::BTreeMap<String, SinkStatus>,
+    /// The newest outbox event of the operation (sinks are done once past it).
+    pub last_event_seq: Option<i64>,
 }
 
 /// How long an idempotency key is kept.
@@ -570,6 +572,12 @@ pub trait Store: Send + Sync + 'static {
     /// Works through eventual cascades: at most `batch` children per step; returns how
     /// many records were deleted.
     async fn run_eventual(&self, batch: u32, now: Timestamp) -> Result<u64, StoreError>;
+
+    /// Changed records after outbox seq `after` (any tenant), oldest first, with the event
+    /// type: what the search indexer consumes.
+    async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<(i64, cache::CacheKey, String)>, StoreError>;
+    /// `(tenant, id)` of every active record of a collection.
+    async fn active_ids(&self, collection: &Arc<Collection>) -> Result<Vec<(String, String)>, StoreError>;
 
     /// Tells the read cache about changes other processes made (a no-op without a cache).
     async fn sync_cache(&self) -> Result<u64, StoreError>;

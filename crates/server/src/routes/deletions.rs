@@ -44,10 +44,25 @@ async fn get_deletion(
         "propagation": {
             // Events are committed with the deletion itself.
             "outbox": {"status": "done"},
+            // Cache entries are invalidated in the deletion's commit, before it answers.
+            "cache": {"status": "done"},
+            "search": search_status(&state, op.last_event_seq),
             "webhooks": op.webhooks,
         },
     }))
     .into_response())
+}
+
+/// Whether the search index has consumed the operation's events.
+fn search_status(state: &AppState, last_event_seq: Option<i64>) -> Value {
+    match (&state.search, last_event_seq) {
+        (None, _) | (_, None) => json!({"status": "done"}),
+        (Some(index), Some(seq)) => match index.position() {
+            Ok(p) if p >= seq => json!({"status": "done"}),
+            Ok(_) => json!({"status": "pending"}),
+            Err(e) => json!({"status": "failed", "last_error": e.to_string()}),
+        },
+    }
 }
 
 async fn restore_deletion(

@@ -311,7 +311,17 @@ async fn list_records(
 ) -> Result<Response, ApiError> {
     let collection = collection(&state, &name)?;
     caller.require(Permission::Read, Some(&collection.name))?;
-    let list = ListQuery::parse(&collection, &query.0)?;
+    let mut list = ListQuery::parse(&collection, &query.0)?;
+    if let Some(q) = &list.q {
+        // The index proposes candidates; the database decides (deleted, purged and erased
+        // records are filtered out however far the index lags).
+        let index =
+            state.search.as_ref().ok_or_else(|| ApiError::Unavailable("full-text search is not configured".into()))?;
+        let candidates = index
+            .search(caller.tenant(), &collection.name, q)
+            .map_err(|e| ApiError::Internal(format!("search failed: {e}")))?;
+        list.ids = Some(candidates);
+    }
     if list.reads_deleted() {
         caller.require(Permission::ReadDeleted, Some(&collection.name))?;
     }
@@ -541,6 +551,17 @@ async fn erase_record(
         .erase_record(&caller.actor(), collection, id, reason.clone(), state.now())
         .await
         .map_err(map_not_found(collection, id))?;
+    // The index must hold no term of it before the receipt says so.
+    let search_scrubbed = match &state.search {
+        Some(index) => match index.erase(caller.tenant(), &collection.name, id) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "record.id" = %id, "erasure could not reach the search index; the reconciler will remove it");
+                false
+            }
+        },
+        None => true,
+    };
     metrics::counter!("tombstone_erase_total", "collection" => collection.name.clone()).increment(1);
     tracing::info!(
         request_id = %crate::request_id::current(),
@@ -559,8 +580,8 @@ async fn erase_record(
             "versions": erasure.versions,
             "events": erasure.events,
             "idempotent_responses": erasure.idempotent_responses,
-            // No cache or search index holds record values in this build, so none remains.
-            "search": true,
+            "search": search_scrubbed,
+            // The cache entry was invalidated in the erasure's commit.
             "cache": true,
         },
     }))

@@ -15,6 +15,7 @@ use tombstone_domain::config::Config;
 use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::{Clock, ManualClock};
 use tombstone_server::keys::create_key;
+use tombstone_server::search::SearchIndex;
 use tombstone_server::{AppState, router};
 use tombstone_store::{MemoryCache, SqliteStore, Store};
 
@@ -69,6 +70,8 @@ pub struct TestApp {
     /// An admin key of tenant `t1`.
     pub admin: String,
     pub dir: TempDir,
+    /// The full-text index; tests drive its indexer with [`TestApp::index`].
+    pub search: Arc<SearchIndex>,
 }
 
 /// A response, with its body read.
@@ -132,11 +135,17 @@ impl TestApp {
         let store = Arc::new(store.with_cache(cache).expect("cache"));
         store.migrate(&config.schema).await.expect("migrate");
         let clock = Arc::new(ManualClock::default());
-        let state = AppState::new(config.schema.clone(), store.clone(), clock.clone());
+        let search = Arc::new(SearchIndex::open(&dir.path().join("search"), true).expect("search index"));
+        let state = AppState::new(config.schema.clone(), store.clone(), clock.clone()).with_search(search.clone());
         let router = router(state);
-        let mut app = Self { router, store, clock, config, admin: String::new(), dir };
+        let mut app = Self { router, store, clock, config, admin: String::new(), dir, search };
         app.admin = app.key("t1", "admin").await;
         app
+    }
+
+    /// Lets the search indexer consume the outbox (the server does this after every commit).
+    pub async fn index(&self) -> u64 {
+        self.search.catch_up(self.store.as_ref(), &self.config.schema).await.expect("indexer")
     }
 
     /// The database file.

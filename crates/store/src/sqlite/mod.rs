@@ -165,8 +165,8 @@ impl SqliteStore {
             loop {
                 let after = seen.load(std::sync::atomic::Ordering::SeqCst);
                 let batch = changes::changed_since(conn, after, 1000)?;
-                let Some(last) = batch.last().map(|(seq, _)| *seq) else { return Ok(total) };
-                for (_, key) in &batch {
+                let Some(last) = batch.last().map(|(seq, ..)| *seq) else { return Ok(total) };
+                for (_, key, _) in &batch {
                     cache.invalidate(key);
                 }
                 total += batch.len() as u64;
@@ -1088,6 +1088,23 @@ impl Store for SqliteStore {
                 return Ok(total);
             }
         }
+    }
+
+    async fn changes_since(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, crate::cache::CacheKey, String)>, StoreError> {
+        self.read(move |conn| changes::changed_since(conn, after, limit)).await
+    }
+
+    async fn active_ids(&self, collection: &Arc<Collection>) -> Result<Vec<(String, String)>, StoreError> {
+        let sql = self.table(collection)?;
+        self.read(move |conn| {
+            let q = format!("select tenant, id from {} where deleted_at is null", sql.table);
+            Ok(conn.prepare(&q)?.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
     async fn sync_cache(&self) -> Result<u64, StoreError> {

@@ -328,6 +328,16 @@ fn filter_clause(collection: &Collection, tenant: &str, query: &ListQuery, param
     if let Some(t) = query.purge_before {
         push("purge_at <", SqlValue::Integer(t.as_micros()));
     }
+    if let Some(ids) = &query.ids {
+        // One parameter whatever the number of candidates.
+        push(
+            "id in (select value from json_each(",
+            SqlValue::Text(serde_json::to_string(ids).unwrap_or_else(|_| "[]".into())),
+        );
+        if let Some(last) = clauses.last_mut() {
+            last.push_str("))");
+        }
+    }
     clauses.join(" and ")
 }
 

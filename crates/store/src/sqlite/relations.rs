@@ -430,6 +430,7 @@ pub(crate) fn get_operation(
         counts,
         restorable_until: restorable_until.map(Timestamp::from_micros),
         webhooks,
+        last_event_seq: newest_event,
     }))
 }
 

@@ -1,0 +1,448 @@
+//! Full-text search over `search = true` fields: an embedded tantivy index fed by the
+//! outbox, and the reconciler that compares it with the database.
+//!
+//! The index is only ever a list of candidates: every search is post-filtered by the
+//! database (the list query runs with `id in (candidates)` and all its usual filters), so a
+//! deleted, purged or erased record never appears even while the index lags. The indexer
+//! consumes the outbox in commit order and keeps its position in the index's own commit
+//! payload, so after a crash it resumes exactly where its last commit ended. For each event
+//! it indexes the record's *current* state (read from the store), which makes replays
+//! harmless and means erased values can never be re-introduced.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::directory::MmapDirectory;
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema as IndexSchema, TEXT, Value as _};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term, doc};
+use tombstone_domain::config::{Collection, FieldType, Schema};
+use tombstone_domain::record::{FieldValue, Record};
+use tombstone_store::{Store, StoreError};
+
+/// At most this many candidates are taken from the index per search.
+pub const MAX_CANDIDATES: usize = 10_000;
+/// Outbox events per indexing commit.
+const BATCH: u32 = 500;
+
+/// Why the index failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("search index: {0}")]
+    Index(#[from] tantivy::TantivyError),
+    #[error("search index directory: {0}")]
+    Directory(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the search index is opened read-only")]
+    ReadOnly,
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    key: Field,
+    tenant: Field,
+    collection: Field,
+    id: Field,
+    text: Field,
+}
+
+/// The index.
+pub struct SearchIndex {
+    index: Index,
+    reader: IndexReader,
+    writer: Option<Mutex<IndexWriter>>,
+    fields: Fields,
+}
+
+impl std::fmt::Debug for SearchIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchIndex").finish_non_exhaustive()
+    }
+}
+
+fn index_schema() -> (IndexSchema, Fields) {
+    let mut b = IndexSchema::builder();
+    let fields = Fields {
+        key: b.add_text_field("key", STRING),
+        tenant: b.add_text_field("tenant", STRING),
+        collection: b.add_text_field("collection", STRING),
+        id: b.add_text_field("id", STRING | STORED),
+        // Indexed, never stored: the index holds terms, not values.
+        text: b.add_text_field("text", TEXT),
+    };
+    (b.build(), fields)
+}
+
+fn key_of(tenant: &str, collection: &str, id: &str) -> String {
+    format!("{tenant}\u{1f}{collection}\u{1f}{id}")
+}
+
+/// Whether any field of the collection is searchable.
+#[must_use]
+pub fn is_searchable(collection: &Collection) -> bool {
+    collection.fields.values().any(|f| f.search)
+}
+
+/// The text indexed for a record: its searchable fields.
+fn text_of(collection: &Collection, record: &Record) -> String {
+    let mut parts = Vec::new();
+    for f in collection.fields.values().filter(|f| f.search && f.ty == FieldType::String) {
+        if let Some(FieldValue::String(s)) = record.values.get(&f.name) {
+            parts.push(s.as_str());
+        }
+    }
+    parts.join("\n")
+}
+
+impl SearchIndex {
+    /// Opens (creating if needed) the index under `path`; `writable` takes the index's
+    /// single-writer lock.
+    ///
+    /// # Errors
+    /// The directory or index cannot be opened, or another process holds the writer lock.
+    pub fn open(path: &Path, writable: bool) -> Result<Self, SearchError> {
+        std::fs::create_dir_all(path).map_err(|e| SearchError::Directory(format!("{}: {e}", path.display())))?;
+        let (schema, fields) = index_schema();
+        let dir = MmapDirectory::open(path).map_err(|e| SearchError::Directory(format!("{}: {e}", path.display())))?;
+        let index = Index::open_or_create(dir, schema)?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let writer = if writable {
+            let w: IndexWriter = index.writer_with_num_threads(1, 20_000_000).map_err(|e| match e {
+                tantivy::TantivyError::LockFailure(..) => SearchError::Directory(format!(
+                    "{} is in use by another process (a running server?)",
+                    path.display()
+                )),
+                other => SearchError::Index(other),
+            })?;
+            Some(Mutex::new(w))
+        } else {
+            None
+        };
+        Ok(Self { index, reader, writer, fields })
+    }
+
+    fn writer(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter>, SearchError> {
+        let w = self.writer.as_ref().ok_or(SearchError::ReadOnly)?;
+        Ok(w.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// The outbox seq the index has consumed up to (its last commit's payload).
+    ///
+    /// # Errors
+    /// The index metadata cannot be read.
+    pub fn position(&self) -> Result<i64, SearchError> {
+        Ok(self.index.load_metas()?.payload.and_then(|p| p.parse().ok()).unwrap_or(0))
+    }
+
+    /// Ids of `tenant`'s records in `collection` matching `q`, best first (at most
+    /// [`MAX_CANDIDATES`]). Only candidates: the caller filters them by the database.
+    ///
+    /// # Errors
+    /// The index cannot be searched.
+    pub fn search(&self, tenant: &str, collection: &str, q: &str) -> Result<Vec<String>, SearchError> {
+        let searcher = self.reader.searcher();
+        let parser = QueryParser::for_index(&self.index, vec![self.fields.text]);
+        let (user, _errors) = parser.parse_query_lenient(q);
+        let term = |field, value: &str| -> Box<dyn Query> {
+            Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic))
+        };
+        let query = BooleanQuery::new(vec![
+            (Occur::Must, term(self.fields.tenant, tenant)),
+            (Occur::Must, term(self.fields.collection, collection)),
+            (Occur::Must, user),
+        ]);
+        let top = searcher.search(&query, &TopDocs::with_limit(MAX_CANDIDATES))?;
+        let mut ids = Vec::with_capacity(top.len());
+        for (_, address) in top {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            // The stored field is the key; the record id is its last part.
+            if let Some(id) =
+                doc.get_first(self.fields.id).and_then(|v| v.as_str()).and_then(|k| k.rsplit('\u{1f}').next())
+            {
+                ids.push(id.to_string());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Whether any segment's term dictionary still holds `word` (lower-cased, as the
+    /// tokenizer stores it) — also for documents deleted but not yet merged away.
+    ///
+    /// # Errors
+    /// The index cannot be read.
+    pub fn holds_term(&self, word: &str) -> Result<bool, SearchError> {
+        self.reader.reload()?;
+        let searcher = self.reader.searcher();
+        let term = word.to_lowercase();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(self.fields.text)?;
+            if inverted.terms().get(term.as_bytes()).map_err(|e| SearchError::Directory(e.to_string()))?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Every `(tenant, collection, id)` in the index.
+    ///
+    /// # Errors
+    /// The index cannot be read.
+    pub fn all_documents(&self) -> Result<HashSet<(String, String, String)>, SearchError> {
+        self.reader.reload()?;
+        let searcher = self.reader.searcher();
+        let addresses = searcher.search(&AllQuery, &DocSetCollector)?;
+        let mut out = HashSet::with_capacity(addresses.len());
+        for address in addresses {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            // The stored field is the key: tenant, collection and id.
+            if let Some(stored) = doc.get_first(self.fields.id).and_then(|v| v.as_str()) {
+                let mut parts = stored.splitn(3, '\u{1f}');
+                if let (Some(t), Some(c), Some(i)) = (parts.next(), parts.next(), parts.next()) {
+                    out.insert((t.to_string(), c.to_string(), i.to_string()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn put(&self, writer: &IndexWriter, collection: &Collection, record: &Record) -> Result<(), SearchError> {
+        let key = key_of(&record.tenant, &collection.name, &record.id);
+        writer.delete_term(Term::from_field_text(self.fields.key, &key));
+        writer.add_document(doc!(
+            self.fields.key => key.clone(),
+            self.fields.tenant => record.tenant.clone(),
+            self.fields.collection => collection.name.clone(),
+            self.fields.id => key,
+            self.fields.text => text_of(collection, record),
+        ))?;
+        Ok(())
+    }
+
+    fn remove(&self, writer: &IndexWriter, tenant: &str, collection: &str, id: &str) {
+        writer.delete_term(Term::from_field_text(self.fields.key, &key_of(tenant, collection, id)));
+    }
+
+    fn commit(&self, writer: &mut IndexWriter, position: Option<i64>) -> Result<(), SearchError> {
+        let mut prepared = writer.prepare_commit()?;
+        if let Some(p) = position {
+            prepared.set_payload(&p.to_string());
+        }
+        prepared.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Rewrites every segment without deleted documents and removes the old files, so the
+    /// terms of removed documents are gone from disk (erasure).
+    fn compact(&self, writer: &mut IndexWriter) -> Result<(), SearchError> {
+        let segments = self.index.searchable_segment_ids()?;
+        if !segments.is_empty() {
+            writer.merge(&segments).wait()?;
+        }
+        self.reader.reload()?;
+        writer.garbage_collect_files().wait()?;
+        Ok(())
+    }
+
+    /// Removes one record at once, and compacts so none of its terms remain on disk.
+    ///
+    /// # Errors
+    /// The index cannot be written.
+    pub fn erase(&self, tenant: &str, collection: &str, id: &str) -> Result<(), SearchError> {
+        let mut writer = self.writer()?;
+        self.remove(&writer, tenant, collection, id);
+        let position = self.position()?;
+        self.commit(&mut writer, Some(position))?;
+        self.compact(&mut writer)
+    }
+
+    /// Consumes the outbox from the index's position: indexes the current state of every
+    /// changed record of a searchable collection. Returns how many events were consumed.
+    ///
+    /// # Errors
+    /// The store or the index failed; the position is not moved then.
+    pub async fn catch_up(&self, store: &dyn Store, schema: &Schema) -> Result<u64, SearchError> {
+        let mut consumed = 0;
+        loop {
+            let after = self.position()?;
+            let changes = store.changes_since(after, BATCH).await?;
+            let Some(last) = changes.last().map(|c| c.0) else { return Ok(consumed) };
+            let mut current: Vec<Current> = Vec::new();
+            let mut erased = false;
+            for (_, (tenant, collection, id), kind) in &changes {
+                let Some(c) = schema.collection(collection).filter(|c| is_searchable(c)) else { continue };
+                erased |= kind == "record.erased";
+                let record = store.get_record(tenant, c, id).await?.filter(|r| !r.is_deleted());
+                current.push((c.clone(), (tenant.clone(), collection.clone(), id.clone()), record));
+            }
+            {
+                let mut writer = self.writer()?;
+                for (c, (tenant, collection, id), record) in &current {
+                    match record {
+                        Some(r) => self.put(&writer, c, r)?,
+                        None => self.remove(&writer, tenant, collection, id),
+                    }
+                }
+                self.commit(&mut writer, Some(last))?;
+                if erased {
+                    self.compact(&mut writer)?;
+                }
+            }
+            consumed += changes.len() as u64;
+        }
+    }
+
+    /// Rebuilds the index from the database, reporting progress per collection.
+    ///
+    /// # Errors
+    /// The store or the index failed.
+    pub async fn rebuild(
+        &self,
+        store: &dyn Store,
+        schema: &Schema,
+        progress: &(dyn Fn(&str, u64) + Sync),
+    ) -> Result<u64, SearchError> {
+        let position = store.last_event_seq().await?;
+        let mut records = Vec::new();
+        for c in schema.collections.values().filter(|c| is_searchable(c)) {
+            for (tenant, id) in store.active_ids(c).await? {
+                if let Some(r) = store.get_record(&tenant, c, &id).await?.filter(|r| !r.is_deleted()) {
+                    records.push((c.clone(), r));
+                    progress(&c.name, 1);
+                }
+            }
+        }
+        let mut writer = self.writer()?;
+        writer.delete_all_documents()?;
+        let mut total = 0;
+        for (c, r) in &records {
+            self.put(&writer, c, r)?;
+            total += 1;
+        }
+        self.commit(&mut writer, Some(position))?;
+        self.compact(&mut writer)?;
+        Ok(total)
+    }
+}
+
+/// A changed record's collection, key and current state (`None`: not active).
+type Current = (Arc<Collection>, (String, String, String), Option<Record>);
+
+/// What the reconciler found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Drift {
+    /// Documents of records that are deleted, purged, erased or never existed.
+    pub stale_documents: Vec<(String, String, String)>,
+    /// Active records the index does not have.
+    pub missing_documents: Vec<(String, String, String)>,
+    /// Outbox events the indexer has not consumed yet.
+    pub index_lag: i64,
+    /// Webhook deliveries still pending.
+    pub webhook_backlog: u64,
+}
+
+impl Drift {
+    /// Documents that disagree with the database.
+    #[must_use]
+    pub fn search_drift(&self) -> u64 {
+        (self.stale_documents.len() + self.missing_documents.len()) as u64
+    }
+}
+
+/// Compares the database with the index (and reports consumers that fell behind); with
+/// `repair`, removes stale documents and indexes missing ones from the database's current
+/// state — never from old copies, so erased values cannot come back.
+///
+/// # Errors
+/// The store or the index failed.
+pub async fn reconcile(
+    index: &SearchIndex,
+    store: &dyn Store,
+    schema: &Schema,
+    repair: bool,
+) -> Result<Drift, SearchError> {
+    // Consume what is pending first, so lag is not counted as drift.
+    if repair {
+        index.catch_up(store, schema).await?;
+    }
+    let documents = index.all_documents()?;
+    let mut active = HashSet::new();
+    for c in schema.collections.values().filter(|c| is_searchable(c)) {
+        for (tenant, id) in store.active_ids(c).await? {
+            active.insert((tenant, c.name.clone(), id));
+        }
+    }
+    let mut drift = Drift {
+        stale_documents: documents.difference(&active).cloned().collect(),
+        missing_documents: active.difference(&documents).cloned().collect(),
+        index_lag: store.last_event_seq().await? - index.position()?,
+        webhook_backlog: store.webhook_backlog().await?,
+    };
+    drift.stale_documents.sort();
+    drift.missing_documents.sort();
+    #[expect(clippy::cast_precision_loss, reason = "a gauge")]
+    metrics::gauge!("tombstone_search_drift").set(drift.search_drift() as f64);
+    if repair && drift.search_drift() > 0 {
+        // Stale documents go without a look at the record (the database already said it is
+        // not active); missing ones are indexed from the record's current state.
+        let mut missing: BTreeMap<(String, String, String), Record> = BTreeMap::new();
+        for key in &drift.missing_documents {
+            if let Some(c) = schema.collection(&key.1)
+                && let Some(r) = store.get_record(&key.0, c, &key.2).await?.filter(|r| !r.is_deleted())
+            {
+                missing.insert(key.clone(), r);
+            }
+        }
+        let mut writer = index.writer()?;
+        for (tenant, collection, id) in &drift.stale_documents {
+            index.remove(&writer, tenant, collection, id);
+        }
+        for ((_, collection, _), record) in &missing {
+            if let Some(c) = schema.collection(collection) {
+                index.put(&writer, c, record)?;
+            }
+        }
+        let position = index.position()?;
+        index.commit(&mut writer, Some(position))?;
+        index.compact(&mut writer)?;
+        metrics::gauge!("tombstone_search_drift").set(0.0);
+    }
+    Ok(drift)
+}
+
+/// Runs the indexer (after every commit, and every second for other processes' changes)
+/// and the reconciler (every `reconcile_every`) until cancelled.
+pub async fn run(
+    index: Arc<SearchIndex>,
+    store: Arc<dyn Store>,
+    schema: Arc<Schema>,
+    reconcile_every: Duration,
+    mut cancel: tokio::sync::watch::Receiver<bool>,
+) {
+    let changes = store.changes();
+    let mut reconcile_tick = tokio::time::interval_at(tokio::time::Instant::now() + reconcile_every, reconcile_every);
+    loop {
+        let notified = changes.notified();
+        if let Err(e) = index.catch_up(store.as_ref(), &schema).await {
+            tracing::warn!(error = %e, "search indexer could not catch up; retrying");
+        }
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = reconcile_tick.tick() => {
+                match reconcile(&index, store.as_ref(), &schema, true).await {
+                    Ok(d) if d.search_drift() > 0 => tracing::warn!(
+                        stale = d.stale_documents.len(), missing = d.missing_documents.len(), "search drift repaired"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
+                }
+            }
+            _ = cancel.changed() => break,
+        }
+    }
+}
