@@ -117,7 +117,9 @@ async fn list_trash(State(state): State<AppState>, caller: Caller, query: QueryP
             state.schema.collection(&r.collection).map(|c| r.to_json(c, Some(shown)))
         })
         .collect();
-    metrics::counter!("tombstone_include_deleted_reads_total", "collection" => "trash").increment(1);
+    for c in &collections {
+        metrics::counter!("tombstone_include_deleted_reads_total", "collection" => c.name.clone()).increment(1);
+    }
     Ok(axum::Json(json!({"items": items, "next_cursor": next})).into_response())
 }
 
