@@ -547,6 +547,30 @@ pub(crate) fn restore_operation(
     Ok(restored)
 }
 
+/// Whether `record` is still to be deleted by operation `deletion_id`: a queued relation
+/// of the operation reaches it.
+fn scheduled(tx: &Transaction<'_>, deletion_id: &str, tenant: &str, record: &RecordRef) -> Result<bool, StoreError> {
+    let edges: Vec<(String, String)> = tx
+        .prepare_cached("select field, parent_id from deletion_queue where deletion_id = ?1 and child_collection = ?2")?
+        .query_map([deletion_id, record.collection.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (field, parent) in edges {
+        let q = format!(
+            "select 1 from {} where tenant = ?1 and id = ?2 and \"f_{field}\" = ?3 and deleted_at is null",
+            table_name(&record.collection)
+        );
+        if tx
+            .prepare_cached(&q)?
+            .query_row([tenant, record.id.as_str(), parent.as_str()], |_| Ok(()))
+            .optional()?
+            .is_some()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// One step of eventual cascades: the next batch of children of the oldest queued
 /// relation. Returns the records deleted and whether the queue has more.
 pub(crate) fn eventual_step(
@@ -592,18 +616,34 @@ pub(crate) fn eventual_step(
         let roots: Vec<RecordRef> = children.iter().map(|c| RecordRef::new(&child_collection, c)).collect();
         let mut finder = Finder { conn: tx, tenant: &tenant };
         let mut plan = tombstone_domain::deletion::plan_from(schema, &roots, &mut finder)?;
-        if plan.is_blocked() {
+        // The DELETE checked restricts over the whole eventual tree when it was planned. A
+        // blocker that this same operation will delete in a later batch (it sits under
+        // another queued relation of the operation) is not a reason to stop; one that
+        // appeared since — a new record pointing at a child — is.
+        let blocked = |tx: &Transaction<'_>, plan: &DeletionPlan| -> Result<bool, StoreError> {
+            if plan.blockers_total as usize > plan.blockers.len() {
+                return Ok(true);
+            }
+            for b in &plan.blockers {
+                if !scheduled(tx, &deletion_id, &tenant, b)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        if blocked(tx, &plan)? {
             // Find which children a restrict holds back; they stay, the others go.
             let mut allowed = Vec::new();
             for root in roots {
-                let single = tombstone_domain::deletion::plan(schema, root.clone(), &mut finder)?;
-                if single.is_blocked() {
+                let single =
+                    tombstone_domain::deletion::plan(schema, root.clone(), &mut Finder { conn: tx, tenant: &tenant })?;
+                if blocked(tx, &single)? {
                     tracing::warn!(deletion = %deletion_id, record = %root.id, "eventual cascade skipped a record held by a restrict relation");
                 } else {
                     allowed.push(root);
                 }
             }
-            plan = tombstone_domain::deletion::plan_from(schema, &allowed, &mut finder)?;
+            plan = tombstone_domain::deletion::plan_from(schema, &allowed, &mut Finder { conn: tx, tenant: &tenant })?;
         }
         let mark =
             Mark { deletion_id: deletion_id.clone(), deleted_by: actor.key_id.clone(), reason: op_reason, at: now };
