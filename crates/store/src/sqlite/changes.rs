@@ -11,11 +11,17 @@ use crate::{AuditQuery, EventQuery, StoreError};
 
 /// Appends an audit entry after the current head and moves the head.
 pub(crate) fn append_audit(conn: &Connection, entry: NewAuditEntry) -> Result<AuditEntry, StoreError> {
-    let head: Option<(i64, String)> = conn
-        .prepare_cached("select seq, hash from audit_head where id = 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let (last_seq, prev_hash) = head.unwrap_or((0, GENESIS_HASH.to_string()));
+    // The head is read once per transaction and kept on the writer thread; it is written
+    // back once, just before the commit (`flush_audit_head`).
+    let head = AUDIT_HEAD.with(|h| h.borrow().clone());
+    let (last_seq, prev_hash) = match head {
+        Some(head) => head,
+        None => conn
+            .prepare_cached("select seq, hash from audit_head where id = 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .unwrap_or((0, GENESIS_HASH.to_string())),
+    };
     let sealed = seal(entry, last_seq + 1, &prev_hash);
     conn.prepare_cached(
         "insert into audit (seq, at, tenant, actor, action, collection, record_id, version, deletion_id, reason, request_id, prev_hash, hash)
@@ -36,11 +42,29 @@ pub(crate) fn append_audit(conn: &Connection, entry: NewAuditEntry) -> Result<Au
         sealed.prev_hash,
         sealed.hash,
     ])?;
-    conn.prepare_cached(
-        "insert into audit_head (id, seq, hash) values (1, ?1, ?2) on conflict (id) do update set seq = excluded.seq, hash = excluded.hash",
-    )?
-    .execute(params![sealed.seq, sealed.hash])?;
+    AUDIT_HEAD.with(|h| *h.borrow_mut() = Some((sealed.seq, sealed.hash.clone())));
     Ok(sealed)
+}
+
+std::thread_local! {
+    /// The audit chain's head as moved by the running transaction (`None`: untouched).
+    static AUDIT_HEAD: std::cell::RefCell<Option<(i64, String)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Forgets the in-transaction audit head (at the start and end of every write).
+pub(crate) fn reset_audit_head() {
+    AUDIT_HEAD.with(|h| *h.borrow_mut() = None);
+}
+
+/// Writes the moved audit head, inside the transaction, right before it commits.
+pub(crate) fn flush_audit_head(conn: &Connection) -> Result<(), StoreError> {
+    if let Some((seq, hash)) = AUDIT_HEAD.with(|h| h.borrow().clone()) {
+        conn.prepare_cached(
+            "insert into audit_head (id, seq, hash) values (1, ?1, ?2) on conflict (id) do update set seq = excluded.seq, hash = excluded.hash",
+        )?
+        .execute(params![seq, hash])?;
+    }
+    Ok(())
 }
 
 std::thread_local! {

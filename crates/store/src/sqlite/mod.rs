@@ -193,12 +193,15 @@ impl SqliteStore {
         let cache = self.cache.clone();
         let job: Job = Box::new(move |conn| {
             changes::CHANGED.with(|c| c.borrow_mut().clear());
+            changes::reset_audit_head();
             let result = (|| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let value = f(&tx)?;
+                changes::flush_audit_head(&tx)?;
                 tx.commit()?;
                 Ok(value)
             })();
+            changes::reset_audit_head();
             // Invalidate before the caller hears of the commit: no response to a change
             // can be followed by a read of the old state from the cache.
             let changed = changes::CHANGED.with(|c| std::mem::take(&mut *c.borrow_mut()));
