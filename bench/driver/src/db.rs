@@ -47,8 +47,7 @@ CREATE TABLE deletions(
 ";
 
 // The statements of the transaction, shared verbatim by both drivers.
-pub const SQL_SELECT: &str =
-    "SELECT version, deleted_at FROM rec_products WHERE tenant = ?1 AND id = ?2";
+pub const SQL_SELECT: &str = "SELECT version, deleted_at FROM rec_products WHERE tenant = ?1 AND id = ?2";
 pub const SQL_UPDATE: &str = "UPDATE rec_products SET deleted_at = ?3, deleted_by = ?4, \
      delete_reason = ?5, deletion_id = ?6, purge_at = ?7, version = version + 1, updated_at = ?3 \
      WHERE tenant = ?1 AND id = ?2 AND deleted_at IS NULL";
@@ -94,10 +93,7 @@ pub fn record_key(index: u64) -> (String, String) {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 impl DeleteOp {
@@ -204,10 +200,7 @@ impl AuditFields<'_> {
 pub fn open_rusqlite(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path).with_context(|| format!("open {}", path.display()))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    ensure!(
-        mode.eq_ignore_ascii_case("wal"),
-        "journal_mode is {mode}, not wal"
-    );
+    ensure!(mode.eq_ignore_ascii_case("wal"), "journal_mode is {mode}, not wal");
     conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")?;
     conn.busy_timeout(Duration::from_millis(5000))?;
     Ok(conn)
@@ -219,9 +212,7 @@ pub fn describe_pragmas(conn: &Connection) -> Result<String> {
     let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
     let bt: i64 = conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
     let fk: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
-    Ok(format!(
-        "journal_mode={jm} synchronous={sync} busy_timeout={bt} foreign_keys={fk}"
-    ))
+    Ok(format!("journal_mode={jm} synchronous={sync} busy_timeout={bt} foreign_keys={fk}"))
 }
 
 /// Creates the schema and `records` active rows in a fresh database file,
@@ -238,13 +229,7 @@ pub fn create_template(path: &Path, records: u64) -> Result<()> {
         )?;
         for i in 0..records {
             let (tenant, id) = record_key(i);
-            stmt.execute(params![
-                tenant,
-                id,
-                created,
-                format!("SKU-{i:07}"),
-                format!("Product {i}")
-            ])?;
+            stmt.execute(params![tenant, id, created, format!("SKU-{i:07}"), format!("Product {i}")])?;
         }
     }
     tx.commit()?;
@@ -285,11 +270,7 @@ pub fn soft_delete(conn: &mut Connection, op: &DeleteOp) -> Result<i64> {
         COLLECTION,
         op.id
     ])?;
-    let prev: String = tx
-        .prepare_cached(SQL_LAST_HASH)?
-        .query_row([], |r| r.get(0))
-        .optional()?
-        .unwrap_or_default();
+    let prev: String = tx.prepare_cached(SQL_LAST_HASH)?.query_row([], |r| r.get(0)).optional()?.unwrap_or_default();
     let audit = AuditFields::from_op(op, version);
     let hash = audit.hash(&prev);
     tx.prepare_cached(SQL_INSERT_AUDIT)?.execute(params![
@@ -326,18 +307,14 @@ pub fn soft_delete(conn: &mut Connection, op: &DeleteOp) -> Result<i64> {
 /// soft deletes and left an intact audit hash chain.
 pub fn verify(path: &Path, expected: u64) -> Result<()> {
     let conn = open_rusqlite(path)?;
-    let count =
-        |sql: &str| -> Result<u64> { Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
+    let count = |sql: &str| -> Result<u64> { Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
     let deleted = count("SELECT count(*) FROM rec_products WHERE deleted_at IS NOT NULL")?;
-    let bumped =
-        count("SELECT count(*) FROM rec_products WHERE deleted_at IS NOT NULL AND version = 2")?;
+    let bumped = count("SELECT count(*) FROM rec_products WHERE deleted_at IS NOT NULL AND version = 2")?;
     let audits = count("SELECT count(*) FROM audit")?;
     let outbox = count("SELECT count(*) FROM outbox")?;
     let deletions = count("SELECT count(*) FROM deletions")?;
     ensure!(
-        [deleted, bumped, audits, outbox, deletions]
-            .iter()
-            .all(|&n| n == expected),
+        [deleted, bumped, audits, outbox, deletions].iter().all(|&n| n == expected),
         "expected {expected} of each, got deleted={deleted} version2={bumped} audit={audits} \
          outbox={outbox} deletions={deletions}"
     );
@@ -348,15 +325,9 @@ pub fn verify(path: &Path, expected: u64) -> Result<()> {
     let mut rows = stmt.query([])?;
     let mut prev = String::new();
     while let Some(r) = rows.next()? {
-        let (tenant, actor, action, collection, record_id): (
-            String,
-            String,
-            String,
-            String,
-            String,
-        ) = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?);
-        let (deletion_id, reason, request_id): (String, String, String) =
-            (r.get(7)?, r.get(8)?, r.get(9)?);
+        let (tenant, actor, action, collection, record_id): (String, String, String, String, String) =
+            (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?);
+        let (deletion_id, reason, request_id): (String, String, String) = (r.get(7)?, r.get(8)?, r.get(9)?);
         let fields = AuditFields {
             at: r.get(0)?,
             tenant: &tenant,
@@ -371,14 +342,8 @@ pub fn verify(path: &Path, expected: u64) -> Result<()> {
         };
         let stored_prev: String = r.get(10)?;
         let stored_hash: String = r.get(11)?;
-        ensure!(
-            stored_prev == prev,
-            "audit chain broken: prev_hash mismatch"
-        );
-        ensure!(
-            fields.hash(&prev) == stored_hash,
-            "audit chain broken: hash mismatch"
-        );
+        ensure!(stored_prev == prev, "audit chain broken: prev_hash mismatch");
+        ensure!(fields.hash(&prev) == stored_hash, "audit chain broken: hash mismatch");
         prev = stored_hash;
     }
     Ok(())

@@ -35,21 +35,12 @@ struct Config {
 
 impl Config {
     fn from_args() -> Result<Self> {
-        let mut cfg = Config {
-            ops: 5000,
-            rounds: 3,
-            concurrency: 16,
-            records: 100_000,
-            warmup: 200,
-        };
+        let mut cfg = Config { ops: 5000, rounds: 3, concurrency: 16, records: 100_000, warmup: 200 };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
             let mut value = || -> Result<u64> {
-                let v = args
-                    .next()
-                    .with_context(|| format!("{flag} needs a value"))?;
-                v.parse()
-                    .with_context(|| format!("{flag}: not a number: {v}"))
+                let v = args.next().with_context(|| format!("{flag} needs a value"))?;
+                v.parse().with_context(|| format!("{flag}: not a number: {v}"))
             };
             match flag.as_str() {
                 "--ops" => cfg.ops = value()?,
@@ -58,26 +49,18 @@ impl Config {
                 "--records" => cfg.records = value()?,
                 "--warmup" => cfg.warmup = value()?,
                 "-h" | "--help" => {
-                    println!(
-                        "driver-bench [--ops N] [--rounds R] [--concurrency C] [--records N] [--warmup N]"
-                    );
+                    println!("driver-bench [--ops N] [--rounds R] [--concurrency C] [--records N] [--warmup N]");
                     std::process::exit(0);
                 }
                 other => bail!("unknown argument {other}"),
             }
         }
-        ensure!(
-            cfg.ops > 0 && cfg.rounds > 0 && cfg.concurrency > 0,
-            "ops, rounds, concurrency must be > 0"
-        );
+        ensure!(cfg.ops > 0 && cfg.rounds > 0 && cfg.concurrency > 0, "ops, rounds, concurrency must be > 0");
         ensure!(
             cfg.warmup + cfg.ops <= cfg.records,
             "warmup + ops must not exceed records (each op deletes a distinct record)"
         );
-        ensure!(
-            !cfg.records.is_multiple_of(7919),
-            "records must not be a multiple of 7919"
-        );
+        ensure!(!cfg.records.is_multiple_of(7919), "records must not be a multiple of 7919");
         Ok(cfg)
     }
 }
@@ -129,21 +112,13 @@ struct Scenario {
 
 impl Scenario {
     fn ops_per_sec(&self) -> Vec<f64> {
-        let mut v: Vec<f64> = self
-            .runs
-            .iter()
-            .map(|r| r.latencies.len() as f64 / r.wall.as_secs_f64())
-            .collect();
+        let mut v: Vec<f64> = self.runs.iter().map(|r| r.latencies.len() as f64 / r.wall.as_secs_f64()).collect();
         v.sort_by(f64::total_cmp);
         v
     }
 
     fn latencies(&self) -> Vec<Duration> {
-        let mut all: Vec<Duration> = self
-            .runs
-            .iter()
-            .flat_map(|r| r.latencies.iter().copied())
-            .collect();
+        let mut all: Vec<Duration> = self.runs.iter().flat_map(|r| r.latencies.iter().copied()).collect();
         all.sort_unstable();
         all
     }
@@ -160,11 +135,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn median(sorted: &[f64]) -> f64 {
     let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
+    if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 }
 }
 
 fn us(d: Duration) -> String {
@@ -183,9 +154,7 @@ fn main() -> Result<()> {
         cfg.records,
         t.elapsed().as_secs_f64(),
         rusqlite::version(),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     println!(
         "{} ops per scenario per round (+{} warm-up ops, untimed), {} rounds, concurrency {}\n",
@@ -193,9 +162,7 @@ fn main() -> Result<()> {
     );
 
     // Multi-threaded tokio runtime with the default worker count (= cores).
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     print_pragmas(&rt, &template)?;
 
     let mut scenarios: Vec<Scenario> = [
@@ -206,11 +173,7 @@ fn main() -> Result<()> {
         (Driver::Sqlx, Mode::Concurrent(cfg.concurrency)),
     ]
     .into_iter()
-    .map(|(driver, mode)| Scenario {
-        driver,
-        mode,
-        runs: Vec::new(),
-    })
+    .map(|(driver, mode)| Scenario { driver, mode, runs: Vec::new() })
     .collect();
 
     let mut file_no = 0;
@@ -226,13 +189,8 @@ fn main() -> Result<()> {
             let path = dir.path().join(format!("run-{file_no}.db"));
             std::fs::copy(&template, &path)?;
             let run = run_scenario(&rt, &cfg, s.driver, s.mode, &path)?;
-            db::verify(&path, cfg.warmup + cfg.ops).with_context(|| {
-                format!(
-                    "verification failed for {} / {}",
-                    s.driver.name(),
-                    s.mode.label()
-                )
-            })?;
+            db::verify(&path, cfg.warmup + cfg.ops)
+                .with_context(|| format!("verification failed for {} / {}", s.driver.name(), s.mode.label()))?;
             eprintln!(
                 "round {}: {:<38} {:<22} {:>8.0} ops/s (verified)",
                 round + 1,
@@ -273,13 +231,7 @@ fn print_pragmas(rt: &Runtime, template: &Path) -> Result<()> {
     })
 }
 
-fn run_scenario(
-    rt: &Runtime,
-    cfg: &Config,
-    driver: Driver,
-    mode: Mode,
-    path: &Path,
-) -> Result<Run> {
+fn run_scenario(rt: &Runtime, cfg: &Config, driver: Driver, mode: Mode, path: &Path) -> Result<Run> {
     match (driver, mode) {
         (Driver::Raw, Mode::Sequential) => run_raw(cfg, path),
         (Driver::Raw, Mode::Concurrent(_)) => bail!("raw has no concurrent mode"),
@@ -371,18 +323,13 @@ where
 }
 
 fn print_table(cfg: &Config, scenarios: &[Scenario]) {
-    let raw_ops = scenarios
-        .iter()
-        .find(|s| s.driver == Driver::Raw)
-        .map(|s| median(&s.ops_per_sec()))
-        .unwrap_or(f64::NAN);
+    let raw_ops =
+        scenarios.iter().find(|s| s.driver == Driver::Raw).map(|s| median(&s.ops_per_sec())).unwrap_or(f64::NAN);
     println!(
         "\n{} ops/round x {} rounds; ops/s = median of rounds [min-max]; latency percentiles over all rounds' ops\n",
         cfg.ops, cfg.rounds
     );
-    println!(
-        "| driver | workload | ops/s median [min-max] | % of raw | p50 µs | p99 µs | max µs |"
-    );
+    println!("| driver | workload | ops/s median [min-max] | % of raw | p50 µs | p99 µs | max µs |");
     println!("|---|---|---|---|---|---|---|");
     for s in scenarios {
         let ops = s.ops_per_sec();

@@ -7,13 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::db::{
-    AuditFields, COLLECTION, DeleteOp, EVENT_TYPE, SQL_INSERT_AUDIT, SQL_INSERT_DELETION,
-    SQL_INSERT_OUTBOX, SQL_LAST_HASH, SQL_SELECT, SQL_UPDATE,
+    AuditFields, COLLECTION, DeleteOp, EVENT_TYPE, SQL_INSERT_AUDIT, SQL_INSERT_DELETION, SQL_INSERT_OUTBOX,
+    SQL_LAST_HASH, SQL_SELECT, SQL_UPDATE,
 };
 
 pub async fn open_pool(path: &Path) -> Result<SqlitePool> {
@@ -33,37 +31,21 @@ pub async fn open_pool(path: &Path) -> Result<SqlitePool> {
 }
 
 pub async fn describe_pragmas(pool: &SqlitePool) -> Result<String> {
-    let jm: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(pool)
-        .await?;
-    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-        .fetch_one(pool)
-        .await?;
-    let bt: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
-        .fetch_one(pool)
-        .await?;
-    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-        .fetch_one(pool)
-        .await?;
-    Ok(format!(
-        "journal_mode={jm} synchronous={sync} busy_timeout={bt} foreign_keys={fk}"
-    ))
+    let jm: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(pool).await?;
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(pool).await?;
+    let bt: i64 = sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(pool).await?;
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(pool).await?;
+    Ok(format!("journal_mode={jm} synchronous={sync} busy_timeout={bt} foreign_keys={fk}"))
 }
 
 pub async fn sqlite_version(pool: &SqlitePool) -> Result<String> {
-    Ok(sqlx::query_scalar("SELECT sqlite_version()")
-        .fetch_one(pool)
-        .await?)
+    Ok(sqlx::query_scalar("SELECT sqlite_version()").fetch_one(pool).await?)
 }
 
 /// The soft-delete transaction; returns the record's new version.
 pub async fn soft_delete(pool: &SqlitePool, op: &DeleteOp) -> Result<i64> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let row = sqlx::query(SQL_SELECT)
-        .bind(&op.tenant)
-        .bind(&op.id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let row = sqlx::query(SQL_SELECT).bind(&op.tenant).bind(&op.id).fetch_optional(&mut *tx).await?;
     let version = match row {
         None => bail!("record {}/{} not found", op.tenant, op.id),
         Some(r) => {
@@ -95,10 +77,7 @@ pub async fn soft_delete(pool: &SqlitePool, op: &DeleteOp) -> Result<i64> {
         .bind(&op.id)
         .execute(&mut *tx)
         .await?;
-    let prev: String = sqlx::query_scalar(SQL_LAST_HASH)
-        .fetch_optional(&mut *tx)
-        .await?
-        .unwrap_or_default();
+    let prev: String = sqlx::query_scalar(SQL_LAST_HASH).fetch_optional(&mut *tx).await?.unwrap_or_default();
     let audit = AuditFields::from_op(op, version);
     let hash = audit.hash(&prev);
     sqlx::query(SQL_INSERT_AUDIT)

@@ -28,17 +28,12 @@ impl Writer {
     pub fn spawn(path: &Path, queue: usize) -> Result<Self> {
         let mut conn = crate::db::open_rusqlite(path)?;
         let (tx, mut rx) = mpsc::channel::<Job>(queue);
-        let thread = std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || {
-                while let Some(job) = rx.blocking_recv() {
-                    job(&mut conn);
-                }
-            })?;
-        Ok(Writer {
-            handle: WriterHandle { tx },
-            thread,
-        })
+        let thread = std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || {
+            while let Some(job) = rx.blocking_recv() {
+                job(&mut conn);
+            }
+        })?;
+        Ok(Writer { handle: WriterHandle { tx }, thread })
     }
 
     pub fn handle(&self) -> WriterHandle {
@@ -49,9 +44,7 @@ impl Writer {
     /// clones must already be dropped.
     pub fn join(self) -> Result<()> {
         drop(self.handle);
-        self.thread
-            .join()
-            .map_err(|_| anyhow!("writer thread panicked"))
+        self.thread.join().map_err(|_| anyhow!("writer thread panicked"))
     }
 }
 
@@ -67,12 +60,7 @@ impl WriterHandle {
             // The caller may have gone away; nothing to do then.
             let _ = reply_tx.send(f(conn));
         });
-        self.tx
-            .send(job)
-            .await
-            .map_err(|_| anyhow!("writer thread stopped"))?;
-        reply_rx
-            .await
-            .map_err(|_| anyhow!("writer thread dropped the reply"))
+        self.tx.send(job).await.map_err(|_| anyhow!("writer thread stopped"))?;
+        reply_rx.await.map_err(|_| anyhow!("writer thread dropped the reply"))
     }
 }

@@ -73,7 +73,6 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::retention::router())
         .merge(routes::deletions::router())
         .merge(routes::records::router())
-        .route_layer(middleware::from_fn(telemetry::track_duration))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(request_id::middleware))

@@ -1,4 +1,4 @@
-//! `X-Request-Id`: echoed when the client sends a sane one, generated otherwise, set on
+//! `X-Request-Id` (and the request-duration histogram): echoed when the client sends a sane one, generated otherwise, set on
 //! every response, and visible to the code that handles the request (errors, logs,
 //! audit entries) through a task-local.
 //!
@@ -32,6 +32,9 @@ fn acceptable(id: &str) -> bool {
 
 /// The middleware.
 pub async fn middleware(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
     let id = request
         .headers()
         .get(&X_REQUEST_ID)
@@ -47,6 +50,17 @@ pub async fn middleware(request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
+    let (route, collection) = crate::telemetry::route_of(&path);
+    tombstone_store::telemetry::histogram(
+        "tombstone_http_request_duration_seconds",
+        &[
+            ("route", route),
+            ("method", method.as_str()),
+            ("status", response.status().as_str()),
+            ("collection", collection),
+        ],
+    )
+    .record(started.elapsed().as_secs_f64());
     response
 }
 

@@ -66,11 +66,8 @@ impl MemoryCache {
 impl RecordCache for MemoryCache {
     fn lookup(&self, key: &CacheKey) -> Option<Option<Record>> {
         let hit = self.entries.get(key);
-        if hit.is_some() {
-            metrics::counter!("tombstone_cache_hits_total", "collection" => key.1.clone()).increment(1);
-        } else {
-            metrics::counter!("tombstone_cache_misses_total", "collection" => key.1.clone()).increment(1);
-        }
+        let name = if hit.is_some() { "tombstone_cache_hits_total" } else { "tombstone_cache_misses_total" };
+        crate::telemetry::collection_counter(name, &key.1).increment(1);
         hit
     }
 

@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod sqlite;
+pub mod telemetry;
 
 use std::sync::Arc;
 

@@ -17,6 +17,7 @@ use tombstone_domain::lifecycle::{DeleteRequest, IfMatch, check_reason, if_none_
 use tombstone_domain::query::{ListQuery, encode_cursor};
 use tombstone_domain::record::{FieldError, Hold, Record, ValidationErrors, parse_create, parse_patch};
 use tombstone_domain::scope::Permission;
+use tombstone_store::telemetry::collection_counter;
 use tombstone_store::{DeleteOutcome, IdempotencyClaim, IdempotencyKey, RestoreOutcome, StoreError, StoredResponse};
 
 use super::extract::{ApiPath, JsonBody, QueryPairs};
@@ -49,10 +50,9 @@ fn checked_id<'a>(collection: &Collection, id: &'a str) -> Result<&'a str, ApiEr
 
 /// Counts a read, and whether it could see deleted records.
 fn count_read(collection: &Collection, include_deleted: bool) {
-    metrics::counter!("tombstone_reads_total", "collection" => collection.name.clone()).increment(1);
+    collection_counter("tombstone_reads_total", &collection.name).increment(1);
     if include_deleted {
-        metrics::counter!("tombstone_include_deleted_reads_total", "collection" => collection.name.clone())
-            .increment(1);
+        collection_counter("tombstone_include_deleted_reads_total", &collection.name).increment(1);
     }
 }
 
