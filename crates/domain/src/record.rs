@@ -99,28 +99,68 @@ impl Record {
     /// order (absent ones as null). `holds` is added when the caller may see them.
     #[must_use]
     pub fn to_json(&self, collection: &Collection, holds: Option<&[Hold]>) -> Value {
-        let mut map = Map::with_capacity(12 + collection.fields.len());
-        map.insert("id".into(), Value::String(self.id.clone()));
-        map.insert("collection".into(), Value::String(self.collection.clone()));
-        map.insert("version".into(), Value::from(self.version));
-        map.insert("created_at".into(), Value::String(self.created_at.to_rfc3339()));
-        map.insert("updated_at".into(), Value::String(self.updated_at.to_rfc3339()));
-        let d = self.deletion.as_ref();
-        map.insert("deleted".into(), Value::Bool(d.is_some()));
-        map.insert("deleted_at".into(), d.map_or(Value::Null, |d| Value::String(d.deleted_at.to_rfc3339())));
-        map.insert("deleted_by".into(), d.map_or(Value::Null, |d| Value::String(d.deleted_by.clone())));
-        map.insert("delete_reason".into(), d.and_then(|d| d.reason.clone()).map_or(Value::Null, Value::String));
-        map.insert("deletion_id".into(), d.map_or(Value::Null, |d| Value::String(d.deletion_id.clone())));
-        map.insert("purge_at".into(), d.map_or(Value::Null, |d| Value::String(d.purge_at.to_rfc3339())));
-        map.insert("legal_hold".into(), Value::Bool(self.legal_hold));
-        if let Some(holds) = holds {
-            map.insert("holds".into(), serde_json::to_value(holds).unwrap_or(Value::Array(Vec::new())));
+        serde_json::to_value(self.view(collection, holds)).unwrap_or(Value::Null)
+    }
+
+    /// The representation as a serializable view (no intermediate JSON tree: what
+    /// responses are written from).
+    #[must_use]
+    pub fn view<'a>(&'a self, collection: &'a Collection, holds: Option<&'a [Hold]>) -> RecordView<'a> {
+        RecordView { record: self, collection, holds }
+    }
+}
+
+/// A record as it is represented, ready to serialize.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordView<'a> {
+    record: &'a Record,
+    collection: &'a Collection,
+    holds: Option<&'a [Hold]>,
+}
+
+/// A field value as JSON, without copying it.
+struct FieldJson<'a>(Option<&'a FieldValue>);
+
+impl Serialize for FieldJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            None | Some(FieldValue::Null) => s.serialize_none(),
+            Some(FieldValue::String(v) | FieldValue::Ref(v)) => s.serialize_str(v),
+            Some(FieldValue::Integer(i)) => s.serialize_i64(*i),
+            Some(FieldValue::Number(n)) if n.is_finite() => s.serialize_f64(*n),
+            Some(FieldValue::Number(_)) => s.serialize_none(),
+            Some(FieldValue::Boolean(b)) => s.serialize_bool(*b),
+            Some(FieldValue::Timestamp(t)) => t.serialize(s),
+            Some(FieldValue::Json(v)) => v.serialize(s),
         }
-        for name in collection.fields.keys() {
-            let value = self.values.get(name).map_or(Value::Null, FieldValue::to_json);
-            map.insert(name.clone(), value);
+    }
+}
+
+impl Serialize for RecordView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = self.record;
+        let d = r.deletion.as_ref();
+        let mut map = s.serialize_map(Some(12 + usize::from(self.holds.is_some()) + self.collection.fields.len()))?;
+        map.serialize_entry("id", &r.id)?;
+        map.serialize_entry("collection", &r.collection)?;
+        map.serialize_entry("version", &r.version)?;
+        map.serialize_entry("created_at", &r.created_at)?;
+        map.serialize_entry("updated_at", &r.updated_at)?;
+        map.serialize_entry("deleted", &d.is_some())?;
+        map.serialize_entry("deleted_at", &d.map(|d| d.deleted_at))?;
+        map.serialize_entry("deleted_by", &d.map(|d| &d.deleted_by))?;
+        map.serialize_entry("delete_reason", &d.and_then(|d| d.reason.as_ref()))?;
+        map.serialize_entry("deletion_id", &d.map(|d| &d.deletion_id))?;
+        map.serialize_entry("purge_at", &d.map(|d| d.purge_at))?;
+        map.serialize_entry("legal_hold", &r.legal_hold)?;
+        if let Some(holds) = self.holds {
+            map.serialize_entry("holds", holds)?;
         }
-        Value::Object(map)
+        for name in self.collection.fields.keys() {
+            map.serialize_entry(name, &FieldJson(r.values.get(name)))?;
+        }
+        map.end()
     }
 }
 

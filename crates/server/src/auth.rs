@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use moka::future::Cache;
+use moka::sync::Cache;
 use tombstone_domain::lifecycle::Actor;
 use tombstone_domain::scope::{Permission, Scope, allows};
 use tombstone_store::{Store, StoredKey};
@@ -35,17 +35,17 @@ impl Default for KeyCache {
 
 impl KeyCache {
     async fn get(&self, store: &Arc<dyn Store>, id: &str) -> Result<Option<Arc<StoredKey>>, ApiError> {
-        if let Some(hit) = self.cache.get(id).await {
+        if let Some(hit) = self.cache.get(id) {
             return Ok(hit);
         }
         let found = store.find_key(id).await?.map(Arc::new);
-        self.cache.insert(id.to_string(), found.clone()).await;
+        self.cache.insert(id.to_string(), found.clone());
         Ok(found)
     }
 
     /// Forgets a key at once (after a revocation through this process).
     pub async fn forget(&self, id: &str) {
-        self.cache.invalidate(id).await;
+        self.cache.invalidate(id);
     }
 }
 

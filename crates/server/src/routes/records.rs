@@ -15,7 +15,7 @@ use tombstone_domain::config::Collection;
 use tombstone_domain::id::{is_valid_record_id, new_deletion_id, new_record_id};
 use tombstone_domain::lifecycle::{DeleteRequest, IfMatch, check_reason, if_none_match};
 use tombstone_domain::query::{ListQuery, encode_cursor};
-use tombstone_domain::record::{FieldError, Hold, Record, ValidationErrors, parse_create, parse_patch};
+use tombstone_domain::record::{FieldError, Hold, Record, RecordView, ValidationErrors, parse_create, parse_patch};
 use tombstone_domain::scope::Permission;
 use tombstone_store::telemetry::collection_counter;
 use tombstone_store::{DeleteOutcome, IdempotencyClaim, IdempotencyKey, RestoreOutcome, StoreError, StoredResponse};
@@ -86,11 +86,33 @@ fn map_not_found(collection: &Collection, id: &str) -> impl Fn(StoreError) -> Ap
 }
 
 /// The representation a caller sees: `holds` only with `read_deleted`.
-fn represent(caller: &Caller, collection: &Collection, record: &Record, holds: &HashMap<String, Vec<Hold>>) -> Value {
+fn represent<'a>(
+    caller: &Caller,
+    collection: &'a Collection,
+    record: &'a Record,
+    holds: &'a HashMap<String, Vec<Hold>>,
+) -> RecordView<'a> {
     let shown = caller
         .can(Permission::ReadDeleted, Some(&collection.name))
         .then(|| holds.get(&record.id).map_or(&[][..], Vec::as_slice));
-    record.to_json(collection, shown)
+    record.view(collection, shown)
+}
+
+/// A JSON response written straight from a serializable value.
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => ApiError::Internal(format!("cannot render a response: {e}")).into_response(),
+    }
+}
+
+/// A page of records.
+#[derive(serde::Serialize)]
+struct ListBody<'a> {
+    items: Vec<RecordView<'a>>,
+    next_cursor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<u64>,
 }
 
 /// The active holds of the held records among `records`, when the caller may see them.
@@ -115,8 +137,7 @@ async fn record_response(
     record: &Record,
 ) -> Result<Response, ApiError> {
     let holds = holds_of(state, caller, collection, &[record]).await?;
-    let body = represent(caller, collection, record, &holds);
-    let mut response = (status, axum::Json(body)).into_response();
+    let mut response = json_response(status, &represent(caller, collection, record, &holds));
     if let Ok(etag) = HeaderValue::from_str(&record.etag()) {
         response.headers_mut().insert(header::ETAG, etag);
     }
@@ -180,7 +201,9 @@ async fn create_record(
         values: parsed.values,
     };
     let location = format!("/v1/{}/{}", collection.name, record.id);
-    let body = represent(&caller, &collection, &record, &HashMap::new()).to_string();
+    let no_holds = HashMap::new();
+    let body = serde_json::to_string(&represent(&caller, &collection, &record, &no_holds))
+        .map_err(|e| ApiError::Internal(format!("cannot render a response: {e}")))?;
     let stored = idempotency.clone().map(|key| {
         (
             key,
@@ -328,15 +351,12 @@ async fn list_records(
     count_read(&collection, list.reads_deleted());
     let page = state.store.list_records(caller.tenant(), &collection, &list).await?;
     let holds = holds_of(&state, &caller, &collection, &page.items.iter().collect::<Vec<_>>()).await?;
-    let items: Vec<Value> = page.items.iter().map(|r| represent(&caller, &collection, r, &holds)).collect();
-    let mut body = json!({
-        "items": items,
-        "next_cursor": page.next.as_ref().map(|p| encode_cursor(&list.sort, p)),
-    });
-    if let Some(total) = page.total {
-        body["total"] = json!(total);
-    }
-    Ok(axum::Json(body).into_response())
+    let body = ListBody {
+        items: page.items.iter().map(|r| represent(&caller, &collection, r, &holds)).collect(),
+        next_cursor: page.next.as_ref().map(|p| encode_cursor(&list.sort, p)),
+        total: page.total,
+    };
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 async fn patch_record(
