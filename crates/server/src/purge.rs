@@ -122,9 +122,19 @@ impl PurgeWorker {
                 pacer.wait(waited).await;
             }
         }
-        metrics::histogram!("tombstone_purge_job_runtime_seconds").record(started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        metrics::histogram!("tombstone_purge_job_runtime_seconds").record(seconds);
         if report.purged > 0 || report.errors > 0 {
-            tracing::info!(purged = report.purged, errors = report.errors, run = %run_id, "purge pass finished");
+            #[expect(clippy::cast_precision_loss, reason = "a rate for the log")]
+            let rows_per_second = (report.purged as f64 / seconds.max(1e-6)).round();
+            tracing::info!(
+                purged = report.purged,
+                errors = report.errors,
+                seconds,
+                rows_per_second,
+                run = %run_id,
+                "purge pass finished"
+            );
         }
         report
     }

@@ -262,3 +262,28 @@ async fn deliveries_are_confined_to_the_tenant() {
     let reader = app.key("t1", "read").await;
     app.get("/v1/webhooks/deliveries", &reader).await.assert_problem(403, "forbidden");
 }
+
+#[tokio::test]
+async fn outbox_rows_are_cleaned_up_only_after_retention_and_delivery() {
+    use tombstone_store::Store;
+    let (app, relay, receiver) = setup("").await;
+    let p = app.create("products", &app.admin, &json!({"sku": "A", "name": "Mug"})).await;
+    receiver.behaviour.lock().unwrap().script.insert(p["id"].as_str().unwrap().into(), vec![500]);
+    app.create("products", &app.admin, &json!({"sku": "B", "name": "Cup"})).await;
+    relay.run_once().await.unwrap();
+    let far_future = app.clock.now().saturating_add(Duration::from_secs(365 * 86_400));
+    // A's delivery is still pending: its row stays; B's went out: its row may go.
+    assert_eq!(app.store.cleanup_outbox(far_future, 1000).await.unwrap(), 1);
+    assert_eq!(app.get("/v1/events", &app.admin).await.json()["items"].as_array().unwrap().len(), 1);
+    // Nothing younger than the retention goes.
+    app.clock.advance(Duration::from_secs(10));
+    relay.run_once().await.unwrap();
+    assert_eq!(
+        app.store.cleanup_outbox(app.clock.now().saturating_add(Duration::from_secs(0)), 1000).await.unwrap(),
+        1
+    );
+    let past = tombstone_domain::time::Timestamp::from_micros(0);
+    app.create("products", &app.admin, &json!({"sku": "C", "name": "Bowl"})).await;
+    relay.run_once().await.unwrap();
+    assert_eq!(app.store.cleanup_outbox(past, 1000).await.unwrap(), 0, "rows newer than the cut-off stay");
+}
