@@ -3,6 +3,7 @@
 #   bench/http/run.sh get      cached GET vs cold GET vs a bare axum JSON endpoint
 #   bench/http/run.sh search   list with q= over 100,000 records
 #   bench/http/run.sh purge    purge 1,000,000 expired rows beside 100,000 live ones, with reads running
+#                              (PURGE_RATE=rows/s cap, PURGE_BATCH=rows per batch, EXPIRED=rows due)
 # Needs wrk (apt-get install wrk). Prints figures; nothing is asserted.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -87,9 +88,10 @@ search)
   ;;
 purge)
   mkdir -p "$work/p"
-  config "$work/p" $'[purge]\ninterval = "25s"\nbatch_size = 5000\npause = "10ms"\nmax_rows_per_second = 1000000'
+  # PURGE_RATE caps rows/s (default: no effective cap); EXPIRED rows are due.
+  config "$work/p" "$(printf '[purge]\ninterval = "25s"\nbatch_size = %s\npause = "10ms"\nmax_rows_per_second = %s' "${PURGE_BATCH:-5000}" "${PURGE_RATE:-1000000}")"
   "$tomb" migrate --config "$work/p/tombstone.toml" > /dev/null
-  "$bins/seed" "$work/p/data/t.db" bench 100000 1000000
+  "$bins/seed" "$work/p/data/t.db" bench 100000 "${EXPIRED:-1000000}"
   "$bins/idlist" "$work/p/data/t.db" 5000 > "$work/p/ids"
   start "$work/p" 9105; k=$(key "$work/p")
   started=$(date +%s)
