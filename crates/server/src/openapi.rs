@@ -139,6 +139,7 @@ pub fn openapi(schema: &Schema) -> OpenApi {
     paths = audit_paths(paths);
     paths = event_paths(paths, schema);
     paths = webhook_paths(paths);
+    paths = deletion_paths(paths);
     components = feed_components(components);
     paths = system_paths(paths);
     tags.push(
@@ -567,6 +568,45 @@ fn fixed_components() -> ComponentsBuilder {
                 .required("message"),
         )
         .schema("RecordRef", record_ref_schema())
+        .schema(
+            "DeletionOperation",
+            ObjectBuilder::new()
+                .description(Some("What one DELETE took, its status and how far it has propagated."))
+                .property("id", string())
+                .property("status", string().enum_values(Some(["pending", "done"])))
+                .property("actor", string())
+                .property("reason", string().schema_type(nullable(Type::String)))
+                .property("created_at", date_time())
+                .property("root", schema_ref("RecordRef"))
+                .property("records", array_of(schema_ref("RecordRef")).description(Some("The root first.")))
+                .property("counts", ObjectBuilder::new().additional_properties(Some(integer())))
+                .property("restorable_until", date_time().schema_type(nullable(Type::String)))
+                .property(
+                    "propagation",
+                    ObjectBuilder::new()
+                        .description(Some(
+                            "Per sink (outbox, cache, search, webhooks by endpoint id): done, pending or failed.",
+                        ))
+                        .additional_properties(Some(ObjectBuilder::new())),
+                )
+                .required("id")
+                .required("status")
+                .required("root")
+                .required("records")
+                .required("counts")
+                .required("propagation"),
+        )
+        .schema(
+            "RestoredOperation",
+            ObjectBuilder::new()
+                .property("deletion_id", string())
+                .property("restored", integer())
+                .property("items", array_of(ObjectBuilder::new()).description(Some("The records restored.")))
+                .property("next_cursor", string().schema_type(nullable(Type::String)))
+                .required("deletion_id")
+                .required("restored")
+                .required("items"),
+        )
         .schema(
             "DeletionPlan",
             ObjectBuilder::new()
@@ -1463,6 +1503,25 @@ fn webhook_paths(paths: PathsBuilder) -> PathsBuilder {
             "/v1/webhooks/endpoints/{id}:enable",
             PathItem::new(HttpMethod::Post, authenticated(enable, "admin").build()),
         )
+}
+
+fn deletion_paths(paths: PathsBuilder) -> PathsBuilder {
+    let get = operation("deletions_get".into(), "deletions", "Read a deletion operation")
+        .parameter(id_param("The deletion id (`del_…`), as in the DELETE's `Deletion-Id`."))
+        .response("200", json_response("The operation.", schema_ref("DeletionOperation")))
+        .response("404", problem("`not-found`: no such operation in this tenant."));
+    let restore = operation("deletions_restore".into(), "deletions", "Restore exactly what a deletion took")
+        .description(Some("All or nothing: every record the operation deleted and that is still deleted by it."))
+        .parameter(id_param("The deletion id."))
+        .response("200", json_response("The records restored.", schema_ref("RestoredOperation")))
+        .response("404", problem("`not-found`: no such operation in this tenant."))
+        .response(
+            "409",
+            problem("`restore-conflict`: `conflicts` lists every record that cannot come back; nothing was restored."),
+        );
+    paths
+        .path("/v1/deletions/{id}", PathItem::new(HttpMethod::Get, authenticated(get, "read_deleted").build()))
+        .path("/v1/deletions/{id}:restore", PathItem::new(HttpMethod::Post, authenticated(restore, "restore").build()))
 }
 
 // ---------------------------------------------------------------------------------------
