@@ -23,9 +23,21 @@ use crate::{request_id, routes, telemetry};
 /// The largest accepted request body.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-/// What every handler can reach.
+/// What every handler can reach: one shared allocation, so handing it to a handler costs
+/// one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+#[derive(Clone)]
+pub struct AppInner {
     pub schema: Arc<Schema>,
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
@@ -42,16 +54,18 @@ impl AppState {
     pub fn new(schema: Arc<Schema>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         telemetry::handle();
         let openapi = Arc::new(crate::openapi::document(&schema).to_string());
-        Self { schema, store, clock, keys: KeyCache::default(), openapi, search: None }
+        Self(Arc::new(AppInner { schema, store, clock, keys: KeyCache::default(), openapi, search: None }))
     }
 
     /// The same state with a search index.
     #[must_use]
     pub fn with_search(mut self, index: Arc<SearchIndex>) -> Self {
-        self.search = Some(index);
+        Arc::make_mut(&mut self.0).search = Some(index);
         self
     }
+}
 
+impl AppInner {
     /// The current instant.
     #[must_use]
     pub fn now(&self) -> Timestamp {

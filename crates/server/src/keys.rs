@@ -40,8 +40,12 @@ pub fn key_id_of(secret: &str) -> Option<&str> {
 /// Whether `secret` is the secret of `key`, compared in constant time.
 #[must_use]
 pub fn verify(key: &StoredKey, secret: &str) -> bool {
-    let presented = hash_secret(secret);
-    presented.as_bytes().ct_eq(key.secret_hash.as_bytes()).into()
+    let mut stored = [0u8; 32];
+    if hex::decode_to_slice(&key.secret_hash, &mut stored).is_err() {
+        return false;
+    }
+    let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    presented.ct_eq(&stored).into()
 }
 
 /// The actor of key changes made from the command line.

@@ -241,7 +241,6 @@ async fn deeply_nested_json_is_refused_cleanly() {
 }
 
 #[tokio::test]
-#[ignore = "BUG (SPEC 6.9, not implemented yet): a ref to a missing or deleted parent is accepted (201/200) instead of 422"]
 async fn a_ref_to_a_missing_or_deleted_parent_is_422() {
     let app = TestApp::new().await;
     let mut body = product("ORPHAN");

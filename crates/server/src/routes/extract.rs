@@ -71,3 +71,14 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
         Ok(Self(Path::<T>::from_request_parts(parts, state).await?.0))
     }
 }
+
+/// The `If-None-Match` header alone (taking the whole `HeaderMap` would copy every header).
+pub(crate) struct IfNoneMatch(pub Option<axum::http::HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.headers.get(axum::http::header::IF_NONE_MATCH).cloned()))
+    }
+}

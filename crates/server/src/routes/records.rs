@@ -20,7 +20,7 @@ use tombstone_domain::scope::Permission;
 use tombstone_store::telemetry::collection_counter;
 use tombstone_store::{DeleteOutcome, IdempotencyClaim, IdempotencyKey, RestoreOutcome, StoreError, StoredResponse};
 
-use super::extract::{ApiPath, JsonBody, QueryPairs};
+use super::extract::{ApiPath, IfNoneMatch, JsonBody, QueryPairs};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -287,7 +287,7 @@ async fn get_record(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath((name, id)): ApiPath<(String, String)>,
-    headers: HeaderMap,
+    IfNoneMatch(inm): IfNoneMatch,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
     let collection = collection(&state, &name)?;
@@ -314,7 +314,7 @@ async fn get_record(
         .await?
         .filter(|r| include_deleted || !r.is_deleted())
         .ok_or_else(|| ApiError::record_not_found(&collection.name, id))?;
-    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
+    if let Some(inm) = inm.as_ref().and_then(|v| v.to_str().ok())
         && if_none_match(inm, record.version)
     {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
