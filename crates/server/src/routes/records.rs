@@ -499,10 +499,7 @@ async fn restore_record(
     headers: &HeaderMap,
     query: &QueryPairs,
 ) -> Result<Response, ApiError> {
-    caller.require(Permission::Restore, Some(&collection.name))?;
-    query.only(&["reason"])?;
-    let id = checked_id(collection, id)?;
-    let reason = reason(query)?;
+    let (id, reason) = action_request(caller, collection, id, query, Permission::Restore)?;
     let cond = write_precondition(collection, headers)?;
     let outcome = state
         .store
@@ -512,19 +509,40 @@ async fn restore_record(
     let record = match outcome {
         RestoreOutcome::Restored(record) => {
             metrics::counter!("tombstone_restore_total", "collection" => collection.name.clone()).increment(1);
-            tracing::info!(
-                request_id = %crate::request_id::current(),
-                actor = %caller.key.id,
-                collection = %collection.name,
-                "record.id" = %id,
-                reason = reason.as_deref().unwrap_or(""),
-                "record restored"
-            );
+            log_action(caller, collection, id, reason.as_deref(), "restored");
             record
         }
         RestoreOutcome::AlreadyActive(record) => record,
     };
     record_response(state, StatusCode::OK, caller, collection, &record).await
+}
+
+/// The common start of `:restore`, `:purge` and `:erase`: the scope, the only parameter
+/// (`reason`), a possible id.
+fn action_request<'a>(
+    caller: &Caller,
+    collection: &Collection,
+    id: &'a str,
+    query: &QueryPairs,
+    permission: Permission,
+) -> Result<(&'a str, Option<String>), ApiError> {
+    caller.require(permission, Some(&collection.name))?;
+    query.only(&["reason"])?;
+    let id = checked_id(collection, id)?;
+    Ok((id, reason(query)?))
+}
+
+/// Logs a lifecycle step: who, which record, why — never values.
+fn log_action(caller: &Caller, collection: &Collection, id: &str, reason: Option<&str>, action: &'static str) {
+    tracing::info!(
+        request_id = %crate::request_id::current(),
+        actor = %caller.key.id,
+        collection = %collection.name,
+        "record.id" = %id,
+        reason = reason.unwrap_or(""),
+        action,
+        "record {action}"
+    );
 }
 
 async fn purge_record(
@@ -534,24 +552,14 @@ async fn purge_record(
     id: &str,
     query: &QueryPairs,
 ) -> Result<Response, ApiError> {
-    caller.require(Permission::Purge, Some(&collection.name))?;
-    query.only(&["reason"])?;
-    let id = checked_id(collection, id)?;
-    let reason = reason(query)?;
+    let (id, reason) = action_request(caller, collection, id, query, Permission::Purge)?;
     state
         .store
         .purge_record(&caller.actor(), collection, id, reason.clone(), state.now())
         .await
         .map_err(map_not_found(collection, id))?;
     metrics::counter!("tombstone_purge_rows_total", "collection" => collection.name.clone()).increment(1);
-    tracing::info!(
-        request_id = %crate::request_id::current(),
-        actor = %caller.key.id,
-        collection = %collection.name,
-        "record.id" = %id,
-        reason = reason.as_deref().unwrap_or(""),
-        "record purged"
-    );
+    log_action(caller, collection, id, reason.as_deref(), "purged");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -562,10 +570,7 @@ async fn erase_record(
     id: &str,
     query: &QueryPairs,
 ) -> Result<Response, ApiError> {
-    caller.require(Permission::Erase, Some(&collection.name))?;
-    query.only(&["reason"])?;
-    let id = checked_id(collection, id)?;
-    let reason = reason(query)?;
+    let (id, reason) = action_request(caller, collection, id, query, Permission::Erase)?;
     let erasure = state
         .store
         .erase_record(&caller.actor(), collection, id, reason.clone(), state.now())
@@ -583,14 +588,7 @@ async fn erase_record(
         None => true,
     };
     metrics::counter!("tombstone_erase_total", "collection" => collection.name.clone()).increment(1);
-    tracing::info!(
-        request_id = %crate::request_id::current(),
-        actor = %caller.key.id,
-        collection = %collection.name,
-        "record.id" = %id,
-        reason = reason.as_deref().unwrap_or(""),
-        "record erased"
-    );
+    log_action(caller, collection, id, reason.as_deref(), "erased");
     Ok(axum::Json(json!({
         "collection": erasure.collection,
         "id": erasure.id,
