@@ -4,23 +4,15 @@
 //! Every test gets its own temporary directory; servers listen on `127.0.0.1:0` and are
 //! killed when their guard drops, so a failing assertion never leaves a process behind.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{Output, Server, Workspace, create_key, header, json_of, path_str, problem, run_bounded};
 use reqwest::StatusCode;
-use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
-use tempfile::TempDir;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tombstone");
-
-/// How long a server may take to print its `listening on` line.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a one-shot command may run before the test gives up on it.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
@@ -44,56 +36,20 @@ price_cents = { type = "integer" }
 // ---------------------------------------------------------------------------------------
 // Harness
 
-/// A temporary workspace: a config directory and a separate working directory, so that
-/// anything resolved against the cwd instead of the config file shows up in the wrong place.
-struct Workspace {
-    _root: TempDir,
-    config_dir: PathBuf,
-    cwd: PathBuf,
-}
-
 impl Workspace {
-    fn new() -> Self {
-        let root = tempfile::tempdir().expect("temp dir");
-        let config_dir = root.path().join("etc");
-        let cwd = root.path().join("work");
-        std::fs::create_dir_all(&config_dir).expect("config dir");
-        std::fs::create_dir_all(&cwd).expect("cwd");
-        Self { _root: root, config_dir, cwd }
-    }
-
-    /// Writes the config file and returns its path.
-    fn write_config(&self, toml: &str) -> PathBuf {
-        let path = self.config_dir.join("tombstone.toml");
-        std::fs::write(&path, toml).expect("write config");
-        path
-    }
-
     fn config(&self) -> PathBuf {
         self.config_dir.join("tombstone.toml")
     }
 
     /// Runs a one-shot command in the working directory.
     fn run(&self, args: &[&str]) -> Output {
-        run_in(&self.cwd, args)
+        run_bounded(Some(&self.cwd), args, COMMAND_TIMEOUT)
     }
 
     /// `tombstone keys create … --json`, asserting success; returns the printed object.
     fn create_key(&self, tenant: &str, scopes: &str) -> Value {
         let config = self.config();
-        let out = self.run(&[
-            "keys",
-            "create",
-            "--config",
-            path_str(&config),
-            "--tenant",
-            tenant,
-            "--scopes",
-            scopes,
-            "--json",
-        ]);
-        out.assert_success();
-        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("keys create --json: {e}: {}", out.stdout))
+        create_key(|args| self.run(args), path_str(&config), tenant, scopes)
     }
 
     /// `tombstone serve --config FILE --listen 127.0.0.1:0`.
@@ -103,174 +59,11 @@ impl Workspace {
     }
 }
 
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
-
-/// What a finished command printed.
-#[derive(Debug)]
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Output {
-    #[track_caller]
-    fn assert_success(&self) -> &Self {
-        assert!(self.status.success(), "exit {:?}\nstdout: {}\nstderr: {}", self.status, self.stdout, self.stderr);
-        self
-    }
-
-    /// Asserts a non-zero exit with exactly one non-empty line on stderr; returns it.
-    #[track_caller]
-    fn assert_one_line_failure(&self) -> String {
-        assert!(!self.status.success(), "expected failure, got {:?}\nstdout: {}", self.status, self.stdout);
-        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "expected one line on stderr, got:\n{}", self.stderr);
-        lines[0].to_string()
-    }
-}
-
-/// Reads a pipe to the end on a thread.
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    })
-}
-
-/// Runs the binary in `cwd`, killing it if it outlives [`COMMAND_TIMEOUT`] (a `serve` that
-/// accepted a config it should have refused would otherwise hang the test).
-fn run_in(cwd: &Path, args: &[&str]) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tombstone");
-    let stdout = drain(child.stdout.take().expect("stdout"));
-    let stderr = drain(child.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("tombstone {args:?} still running after {COMMAND_TIMEOUT:?}; stderr: {}", stderr.join().unwrap());
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Output { status, stdout: stdout.join().expect("stdout"), stderr: stderr.join().expect("stderr") }
-}
-
-/// A running `tombstone serve`, killed on drop.
-struct Server {
-    child: Child,
-    base: String,
-    /// Every stderr line so far (the reader thread keeps the pipe drained).
-    stderr: Arc<Mutex<Vec<String>>>,
-    http: Client,
-}
-
 impl Server {
+    /// `tombstone ARGS…` in `cwd` with `TOMBSTONE_LOG=info`, once it is listening.
     fn start(cwd: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .current_dir(cwd)
-            .env("TOMBSTONE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tombstone serve");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let rx = spawn_line_reader(child.stderr.take().expect("stderr"), lines.clone());
-        let http = Client::builder().timeout(Duration::from_secs(10)).build().expect("http client");
-        let mut server = Self { child, base: String::new(), stderr: lines, http };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(addr) = line.trim().strip_prefix("listening on http://") {
-                        server.base = format!("http://{addr}");
-                        return server;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("no `listening on` line within {START_TIMEOUT:?}; stderr:\n{}", server.stderr_text())
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = server.child.wait().ok();
-                    panic!("tombstone serve exited ({status:?}) before listening; stderr:\n{}", server.stderr_text())
-                }
-            }
-        }
+        Server::spawn(cwd, args, Some("info"))
     }
-
-    fn stderr_text(&self) -> String {
-        self.stderr.lock().expect("stderr lines").join("\n")
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn get(&self, path: &str, key: &str) -> Response {
-        self.http.get(self.url(path)).bearer_auth(key).send().expect("GET")
-    }
-
-    fn post(&self, path: &str, key: &str, body: &Value) -> Response {
-        self.http.post(self.url(path)).bearer_auth(key).json(body).send().expect("POST")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Forwards stderr lines to a channel (until the test stops listening) and keeps them all.
-fn spawn_line_reader(pipe: impl Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) -> Receiver<String> {
-    let (tx, rx) = channel();
-    thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            lines.lock().expect("stderr lines").push(line.clone());
-            let _ = tx.send(line);
-        }
-    });
-    rx
-}
-
-fn header(response: &Response, name: &str) -> Option<String> {
-    response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
-}
-
-#[track_caller]
-fn json_of(response: Response, expected: StatusCode) -> Value {
-    let status = response.status();
-    let text = response.text().expect("body");
-    assert_eq!(status, expected, "body: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-/// Asserts a problem+json answer of this status and type.
-#[track_caller]
-fn problem(response: Response, status: StatusCode, kind: &str) -> Value {
-    assert_eq!(header(&response, "content-type").as_deref(), Some("application/problem+json"));
-    let body = json_of(response, status);
-    assert_eq!(body["type"], kind, "{body}");
-    assert_eq!(body["status"], status.as_u16(), "{body}");
-    body
 }
 
 // ---------------------------------------------------------------------------------------

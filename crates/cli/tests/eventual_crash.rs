@@ -7,20 +7,17 @@
 //!
 //! Waits are bounded polls; the server's own stderr is kept for failure messages.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{Server, path_str, run_bounded};
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tombstone");
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the restarted server may take to finish the operation.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -45,53 +42,11 @@ n         = { type = "integer" }
 parent_id = { type = "ref", collection = "parents", on_delete = "eventual" }
 "#;
 
-/// A running `tombstone serve`, killed (SIGKILL) on drop.
-struct Server {
-    child: Child,
-    base: String,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
+/// `tombstone serve` on a config, in its directory; killed (SIGKILL) on drop.
 impl Server {
     fn start(config: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config", path_str(config), "--listen", "127.0.0.1:0"])
-            .current_dir(config.parent().expect("config dir"))
-            .env("TOMBSTONE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tombstone serve");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let rx = spawn_line_reader(child.stderr.take().expect("stderr"), lines.clone());
-        let mut server = Self { child, base: String::new(), stderr: lines };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    if let Some(addr) = line.trim().strip_prefix("listening on http://") {
-                        server.base = format!("http://{addr}");
-                        return server;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("no `listening on` line within {START_TIMEOUT:?}; stderr:\n{}", server.stderr_text())
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = server.child.wait().ok();
-                    panic!("serve exited ({status:?}) before listening; stderr:\n{}", server.stderr_text())
-                }
-            }
-        }
-    }
-
-    fn stderr_text(&self) -> String {
-        self.stderr.lock().expect("stderr lines").join("\n")
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        let cwd = config.parent().expect("config dir");
+        Server::spawn(cwd, &["serve", "--config", path_str(config), "--listen", "127.0.0.1:0"], Some("info"))
     }
 
     /// SIGKILL, no chance to finish anything.
@@ -102,63 +57,10 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_line_reader(pipe: impl Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) -> Receiver<String> {
-    let (tx, rx) = channel();
-    thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            lines.lock().expect("stderr lines").push(line.clone());
-            let _ = tx.send(line);
-        }
-    });
-    rx
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
-
 /// Runs a one-shot command, bounded; returns (success, stdout, stderr).
 fn run(args: &[&str]) -> (bool, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tombstone");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("tombstone {args:?} still running after {COMMAND_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    (status.success(), out.join().expect("stdout"), err.join().expect("stderr"))
+    let out = run_bounded(None, args, COMMAND_TIMEOUT);
+    (out.status.success(), out.stdout, out.stderr)
 }
 
 /// A small typed client over one server.

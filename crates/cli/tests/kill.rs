@@ -8,24 +8,25 @@
 //! `KILL_SEED=<n>` replays a run's random choices (kill points, operations, which
 //! deliveries the receiver refuses); the seed is printed with the figures.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{BIN, Listening, START_TIMEOUT, spawn_line_reader, spawn_serve, wait_for_listening};
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tombstone_domain::webhook::{secret_key, verify};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tombstone");
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const TENANT: &str = "t1";
 const COLLECTION: &str = "items";
@@ -42,8 +43,6 @@ const KILLS: usize = 5;
 /// event per record is refused: the drain then takes one retry delay, not a chain of them.
 const FAIL_PERCENT: u64 = 10;
 
-/// How long the server may take to print `listening on`.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the relay may take to deliver everything after the last restart (a refused
 /// first attempt is retried after 5 s, and one record's later events wait behind it).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
@@ -259,45 +258,24 @@ impl Server {
             let generation = self.starts;
             let listen = format!("127.0.0.1:{}", self.port);
             let config = self.config.to_str().expect("utf-8 path").to_string();
-            let mut child = Command::new(BIN)
-                .args(["serve", "--config", &config, "--listen", &listen])
-                .current_dir(&self.cwd)
-                .env("TOMBSTONE_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn tombstone serve");
-            let (tx, rx) = channel();
+            let mut child = spawn_serve(&self.cwd, &["serve", "--config", &config, "--listen", &listen], Some("warn"));
             let stderr = child.stderr.take().expect("stderr");
-            let log = self.log.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    lock(&log).push(format!("[run {generation}] {line}"));
-                    let _ = tx.send(line);
+            let rx = spawn_line_reader(stderr, self.log.clone(), move |line| format!("[run {generation}] {line}"));
+            match wait_for_listening(&rx, START_TIMEOUT) {
+                Listening::At(addr) => {
+                    assert_eq!(format!("listening on http://{addr}"), format!("listening on http://{listen}"));
+                    self.child = Some(child);
+                    return;
                 }
-            });
-            let deadline = Instant::now() + START_TIMEOUT;
-            loop {
-                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(line) if line.trim().starts_with("listening on http://") => {
-                        assert_eq!(line.trim(), format!("listening on http://{listen}"));
-                        self.child = Some(child);
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(RecvTimeoutError::Timeout) => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        panic!("no `listening on` line within {START_TIMEOUT:?}; stderr:\n{}", self.log_text());
-                    }
-                    Err(RecvTimeoutError::Disconnected) => {
-                        let status = child.wait();
-                        eprintln!("server run {generation} exited before listening ({status:?}), attempt {attempt}");
-                        thread::sleep(Duration::from_millis(200));
-                        break;
-                    }
+                Listening::TimedOut => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("no `listening on` line within {START_TIMEOUT:?}; stderr:\n{}", self.log_text());
+                }
+                Listening::Exited => {
+                    let status = child.wait();
+                    eprintln!("server run {generation} exited before listening ({status:?}), attempt {attempt}");
+                    thread::sleep(Duration::from_millis(200));
                 }
             }
         }

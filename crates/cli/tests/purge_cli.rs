@@ -5,23 +5,17 @@
 //! The dry run must agree with `GET /v1/purge/preview` and change nothing; the real run
 //! purges exactly what was due; a paused purge purges nothing and says so.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{Output, Server, Workspace, create_key, run_bounded};
 use reqwest::StatusCode;
-use reqwest::blocking::Client;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tombstone");
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long records may take to come due (their window is one second).
 const DUE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -54,24 +48,7 @@ text = { type = "string" }
 // ---------------------------------------------------------------------------------------
 // Harness
 
-/// A config directory and a separate working directory.
-struct Workspace {
-    _root: TempDir,
-    config_dir: PathBuf,
-    cwd: PathBuf,
-}
-
 impl Workspace {
-    fn new() -> Self {
-        let root = tempfile::tempdir().expect("temp dir");
-        let config_dir = root.path().join("etc");
-        let cwd = root.path().join("work");
-        std::fs::create_dir_all(&config_dir).expect("config dir");
-        std::fs::create_dir_all(&cwd).expect("cwd");
-        std::fs::write(config_dir.join("tombstone.toml"), CONFIG).expect("write config");
-        Self { _root: root, config_dir, cwd }
-    }
-
     fn config(&self) -> String {
         self.config_dir.join("tombstone.toml").to_str().expect("utf-8 path").to_string()
     }
@@ -86,7 +63,7 @@ impl Workspace {
 
     /// Runs a one-shot command.
     fn run(&self, args: &[&str]) -> Output {
-        run_in(&self.cwd, args)
+        run_bounded(Some(&self.cwd), args, COMMAND_TIMEOUT)
     }
 
     /// `tombstone purge --config F ARGS…`, asserting success.
@@ -102,123 +79,18 @@ impl Workspace {
     /// An admin key of tenant t1 (its secret).
     fn admin_key(&self) -> String {
         let config = self.config();
-        let out = self.run(&["keys", "create", "--config", &config, "--tenant", "t1", "--scopes", "admin", "--json"]);
-        out.assert_success();
-        let key: Value = serde_json::from_str(out.stdout.trim()).expect("keys create --json");
+        let key = create_key(|args| self.run(args), &config, "t1", "admin");
         key["secret"].as_str().expect("secret").to_string()
     }
 
     fn serve(&self) -> Server {
         let config = self.config();
-        Server::start(&self.cwd, &["serve", "--config", &config, "--listen", "127.0.0.1:0"])
+        Server::spawn(&self.cwd, &["serve", "--config", &config, "--listen", "127.0.0.1:0"], None)
     }
 }
 
-#[derive(Debug)]
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Output {
-    #[track_caller]
-    fn assert_success(&self) -> &Self {
-        assert!(self.status.success(), "exit {:?}\nstdout: {}\nstderr: {}", self.status, self.stdout, self.stderr);
-        self
-    }
-
-    /// The printed JSON object.
-    #[track_caller]
-    fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
-    }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    })
-}
-
-fn run_in(cwd: &Path, args: &[&str]) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tombstone");
-    let stdout = drain(child.stdout.take().expect("stdout"));
-    let stderr = drain(child.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("tombstone {args:?} still running after {COMMAND_TIMEOUT:?}; stderr: {}", stderr.join().unwrap());
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Output { status, stdout: stdout.join().expect("stdout"), stderr: stderr.join().expect("stderr") }
-}
-
-/// A running `tombstone serve`, killed on drop.
-struct Server {
-    child: Child,
-    base: String,
-    stderr: Arc<Mutex<Vec<String>>>,
-    http: Client,
-}
-
+/// Typed requests against a running server.
 impl Server {
-    fn start(cwd: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tombstone serve");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let rx = spawn_line_reader(child.stderr.take().expect("stderr"), lines.clone());
-        let http = Client::builder().timeout(Duration::from_secs(10)).build().expect("http client");
-        let mut server = Self { child, base: String::new(), stderr: lines, http };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    if let Some(addr) = line.trim().strip_prefix("listening on http://") {
-                        server.base = format!("http://{addr}");
-                        return server;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("no `listening on` line within {START_TIMEOUT:?}; stderr:\n{}", server.stderr_text())
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = server.child.wait().ok();
-                    panic!("tombstone serve exited ({status:?}) before listening; stderr:\n{}", server.stderr_text())
-                }
-            }
-        }
-    }
-
-    fn stderr_text(&self) -> String {
-        self.stderr.lock().expect("stderr lines").join("\n")
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
     /// Sends a request and returns the status and the JSON body (`null` when empty).
     fn call(&self, method: reqwest::Method, path: &str, key: &str, body: Option<&Value>) -> (StatusCode, Value) {
         let mut request = self.http.request(method.clone(), self.url(path)).bearer_auth(key);
@@ -273,25 +145,6 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_line_reader(pipe: impl Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) -> Receiver<String> {
-    let (tx, rx) = channel();
-    thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            lines.lock().expect("stderr lines").push(line.clone());
-            let _ = tx.send(line);
-        }
-    });
-    rx
-}
-
 /// The `COLLECTION: N due` lines of a dry run; panics on any other line except a note
 /// about the pause (returned separately).
 fn due_lines(stdout: &str) -> (BTreeMap<String, u64>, Vec<String>) {
@@ -339,7 +192,7 @@ fn ids_of(values: &Value) -> HashSet<String> {
 
 #[test]
 fn dry_run_matches_the_preview_and_changes_nothing_then_purge_purges() {
-    let ws = Workspace::new();
+    let ws = Workspace::with_config(CONFIG);
     let key = ws.admin_key();
     let server = ws.serve();
     let notes: Vec<String> = (0..5).map(|i| server.create("notes", &key, &format!("note {i}"))).collect();
@@ -446,7 +299,7 @@ fn dry_run_matches_the_preview_and_changes_nothing_then_purge_purges() {
 
 #[test]
 fn a_paused_purge_purges_nothing_says_so_and_stays_paused_across_restarts() {
-    let ws = Workspace::new();
+    let ws = Workspace::with_config(CONFIG);
     let key = ws.admin_key();
     let server = ws.serve();
     let ids: Vec<String> = (0..2).map(|i| server.create("notes", &key, &format!("note {i}"))).collect();
@@ -486,7 +339,7 @@ fn a_paused_purge_purges_nothing_says_so_and_stays_paused_across_restarts() {
 
 #[test]
 fn purge_refuses_an_unknown_collection_in_one_line() {
-    let ws = Workspace::new();
+    let ws = Workspace::with_config(CONFIG);
     let config = ws.config();
     for args in [
         vec!["purge", "--config", config.as_str(), "--collection", "nope"],
