@@ -29,8 +29,15 @@ pub fn config(dir: &Path) -> anyhow::Result<Config> {
     Config::parse(DEMO_TOML, dir).map_err(|e| anyhow::anyhow!("demo schema: {e}"))
 }
 
-/// Seeds demo data and creates the admin key on first start; prints what a newcomer needs.
-pub async fn prepare(config: &Config, store: &Arc<dyn Store>, clock: &dyn Clock) -> anyhow::Result<()> {
+/// Seeds demo data and creates the admin key on first start; prints what a newcomer needs
+/// (`addr`: where the server listens, already bound, so a key is never made and lost to a
+/// port that turns out to be taken).
+pub async fn prepare(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    clock: &dyn Clock,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
     if store.get_meta("demo.seeded").await?.is_none() {
         seed(config, store, clock).await.context("seeding demo data")?;
         store.set_meta("demo.seeded", "1").await?;
@@ -40,7 +47,7 @@ pub async fn prepare(config: &Config, store: &Arc<dyn Store>, clock: &dyn Clock)
         let key = create_key(store.as_ref(), DEMO_TENANT, scopes, Some("demo admin".into()), clock.now()).await?;
         store.set_meta("demo.admin_key", &key.key.id).await?;
         eprintln!("demo admin key (tenant {DEMO_TENANT}, shown once): {}", key.secret);
-        eprintln!("  try: curl -H 'Authorization: Bearer {}' http://HOST/v1/products", key.secret);
+        eprintln!("  try: curl -H 'Authorization: Bearer {}' http://{addr}/v1/products", key.secret);
     } else {
         eprintln!(
             "demo admin key was printed on first start; to make another: tombstone keys create --tenant {DEMO_TENANT} --scopes admin"

@@ -225,7 +225,8 @@ fn init_logging(format: Option<&str>) {
         None => !std::io::stderr().is_terminal(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOMBSTONE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // tantivy reports every commit at info; its warnings are what an operator needs.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tantivy=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();
@@ -246,13 +247,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 load_config(config.config.as_deref())?
             };
             let store = open_store(&config).await?;
-            if demo {
-                demo::prepare(&config, &store, clock.as_ref()).await?;
-            }
             let addr = listen.unwrap_or(config.server.listen);
             let listener =
                 tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
             let local = listener.local_addr()?;
+            if demo {
+                demo::prepare(&config, &store, clock.as_ref(), local).await?;
+            }
             let search = Arc::new(SearchIndex::open(&config.search.path, true)?);
             let state = AppState::new(config.schema.clone(), store, clock).with_search(search);
             let workers = Workers::new(&state, &config.webhooks, config.purge.clone(), config.events.retention)?;
