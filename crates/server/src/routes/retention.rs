@@ -48,32 +48,33 @@ fn decode_position(cursor: &str) -> Result<TrashPosition, ApiError> {
     Ok(TrashPosition { deleted_at: Timestamp::from_micros(at), collection, id })
 }
 
+/// The collections a request covers: the one named (which the key must hold `permission`
+/// on), or every collection the key holds it on — at least one, else 403.
+fn scoped_collections(
+    state: &AppState,
+    caller: &Caller,
+    named: Option<&str>,
+    permission: Permission,
+) -> Result<Vec<Arc<Collection>>, ApiError> {
+    if let Some(name) = named {
+        let c = state.schema.collection(name).cloned().ok_or_else(|| ApiError::BadParameter {
+            param: "collection".into(),
+            message: "unknown collection".into(),
+        })?;
+        caller.require(permission, Some(name))?;
+        return Ok(vec![c]);
+    }
+    let allowed: Vec<_> =
+        state.schema.collections.values().filter(|c| caller.can(permission, Some(&c.name))).cloned().collect();
+    if allowed.is_empty() {
+        return Err(ApiError::Forbidden(permission));
+    }
+    Ok(allowed)
+}
+
 async fn list_trash(State(state): State<AppState>, caller: Caller, query: QueryPairs) -> Result<Response, ApiError> {
     query.only(&["collection", "deleted_since", "deleted_before", "deleted_by", "purge_before", "limit", "cursor"])?;
-    let collections: Vec<Arc<Collection>> = match query.get("collection") {
-        Some(name) => {
-            let c = state.schema.collection(name).cloned().ok_or_else(|| ApiError::BadParameter {
-                param: "collection".into(),
-                message: "unknown collection".into(),
-            })?;
-            caller.require(Permission::ReadDeleted, Some(name))?;
-            vec![c]
-        }
-        None => {
-            // Every collection the key may read deleted records of; at least one.
-            let allowed: Vec<_> = state
-                .schema
-                .collections
-                .values()
-                .filter(|c| caller.can(Permission::ReadDeleted, Some(&c.name)))
-                .cloned()
-                .collect();
-            if allowed.is_empty() {
-                return Err(ApiError::Forbidden(Permission::ReadDeleted));
-            }
-            allowed
-        }
-    };
+    let collections = scoped_collections(&state, &caller, query.get("collection"), Permission::ReadDeleted)?;
     let limit = parse_limit(query.get("limit"))?;
     let time = |name: &str| query.get(name).map(|v| parse_time_param(name, v)).transpose();
     let q = TrashQuery {
@@ -125,29 +126,7 @@ async fn list_trash(State(state): State<AppState>, caller: Caller, query: QueryP
 
 async fn preview(State(state): State<AppState>, caller: Caller, query: QueryPairs) -> Result<Response, ApiError> {
     query.only(&["collection"])?;
-    let collections: Vec<Arc<Collection>> = match query.get("collection") {
-        Some(name) => {
-            let c = state.schema.collection(name).cloned().ok_or_else(|| ApiError::BadParameter {
-                param: "collection".into(),
-                message: "unknown collection".into(),
-            })?;
-            caller.require(Permission::Purge, Some(name))?;
-            vec![c]
-        }
-        None => {
-            let allowed: Vec<_> = state
-                .schema
-                .collections
-                .values()
-                .filter(|c| caller.can(Permission::Purge, Some(&c.name)))
-                .cloned()
-                .collect();
-            if allowed.is_empty() {
-                return Err(ApiError::Forbidden(Permission::Purge));
-            }
-            allowed
-        }
-    };
+    let collections = scoped_collections(&state, &caller, query.get("collection"), Permission::Purge)?;
     let now = state.now();
     let due =
         state.store.purge_due(Some(caller.tenant()), &collections, now, now.saturating_add(PREVIEW_HORIZON)).await?;
