@@ -1486,3 +1486,15 @@ async fn health_and_readiness_answer_200_without_a_key() {
         app.get(path, &app.admin).await.assert_status(200);
     }
 }
+
+#[tokio::test]
+async fn a_dry_run_needs_no_if_match_even_where_writes_do() {
+    let app = TestApp::new().await;
+    let c = app.create("contracts", &app.admin, &json!({"title": "lease"})).await;
+    let id = c["id"].as_str().unwrap();
+    let plan = app.delete(&format!("/v1/contracts/{id}?dry_run=true"), &app.admin).await;
+    plan.assert_status(200);
+    assert_eq!(plan.json()["would_delete"][0]["id"], id);
+    app.delete(&format!("/v1/contracts/{id}"), &app.admin).await.assert_problem(428, "precondition-required");
+    assert_eq!(app.get(&format!("/v1/contracts/{id}"), &app.admin).await.json()["version"], 1);
+}

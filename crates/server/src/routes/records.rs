@@ -400,10 +400,11 @@ async fn delete_record(
         }
     };
     let reason = reason(&query)?;
-    let cond = write_precondition(&collection, &headers)?;
     if dry_run {
+        // A dry run changes nothing, so it needs no precondition.
         return dry_run_plan(&state, &caller, &collection, id).await;
     }
+    let cond = write_precondition(&collection, &headers)?;
     let request = DeleteRequest { if_match: cond, reason, deletion_id: new_deletion_id() };
     let outcome = state
         .store
