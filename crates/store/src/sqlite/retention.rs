@@ -173,8 +173,31 @@ fn purge_row(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     records::remove(tx, sql, &record.tenant, &record.id)?;
+    record_purge(tx, collection, actor, record, reason, now)
+}
+
+/// The audit entry (`purge`) and event (`record.purged`) of a removed record.
+fn record_purge(
+    tx: &Transaction<'_>,
+    collection: &Collection,
+    actor: &Actor,
+    record: &Record,
+    reason: Option<String>,
+    now: Timestamp,
+) -> Result<(), StoreError> {
     audit(tx, actor, AuditAction::Purge, record, reason, now)?;
     changes::append_event(tx, record_event(EventType::Purged, collection, record, &actor.request_id, now))?;
+    Ok(())
+}
+
+/// Removes many rows with one statement per 250 of them.
+fn remove_many(tx: &Transaction<'_>, sql: &TableSql, rows: &[Record]) -> Result<(), StoreError> {
+    for chunk in rows.chunks(250) {
+        let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(?{}, ?{})", 2 * i + 1, 2 * i + 2)).collect();
+        let statement = format!("delete from {} where (tenant, id) in (values {})", sql.table, pairs.join(", "));
+        let params: Vec<&str> = chunk.iter().flat_map(|r| [r.tenant.as_str(), r.id.as_str()]).collect();
+        tx.prepare_cached(&statement)?.execute(rusqlite::params_from_iter(params))?;
+    }
     Ok(())
 }
 
@@ -226,10 +249,12 @@ pub(crate) fn purge_batch(
         .prepare_cached(&query)?
         .query_map(params![now.as_micros(), limit], |r| records::read_record(collection, r))?
         .collect::<Result<_, _>>()?;
+    // The rows go with set-based statements; each still gets its audit entry and event.
+    remove_many(tx, sql, &due)?;
     for record in &due {
         let actor =
             Actor { tenant: record.tenant.clone(), key_id: "system:purge".into(), request_id: run_id.to_string() };
-        purge_row(tx, sql, collection, &actor, record, Some("recovery window elapsed".into()), now)?;
+        record_purge(tx, collection, &actor, record, Some("recovery window elapsed".into()), now)?;
     }
     Ok(PurgeBatch { purged: due.len() as u64, paused: false })
 }
