@@ -3,7 +3,8 @@
 #   bench/http/run.sh get      cached GET vs cold GET vs a bare axum JSON endpoint
 #   bench/http/run.sh search   list with q= over 100,000 records
 #   bench/http/run.sh purge    purge 1,000,000 expired rows beside 100,000 live ones, with reads running
-#                              (PURGE_RATE=rows/s cap, PURGE_BATCH=rows per batch, EXPIRED=rows due)
+#                              (PURGE_RATE=rows/s cap, PURGE_BATCH=rows per batch, EXPIRED=rows due,
+#                               DELAY_MS=pause per connection between GETs: paced instead of saturating)
 # Needs wrk (apt-get install wrk). Prints figures; nothing is asserted.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
