@@ -276,7 +276,13 @@ impl SearchIndex {
             for (_, (tenant, collection, id), kind) in &changes {
                 let Some(c) = schema.collection(collection).filter(|c| is_searchable(c)) else { continue };
                 erased |= kind == "record.erased";
-                let record = store.get_record(tenant, c, id).await?.filter(|r| !r.is_deleted());
+                // An event that takes a record out needs no read: its document goes (a later
+                // event of the same record in this batch puts it back if it returned). Only
+                // events that bring a record in read its current state — so a purge pass
+                // does not turn into one database read per purged row.
+                let gone = matches!(kind.as_str(), "record.deleted" | "record.purged" | "record.erased");
+                let record =
+                    if gone { None } else { store.get_record(tenant, c, id).await?.filter(|r| !r.is_deleted()) };
                 current.push((c.clone(), (tenant.clone(), collection.clone(), id.clone()), record));
             }
             {
