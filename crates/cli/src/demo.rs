@@ -7,9 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde_json::{Value, json};
 use tombstone_domain::config::Config;
-use tombstone_domain::id::new_record_id;
 use tombstone_domain::lifecycle::Actor;
-use tombstone_domain::record::{Record, parse_create};
+use tombstone_domain::record::parse_create;
 use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::Clock;
 use tombstone_server::keys::create_key;
@@ -66,17 +65,7 @@ async fn insert(
     let coll = config.schema.collection(collection).with_context(|| format!("demo collection {collection}"))?;
     let parsed = parse_create(coll, &body).map_err(|e| anyhow::anyhow!("demo {collection}: {e}"))?;
     let now = clock.now();
-    let record = Record {
-        tenant: DEMO_TENANT.into(),
-        collection: collection.into(),
-        id: parsed.id.unwrap_or_else(new_record_id),
-        version: 1,
-        created_at: now,
-        updated_at: now,
-        deletion: None,
-        legal_hold: false,
-        values: parsed.values,
-    };
+    let record = parsed.into_record(DEMO_TENANT, collection, now);
     let actor = Actor { tenant: DEMO_TENANT.into(), key_id: "system".into(), request_id: "demo-seed".into() };
     Ok(store.create_record(&actor, coll, record, None).await?.id)
 }

@@ -236,6 +236,24 @@ pub struct NewRecordBody {
     pub values: Values,
 }
 
+impl NewRecordBody {
+    /// The record it creates: version 1, active, with the client's id or a new UUIDv7.
+    #[must_use]
+    pub fn into_record(self, tenant: &str, collection: &str, now: Timestamp) -> Record {
+        Record {
+            tenant: tenant.to_string(),
+            collection: collection.to_string(),
+            id: self.id.unwrap_or_else(crate::id::new_record_id),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            deletion: None,
+            legal_hold: false,
+            values: self.values,
+        }
+    }
+}
+
 fn as_object(body: &Value) -> Result<&Map<String, Value>, ValidationErrors> {
     body.as_object().ok_or_else(|| ValidationErrors::one("", "the body must be a JSON object"))
 }

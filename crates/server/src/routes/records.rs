@@ -12,7 +12,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tombstone_domain::config::Collection;
-use tombstone_domain::id::{is_valid_record_id, new_deletion_id, new_record_id};
+use tombstone_domain::id::{is_valid_record_id, new_deletion_id};
 use tombstone_domain::lifecycle::{DeleteRequest, IfMatch, check_reason, if_none_match};
 use tombstone_domain::query::{ListQuery, encode_cursor};
 use tombstone_domain::record::{FieldError, Hold, Record, RecordView, ValidationErrors, parse_create, parse_patch};
@@ -189,17 +189,7 @@ async fn create_record(
     };
 
     let now = state.now();
-    let record = Record {
-        tenant: caller.tenant().to_string(),
-        collection: collection.name.clone(),
-        id: parsed.id.unwrap_or_else(new_record_id),
-        version: 1,
-        created_at: now,
-        updated_at: now,
-        deletion: None,
-        legal_hold: false,
-        values: parsed.values,
-    };
+    let record = parsed.into_record(caller.tenant(), &collection.name, now);
     let location = format!("/v1/{}/{}", collection.name, record.id);
     let no_holds = HashMap::new();
     let body = serde_json::to_string(&represent(&caller, &collection, &record, &no_holds))
