@@ -246,6 +246,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 load_config(config.config.as_deref())?
             };
+            if config.events.nats.is_some() {
+                // A configured sink that silently received nothing would be worse than a refusal.
+                bail!("events.nats: the NATS JetStream relay is not available in this build; remove the setting");
+            }
             let store = open_store(&config).await?;
             let addr = listen.unwrap_or(config.server.listen);
             let listener =

@@ -434,3 +434,11 @@ fn demo_prints_an_admin_key_once_and_later_says_how_to_make_one() {
     let products = json_of(server.get("/v1/products", key["secret"].as_str().unwrap()), StatusCode::OK);
     assert_eq!(products["items"].as_array().map(Vec::len), Some(6));
 }
+
+#[test]
+fn a_nats_relay_that_does_not_exist_is_refused_at_start() {
+    let ws = Workspace::new();
+    let config = ws.write_config(&format!("[events]\nnats = \"nats://127.0.0.1:4222\"\n{SCHEMA}"));
+    let line = ws.run(&["serve", "--config", path_str(&config), "--listen", "127.0.0.1:0"]).assert_one_line_failure();
+    assert!(line.contains("events.nats"), "{line}");
+}
