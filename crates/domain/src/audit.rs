@@ -12,7 +12,6 @@
 //! and `hash` is the lower-case hex digest. Values of `pii` fields never enter an entry.
 
 use serde::Serialize;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::time::Timestamp;
@@ -109,24 +108,58 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
+/// The members of the canonical form, in their order (serde keeps declaration order).
+#[derive(Serialize)]
+struct Canonical<'a> {
+    seq: i64,
+    at: Timestamp,
+    tenant: &'a str,
+    actor: &'a str,
+    action: &'a str,
+    collection: Option<&'a str>,
+    record_id: Option<&'a str>,
+    version: Option<i64>,
+    deletion_id: Option<&'a str>,
+    reason: Option<&'a str>,
+    request_id: Option<&'a str>,
+}
+
+impl<'a> Canonical<'a> {
+    fn of(entry: &'a AuditEntry) -> Self {
+        Self {
+            seq: entry.seq,
+            at: entry.at,
+            tenant: &entry.tenant,
+            actor: &entry.actor,
+            action: &entry.action,
+            collection: entry.collection.as_deref(),
+            record_id: entry.record_id.as_deref(),
+            version: entry.version,
+            deletion_id: entry.deletion_id.as_deref(),
+            reason: entry.reason.as_deref(),
+            request_id: entry.request_id.as_deref(),
+        }
+    }
+}
+
 /// The canonical form of an entry (see the module docs).
 #[must_use]
 pub fn canonical_form(entry: &AuditEntry) -> String {
-    // serde_json keeps insertion order here (preserve_order), which fixes the member order.
-    json!({
-        "seq": entry.seq,
-        "at": entry.at.to_rfc3339(),
-        "tenant": entry.tenant,
-        "actor": entry.actor,
-        "action": entry.action,
-        "collection": entry.collection,
-        "record_id": entry.record_id,
-        "version": entry.version,
-        "deletion_id": entry.deletion_id,
-        "reason": entry.reason,
-        "request_id": entry.request_id,
-    })
-    .to_string()
+    serde_json::to_string(&Canonical::of(entry)).unwrap_or_default()
+}
+
+/// Feeds serialized bytes straight into the digest (no intermediate string).
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The hash an entry must carry, given its `prev_hash`.
@@ -135,7 +168,8 @@ pub fn entry_hash(prev_hash: &str, entry: &AuditEntry) -> String {
     let mut hasher = Sha256::new();
     hasher.update(prev_hash.as_bytes());
     hasher.update(b"\n");
-    hasher.update(canonical_form(entry).as_bytes());
+    // Serializing plain strings and integers into a writer that cannot fail cannot fail.
+    let _ = serde_json::to_writer(HashWriter(&mut hasher), &Canonical::of(entry));
     hex::encode(hasher.finalize())
 }
 
@@ -271,6 +305,50 @@ mod tests {
         // The digest of that form after the genesis hash, computed independently.
         assert_eq!(e.hash.len(), 64);
         assert_eq!(e.hash, entry_hash(GENESIS_HASH, &e));
+    }
+
+    /// The form as first defined: a JSON object built member by member.
+    fn reference_form(e: &AuditEntry) -> String {
+        serde_json::json!({
+            "seq": e.seq, "at": e.at.to_rfc3339(), "tenant": e.tenant, "actor": e.actor,
+            "action": e.action, "collection": e.collection, "record_id": e.record_id,
+            "version": e.version, "deletion_id": e.deletion_id, "reason": e.reason,
+            "request_id": e.request_id,
+        })
+        .to_string()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn canonical_form_matches_its_definition(
+            seq in proptest::prelude::any::<i64>(),
+            at in -62_000_000_000_000_000i64..250_000_000_000_000_000,
+            text in proptest::option::of(".*"),
+            tenant in ".*",
+            version in proptest::option::of(proptest::prelude::any::<i64>()),
+        ) {
+            let e = AuditEntry {
+                seq,
+                at: Timestamp::from_micros(at),
+                tenant: tenant.clone(),
+                actor: tenant,
+                action: "purge".into(),
+                collection: text.clone(),
+                record_id: text.clone(),
+                version,
+                deletion_id: None,
+                reason: text.clone(),
+                request_id: text,
+                prev_hash: GENESIS_HASH.into(),
+                hash: String::new(),
+            };
+            proptest::prop_assert_eq!(canonical_form(&e), reference_form(&e));
+            let mut hasher = Sha256::new();
+            hasher.update(GENESIS_HASH.as_bytes());
+            hasher.update(b"\n");
+            hasher.update(reference_form(&e).as_bytes());
+            proptest::prop_assert_eq!(entry_hash(GENESIS_HASH, &e), hex::encode(hasher.finalize()));
+        }
     }
 
     #[test]

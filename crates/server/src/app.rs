@@ -140,18 +140,27 @@ pub async fn serve(
     tasks.spawn(workers.purge.run(cancel.1.clone()));
     tasks.spawn(eventual_cascades(state.clone(), cancel.1.clone()));
     tasks.spawn(cache_sync(state.clone(), cancel.1.clone()));
-    if let Some(index) = state.search.clone() {
-        tasks.spawn(crate::search::run(
-            index,
-            state.store.clone(),
-            state.schema.clone(),
-            RECONCILE_EVERY,
-            cancel.1.clone(),
-        ));
-    }
+    // The indexer runs on its own thread in the idle CPU class, with a runtime of its own:
+    // reading the outbox and committing segments never occupies a request's worker.
+    let indexer = match state.search.clone() {
+        Some(index) => {
+            let (store, schema, cancel) = (state.store.clone(), state.schema.clone(), cancel.1.clone());
+            Some(std::thread::Builder::new().name("tombstone-indexer".into()).spawn(move || {
+                tombstone_store::priority::lower_current_thread();
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime.block_on(crate::search::run(index, store, schema, RECONCILE_EVERY, cancel)),
+                    Err(e) => tracing::error!(error = %e, "cannot start the search indexer"),
+                }
+            })?)
+        }
+        None => None,
+    };
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     let _ = cancel.0.send(true);
     while tasks.join_next().await.is_some() {}
+    if let Some(indexer) = indexer {
+        let _ = tokio::task::spawn_blocking(move || indexer.join()).await;
+    }
     result
 }
 

@@ -111,7 +111,16 @@ impl SearchIndex {
         let index = Index::open_or_create(dir, schema)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let writer = if writable {
-            let w: IndexWriter = index.writer_with_num_threads(1, 20_000_000).map_err(|e| match e {
+            // The writer's indexing and merge threads are started from a thread in the idle
+            // CPU class, so they inherit it: indexing takes spare cycles, not requests' ones.
+            let starting = index.clone();
+            let w: IndexWriter = std::thread::spawn(move || {
+                tombstone_store::priority::lower_current_thread();
+                starting.writer_with_num_threads(1, 20_000_000)
+            })
+            .join()
+            .map_err(|_| SearchError::Directory("the index writer could not be started".into()))?
+            .map_err(|e| match e {
                 tantivy::TantivyError::LockFailure(..) => SearchError::Directory(format!(
                     "{} is in use by another process (a running server?)",
                     path.display()

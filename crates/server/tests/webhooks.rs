@@ -270,11 +270,15 @@ async fn outbox_rows_are_cleaned_up_only_after_retention_and_delivery() {
     let p = app.create("products", &app.admin, &json!({"sku": "A", "name": "Mug"})).await;
     receiver.behaviour.lock().unwrap().script.insert(p["id"].as_str().unwrap().into(), vec![500]);
     app.create("products", &app.admin, &json!({"sku": "B", "name": "Cup"})).await;
+    let newest = app.create("products", &app.admin, &json!({"sku": "N", "name": "Jug"})).await;
     relay.run_once().await.unwrap();
     let far_future = app.clock.now().saturating_add(Duration::from_secs(365 * 86_400));
-    // A's delivery is still pending: its row stays; B's went out: its row may go.
+    // A's delivery is still pending: its row stays; B's went out: its row may go; the
+    // newest event always stays (its seq must never be handed out again).
     assert_eq!(app.store.cleanup_outbox(far_future, 1000).await.unwrap(), 1);
-    assert_eq!(app.get("/v1/events", &app.admin).await.json()["items"].as_array().unwrap().len(), 1);
+    let left = app.get("/v1/events", &app.admin).await.json();
+    let ids: Vec<&str> = left["items"].as_array().unwrap().iter().map(|e| e["record_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [p["id"].as_str().unwrap(), newest["id"].as_str().unwrap()]);
     // Nothing younger than the retention goes.
     app.clock.advance(Duration::from_secs(10));
     relay.run_once().await.unwrap();
@@ -286,4 +290,27 @@ async fn outbox_rows_are_cleaned_up_only_after_retention_and_delivery() {
     app.create("products", &app.admin, &json!({"sku": "C", "name": "Bowl"})).await;
     relay.run_once().await.unwrap();
     assert_eq!(app.store.cleanup_outbox(past, 1000).await.unwrap(), 0, "rows newer than the cut-off stay");
+}
+
+#[tokio::test]
+async fn cleaning_the_outbox_never_hands_out_a_seq_twice() {
+    use tombstone_store::Store;
+    let (app, relay, _receiver) = setup("").await;
+    for sku in ["A", "B", "C"] {
+        app.create("products", &app.admin, &json!({"sku": sku, "name": "Mug"})).await;
+    }
+    relay.run_once().await.unwrap();
+    let feed = app.get("/v1/events", &app.admin).await.json();
+    let last_seen = feed["items"].as_array().unwrap().last().unwrap()["seq"].as_i64().unwrap();
+    // Everything is delivered and past retention: all rows but the newest go.
+    let far_future = app.clock.now().saturating_add(Duration::from_secs(365 * 86_400));
+    assert_eq!(app.store.cleanup_outbox(far_future, 1000).await.unwrap(), 2);
+    assert_eq!(app.store.cleanup_outbox(far_future, 1000).await.unwrap(), 0);
+    // A consumer that read up to `last_seen` still sees the next change.
+    let d = app.create("products", &app.admin, &json!({"sku": "D", "name": "Mug"})).await;
+    let next = app.get(&format!("/v1/events?after={last_seen}"), &app.admin).await.json();
+    let items = next["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["record_id"], d["id"]);
+    assert!(items[0]["seq"].as_i64().unwrap() > last_seen);
 }

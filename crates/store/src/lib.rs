@@ -6,6 +6,7 @@
 //! together or not at all.
 
 pub mod cache;
+pub mod priority;
 pub mod sqlite;
 pub mod telemetry;
 

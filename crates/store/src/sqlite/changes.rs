@@ -9,41 +9,93 @@ use tombstone_domain::time::Timestamp;
 
 use crate::{AuditQuery, EventQuery, StoreError};
 
-/// Appends an audit entry after the current head and moves the head.
-pub(crate) fn append_audit(conn: &Connection, entry: NewAuditEntry) -> Result<AuditEntry, StoreError> {
+/// The chain's head as the running transaction sees it.
+fn audit_head(conn: &Connection) -> Result<(i64, String), StoreError> {
     // The head is read once per transaction and kept on the writer thread; it is written
     // back once, just before the commit (`flush_audit_head`).
-    let head = AUDIT_HEAD.with(|h| h.borrow().clone());
-    let (last_seq, prev_hash) = match head {
-        Some(head) => head,
-        None => conn
-            .prepare_cached("select seq, hash from audit_head where id = 1")?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?
-            .unwrap_or((0, GENESIS_HASH.to_string())),
-    };
+    if let Some(head) = AUDIT_HEAD.with(|h| h.borrow().clone()) {
+        return Ok(head);
+    }
+    Ok(conn
+        .prepare_cached("select seq, hash from audit_head where id = 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, GENESIS_HASH.to_string())))
+}
+
+/// Rows per multi-row insert of [`append_audit_many`] and [`append_events`]: one
+/// statement's overhead spread over many rows.
+const ROWS_PER_INSERT: usize = 64;
+
+/// The columns of an audit row, in insert order.
+const AUDIT_INSERT: &str = "insert into audit (seq, at, tenant, actor, action, collection, record_id, version, deletion_id, reason, request_id, prev_hash, hash) values ";
+
+/// The columns of an outbox row, in insert order.
+const OUTBOX_INSERT: &str = "insert into outbox (id, type, tenant, collection, record_id, version, deletion_id, occurred_at, request_id, data) values ";
+
+/// `insert ... values (?, ?), (?, ?)` for `rows` rows of `columns` values.
+fn multi_row(insert: &str, columns: usize, rows: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    format!("{insert}{}", vec![row; rows].join(", "))
+}
+
+fn bind_audit(stmt: &mut rusqlite::CachedStatement<'_>, at: usize, e: &AuditEntry) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(at + 1, e.seq)?;
+    stmt.raw_bind_parameter(at + 2, e.at.as_micros())?;
+    stmt.raw_bind_parameter(at + 3, &e.tenant)?;
+    stmt.raw_bind_parameter(at + 4, &e.actor)?;
+    stmt.raw_bind_parameter(at + 5, &e.action)?;
+    stmt.raw_bind_parameter(at + 6, &e.collection)?;
+    stmt.raw_bind_parameter(at + 7, &e.record_id)?;
+    stmt.raw_bind_parameter(at + 8, e.version)?;
+    stmt.raw_bind_parameter(at + 9, &e.deletion_id)?;
+    stmt.raw_bind_parameter(at + 10, &e.reason)?;
+    stmt.raw_bind_parameter(at + 11, &e.request_id)?;
+    stmt.raw_bind_parameter(at + 12, &e.prev_hash)?;
+    stmt.raw_bind_parameter(at + 13, &e.hash)
+}
+
+/// Appends an audit entry after the current head and moves the head.
+pub(crate) fn append_audit(conn: &Connection, entry: NewAuditEntry) -> Result<AuditEntry, StoreError> {
+    let (last_seq, prev_hash) = audit_head(conn)?;
     let sealed = seal(entry, last_seq + 1, &prev_hash);
-    conn.prepare_cached(
-        "insert into audit (seq, at, tenant, actor, action, collection, record_id, version, deletion_id, reason, request_id, prev_hash, hash)
-         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?
-    .execute(params![
-        sealed.seq,
-        sealed.at.as_micros(),
-        sealed.tenant,
-        sealed.actor,
-        sealed.action,
-        sealed.collection,
-        sealed.record_id,
-        sealed.version,
-        sealed.deletion_id,
-        sealed.reason,
-        sealed.request_id,
-        sealed.prev_hash,
-        sealed.hash,
-    ])?;
+    let mut stmt = conn.prepare_cached(&multi_row(AUDIT_INSERT, 13, 1))?;
+    bind_audit(&mut stmt, 0, &sealed)?;
+    stmt.raw_execute()?;
     AUDIT_HEAD.with(|h| *h.borrow_mut() = Some((sealed.seq, sealed.hash.clone())));
     Ok(sealed)
+}
+
+/// Appends entries in order, sealed one after the other as [`append_audit`] would, with
+/// multi-row inserts.
+pub(crate) fn append_audit_many(conn: &Connection, entries: Vec<NewAuditEntry>) -> Result<(), StoreError> {
+    let (mut seq, mut prev) = audit_head(conn)?;
+    let sealed: Vec<AuditEntry> = entries
+        .into_iter()
+        .map(|entry| {
+            seq += 1;
+            let e = seal(entry, seq, &prev);
+            prev.clone_from(&e.hash);
+            e
+        })
+        .collect();
+    let mut chunks = sealed.chunks_exact(ROWS_PER_INSERT);
+    for chunk in chunks.by_ref() {
+        let mut stmt = conn.prepare_cached(&multi_row(AUDIT_INSERT, 13, ROWS_PER_INSERT))?;
+        for (i, e) in chunk.iter().enumerate() {
+            bind_audit(&mut stmt, i * 13, e)?;
+        }
+        stmt.raw_execute()?;
+    }
+    let mut stmt = conn.prepare_cached(&multi_row(AUDIT_INSERT, 13, 1))?;
+    for e in chunks.remainder() {
+        bind_audit(&mut stmt, 0, e)?;
+        stmt.raw_execute()?;
+    }
+    if let Some(last) = sealed.last() {
+        AUDIT_HEAD.with(|h| *h.borrow_mut() = Some((last.seq, last.hash.clone())));
+    }
+    Ok(())
 }
 
 std::thread_local! {
@@ -73,32 +125,89 @@ std::thread_local! {
     pub(crate) static CHANGED: std::cell::RefCell<Vec<crate::cache::CacheKey>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+std::thread_local! {
+    /// The first and last outbox seq written by the running transaction on this thread.
+    pub(crate) static WRITTEN: std::cell::Cell<Option<(i64, i64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Notes that the running transaction wrote outbox rows `first..=last`.
+fn wrote(first: i64, last: i64) {
+    WRITTEN.with(|w| {
+        w.set(Some(match w.get() {
+            Some((a, b)) => (a.min(first), b.max(last)),
+            None => (first, last),
+        }));
+    });
+}
+
 /// Notes a change to a record that writes no event (a hold), so the cache forgets it.
 pub(crate) fn touched(tenant: &str, collection: &str, id: &str) {
     CHANGED.with(|c| c.borrow_mut().push((tenant.to_string(), collection.to_string(), id.to_string())));
 }
 
-/// Appends an event to the outbox.
+/// An event as bound into an insert (its `data` already serialized).
+struct EventRow {
+    id: String,
+    data: Option<String>,
+    event: NewEvent,
+}
+
+impl EventRow {
+    fn new(event: NewEvent) -> Self {
+        CHANGED.with(|c| {
+            c.borrow_mut().push((event.tenant.clone(), event.collection.clone(), event.record_id.clone()));
+        });
+        Self { id: new_event_id(), data: event.data.as_ref().map(ToString::to_string), event }
+    }
+
+    fn bind(&self, stmt: &mut rusqlite::CachedStatement<'_>, at: usize) -> rusqlite::Result<()> {
+        let e = &self.event;
+        stmt.raw_bind_parameter(at + 1, &self.id)?;
+        stmt.raw_bind_parameter(at + 2, e.kind.as_str())?;
+        stmt.raw_bind_parameter(at + 3, &e.tenant)?;
+        stmt.raw_bind_parameter(at + 4, &e.collection)?;
+        stmt.raw_bind_parameter(at + 5, &e.record_id)?;
+        stmt.raw_bind_parameter(at + 6, e.version)?;
+        stmt.raw_bind_parameter(at + 7, &e.deletion_id)?;
+        stmt.raw_bind_parameter(at + 8, e.occurred_at.as_micros())?;
+        stmt.raw_bind_parameter(at + 9, &e.request_id)?;
+        stmt.raw_bind_parameter(at + 10, &self.data)
+    }
+}
+
+/// Appends an event to the outbox; returns its seq.
 pub(crate) fn append_event(conn: &Connection, event: NewEvent) -> Result<i64, StoreError> {
-    CHANGED.with(|c| c.borrow_mut().push((event.tenant.clone(), event.collection.clone(), event.record_id.clone())));
-    let data = event.data.as_ref().map(ToString::to_string);
-    conn.prepare_cached(
-        "insert into outbox (id, type, tenant, collection, record_id, version, deletion_id, occurred_at, request_id, data)
-         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        new_event_id(),
-        event.kind.as_str(),
-        event.tenant,
-        event.collection,
-        event.record_id,
-        event.version,
-        event.deletion_id,
-        event.occurred_at.as_micros(),
-        event.request_id,
-        data,
-    ])?;
-    Ok(conn.last_insert_rowid())
+    let row = EventRow::new(event);
+    let mut stmt = conn.prepare_cached(&multi_row(OUTBOX_INSERT, 10, 1))?;
+    row.bind(&mut stmt, 0)?;
+    stmt.raw_execute()?;
+    let seq = conn.last_insert_rowid();
+    wrote(seq, seq);
+    Ok(seq)
+}
+
+/// Appends events in order, with multi-row inserts.
+pub(crate) fn append_events(conn: &Connection, events: Vec<NewEvent>) -> Result<(), StoreError> {
+    let rows: Vec<EventRow> = events.into_iter().map(EventRow::new).collect();
+    let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
+    for chunk in chunks.by_ref() {
+        let mut stmt = conn.prepare_cached(&multi_row(OUTBOX_INSERT, 10, ROWS_PER_INSERT))?;
+        for (i, row) in chunk.iter().enumerate() {
+            row.bind(&mut stmt, i * 10)?;
+        }
+        stmt.raw_execute()?;
+        // One statement's rows take consecutive seqs: the writer holds the write lock.
+        let last = conn.last_insert_rowid();
+        wrote(last - ROWS_PER_INSERT as i64 + 1, last);
+    }
+    let mut stmt = conn.prepare_cached(&multi_row(OUTBOX_INSERT, 10, 1))?;
+    for row in chunks.remainder() {
+        row.bind(&mut stmt, 0)?;
+        stmt.raw_execute()?;
+        let seq = conn.last_insert_rowid();
+        wrote(seq, seq);
+    }
+    Ok(())
 }
 
 const AUDIT_COLUMNS: &str =
@@ -219,6 +328,22 @@ pub(crate) fn list_events(conn: &Connection, tenant: &str, query: &EventQuery) -
 /// The newest event seq (0 when there is none).
 pub(crate) fn last_event_seq(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("select coalesce(max(seq), 0) from outbox", [], |r| r.get(0))?)
+}
+
+/// Records changed after `after` and before `before` (any tenant), oldest first.
+pub(crate) fn changed_between(
+    conn: &Connection,
+    after: i64,
+    before: i64,
+    limit: u32,
+) -> Result<Vec<(i64, crate::cache::CacheKey, String)>, StoreError> {
+    let rows = conn
+        .prepare_cached(
+            "select seq, tenant, collection, record_id, type from outbox where seq > ?1 and seq < ?2 order by seq limit ?3",
+        )?
+        .query_map(params![after, before, limit], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?), r.get(4)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
 }
 
 /// Records changed after `after` (any tenant), oldest first: what other processes changed.

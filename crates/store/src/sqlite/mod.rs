@@ -1,6 +1,18 @@
-//! The embedded SQLite store: one writer connection on a dedicated thread (SQLite allows
-//! one writer at a time; queueing writes in-process avoids busy retries) and a pool of
-//! read-only connections that run beside it thanks to WAL.
+//! The embedded SQLite store: a pool of read-only connections that run beside the writers
+//! thanks to WAL, and two writer connections, each on its own thread:
+//!
+//! - the **live writer** runs the writes of requests, at normal priority;
+//! - the **background writer** runs bulk work (purge batches, eventual cascades, webhook
+//!   fan-out, clean-ups) in the idle CPU class (see [`crate::priority`]).
+//!
+//! A checkpointer thread, also in the idle class, copies the WAL into the database file
+//! beside them, so no commit pays for a checkpoint.
+//!
+//! SQLite allows one write transaction at a time; the two threads take turns through a
+//! [`WriteGate`] instead of SQLite's sleeping busy handler. A live write never waits
+//! behind more than a few dozen rows of background work: long background transactions
+//! check the gate between chunks and commit early when a live write is waiting (the way
+//! PostgreSQL's autovacuum gives way to a conflicting lock request).
 
 mod changes;
 mod records;
@@ -12,6 +24,7 @@ mod webhooks;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, mpsc};
 
 use async_trait::async_trait;
@@ -40,17 +53,202 @@ use crate::{
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
+/// Takes the two writer threads in turn through SQLite's single write lock.
+#[derive(Debug, Default)]
+struct WriteGate {
+    lock: parking_lot::Mutex<()>,
+    /// Live writes waiting for their turn: background work gives way to them.
+    waiting: AtomicUsize,
+}
+
+impl WriteGate {
+    fn enter_live(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let turn = self.lock.lock();
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        turn
+    }
+
+    /// Whether a live write waits: a background transaction commits early when it does.
+    fn contended(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// What the cache has been told of the outbox: the newest seq it has followed, and the
+/// seq ranges this process wrote itself (already invalidated on commit), so following
+/// the outbox reads only what other processes wrote.
+#[derive(Debug, Default)]
+struct CacheFeed {
+    seen: std::sync::atomic::AtomicI64,
+    own: parking_lot::Mutex<std::collections::VecDeque<(i64, i64)>>,
+}
+
+/// Own ranges kept at most: past that, following the outbox just reads them too.
+const OWN_RANGES_MAX: usize = 10_000;
+
+impl CacheFeed {
+    fn note_own(&self, range: (i64, i64)) {
+        let mut own = self.own.lock();
+        if own.len() < OWN_RANGES_MAX {
+            own.push_back(range);
+        }
+    }
+
+    /// Invalidates what other processes changed after `seen`, skipping this process's own
+    /// ranges. Returns how many changes were read.
+    fn follow(&self, conn: &Connection, cache: &dyn crate::RecordCache) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let after = self.seen.load(Ordering::SeqCst);
+            // The next own range: rows before it are other processes'.
+            let next_own = {
+                let mut own = self.own.lock();
+                while own.front().is_some_and(|&(_, last)| last <= after) {
+                    own.pop_front();
+                }
+                own.front().copied()
+            };
+            let before = next_own.map_or(i64::MAX, |(first, _)| first);
+            let batch = changes::changed_between(conn, after, before, 1000)?;
+            match batch.last().map(|(seq, ..)| *seq) {
+                Some(last) => {
+                    for (_, key, _) in &batch {
+                        cache.invalidate(key);
+                    }
+                    total += batch.len() as u64;
+                    self.seen.fetch_max(last, Ordering::SeqCst);
+                }
+                None => match next_own {
+                    // Nothing foreign before the own range: skip over it.
+                    Some((_, last)) => {
+                        self.seen.fetch_max(last, Ordering::SeqCst);
+                    }
+                    None => return Ok(total),
+                },
+            }
+        }
+    }
+}
+
+/// Which writer runs a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Live,
+    Background,
+}
+
+/// How often the checkpointer copies new WAL frames into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// WAL pages after which a committing writer checkpoints by itself: only a backstop, for
+/// when the checkpointer gets no CPU for a long time.
+const CHECKPOINT_BACKSTOP_PAGES: u32 = 20_000;
+
+/// Runs `f` inside one `BEGIN IMMEDIATE` transaction on `conn` during the lane's turn at
+/// the gate: it commits when `f` succeeds and rolls back when it fails. The records it
+/// changed leave the cache before this returns, so before the caller hears of the commit.
+fn transaction<T>(
+    conn: &mut Connection,
+    gate: &WriteGate,
+    lane: Lane,
+    cache: Option<&Arc<dyn crate::RecordCache>>,
+    feed: &CacheFeed,
+    f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let turn = match lane {
+        Lane::Live => gate.enter_live(),
+        Lane::Background => gate.lock.lock(),
+    };
+    changes::CHANGED.with(|c| c.borrow_mut().clear());
+    changes::WRITTEN.with(|w| w.set(None));
+    changes::reset_audit_head();
+    let result = (|| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        changes::flush_audit_head(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    })();
+    changes::reset_audit_head();
+    // Invalidate before the caller hears of the commit: no response to a change can be
+    // followed by a read of the old state from the cache.
+    let changed = changes::CHANGED.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    if let (Some(cache), true) = (cache, result.is_ok()) {
+        for key in &changed {
+            cache.invalidate(key);
+        }
+        if let Some(range) = changes::WRITTEN.with(std::cell::Cell::take) {
+            feed.note_own(range);
+        }
+    }
+    // Hand the lock straight to a waiting writer rather than racing it for the next turn.
+    parking_lot::MutexGuard::unlock_fair(turn);
+    result
+}
+
+/// Starts a writer thread that runs the jobs sent to it on `conn`; the background one
+/// lowers its CPU priority first.
+fn spawn_writer(lane: Lane, mut conn: Connection) -> Result<mpsc::Sender<Job>, StoreError> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let name = match lane {
+        Lane::Live => "tombstone-sqlite-writer",
+        Lane::Background => "tombstone-background-writer",
+    };
+    conn.execute_batch(&format!("pragma wal_autocheckpoint = {CHECKPOINT_BACKSTOP_PAGES};"))?;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if lane == Lane::Background {
+                crate::priority::lower_current_thread();
+            }
+            while let Ok(job) = rx.recv() {
+                // A panicking job must not take the writer down with it; its transaction
+                // rolls back when dropped during unwinding.
+                if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
+                    tracing::error!("a write job panicked; its transaction was rolled back");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Internal(format!("cannot start the {name} thread: {e}")))?;
+    Ok(tx)
+}
+
+/// Starts the checkpointer: on its own connection, in the idle CPU class, it copies new
+/// WAL frames into the database file a few times a second, beside the writers rather
+/// than inside their commits. It stops when `stop`'s sender is dropped.
+fn spawn_checkpointer(conn: Connection, stop: mpsc::Receiver<()>) -> Result<(), StoreError> {
+    std::thread::Builder::new()
+        .name("tombstone-checkpointer".into())
+        .spawn(move || {
+            crate::priority::lower_current_thread();
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+                // Passive: never waits for readers or writers, and cheap when there is
+                // nothing new.
+                if let Err(e) = conn.query_row("pragma wal_checkpoint(passive)", [], |r| r.get::<_, i64>(0)) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; retried shortly");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Internal(format!("cannot start the checkpointer thread: {e}")))?;
+    Ok(())
+}
+
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
     path: PathBuf,
     writer: mpsc::Sender<Job>,
+    background: mpsc::Sender<Job>,
+    /// Dropped with the store, which stops the checkpointer.
+    _checkpointer: mpsc::Sender<()>,
+    gate: Arc<WriteGate>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     tables: RwLock<Arc<relations::Tables>>,
     schema: RwLock<Arc<Schema>>,
     changes: Arc<tokio::sync::Notify>,
     cache: Option<Arc<dyn crate::RecordCache>>,
     /// The newest outbox seq whose records the cache has been told about.
-    cache_seen: Arc<std::sync::atomic::AtomicI64>,
+    feed: Arc<CacheFeed>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -76,19 +274,16 @@ impl SqliteStore {
             .map_err(|e| StoreError::Internal(format!("cannot use {} as a database: {e}", path.display())))?;
         schema::migrate_system(&mut conn)?;
 
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("tombstone-sqlite-writer".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    // A panicking job must not take the writer down with it; its
-                    // transaction rolls back when dropped during unwinding.
-                    if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
-                        tracing::error!("a write job panicked; its transaction was rolled back");
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+        let open = || -> Result<Connection, StoreError> {
+            let conn = Connection::open(path)
+                .map_err(|e| StoreError::Internal(format!("cannot open {}: {e}", path.display())))?;
+            conn.execute_batch(schema::WRITER_PRAGMAS)?;
+            Ok(conn)
+        };
+        let writer = spawn_writer(Lane::Live, conn)?;
+        let background = spawn_writer(Lane::Background, open()?)?;
+        let (checkpointer, stop) = mpsc::channel();
+        spawn_checkpointer(open()?, stop)?;
 
         let manager = SqliteConnectionManager::file(path)
             .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)
@@ -101,13 +296,16 @@ impl SqliteStore {
             .map_err(|e| StoreError::Internal(format!("cannot open readers on {}: {e}", path.display())))?;
         Ok(Self {
             path: path.to_path_buf(),
-            writer: tx,
+            writer,
+            background,
+            _checkpointer: checkpointer,
+            gate: Arc::default(),
             readers,
             tables: RwLock::new(Arc::new(HashMap::new())),
             schema: RwLock::new(Arc::new(Schema::default())),
             changes: Arc::new(tokio::sync::Notify::new()),
             cache: None,
-            cache_seen: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            feed: Arc::default(),
         })
     }
 
@@ -127,17 +325,22 @@ impl SqliteStore {
             .max_size(2)
             .build(manager)
             .map_err(|e| StoreError::Internal(format!("cannot open {}: {e}", path.display())))?;
-        // A writer whose thread never existed: every write fails, none can happen.
+        // Writers whose threads never existed: every write fails, none can happen.
         let (writer, _) = mpsc::channel::<Job>();
+        let (background, _) = mpsc::channel::<Job>();
+        let (checkpointer, _) = mpsc::channel();
         Ok(Self {
             path: path.to_path_buf(),
             writer,
+            background,
+            _checkpointer: checkpointer,
+            gate: Arc::default(),
             readers,
             tables: RwLock::new(Arc::new(HashMap::new())),
             schema: RwLock::new(Arc::new(Schema::default())),
             changes: Arc::new(tokio::sync::Notify::new()),
             cache: None,
-            cache_seen: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            feed: Arc::default(),
         })
     }
 
@@ -150,7 +353,7 @@ impl SqliteStore {
     pub fn with_cache(mut self, cache: Arc<dyn crate::RecordCache>) -> Result<Self, StoreError> {
         let conn = self.readers.get().map_err(|e| StoreError::Internal(format!("no reader connection: {e}")))?;
         let newest = changes::last_event_seq(&conn)?;
-        self.cache_seen.store(newest, std::sync::atomic::Ordering::SeqCst);
+        self.feed.seen.store(newest, Ordering::SeqCst);
         self.cache = Some(cache);
         Ok(self)
     }
@@ -159,21 +362,8 @@ impl SqliteStore {
     /// too: `tombstone purge`, other replicas). Returns how many changes were seen.
     async fn sync_cache_now(&self) -> Result<u64, StoreError> {
         let Some(cache) = self.cache.clone() else { return Ok(0) };
-        let seen = self.cache_seen.clone();
-        self.read(move |conn| {
-            let mut total = 0;
-            loop {
-                let after = seen.load(std::sync::atomic::Ordering::SeqCst);
-                let batch = changes::changed_since(conn, after, 1000)?;
-                let Some(last) = batch.last().map(|(seq, ..)| *seq) else { return Ok(total) };
-                for (_, key, _) in &batch {
-                    cache.invalidate(key);
-                }
-                total += batch.len() as u64;
-                seen.fetch_max(last, std::sync::atomic::Ordering::SeqCst);
-            }
-        })
-        .await
+        let feed = self.feed.clone();
+        self.read(move |conn| feed.follow(conn, cache.as_ref())).await
     }
 
     /// The database file.
@@ -182,54 +372,56 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs `f` on the writer connection, inside one `BEGIN IMMEDIATE` transaction that
-    /// commits when `f` succeeds and rolls back when it fails.
+    /// Runs `f` on the live writer, inside one transaction (see [`transaction`]).
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
+        let (gate, cache, feed) = (self.gate.clone(), self.cache.clone(), self.feed.clone());
+        self.run_job(Lane::Live, move |conn| transaction(conn, &gate, Lane::Live, cache.as_ref(), &feed, f)).await
+    }
+
+    /// Runs `f` on the background writer, inside one transaction: bulk work that must not
+    /// take CPU from requests.
+    async fn write_background<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (gate, cache, feed) = (self.gate.clone(), self.cache.clone(), self.feed.clone());
+        self.run_job(Lane::Background, move |conn| transaction(conn, &gate, Lane::Background, cache.as_ref(), &feed, f))
+            .await
+    }
+
+    /// Runs `job` on a writer's thread and waits for its answer.
+    async fn run_job<T, F>(&self, lane: Lane, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        let cache = self.cache.clone();
         let job: Job = Box::new(move |conn| {
-            changes::CHANGED.with(|c| c.borrow_mut().clear());
-            changes::reset_audit_head();
-            let result = (|| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let value = f(&tx)?;
-                changes::flush_audit_head(&tx)?;
-                tx.commit()?;
-                Ok(value)
-            })();
-            changes::reset_audit_head();
-            // Invalidate before the caller hears of the commit: no response to a change
-            // can be followed by a read of the old state from the cache.
-            let changed = changes::CHANGED.with(|c| std::mem::take(&mut *c.borrow_mut()));
-            if let (Some(cache), true) = (&cache, result.is_ok()) {
-                for key in &changed {
-                    cache.invalidate(key);
-                }
-            }
-            let _ = reply.send(result);
+            let _ = reply.send(job(conn));
         });
-        self.writer.send(job).map_err(|_| StoreError::Internal("the writer thread has stopped".into()))?;
+        let queue = match lane {
+            Lane::Live => &self.writer,
+            Lane::Background => &self.background,
+        };
+        queue.send(job).map_err(|_| StoreError::Internal("the store is read-only or its writer has stopped".into()))?;
         answer.await.map_err(|_| StoreError::Internal("a write was abandoned (the writer panicked)".into()))?
     }
 
     /// Checkpoints the WAL into the database file and truncates it.
     async fn checkpoint(&self) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = conn
-                .query_row("pragma wal_checkpoint(truncate)", [], |r| r.get::<_, i64>(0))
-                .map(|_| ())
-                .map_err(StoreError::from);
-            let _ = reply.send(result);
-        });
-        self.writer
-            .send(job)
-            .map_err(|_| StoreError::Internal("the store is read-only or its writer has stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Internal("a checkpoint was abandoned".into()))?
+        let gate = self.gate.clone();
+        self.run_job(Lane::Live, move |conn| {
+            // During the live writer's turn, so the background writer is not mid-transaction.
+            let _turn = gate.enter_live();
+            conn.query_row("pragma wal_checkpoint(truncate)", [], |r| r.get::<_, i64>(0))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `f` on a pooled read-only connection.
@@ -798,7 +990,7 @@ impl Store for SqliteStore {
     }
 
     async fn expire_idempotency(&self, before: Timestamp) -> Result<u64, StoreError> {
-        self.write(move |tx| {
+        self.write_background(move |tx| {
             let n = tx.execute("delete from idempotency where created_at < ?1", [before.as_micros()])?;
             Ok(n as u64)
         })
@@ -874,7 +1066,7 @@ impl Store for SqliteStore {
             return Ok(0);
         }
         let endpoints = endpoints.to_vec();
-        self.write(move |tx| webhooks::fan_out(tx, &endpoints, now, batch)).await
+        self.write_background(move |tx| webhooks::fan_out(tx, &endpoints, now, batch)).await
     }
 
     async fn due_deliveries(&self, now: Timestamp, limit: u32) -> Result<Vec<DueDelivery>, StoreError> {
@@ -911,7 +1103,7 @@ impl Store for SqliteStore {
     }
 
     async fn cleanup_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-        self.write(move |tx| webhooks::cleanup_outbox(tx, before, limit)).await
+        self.write_background(move |tx| webhooks::cleanup_outbox(tx, before, limit)).await
     }
 
     async fn place_hold(
@@ -974,7 +1166,24 @@ impl Store for SqliteStore {
     ) -> Result<PurgeBatch, StoreError> {
         let sql = self.table(collection)?;
         let (collection, run_id) = (collection.clone(), run_id.to_string());
-        self.write(move |tx| retention::purge_batch(tx, &sql, &collection, now, limit, &run_id)).await
+        let (gate, cache, feed) = (self.gate.clone(), self.cache.clone(), self.feed.clone());
+        // Up to `limit` rows, in one transaction unless live writes arrive meanwhile: then
+        // in several, each committed early to let them in.
+        self.run_job(Lane::Background, move |conn| {
+            let mut batch = PurgeBatch { purged: 0, paused: false };
+            loop {
+                let left = limit.saturating_sub(u32::try_from(batch.purged).unwrap_or(u32::MAX));
+                let (part, yielded) = transaction(conn, &gate, Lane::Background, cache.as_ref(), &feed, |tx| {
+                    retention::purge_batch(tx, &sql, &collection, now, left, &run_id, &|| gate.contended())
+                })?;
+                batch.purged += part.purged;
+                batch.paused = part.paused;
+                if !yielded || batch.purged >= u64::from(limit) {
+                    return Ok(batch);
+                }
+            }
+        })
+        .await
     }
 
     async fn purge_due(
@@ -1085,7 +1294,7 @@ impl Store for SqliteStore {
         loop {
             let (schema, tables) = self.catalog()?;
             let (deleted, more) =
-                self.write(move |tx| relations::eventual_step(tx, &schema, &tables, batch, now)).await?;
+                self.write_background(move |tx| relations::eventual_step(tx, &schema, &tables, batch, now)).await?;
             total += deleted;
             if !more {
                 return Ok(total);

@@ -7,7 +7,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_iter};
 use tombstone_domain::audit::{AuditAction, NewAuditEntry};
 use tombstone_domain::config::Collection;
-use tombstone_domain::events::{EventType, record_event};
+use tombstone_domain::events::{EventType, NewEvent, record_event};
 use tombstone_domain::id::new_hold_id;
 use tombstone_domain::lifecycle::Actor;
 use tombstone_domain::record::{Hold, Record};
@@ -16,6 +16,12 @@ use tombstone_domain::time::Timestamp;
 use super::changes;
 use super::records::{self, TableSql};
 use crate::{Erasure, PurgeBatch, PurgeDue, StoreError, TrashQuery};
+
+/// The actor of the purge worker's audit entries.
+const PURGE_ACTOR: &str = "system:purge";
+
+/// The reason of the purge worker's audit entries.
+const PURGE_REASON: &str = "recovery window elapsed";
 
 /// The meta key of the purge pause.
 pub(crate) const PURGE_PAUSED: &str = "purge.paused";
@@ -190,9 +196,17 @@ fn record_purge(
     Ok(())
 }
 
-/// Removes many rows with one statement per 250 of them.
-fn remove_many(tx: &Transaction<'_>, sql: &TableSql, rows: &[Record]) -> Result<(), StoreError> {
-    for chunk in rows.chunks(250) {
+/// A row the purge worker removes: what its audit entry and event name.
+struct Due {
+    tenant: String,
+    id: String,
+    version: i64,
+    deletion_id: Option<String>,
+}
+
+/// Removes many rows with one statement per 128 of them.
+fn remove_many(tx: &Transaction<'_>, sql: &TableSql, rows: &[Due]) -> Result<(), StoreError> {
+    for chunk in rows.chunks(GIVE_WAY_EVERY) {
         let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(?{}, ?{})", 2 * i + 1, 2 * i + 2)).collect();
         let statement = format!("delete from {} where (tenant, id) in (values {})", sql.table, pairs.join(", "));
         let params: Vec<&str> = chunk.iter().flat_map(|r| [r.tenant.as_str(), r.id.as_str()]).collect();
@@ -235,28 +249,84 @@ pub(crate) fn purge_batch(
     now: Timestamp,
     limit: u32,
     run_id: &str,
-) -> Result<PurgeBatch, StoreError> {
+    give_way: &dyn Fn() -> bool,
+) -> Result<(PurgeBatch, bool), StoreError> {
     // Checked inside the batch's transaction: once a pause commits, no batch purges.
     if paused(tx)? {
-        return Ok(PurgeBatch { purged: 0, paused: true });
+        return Ok((PurgeBatch { purged: 0, paused: true }, false));
     }
+    // Records under a hold are skipped; when the collection has none (the usual case) the
+    // per-row check is left out of the query.
+    let any_hold: bool = tx
+        .prepare_cached("select exists (select 1 from holds where collection = ?1 and released_at is null)")?
+        .query_row([&collection.name], |r| r.get(0))?;
+    let held = if any_hold { format!("and not {}", active_hold_clause(sql, &collection.name)) } else { String::new() };
+    // Only what the audit entry and the event name: a purged record's values go nowhere.
     let query = format!(
-        "{} where deleted_at is not null and purge_at <= ?1 and not {} order by purge_at limit ?2",
-        sql.select(),
-        active_hold_clause(sql, &collection.name)
+        "select tenant, id, version, deletion_id from {} where deleted_at is not null and purge_at <= ?1 {held} order by purge_at limit ?2",
+        sql.table,
     );
-    let due: Vec<Record> = tx
+    let due: Vec<Due> = tx
         .prepare_cached(&query)?
-        .query_map(params![now.as_micros(), limit], |r| records::read_record(collection, r))?
+        .query_map(params![now.as_micros(), limit], |r| {
+            Ok(Due { tenant: r.get(0)?, id: r.get(1)?, version: r.get(2)?, deletion_id: r.get(3)? })
+        })?
         .collect::<Result<_, _>>()?;
-    // The rows go with set-based statements; each still gets its audit entry and event.
-    remove_many(tx, sql, &due)?;
-    for record in &due {
-        let actor =
-            Actor { tenant: record.tenant.clone(), key_id: "system:purge".into(), request_id: run_id.to_string() };
-        record_purge(tx, collection, &actor, record, Some("recovery window elapsed".into()), now)?;
+    // Chunk by chunk, each row with its audit entry and event; between chunks, give way to
+    // live writes that wait (the caller commits what is done and goes on afterwards).
+    let mut done = 0;
+    for chunk in due.chunks(GIVE_WAY_EVERY) {
+        if done > 0 && give_way() {
+            return Ok((PurgeBatch { purged: done as u64, paused: false }, true));
+        }
+        purge_rows(tx, sql, collection, chunk, run_id, now)?;
+        done += chunk.len();
     }
-    Ok(PurgeBatch { purged: due.len() as u64, paused: false })
+    Ok((PurgeBatch { purged: done as u64, paused: false }, false))
+}
+
+/// Rows of a purge batch processed between two looks at the write gate.
+const GIVE_WAY_EVERY: usize = 128;
+
+/// Removes rows with set-based statements; each still gets its audit entry and event.
+fn purge_rows(
+    tx: &Transaction<'_>,
+    sql: &TableSql,
+    collection: &Collection,
+    due: &[Due],
+    run_id: &str,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    remove_many(tx, sql, due)?;
+    let mut entries = Vec::with_capacity(due.len());
+    let mut events = Vec::with_capacity(due.len());
+    for row in due {
+        entries.push(NewAuditEntry {
+            at: now,
+            tenant: row.tenant.clone(),
+            actor: PURGE_ACTOR.into(),
+            action: AuditAction::Purge,
+            collection: Some(collection.name.clone()),
+            record_id: Some(row.id.clone()),
+            version: Some(row.version),
+            deletion_id: row.deletion_id.clone(),
+            reason: Some(PURGE_REASON.into()),
+            request_id: Some(run_id.into()),
+        });
+        events.push(NewEvent {
+            kind: EventType::Purged,
+            tenant: row.tenant.clone(),
+            collection: collection.name.clone(),
+            record_id: row.id.clone(),
+            version: Some(row.version),
+            deletion_id: row.deletion_id.clone(),
+            occurred_at: now,
+            request_id: Some(run_id.into()),
+            data: None,
+        });
+    }
+    changes::append_audit_many(tx, entries)?;
+    changes::append_events(tx, events)
 }
 
 pub(crate) fn purge_due(

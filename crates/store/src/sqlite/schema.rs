@@ -217,6 +217,33 @@ create table deletion_queue (
 create index deletions_pending on deletions (status) where status = 'pending';
 ",
     ),
+    (
+        "0006_lean_outbox",
+        r"
+-- Fewer index entries per event: event ids are UUIDv7 made by the writer, unique without
+-- a unique index that nothing reads; only events that still carry data need finding by
+-- record (erasure scrubs them), so purge and erase events stay out of that index.
+create table outbox_next (
+    seq         integer primary key,
+    id          text not null,
+    type        text not null,
+    tenant      text not null,
+    collection  text not null,
+    record_id   text not null,
+    version     integer,
+    deletion_id text,
+    occurred_at integer not null,
+    request_id  text,
+    data        text
+);
+insert into outbox_next
+    select seq, id, type, tenant, collection, record_id, version, deletion_id, occurred_at, request_id, data from outbox;
+drop table outbox;
+alter table outbox_next rename to outbox;
+create index outbox_tenant on outbox (tenant, seq);
+create index outbox_record on outbox (tenant, collection, record_id, seq) where data is not null;
+",
+    ),
 ];
 
 /// Connection settings for the one writer. WAL lets readers run beside it;

@@ -228,13 +228,15 @@ pub(crate) fn redeliver(
 }
 
 pub(crate) fn cleanup_outbox(conn: &Connection, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-    // Only events every endpoint has fanned out, and that no pending delivery still needs.
+    // Only events every endpoint has fanned out, and that no pending delivery still needs;
+    // never the newest one: seq is the rowid, and an empty table would hand out seqs again
+    // that consumers (feeds, SSE clients, the indexer, the cache) have already passed.
     let min_cursor: Option<i64> =
         conn.query_row("select min(cursor) from webhook_endpoints where disabled_at is null", [], |r| r.get(0))?;
     let n = conn.execute(
         "delete from outbox where seq in (
             select o.seq from outbox o
-            where o.occurred_at < ?1 and o.seq <= ?2
+            where o.occurred_at < ?1 and o.seq <= ?2 and o.seq < (select max(seq) from outbox)
               and not exists (select 1 from webhook_deliveries d where d.event_seq = o.seq and d.status = 'pending')
             order by o.seq limit ?3)",
         params![before.as_micros(), min_cursor.unwrap_or(i64::MAX), limit],

@@ -1,0 +1,182 @@
+//! The SQLite store's writers: background work (purge batches) gives way to live writes
+//! without losing or repeating a row, runs in the idle CPU class, and the read cache
+//! follows from the outbox only what other processes wrote.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tombstone_domain::config::{Collection, Config, Schema};
+use tombstone_domain::lifecycle::Actor;
+use tombstone_domain::record::{FieldValue, Record, Values, parse_patch};
+use tombstone_domain::time::Timestamp;
+use tombstone_store::{MemoryCache, SqliteStore, Store};
+
+fn schema() -> Arc<Schema> {
+    let toml = "[collections.notes.fields]\ntext = { type = \"string\" }\n";
+    Config::parse(toml, Path::new(".")).expect("schema").schema
+}
+
+fn notes(schema: &Schema) -> Arc<Collection> {
+    schema.collection("notes").expect("notes").clone()
+}
+
+fn actor() -> Actor {
+    Actor { tenant: "t1".into(), key_id: "key_live".into(), request_id: "req_live".into() }
+}
+
+fn note(c: &Collection, id: &str) -> Record {
+    let now = Timestamp::from_micros(1_000);
+    let mut values = Values::new();
+    values.insert("text".into(), FieldValue::String(format!("note {id}")));
+    Record {
+        tenant: "t1".into(),
+        collection: c.name.clone(),
+        id: id.into(),
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        deletion: None,
+        legal_hold: false,
+        values,
+    }
+}
+
+/// `n` soft-deleted notes whose recovery window ended at 2 µs, written straight into the
+/// table (far faster than through the API).
+fn seed_expired(db: &Path, n: u32) {
+    let conn = rusqlite::Connection::open(db).expect("open");
+    conn.execute(
+        "with recursive k(i) as (select 1 union all select i + 1 from k where i < ?1)
+         insert into rec_notes (tenant, id, version, created_at, updated_at, deleted_at, deleted_by, deletion_id, purge_at, f_text)
+         select 't1', printf('expired-%08d', i), 2, 0, 0, 1, 'key_seed', 'del_seed', 2, 'old note' from k",
+        [n],
+    )
+    .expect("seed");
+}
+
+#[tokio::test]
+async fn a_purge_batch_gives_way_to_live_writes_and_still_purges_every_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let store = Arc::new(SqliteStore::open(&db).unwrap());
+    let schema = schema();
+    store.migrate(&schema).await.unwrap();
+    let c = notes(&schema);
+    const ROWS: u32 = 30_000;
+    seed_expired(&db, ROWS);
+
+    let purge = {
+        let (store, c) = (store.clone(), c.clone());
+        tokio::spawn(async move { store.purge_batch(&c, Timestamp::from_micros(10), ROWS, "purge_run").await })
+    };
+    // Live writes keep arriving while the batch runs.
+    let mut written = 0;
+    while !purge.is_finished() {
+        store.create_record(&actor(), &c, note(&c, &format!("live-{written:05}")), None).await.unwrap();
+        written += 1;
+    }
+    let batch = purge.await.unwrap().unwrap();
+    assert_eq!(
+        batch.purged,
+        u64::from(ROWS),
+        "one batch call purges its whole limit, in as many transactions as it takes"
+    );
+    assert!(!batch.paused);
+    assert!(written > 0);
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let purges: Vec<i64> = conn
+        .prepare("select seq from audit where action = 'purge' order by seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let creates: Vec<i64> = conn
+        .prepare("select seq from audit where action = 'create' order by seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(purges.len(), ROWS as usize, "each row purged exactly once, with its audit entry");
+    let events: i64 =
+        conn.query_row("select count(*) from outbox where type = 'record.purged'", [], |r| r.get(0)).unwrap();
+    assert_eq!(events, i64::from(ROWS));
+    let left: i64 =
+        conn.query_row("select count(*) from rec_notes where deleted_at is not null", [], |r| r.get(0)).unwrap();
+    assert_eq!(left, 0);
+    // Live writes committed in the middle of the batch, not behind all of it.
+    let (first, last) = (purges[0], purges[purges.len() - 1]);
+    let inside = creates.iter().filter(|&&s| s > first && s < last).count();
+    assert!(inside > 0, "no live write got in while the batch ran ({written} were made)");
+    // The chain is whole across the interleaved transactions.
+    assert_eq!(store.verify_audit().await.unwrap(), Ok(u64::try_from(purges.len() + creates.len()).unwrap()));
+}
+
+/// The scheduling policy of each of this process's threads named `name` (Linux's
+/// `/proc/self/task/*/stat`, field 41).
+#[cfg(target_os = "linux")]
+fn policies_of(name: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        // Fields after the parenthesised name start at field 3.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        out.push(after.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+    }
+    out
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn background_threads_run_in_the_idle_cpu_class_and_the_live_writer_does_not() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_IDLE: u32 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    store.migrate(&schema()).await.unwrap();
+    // Thread names are cut to 15 bytes.
+    for name in ["tombstone-backg", "tombstone-check"] {
+        let policies = policies_of(name);
+        assert!(!policies.is_empty(), "no {name} thread");
+        assert!(policies.iter().all(|&p| p == SCHED_IDLE), "{name}: {policies:?}");
+    }
+    let live = policies_of("tombstone-sqlit");
+    assert!(!live.is_empty() && live.iter().all(|&p| p == SCHED_OTHER), "live writer: {live:?}");
+}
+
+#[tokio::test]
+async fn the_cache_reads_from_the_outbox_only_what_other_processes_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let cache = Arc::new(MemoryCache::new(1000, std::time::Duration::from_secs(3600)));
+    let here: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap().with_cache(cache).unwrap());
+    let other: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
+    let schema = schema();
+    here.migrate(&schema).await.unwrap();
+    other.migrate(&schema).await.unwrap();
+    let c = notes(&schema);
+    let now = Timestamp::from_micros(5_000);
+
+    for i in 0..5 {
+        here.create_record(&actor(), &c, note(&c, &format!("n{i}")), None).await.unwrap();
+    }
+    assert_eq!(here.sync_cache().await.unwrap(), 0, "this process's own changes are not read back");
+
+    // Cached here, then changed by the other process, between two changes of this one.
+    assert_eq!(here.get_record("t1", &c, "n2").await.unwrap().unwrap().version, 1);
+    here.create_record(&actor(), &c, note(&c, "n5"), None).await.unwrap();
+    let patch = parse_patch(&c, &serde_json::json!({"text": "changed elsewhere"})).unwrap();
+    other.patch_record(&actor(), &c, "n2", None, patch, now).await.unwrap();
+    here.create_record(&actor(), &c, note(&c, "n6"), None).await.unwrap();
+    assert_eq!(here.sync_cache().await.unwrap(), 1, "exactly the other process's change is read");
+    let fresh = here.get_record("t1", &c, "n2").await.unwrap().unwrap();
+    assert_eq!(fresh.version, 2);
+    assert_eq!(fresh.values.get("text"), Some(&FieldValue::String("changed elsewhere".into())));
+    assert_eq!(here.sync_cache().await.unwrap(), 0);
+}
