@@ -2,15 +2,17 @@
 # Tombstone HTTP benchmarks (wrk on loopback; server and load share the machine's cores).
 #   bench/http/run.sh get      cached GET vs cold GET vs a bare axum JSON endpoint
 #   bench/http/run.sh search   list with q= over 100,000 records
-#   bench/http/run.sh purge    purge 1,000,000 expired rows beside 100,000 live ones, with reads running
-#                              (PURGE_RATE=rows/s cap, PURGE_BATCH=rows per batch, EXPIRED=rows due,
-#                               DELAY_MS=pause per connection between GETs: paced instead of saturating)
+#   bench/http/run.sh purge    purge 1,000,000 expired rows beside 100,000 live ones under an open-loop
+#                              read load (RATE reads/s for SECS s; PURGE_RATE=rows/s cap,
+#                              PURGE_BATCH=rows per batch, PURGE_PAUSE=pause between batches,
+#                              EXPIRED=rows due); first the raw-SQL floor of the same writes
+#   bench/http/run.sh interference   the same read load alone and beside an idle-class spin loop
 # Needs wrk (apt-get install wrk). Prints figures; nothing is asserted.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 work="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; cp "$work"/*/server.log /tmp/last-server.log 2>/dev/null; rm -rf "$work"' EXIT
 threads=2; conns=32; secs=${SECS:-10}
 
 (cd "$root" && cargo build --release --quiet --bin tombstone)
@@ -89,24 +91,36 @@ search)
   ;;
 purge)
   mkdir -p "$work/p"
-  # PURGE_RATE caps rows/s (default: no effective cap); EXPIRED rows are due.
-  config "$work/p" "$(printf '[purge]\ninterval = "25s"\nbatch_size = %s\npause = "10ms"\nmax_rows_per_second = %s' "${PURGE_BATCH:-5000}" "${PURGE_RATE:-1000000}")"
+  # PURGE_RATE caps rows/s (default: no effective cap), PURGE_BATCH rows per batch,
+  # PURGE_PAUSE between batches; EXPIRED rows are due; RATE reads/s for SECS seconds.
+  config "$work/p" "$(printf '[purge]\ninterval = "15s"\nbatch_size = %s\npause = "%s"\nmax_rows_per_second = %s' \
+    "${PURGE_BATCH:-5000}" "${PURGE_PAUSE:-10ms}" "${PURGE_RATE:-1000000}")"
   "$tomb" migrate --config "$work/p/tombstone.toml" > /dev/null
   "$bins/seed" "$work/p/data/t.db" bench 100000 "${EXPIRED:-1000000}"
   "$bins/idlist" "$work/p/data/t.db" 5000 > "$work/p/ids"
+  # The floor: the same writes by raw SQL on a copy, alone on the machine.
+  cp "$work/p/data/t.db" "$work/p/floor.db"
+  "$bins/floor" "$work/p/floor.db" "${PURGE_BATCH:-5000}"
+  rm -f "$work/p/floor.db"*
   start "$work/p" 9105; k=$(key "$work/p")
-  started=$(date +%s)
-  IDS="$work/p/ids" wrk_run "GET while idle" -s "$here/random_get.lua" -H "Authorization: Bearer $k" http://127.0.0.1:9105
-  wrk_run "list while idle" -H "Authorization: Bearer $k" "http://127.0.0.1:9105/v1/products?limit=50"
-  # The first pass starts 25 s after start.
-  while [ $(( $(date +%s) - started )) -lt 26 ]; do sleep 0.2; done
-  t0=$(date +%s.%N)
-  IDS="$work/p/ids" wrk_run "GET during purge" -s "$here/random_get.lua" -H "Authorization: Bearer $k" http://127.0.0.1:9105
-  wrk_run "list during purge" -H "Authorization: Bearer $k" "http://127.0.0.1:9105/v1/products?limit=50"
-  until grep -q "purge pass finished" "$work/p/server.log"; do sleep 0.5; done
-  t1=$(date +%s.%N)
-  rows=$(curl -s http://127.0.0.1:9105/metrics | awk '/^tombstone_purge_rows_total\{collection="products"\}/ {print $2}')
+  # Open-loop reads (GET by id, 1 in 10 a list page) from start to finish; the first pass
+  # starts 15 s after the server, so the samples split into before / during / after.
+  "$bins/load" http://127.0.0.1:9105 "$k" "$work/p/ids" "${RATE:-4000}" "${SECS:-45}"
   grep "purge pass finished" "$work/p/server.log" | tail -1
-  awk -v r="$rows" -v a="$t0" -v b="$t1" 'BEGIN {printf "purged %d rows; the pass ended %.1f s after the measurement started\n", r, b-a}'
+  ;;
+interference)
+  # What any busy thread in the idle CPU class costs live reads on this machine: the same
+  # open-loop load alone, beside a spin loop in SCHED_IDLE, beside one at nice 19.
+  mkdir -p "$work/i"; config "$work/i" ""
+  "$tomb" migrate --config "$work/i/tombstone.toml" > /dev/null
+  "$bins/seed" "$work/i/data/t.db" bench 100000 0
+  "$bins/idlist" "$work/i/data/t.db" 5000 > "$work/i/ids"
+  start "$work/i" 9106; k=$(key "$work/i")
+  load() { "$bins/load" http://127.0.0.1:9106 "$k" "$work/i/ids" "${RATE:-4000}" 15 | tail -2; }
+  echo "alone:"; load
+  echo "beside a SCHED_IDLE spin loop:"
+  chrt -i 0 timeout 16 sh -c 'while :; do :; done' & load; wait $!
+  echo "beside a nice 19 spin loop:"
+  timeout 16 nice -n 19 sh -c 'while :; do :; done' & load; wait $!
   ;;
 esac

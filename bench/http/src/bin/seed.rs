@@ -29,12 +29,34 @@ fn main() {
             let sku = format!("SKU-{i:08}");
             if i < active {
                 insert
-                    .execute(rusqlite::params![tenant, id, 1, now, None::<i64>, None::<String>, None::<String>, None::<i64>, sku, name])
+                    .execute(rusqlite::params![
+                        tenant,
+                        id,
+                        1,
+                        now,
+                        None::<i64>,
+                        None::<String>,
+                        None::<String>,
+                        None::<i64>,
+                        sku,
+                        name
+                    ])
                     .unwrap();
             } else {
                 let deleted_at = now - 40 * 86_400 * 1_000_000;
                 insert
-                    .execute(rusqlite::params![tenant, id, 2, deleted_at, deleted_at, "key_seed", "del_seed", now - 1_000_000, sku, name])
+                    .execute(rusqlite::params![
+                        tenant,
+                        id,
+                        2,
+                        deleted_at,
+                        deleted_at,
+                        "key_seed",
+                        "del_seed",
+                        now - 1_000_000,
+                        sku,
+                        name
+                    ])
                     .unwrap();
             }
         }

@@ -141,9 +141,11 @@ enum Lane {
 /// How often the checkpointer copies new WAL frames into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// WAL pages after which a committing writer checkpoints by itself: only a backstop, for
-/// when the checkpointer gets no CPU for a long time.
-const CHECKPOINT_BACKSTOP_PAGES: u32 = 20_000;
+/// WAL pages after which the live writer's commit checkpoints by itself: only a backstop
+/// for a WAL growing without bound (the checkpointer starved of CPU for a long time), so a
+/// request's commit practically never pays for a checkpoint. The background writer never
+/// does: its commit runs during its turn at the gate, which live writes would wait out.
+const CHECKPOINT_BACKSTOP_PAGES: u32 = 250_000;
 
 /// Runs `f` inside one `BEGIN IMMEDIATE` transaction on `conn` during the lane's turn at
 /// the gate: it commits when `f` succeeds and rolls back when it fails. The records it
@@ -171,6 +173,9 @@ fn transaction<T>(
         Ok(value)
     })();
     changes::reset_audit_head();
+    // The database is done: hand the lock straight to a waiting writer rather than racing
+    // it for the next turn.
+    parking_lot::MutexGuard::unlock_fair(turn);
     // Invalidate before the caller hears of the commit: no response to a change can be
     // followed by a read of the old state from the cache.
     let changed = changes::CHANGED.with(|c| std::mem::take(&mut *c.borrow_mut()));
@@ -182,8 +187,6 @@ fn transaction<T>(
             feed.note_own(range);
         }
     }
-    // Hand the lock straight to a waiting writer rather than racing it for the next turn.
-    parking_lot::MutexGuard::unlock_fair(turn);
     result
 }
 
@@ -195,7 +198,11 @@ fn spawn_writer(lane: Lane, mut conn: Connection) -> Result<mpsc::Sender<Job>, S
         Lane::Live => "tombstone-sqlite-writer",
         Lane::Background => "tombstone-background-writer",
     };
-    conn.execute_batch(&format!("pragma wal_autocheckpoint = {CHECKPOINT_BACKSTOP_PAGES};"))?;
+    let backstop = match lane {
+        Lane::Live => CHECKPOINT_BACKSTOP_PAGES,
+        Lane::Background => 0,
+    };
+    conn.execute_batch(&format!("pragma wal_autocheckpoint = {backstop};"))?;
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {

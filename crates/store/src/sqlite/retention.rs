@@ -204,9 +204,9 @@ struct Due {
     deletion_id: Option<String>,
 }
 
-/// Removes many rows with one statement per 128 of them.
+/// Removes many rows with one statement per 64 of them.
 fn remove_many(tx: &Transaction<'_>, sql: &TableSql, rows: &[Due]) -> Result<(), StoreError> {
-    for chunk in rows.chunks(GIVE_WAY_EVERY) {
+    for chunk in rows.chunks(GIVE_WAY_EVERY as usize) {
         let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(?{}, ?{})", 2 * i + 1, 2 * i + 2)).collect();
         let statement = format!("delete from {} where (tenant, id) in (values {})", sql.table, pairs.join(", "));
         let params: Vec<&str> = chunk.iter().flat_map(|r| [r.tenant.as_str(), r.id.as_str()]).collect();
@@ -266,27 +266,33 @@ pub(crate) fn purge_batch(
         "select tenant, id, version, deletion_id from {} where deleted_at is not null and purge_at <= ?1 {held} order by purge_at limit ?2",
         sql.table,
     );
-    let due: Vec<Due> = tx
-        .prepare_cached(&query)?
-        .query_map(params![now.as_micros(), limit], |r| {
-            Ok(Due { tenant: r.get(0)?, id: r.get(1)?, version: r.get(2)?, deletion_id: r.get(3)? })
-        })?
-        .collect::<Result<_, _>>()?;
-    // Chunk by chunk, each row with its audit entry and event; between chunks, give way to
-    // live writes that wait (the caller commits what is done and goes on afterwards).
-    let mut done = 0;
-    for chunk in due.chunks(GIVE_WAY_EVERY) {
+    // Chunk by chunk — due rows read, removed, each with its audit entry and event — and
+    // between chunks, give way to live writes that wait (the caller commits what is done
+    // and goes on in a new transaction afterwards).
+    let mut done: u32 = 0;
+    while done < limit {
         if done > 0 && give_way() {
-            return Ok((PurgeBatch { purged: done as u64, paused: false }, true));
+            return Ok((PurgeBatch { purged: u64::from(done), paused: false }, true));
         }
-        purge_rows(tx, sql, collection, chunk, run_id, now)?;
-        done += chunk.len();
+        let want = (limit - done).min(GIVE_WAY_EVERY);
+        let due: Vec<Due> = tx
+            .prepare_cached(&query)?
+            .query_map(params![now.as_micros(), want], |r| {
+                Ok(Due { tenant: r.get(0)?, id: r.get(1)?, version: r.get(2)?, deletion_id: r.get(3)? })
+            })?
+            .collect::<Result<_, _>>()?;
+        purge_rows(tx, sql, collection, &due, run_id, now)?;
+        let got = u32::try_from(due.len()).unwrap_or(u32::MAX);
+        done += got;
+        if got < want {
+            break;
+        }
     }
-    Ok((PurgeBatch { purged: done as u64, paused: false }, false))
+    Ok((PurgeBatch { purged: u64::from(done), paused: false }, false))
 }
 
 /// Rows of a purge batch processed between two looks at the write gate.
-const GIVE_WAY_EVERY: usize = 128;
+const GIVE_WAY_EVERY: u32 = 64;
 
 /// Removes rows with set-based statements; each still gets its audit entry and event.
 fn purge_rows(
