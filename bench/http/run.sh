@@ -12,7 +12,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 work="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; cp "$work"/*/server.log /tmp/last-server.log 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 threads=2; conns=32; secs=${SECS:-10}
 
 (cd "$root" && cargo build --release --quiet --bin tombstone)
@@ -98,10 +98,15 @@ purge)
   "$tomb" migrate --config "$work/p/tombstone.toml" > /dev/null
   "$bins/seed" "$work/p/data/t.db" bench 100000 "${EXPIRED:-1000000}"
   "$bins/idlist" "$work/p/data/t.db" 5000 > "$work/p/ids"
-  # The floor: the same writes by raw SQL on a copy, alone on the machine.
+  # The floor: the same writes by raw SQL on a copy, alone on the machine; then the same
+  # pass by `tombstone purge` on another copy, alone too (batch pauses included).
   cp "$work/p/data/t.db" "$work/p/floor.db"
   "$bins/floor" "$work/p/floor.db" "${PURGE_BATCH:-5000}"
   rm -f "$work/p/floor.db"*
+  mkdir -p "$work/alone/data"; cp "$work/p/data/t.db" "$work/alone/data/t.db"
+  cp "$work/p/tombstone.toml" "$work/alone/"
+  echo "tombstone purge, alone: $("$tomb" purge --config "$work/alone/tombstone.toml" --json)"
+  rm -rf "$work/alone"
   start "$work/p" 9105; k=$(key "$work/p")
   # Open-loop reads (GET by id, 1 in 10 a list page) from start to finish; the first pass
   # starts 15 s after the server, so the samples split into before / during / after.
@@ -116,11 +121,11 @@ interference)
   "$bins/seed" "$work/i/data/t.db" bench 100000 0
   "$bins/idlist" "$work/i/data/t.db" 5000 > "$work/i/ids"
   start "$work/i" 9106; k=$(key "$work/i")
-  load() { "$bins/load" http://127.0.0.1:9106 "$k" "$work/i/ids" "${RATE:-4000}" 15 | tail -2; }
+  load() { "$bins/load" http://127.0.0.1:9106 "$k" "$work/i/ids" "${RATE:-4000}" 15 | tail -4; }
   echo "alone:"; load
   echo "beside a SCHED_IDLE spin loop:"
-  chrt -i 0 timeout 16 sh -c 'while :; do :; done' & load; wait $!
+  chrt -i 0 timeout 16 sh -c 'while :; do :; done' & load; wait $! || true
   echo "beside a nice 19 spin loop:"
-  timeout 16 nice -n 19 sh -c 'while :; do :; done' & load; wait $!
+  timeout 16 nice -n 19 sh -c 'while :; do :; done' & load; wait $! || true
   ;;
 esac
