@@ -85,20 +85,15 @@ async fn a_purge_batch_gives_way_to_live_writes_and_still_purges_every_row_once(
     assert!(written > 0);
 
     let conn = rusqlite::Connection::open(&db).unwrap();
-    let purges: Vec<i64> = conn
-        .prepare("select seq from audit where action = 'purge' order by seq")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let creates: Vec<i64> = conn
-        .prepare("select seq from audit where action = 'create' order by seq")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let seqs_of = |action: &str| -> Vec<i64> {
+        conn.prepare("select seq from audit where action = ?1 order by seq")
+            .unwrap()
+            .query_map([action], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let (purges, creates) = (seqs_of("purge"), seqs_of("create"));
     assert_eq!(purges.len(), ROWS as usize, "each row purged exactly once, with its audit entry");
     let events: i64 =
         conn.query_row("select count(*) from outbox where type = 'record.purged'", [], |r| r.get(0)).unwrap();

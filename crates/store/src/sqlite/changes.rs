@@ -346,17 +346,11 @@ pub(crate) fn changed_between(
     Ok(rows)
 }
 
-/// Records changed after `after` (any tenant), oldest first: what other processes changed.
+/// Records changed after `after` (any tenant), oldest first.
 pub(crate) fn changed_since(
     conn: &Connection,
     after: i64,
     limit: u32,
 ) -> Result<Vec<(i64, crate::cache::CacheKey, String)>, StoreError> {
-    let rows = conn
-        .prepare_cached(
-            "select seq, tenant, collection, record_id, type from outbox where seq > ?1 order by seq limit ?2",
-        )?
-        .query_map(params![after, limit], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?), r.get(4)?)))?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+    changed_between(conn, after, i64::MAX, limit)
 }
