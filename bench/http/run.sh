@@ -5,19 +5,20 @@
 #   bench/http/run.sh purge    purge 1,000,000 expired rows beside 100,000 live ones under an open-loop
 #                              read load (RATE reads/s for SECS s; PURGE_RATE=rows/s cap,
 #                              PURGE_BATCH=rows per batch, PURGE_PAUSE=pause between batches,
-#                              EXPIRED=rows due); first the raw-SQL floor of the same writes
+#                              EXPIRED=rows due, READS_ONLY=1: no creates in the load); first the
+#                              raw-SQL floor of the same writes and `tombstone purge` alone
 #   bench/http/run.sh interference   the same read load alone and beside an idle-class spin loop
 # Needs wrk (apt-get install wrk). Prints figures; nothing is asserted.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 work="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 threads=2; conns=32; secs=${SECS:-10}
 
 (cd "$root" && cargo build --release --quiet --bin tombstone)
 (cd "$here" && cargo build --release --quiet)
-tomb="$root/target/release/tombstone"
+tomb="${TOMBSTONE_BIN:-$root/target/release/tombstone}"  # TOMBSTONE_BIN: measure another build
 bins="$here/target/release"
 
 config() { # $1 = dir, $2 = extra toml

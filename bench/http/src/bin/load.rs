@@ -9,7 +9,7 @@
 //! first poll that saw the counter move to the last one. The first three seconds warm the
 //! caches and connections and are left out.
 //!
-//! Usage: load URL KEY IDS_FILE RATE SECONDS
+//! Usage: load URL KEY IDS_FILE RATE SECONDS  (env READS_ONLY=1: the creates become GETs)
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,6 +39,7 @@ async fn main() {
     let ids: Vec<String> = std::fs::read_to_string(&args[3]).expect("ids").lines().map(String::from).collect();
     let rate: f64 = args[4].parse().expect("rate");
     let seconds: f64 = args[5].parse().expect("seconds");
+    let reads_only = std::env::var("READS_ONLY").is_ok_and(|v| v == "1");
     let client = reqwest::Client::builder().pool_max_idle_per_host(512).build().unwrap();
     let start = Instant::now();
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
@@ -70,7 +71,7 @@ async fn main() {
         tokio::time::sleep_until(due.into()).await;
         let kind = match i % 20 {
             9 | 19 => Kind::List,
-            14 => Kind::Create,
+            14 if !reads_only => Kind::Create,
             _ => Kind::Get,
         };
         let request = match kind {
