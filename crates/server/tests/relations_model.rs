@@ -518,3 +518,41 @@ fn the_model_catches_a_restrict_under_eventual() {
 fn the_same_case_with_the_restrict_rewritten_passes() {
     run(restrict_under_eventual_case(), true).expect("the plan is what the delete does");
 }
+
+/// A case the generator found (CI, 2026-11-25): three collections with eventual, cascade
+/// and restrict relations; deleting k5 plans k2 under an eventual relation, and with a
+/// worker batch of one the worker must delete it too.
+fn found_restrict_under_eventual_case() -> Case {
+    let r = |collection: usize, refs: [Option<u8>; MAX_REFS]| RecordSpec { collection, refs };
+    Case {
+        collections: 3,
+        fields: vec![
+            vec![RefSpec { target: 1, policy: 3 }, RefSpec { target: 3, policy: 0 }],
+            vec![RefSpec { target: 1, policy: 3 }, RefSpec { target: 2, policy: 1 }],
+            vec![RefSpec { target: 0, policy: 1 }],
+            vec![RefSpec { target: 0, policy: 0 }],
+        ],
+        records: vec![
+            r(1, [None, None]),
+            r(0, [Some(0), None]),
+            r(0, [Some(0), Some(0)]),
+            r(1, [Some(0), None]),
+            r(0, [Some(23), Some(159)]),
+            r(0, [Some(0), None]),
+            r(0, [None, None]),
+            r(2, [Some(2), None]),
+            r(0, [None, None]),
+            r(0, [None, None]),
+            r(0, [None, None]),
+        ],
+        repoints: vec![Repoint { record: 143, field: 19, target: 0 }],
+        pre_delete: None,
+        root: 17,
+        batch: 1,
+    }
+}
+
+#[test]
+fn the_found_restrict_under_eventual_case_deletes_what_it_planned() {
+    run(found_restrict_under_eventual_case(), false).expect("the plan is what the delete does");
+}

@@ -547,28 +547,41 @@ pub(crate) fn restore_operation(
     Ok(restored)
 }
 
-/// Whether `record` is still to be deleted by operation `deletion_id`: a queued relation
-/// of the operation reaches it.
-fn scheduled(tx: &Transaction<'_>, deletion_id: &str, tenant: &str, record: &RecordRef) -> Result<bool, StoreError> {
-    let edges: Vec<(String, String)> = tx
-        .prepare_cached("select field, parent_id from deletion_queue where deletion_id = ?1 and child_collection = ?2")?
-        .query_map([deletion_id, record.collection.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
+/// Everything operation `deletion_id` still has to delete, as the data stands now: the
+/// active children not yet worked through of every relation left in its queue, and all
+/// that deleting them takes
+/// (their cascades and eventual descendants, level by level).
+fn still_to_delete(
+    tx: &Transaction<'_>,
+    schema: &Schema,
+    deletion_id: &str,
+    tenant: &str,
+) -> Result<std::collections::HashSet<RecordRef>, StoreError> {
+    let edges: Vec<(String, String, String, String)> = tx
+        .prepare_cached(
+            "select child_collection, field, parent_id, after_id from deletion_queue where deletion_id = ?1",
+        )?
+        .query_map([deletion_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<Result<_, _>>()?;
-    for (field, parent) in edges {
+    let mut roots = Vec::new();
+    for (collection, field, parent, after) in edges {
+        if schema.collection(&collection).is_none() {
+            continue;
+        }
+        // Children at or before `after_id` were worked through (those still active were
+        // held back by a restrict): they are not still to be deleted.
         let q = format!(
-            "select 1 from {} where tenant = ?1 and id = ?2 and \"f_{field}\" = ?3 and deleted_at is null",
-            table_name(&record.collection)
+            "select id from {} where tenant = ?1 and deleted_at is null and \"f_{field}\" = ?2 and id > ?3",
+            table_name(&collection)
         );
-        if tx
-            .prepare_cached(&q)?
-            .query_row([tenant, record.id.as_str(), parent.as_str()], |_| Ok(()))
-            .optional()?
-            .is_some()
+        for id in
+            tx.prepare_cached(&q)?.query_map([tenant, parent.as_str(), after.as_str()], |r| r.get::<_, String>(0))?
         {
-            return Ok(true);
+            roots.push(RecordRef::new(&collection, &id?));
         }
     }
-    Ok(false)
+    let plan = tombstone_domain::deletion::plan_from(schema, &roots, &mut Finder { conn: tx, tenant })?;
+    Ok(plan.would_delete().into_iter().collect())
 }
 
 /// One step of eventual cascades: the next batch of children of the oldest queued
@@ -617,19 +630,22 @@ pub(crate) fn eventual_step(
         let mut finder = Finder { conn: tx, tenant: &tenant };
         let mut plan = tombstone_domain::deletion::plan_from(schema, &roots, &mut finder)?;
         // The DELETE checked restricts over the whole eventual tree when it was planned. A
-        // blocker that this same operation will delete in a later batch (it sits under
-        // another queued relation of the operation) is not a reason to stop; one that
-        // appeared since — a new record pointing at a child — is.
-        let blocked = |tx: &Transaction<'_>, plan: &DeletionPlan| -> Result<bool, StoreError> {
+        // blocker that this same operation will delete in a later batch — anywhere in
+        // what it still has to delete, even under a relation not queued yet — is not a
+        // reason to stop; one that appeared since (a new record pointing at a child) is.
+        let mut remaining: Option<std::collections::HashSet<RecordRef>> = None;
+        let mut blocked = |tx: &Transaction<'_>, plan: &DeletionPlan| -> Result<bool, StoreError> {
+            if plan.blockers.is_empty() {
+                return Ok(false);
+            }
             if plan.blockers_total as usize > plan.blockers.len() {
                 return Ok(true);
             }
-            for b in &plan.blockers {
-                if !scheduled(tx, &deletion_id, &tenant, b)? {
-                    return Ok(true);
-                }
+            if remaining.is_none() {
+                remaining = Some(still_to_delete(tx, schema, &deletion_id, &tenant)?);
             }
-            Ok(false)
+            let remaining = remaining.as_ref().expect("just computed");
+            Ok(plan.blockers.iter().any(|b| !remaining.contains(b)))
         };
         if blocked(tx, &plan)? {
             // Find which children a restrict holds back; they stay, the others go.
