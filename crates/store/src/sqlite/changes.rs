@@ -1,6 +1,8 @@
 //! The audit log and the outbox: appended inside the transaction of the change they
 //! record, so a change, its audit entry and its event commit together or not at all.
 
+use std::sync::LazyLock;
+
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tombstone_domain::audit::{AuditEntry, GENESIS_HASH, NewAuditEntry, seal};
@@ -39,6 +41,13 @@ fn multi_row(insert: &str, columns: usize, rows: usize) -> String {
     format!("{insert}{}", vec![row; rows].join(", "))
 }
 
+/// The audit inserts of one row and of [`ROWS_PER_INSERT`] rows, built once.
+static AUDIT_ONE: LazyLock<String> = LazyLock::new(|| multi_row(AUDIT_INSERT, 13, 1));
+static AUDIT_MANY: LazyLock<String> = LazyLock::new(|| multi_row(AUDIT_INSERT, 13, ROWS_PER_INSERT));
+/// The outbox inserts of one row and of [`ROWS_PER_INSERT`] rows, built once.
+static OUTBOX_ONE: LazyLock<String> = LazyLock::new(|| multi_row(OUTBOX_INSERT, 10, 1));
+static OUTBOX_MANY: LazyLock<String> = LazyLock::new(|| multi_row(OUTBOX_INSERT, 10, ROWS_PER_INSERT));
+
 fn bind_audit(stmt: &mut rusqlite::CachedStatement<'_>, at: usize, e: &AuditEntry) -> rusqlite::Result<()> {
     stmt.raw_bind_parameter(at + 1, e.seq)?;
     stmt.raw_bind_parameter(at + 2, e.at.as_micros())?;
@@ -59,7 +68,7 @@ fn bind_audit(stmt: &mut rusqlite::CachedStatement<'_>, at: usize, e: &AuditEntr
 pub(crate) fn append_audit(conn: &Connection, entry: NewAuditEntry) -> Result<AuditEntry, StoreError> {
     let (last_seq, prev_hash) = audit_head(conn)?;
     let sealed = seal(entry, last_seq + 1, &prev_hash);
-    let mut stmt = conn.prepare_cached(&multi_row(AUDIT_INSERT, 13, 1))?;
+    let mut stmt = conn.prepare_cached(&AUDIT_ONE)?;
     bind_audit(&mut stmt, 0, &sealed)?;
     stmt.raw_execute()?;
     AUDIT_HEAD.with(|h| *h.borrow_mut() = Some((sealed.seq, sealed.hash.clone())));
@@ -81,13 +90,13 @@ pub(crate) fn append_audit_many(conn: &Connection, entries: Vec<NewAuditEntry>) 
         .collect();
     let mut chunks = sealed.chunks_exact(ROWS_PER_INSERT);
     for chunk in chunks.by_ref() {
-        let mut stmt = conn.prepare_cached(&multi_row(AUDIT_INSERT, 13, ROWS_PER_INSERT))?;
+        let mut stmt = conn.prepare_cached(&AUDIT_MANY)?;
         for (i, e) in chunk.iter().enumerate() {
             bind_audit(&mut stmt, i * 13, e)?;
         }
         stmt.raw_execute()?;
     }
-    let mut stmt = conn.prepare_cached(&multi_row(AUDIT_INSERT, 13, 1))?;
+    let mut stmt = conn.prepare_cached(&AUDIT_ONE)?;
     for e in chunks.remainder() {
         bind_audit(&mut stmt, 0, e)?;
         stmt.raw_execute()?;
@@ -178,7 +187,7 @@ impl EventRow {
 /// Appends an event to the outbox; returns its seq.
 pub(crate) fn append_event(conn: &Connection, event: NewEvent) -> Result<i64, StoreError> {
     let row = EventRow::new(event);
-    let mut stmt = conn.prepare_cached(&multi_row(OUTBOX_INSERT, 10, 1))?;
+    let mut stmt = conn.prepare_cached(&OUTBOX_ONE)?;
     row.bind(&mut stmt, 0)?;
     stmt.raw_execute()?;
     let seq = conn.last_insert_rowid();
@@ -191,7 +200,7 @@ pub(crate) fn append_events(conn: &Connection, events: Vec<NewEvent>) -> Result<
     let rows: Vec<EventRow> = events.into_iter().map(EventRow::new).collect();
     let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
     for chunk in chunks.by_ref() {
-        let mut stmt = conn.prepare_cached(&multi_row(OUTBOX_INSERT, 10, ROWS_PER_INSERT))?;
+        let mut stmt = conn.prepare_cached(&OUTBOX_MANY)?;
         for (i, row) in chunk.iter().enumerate() {
             row.bind(&mut stmt, i * 10)?;
         }
@@ -200,7 +209,7 @@ pub(crate) fn append_events(conn: &Connection, events: Vec<NewEvent>) -> Result<
         let last = conn.last_insert_rowid();
         wrote(last - ROWS_PER_INSERT as i64 + 1, last);
     }
-    let mut stmt = conn.prepare_cached(&multi_row(OUTBOX_INSERT, 10, 1))?;
+    let mut stmt = conn.prepare_cached(&OUTBOX_ONE)?;
     for row in chunks.remainder() {
         row.bind(&mut stmt, 0)?;
         stmt.raw_execute()?;
