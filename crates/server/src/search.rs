@@ -19,14 +19,16 @@ use tantivy::directory::MmapDirectory;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema as IndexSchema, TEXT, Value as _};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term, doc};
-use tombstone_domain::config::{Collection, FieldType, Schema};
+use tombstone_domain::config::{Collection, DeleteMode, FieldType, Schema};
 use tombstone_domain::record::{FieldValue, Record};
 use tombstone_store::{Store, StoreError};
 
 /// At most this many candidates are taken from the index per search.
 pub const MAX_CANDIDATES: usize = 10_000;
-/// Outbox events per indexing commit.
+/// Outbox events read per batch.
 const BATCH: u32 = 500;
+/// At most this many events are applied between two commits of a long backlog.
+const COMMIT_EVERY: usize = 20_000;
 
 /// Why the index failed.
 #[derive(Debug, thiserror::Error)]
@@ -276,19 +278,34 @@ impl SearchIndex {
     /// The store or the index failed; the position is not moved then.
     pub async fn catch_up(&self, store: &dyn Store, schema: &Schema) -> Result<u64, SearchError> {
         let mut consumed = 0;
+        let mut after = self.position()?;
+        // Events applied to the writer since its last commit: a commit (segment files, an
+        // fsync, a reader reload) is made once caught up, or every COMMIT_EVERY events of a
+        // long backlog — not once per read batch.
+        let mut uncommitted = 0;
         loop {
-            let after = self.position()?;
             let changes = store.changes_since(after, BATCH).await?;
-            let Some(last) = changes.last().map(|c| c.0) else { return Ok(consumed) };
+            let Some(last) = changes.last().map(|c| c.0) else {
+                if uncommitted > 0 {
+                    self.commit(&mut *self.writer()?, Some(after))?;
+                }
+                return Ok(consumed);
+            };
             let mut current: Vec<Current> = Vec::new();
             let mut erased = false;
             for (_, (tenant, collection, id), kind) in &changes {
                 let Some(c) = schema.collection(collection).filter(|c| is_searchable(c)) else { continue };
+                // A purge in a soft-delete collection comes after the record's deletion,
+                // whose event (consumed before it, in outbox order) took the document
+                // out: a purge pass costs the index nothing. A hard-delete collection's
+                // purge is the record's only removal, so it takes the document out.
+                if kind == "record.purged" && c.delete == DeleteMode::Soft {
+                    continue;
+                }
                 erased |= kind == "record.erased";
                 // An event that takes a record out needs no read: its document goes (a later
                 // event of the same record in this batch puts it back if it returned). Only
-                // events that bring a record in read its current state — so a purge pass
-                // does not turn into one database read per purged row.
+                // events that bring a record in read its current state.
                 let gone = matches!(kind.as_str(), "record.deleted" | "record.purged" | "record.erased");
                 let record =
                     if gone { None } else { store.get_record(tenant, c, id).await?.filter(|r| !r.is_deleted()) };
@@ -302,7 +319,13 @@ impl SearchIndex {
                         None => self.remove(&writer, tenant, collection, id),
                     }
                 }
-                self.commit(&mut writer, Some(last))?;
+                after = last;
+                uncommitted += changes.len();
+                // An erasure is committed and compacted at once: its terms must leave the disk.
+                if erased || uncommitted >= COMMIT_EVERY {
+                    self.commit(&mut writer, Some(after))?;
+                    uncommitted = 0;
+                }
                 if erased {
                     self.compact(&mut writer)?;
                 }

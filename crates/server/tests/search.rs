@@ -7,6 +7,7 @@ mod common;
 use common::{TestApp, TestResponse};
 use serde_json::{Value, json};
 use tombstone_server::search::{SearchIndex, reconcile};
+use tombstone_store::Store;
 
 const SCHEMA: &str = r#"
 [retention]
@@ -18,6 +19,11 @@ name = { type = "string", required = true, search = true }
 
 [collections.people.fields]
 name  = { type = "string", search = true, pii = true }
+
+[collections.sessions]
+delete = "hard"
+[collections.sessions.fields]
+label = { type = "string", search = true }
 "#;
 
 fn ids(r: &TestResponse) -> Vec<String> {
@@ -177,4 +183,35 @@ async fn erasure_leaves_no_marker_bytes_in_the_index_directory() {
     assert!(!app.search.holds_term(marker).unwrap());
     assert!(!bytes_hold_marker());
     assert!(ids(&app.get(&format!("/v1/people?q={marker}"), &app.admin).await).is_empty());
+}
+
+/// The documents the index holds, by id (no post-filter: the index itself).
+fn indexed(app: &TestApp) -> Vec<String> {
+    let mut ids: Vec<String> = app.search.all_documents().unwrap().into_iter().map(|(_, _, id)| id).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn documents_leave_the_index_at_deletion_and_hard_deletes_and_purges_move_its_position() {
+    let app = TestApp::with_schema(SCHEMA).await;
+    let mug = product(&app, "1", "red mug").await;
+    let cup = product(&app, "2", "red cup").await;
+    let session =
+        app.create("sessions", &app.admin, &json!({"label": "red session"})).await["id"].as_str().unwrap().to_string();
+    app.index().await;
+    let mut all = vec![mug.clone(), cup.clone(), session.clone()];
+    all.sort();
+    assert_eq!(indexed(&app), all);
+    // A soft delete takes the document out; the later purge has nothing left to remove.
+    app.delete(&format!("/v1/products/{mug}"), &app.admin).await.assert_status(204);
+    app.index().await;
+    assert!(!indexed(&app).contains(&mug));
+    app.post_empty(&format!("/v1/products/{mug}:purge"), &app.admin).await.assert_status(204);
+    // A hard delete takes the document out at once.
+    app.delete(&format!("/v1/sessions/{session}"), &app.admin).await.assert_status(204);
+    app.index().await;
+    assert_eq!(indexed(&app), [cup]);
+    // Every event was consumed, the skipped purge included: the position is the last one.
+    assert_eq!(app.search.position().unwrap(), app.store.last_event_seq().await.unwrap());
 }
