@@ -6,7 +6,11 @@
 #                              read load (RATE reads/s for SECS s; PURGE_RATE=rows/s cap,
 #                              PURGE_BATCH=rows per batch, PURGE_PAUSE=pause between batches,
 #                              EXPIRED=rows due, READS_ONLY=1: no creates in the load); first the
-#                              raw-SQL floor of the same writes and `tombstone purge` alone
+#                              raw-SQL floor of the same writes and `tombstone purge` alone;
+#                              ISOLATE=1: just before the pass, the server's background threads
+#                              (writer, checkpointer, indexer) are pinned to CPU 1 and every other
+#                              thread, the load generator's too, to CPU 0 (an experiment: can
+#                              a dedicated core hide the pass from reads?)
 #   bench/http/run.sh interference   the same read load alone and beside an idle-class spin loop
 # Needs wrk (apt-get install wrk). Prints figures; nothing is asserted.
 set -euo pipefail
@@ -109,9 +113,20 @@ purge)
   echo "tombstone purge, alone: $("$tomb" purge --config "$work/alone/tombstone.toml" --json)"
   rm -rf "$work/alone"
   start "$work/p" 9105; k=$(key "$work/p")
+  pin=()
+  if [ "${ISOLATE:-0}" = 1 ]; then
+    pid=$(jobs -p | tail -1)
+    (sleep 12; for t in /proc/"$pid"/task/*; do
+       case "$(cat "$t/comm")" in
+         tombstone-backg*|tombstone-check*|tombstone-index*) taskset -p -c 1 "${t##*/}" > /dev/null ;;
+         *) taskset -p -c 0 "${t##*/}" > /dev/null ;;
+       esac
+     done) &
+    pin=(taskset -c 0)
+  fi
   # Open-loop reads (GET by id, 1 in 10 a list page) from start to finish; the first pass
   # starts 15 s after the server, so the samples split into before / during / after.
-  "$bins/load" http://127.0.0.1:9105 "$k" "$work/p/ids" "${RATE:-4000}" "${SECS:-45}"
+  "${pin[@]}" "$bins/load" http://127.0.0.1:9105 "$k" "$work/p/ids" "${RATE:-4000}" "${SECS:-45}"
   grep "purge pass finished" "$work/p/server.log" | tail -1
   ;;
 interference)
