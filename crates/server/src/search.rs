@@ -297,8 +297,8 @@ impl SearchIndex {
                 let Some(c) = schema.collection(collection).filter(|c| is_searchable(c)) else { continue };
                 // A purge in a soft-delete collection comes after the record's deletion,
                 // whose event (consumed before it, in outbox order) took the document
-                // out: a purge pass costs the index nothing. A hard-delete collection's
-                // purge is the record's only removal, so it takes the document out.
+                // out: a purge pass costs the index nothing. A hard delete has no earlier
+                // deletion event, so its purge takes the document out.
                 if kind == "record.purged" && c.delete == DeleteMode::Soft {
                     continue;
                 }
