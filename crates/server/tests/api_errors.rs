@@ -487,6 +487,33 @@ async fn unknown_collections_are_404_on_every_endpoint() {
 }
 
 #[tokio::test]
+async fn the_collection_and_the_scope_are_checked_before_the_body() {
+    let f = fixture().await;
+    let app = &f.app;
+    let before = snapshot(app).await;
+    let reader = app.key("t1", "read").await;
+    for body in [b"{not json".to_vec(), Vec::new()] {
+        let shown = String::from_utf8_lossy(&body).into_owned();
+        // An unknown collection is a 404 whatever the body.
+        let r = send_raw(app, Method::POST, "/v1/nope", body.clone()).await;
+        assert_eq!(r.status.as_u16(), 404, "POST /v1/nope {shown:?}: {}", r.text);
+        let r = send_raw(app, Method::PATCH, &format!("/v1/nope/{}", f.active), body.clone()).await;
+        assert_eq!(r.status.as_u16(), 404, "PATCH /v1/nope {shown:?}: {}", r.text);
+        // A key without the scope hears 403, not what is wrong with its body.
+        let as_reader = |method: Method, path: String| {
+            let body = Some(body.clone());
+            let reader = reader.clone();
+            async move { app.send(method, &path, Some(&reader), &[], body).await }
+        };
+        as_reader(Method::POST, "/v1/products".into()).await.assert_problem(403, "forbidden");
+        as_reader(Method::PATCH, format!("/v1/products/{}", f.active)).await.assert_problem(403, "forbidden");
+        as_reader(Method::POST, "/v1/keys".into()).await.assert_problem(403, "forbidden");
+        as_reader(Method::POST, format!("/v1/products/{}:hold", f.active)).await.assert_problem(403, "forbidden");
+    }
+    assert_eq!(snapshot(app).await, before);
+}
+
+#[tokio::test]
 async fn ids_that_cannot_exist_are_404() {
     let f = fixture().await;
     let app = &f.app;

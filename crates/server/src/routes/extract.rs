@@ -10,20 +10,32 @@ use serde_json::Value;
 use crate::app::AppState;
 use crate::error::ApiError;
 
-/// A JSON body. Any content type is read as JSON, so `curl -d` works as people expect.
-pub(crate) struct JsonBody(pub Value);
+/// A JSON body, read but not yet parsed: handlers parse it after resolving the collection
+/// and checking scopes, so an unknown collection is a 404 and a missing scope a 403
+/// whatever the body holds. Any content type is read as JSON, so `curl -d` works as
+/// people expect.
+pub(crate) struct JsonBody(Bytes);
+
+impl JsonBody {
+    /// The body as JSON; an empty body is malformed.
+    pub(crate) fn parse(&self) -> Result<Value, ApiError> {
+        if self.0.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::Malformed("the body is empty; send a JSON object".into()));
+        }
+        parse_json(&self.0)
+    }
+}
+
+/// Parses JSON, answering `malformed` when it is not.
+pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::Malformed(format!("the body is not valid JSON: {e}")))
+}
 
 impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::Malformed("the body is empty; send a JSON object".into()));
-        }
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::Malformed(format!("the body is not valid JSON: {e}")))
+        Ok(Self(Bytes::from_request(req, state).await?))
     }
 }
 

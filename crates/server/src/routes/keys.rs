@@ -54,10 +54,11 @@ async fn create(
     State(state): State<AppState>,
     caller: Caller,
     query: QueryPairs,
-    JsonBody(body): JsonBody,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     caller.require(Permission::Admin, None)?;
     query.only(&[])?;
+    let body = body.parse()?;
     let object = body.as_object().ok_or_else(|| invalid("", "the body must be a JSON object"))?;
     if let Some(unknown) = object.keys().find(|k| !["tenant", "scopes", "name"].contains(&k.as_str())) {
         return Err(invalid(unknown, "is not a key field (tenant, scopes, name)"));

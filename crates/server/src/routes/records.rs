@@ -20,7 +20,7 @@ use tombstone_domain::scope::Permission;
 use tombstone_store::telemetry::collection_counter;
 use tombstone_store::{DeleteOutcome, IdempotencyClaim, IdempotencyKey, RestoreOutcome, StoreError, StoredResponse};
 
-use super::extract::{ApiPath, IfNoneMatch, JsonBody, QueryPairs};
+use super::extract::{ApiPath, IfNoneMatch, JsonBody, QueryPairs, parse_json};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -150,11 +150,12 @@ async fn create_record(
     ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
     query: QueryPairs,
-    JsonBody(body): JsonBody,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     let collection = collection(&state, &name)?;
     caller.require(Permission::Write, Some(&collection.name))?;
     query.only(&[])?;
+    let body = body.parse()?;
     let parsed = parse_create(&collection, &body).map_err(ApiError::Validation)?;
 
     let idempotency = match headers.get(&IDEMPOTENCY_KEY) {
@@ -355,14 +356,14 @@ async fn patch_record(
     ApiPath((name, id)): ApiPath<(String, String)>,
     headers: HeaderMap,
     query: QueryPairs,
-    JsonBody(body): JsonBody,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     let collection = collection(&state, &name)?;
     caller.require(Permission::Write, Some(&collection.name))?;
     query.only(&[])?;
     let id = checked_id(&collection, &id)?;
     let cond = write_precondition(&collection, &headers)?;
-    let patch = parse_patch(&collection, &body).map_err(ApiError::Validation)?;
+    let patch = parse_patch(&collection, &body.parse()?).map_err(ApiError::Validation)?;
     let record = state
         .store
         .patch_record(&caller.actor(), &collection, id, cond, patch, state.now())
@@ -619,11 +620,7 @@ async fn hold_record(
     caller.require(Permission::Hold, Some(&collection.name))?;
     query.only(&[])?;
     let id = checked_id(collection, id)?;
-    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::Malformed(format!("the body is not valid JSON: {e}")))?
-    };
+    let value: Value = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { parse_json(&body)? };
     let Some(object) = value.as_object() else {
         return Err(ApiError::Validation(ValidationErrors(vec![FieldError {
             field: String::new(),
