@@ -3,7 +3,9 @@
 //! real time to pass — bounded, by polling the preview rather than sleeping blindly.
 //!
 //! The dry run must agree with `GET /v1/purge/preview` and change nothing; the real run
-//! purges exactly what was due; a paused purge purges nothing and says so.
+//! purges exactly what was due; a paused purge purges nothing and says so; a pass killed
+//! with SIGKILL leaves every removed row with exactly one audit entry and one event, and
+//! the next pass purges the rest, each row once.
 
 mod common;
 
@@ -355,4 +357,124 @@ fn purge_refuses_an_unknown_collection_in_one_line() {
     let out = ws.run(&["purge", "--config", "/nonexistent/tombstone.toml"]);
     assert!(!out.status.success());
     assert_eq!(out.stderr.lines().filter(|l| !l.trim().is_empty()).count(), 1, "{}", out.stderr);
+}
+
+/// A config whose purge runs flat out, so a pass over many rows is long enough to kill.
+const FAST_PURGE: &str = r#"
+[storage]
+url = "sqlite://data/tombstone.db"
+
+[purge]
+batch_size = 500
+pause = "1ms"
+max_rows_per_second = 10000000
+
+[collections.notes.fields]
+text = { type = "string" }
+"#;
+
+/// Writes `n` soft-deleted notes whose window ended long ago straight into the table (the
+/// API would take minutes for this many).
+fn seed_expired(ws: &Workspace, n: usize) -> HashSet<String> {
+    let mut conn = Connection::open(ws.config_dir.join("data/tombstone.db")).expect("open database");
+    let tx = conn.transaction().expect("transaction");
+    let mut ids = HashSet::with_capacity(n);
+    {
+        let mut insert = tx
+            .prepare(
+                "insert into rec_notes (tenant, id, version, created_at, updated_at, deleted_at, deleted_by, deletion_id, purge_at, f_text)
+                 values ('t1', ?1, 2, 1000, 2000, 2000, 'key_seed', 'del_' || ?1, 3000 + ?2, 'note')",
+            )
+            .expect("prepare");
+        for i in 0..n {
+            let id = format!("n{i:07}");
+            insert.execute(rusqlite::params![id, i64::try_from(i).unwrap()]).expect("insert");
+            ids.insert(id);
+        }
+    }
+    tx.commit().expect("commit");
+    ids
+}
+
+/// What the database says was purged: ids gone from the table, and the ids of every
+/// `purge` audit entry and `record.purged` event (with repeats, if any).
+fn purged_traces(ws: &Workspace, seeded: &HashSet<String>) -> (HashSet<String>, Vec<String>, Vec<String>) {
+    let conn = ws.db();
+    let present: HashSet<String> = conn
+        .prepare("select id from rec_notes")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let column = |sql: &str| -> Vec<String> {
+        conn.prepare(sql).unwrap().query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    };
+    let gone = seeded.difference(&present).cloned().collect();
+    let audited = column("select record_id from audit where action = 'purge'");
+    let announced = column("select record_id from outbox where type = 'record.purged'");
+    (gone, audited, announced)
+}
+
+/// Every purged row has exactly one audit entry and one event, and nothing else has any.
+#[track_caller]
+fn assert_traces_match(gone: &HashSet<String>, audited: &[String], announced: &[String]) {
+    let audited_set: HashSet<String> = audited.iter().cloned().collect();
+    let announced_set: HashSet<String> = announced.iter().cloned().collect();
+    assert_eq!(audited.len(), audited_set.len(), "a record was audited as purged twice");
+    assert_eq!(announced.len(), announced_set.len(), "a record.purged event was written twice");
+    assert_eq!(&audited_set, gone, "purge audit entries and removed rows differ");
+    assert_eq!(&announced_set, gone, "record.purged events and removed rows differ");
+}
+
+#[test]
+fn a_purge_killed_mid_pass_loses_nothing_and_the_next_pass_finishes() {
+    let ws = Workspace::with_config(FAST_PURGE);
+    let config = ws.config();
+    ws.run(&["migrate", "--config", &config]).assert_success();
+    let seeded = seed_expired(&ws, 50_000);
+
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["purge", "--config", &config])
+        .current_dir(&ws.cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn tombstone purge");
+    // Kill it (SIGKILL) once some batches have committed, well before the pass is done.
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        let audited: i64 =
+            ws.db().query_row("select count(*) from audit where action = 'purge'", [], |r| r.get(0)).unwrap_or(0);
+        if audited >= 2_000 {
+            break;
+        }
+        assert!(child.try_wait().expect("wait").is_none(), "the pass ended before it could be killed");
+        assert!(Instant::now() < deadline, "the pass purged nothing in {COMMAND_TIMEOUT:?}");
+        thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("kill");
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "the pass was killed, not finished");
+
+    let (gone, audited, announced) = purged_traces(&ws, &seeded);
+    assert!(
+        !gone.is_empty() && gone.len() < seeded.len(),
+        "killed mid-pass: {} of {} purged",
+        gone.len(),
+        seeded.len()
+    );
+    assert_traces_match(&gone, &audited, &announced);
+    ws.run(&["audit", "verify", "--config", &config]).assert_success();
+
+    // The next pass purges the rest, each row once.
+    let out = ws.purge(&["--json"]);
+    assert_eq!(out.json()["purged"].as_u64(), Some((seeded.len() - gone.len()) as u64), "{}", out.stdout);
+    let (gone, audited, announced) = purged_traces(&ws, &seeded);
+    assert_eq!(gone, seeded);
+    assert_traces_match(&gone, &audited, &announced);
+    let verified = ws.run(&["audit", "verify", "--config", &config]);
+    verified.assert_success();
+    assert!(verified.stdout.contains(&seeded.len().to_string()), "{}", verified.stdout);
 }
