@@ -38,10 +38,11 @@ pub enum ApiError {
     /// 404 `not-found`.
     #[error("{0}")]
     NotFound(String),
-    /// 405 `method-not-allowed`; `Allow` names the methods that are.
+    /// 405 `method-not-allowed`; `Allow` names the methods the resource takes (`None`:
+    /// the route's own list, which axum adds).
     #[error("method not allowed")]
-    MethodNotAllowed,
-    /// 405 for a record URL without an action: `Allow: GET, PATCH, DELETE`.
+    MethodNotAllowed { allow: Option<&'static str> },
+    /// 405 for a POST to a record URL without an action: `Allow` is [`RECORD_METHODS`].
     #[error("POST needs an action: /v1/{{collection}}/{{id}}:restore, :purge, :erase, :hold or :release")]
     RecordMethodNotAllowed,
     /// 409 `unique-conflict`: an active record holds the value (`conflicting_id`).
@@ -109,7 +110,7 @@ impl ApiError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
-            Self::MethodNotAllowed | Self::RecordMethodNotAllowed => {
+            Self::MethodNotAllowed { .. } | Self::RecordMethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed")
             }
             Self::UniqueConflict { .. } => (StatusCode::CONFLICT, "unique-conflict"),
@@ -186,6 +187,17 @@ pub fn problem_response(status: StatusCode, body: &Value) -> Response {
     response
 }
 
+/// The methods a record URL (`/v1/{c}/{id}`) takes.
+pub(crate) const RECORD_METHODS: &str = "GET,HEAD,PATCH,DELETE";
+
+/// 405 for a method an item URL that also has actions does not take: the item takes
+/// `item_methods`, an action (`…/{id}:restore`) only POST. axum adds its route's list
+/// (both together) only when the answer names none.
+pub(crate) fn item_method_not_allowed(uri: &axum::http::Uri, item_methods: &'static str) -> ApiError {
+    let action = uri.path().rsplit('/').next().is_some_and(|last| last.contains(':'));
+    ApiError::MethodNotAllowed { allow: Some(if action { "POST" } else { item_methods }) }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _) = self.status_and_type();
@@ -193,8 +205,13 @@ impl IntoResponse for ApiError {
             tracing::error!(request_id = %request_id::current(), error = %cause, "request failed");
         }
         let mut response = problem_response(status, &self.to_problem());
-        if matches!(self, Self::RecordMethodNotAllowed) {
-            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET,HEAD,PATCH,DELETE"));
+        let allow = match &self {
+            Self::RecordMethodNotAllowed => Some(RECORD_METHODS),
+            Self::MethodNotAllowed { allow } => *allow,
+            _ => None,
+        };
+        if let Some(allow) = allow {
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         if matches!(self, Self::Unauthorized) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

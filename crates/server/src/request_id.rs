@@ -76,7 +76,7 @@ fn ensure_problem(response: Response) -> Response {
         return response;
     }
     let error = match status {
-        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed { allow: None },
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
         StatusCode::NOT_FOUND => ApiError::NotFound("no such route".into()),
         s if s.is_server_error() => ApiError::Internal(format!("plain {s} response")),

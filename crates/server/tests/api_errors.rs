@@ -588,6 +588,19 @@ async fn a_405_names_the_allowed_methods() {
         let allow = r.header("allow").unwrap_or_else(|| panic!("{method} {path}: no Allow header: {:?}", r.headers));
         assert!(allow.contains("GET"), "{method} {path}: Allow: {allow}");
     }
+    // Allow names the methods of the resource addressed: a record, or one of its actions.
+    for (method, path, expected) in [
+        (Method::OPTIONS, format!("/v1/products/{id}"), "GET,HEAD,PATCH,DELETE"),
+        (Method::PUT, format!("/v1/products/{id}"), "GET,HEAD,PATCH,DELETE"),
+        (Method::OPTIONS, format!("/v1/products/{id}:restore"), "POST"),
+        (Method::PUT, format!("/v1/products/{id}:erase"), "POST"),
+        (Method::GET, "/v1/purge:pause".to_string(), "POST"),
+        (Method::PUT, "/v1/deletions/del_x".to_string(), "GET,HEAD"),
+    ] {
+        let r = app.send(method.clone(), &path, Some(&app.admin), &[], None).await;
+        r.assert_problem(405, "method-not-allowed");
+        assert_eq!(r.header("allow"), Some(expected), "{method} {path}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

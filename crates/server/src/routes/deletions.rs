@@ -4,6 +4,7 @@
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
@@ -13,11 +14,19 @@ use tombstone_store::StoreError;
 use super::extract::ApiPath;
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, item_method_not_allowed};
 
 pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/v1/deletions/{target}", get(get_deletion).post(restore_deletion))
+    Router::new().route(
+        "/v1/deletions/{target}",
+        get(get_deletion)
+            .post(restore_deletion)
+            .fallback(|uri: Uri| async move { item_method_not_allowed(&uri, DELETION_METHODS) }),
+    )
 }
+
+/// The methods a deletion operation's URL takes (`…:restore` takes POST).
+const DELETION_METHODS: &str = "GET,HEAD";
 
 async fn get_deletion(
     State(state): State<AppState>,
@@ -71,7 +80,7 @@ async fn restore_deletion(
     ApiPath(target): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let Some(id) = target.strip_suffix(":restore") else {
-        return Err(ApiError::MethodNotAllowed);
+        return Err(ApiError::MethodNotAllowed { allow: Some(DELETION_METHODS) });
     };
     let op = state
         .store

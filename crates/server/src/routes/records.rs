@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
@@ -23,16 +23,21 @@ use tombstone_store::{DeleteOutcome, IdempotencyClaim, IdempotencyKey, RestoreOu
 use super::extract::{ApiPath, IfNoneMatch, JsonBody, QueryPairs, parse_json};
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, RECORD_METHODS, item_method_not_allowed};
 
 static DELETION_ID: HeaderName = HeaderName::from_static("deletion-id");
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/{collection}", get(list_records).post(create_record))
-        .route("/v1/{collection}/{id}", get(get_record).patch(patch_record).delete(delete_record).post(record_action))
+    Router::new().route("/v1/{collection}", get(list_records).post(create_record)).route(
+        "/v1/{collection}/{id}",
+        get(get_record)
+            .patch(patch_record)
+            .delete(delete_record)
+            .post(record_action)
+            .fallback(|uri: Uri| async move { item_method_not_allowed(&uri, RECORD_METHODS) }),
+    )
 }
 
 fn collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
