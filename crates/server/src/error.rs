@@ -193,9 +193,19 @@ pub(crate) const RECORD_METHODS: &str = "GET,HEAD,PATCH,DELETE";
 /// 405 for a method an item URL that also has actions does not take: the item takes
 /// `item_methods`, an action (`…/{id}:restore`) only POST. axum adds its route's list
 /// (both together) only when the answer names none.
-pub(crate) fn item_method_not_allowed(uri: &axum::http::Uri, item_methods: &'static str) -> ApiError {
-    let action = uri.path().rsplit('/').next().is_some_and(|last| last.contains(':'));
-    ApiError::MethodNotAllowed { allow: Some(if action { "POST" } else { item_methods }) }
+pub(crate) fn item_method_not_allowed(uri: &axum::http::Uri, item_methods: &'static str, actions: &[&str]) -> ApiError {
+    let last = uri.path().rsplit('/').next().unwrap_or_default();
+    refuse_action(last, actions).err().unwrap_or(ApiError::MethodNotAllowed { allow: Some(item_methods) })
+}
+
+/// For GET, PATCH and DELETE on an item URL: one naming one of its `actions`
+/// (`{id}:restore`) takes only POST. (Ids never hold a `:`, so anything else with one is
+/// simply not found.)
+pub(crate) fn refuse_action(last_segment: &str, actions: &[&str]) -> Result<(), ApiError> {
+    match last_segment.rsplit_once(':') {
+        Some((_, action)) if actions.contains(&action) => Err(ApiError::MethodNotAllowed { allow: Some("POST") }),
+        _ => Ok(()),
+    }
 }
 
 impl IntoResponse for ApiError {

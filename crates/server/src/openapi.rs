@@ -692,11 +692,15 @@ fn query(name: &str, schema: impl Into<RefOr<utoipa::openapi::Schema>>, descript
 }
 
 fn header_param(name: &str, required: bool, description: &str) -> Parameter {
+    header_param_of(name, required, string(), description)
+}
+
+fn header_param_of(name: &str, required: bool, schema: ObjectBuilder, description: &str) -> Parameter {
     ParameterBuilder::new()
         .name(name)
         .parameter_in(ParameterIn::Header)
         .required(if required { Required::True } else { Required::False })
-        .schema(Some(string()))
+        .schema(Some(schema))
         .description(Some(description))
         .build()
 }
@@ -850,9 +854,10 @@ fn create_operation(collection: &Collection, names: &CollectionNames) -> Operati
         .header("ETag", etag_header())
         .header("Idempotent-Replayed", response_header("`true` when this answer replays an earlier one."));
     let op = operation(format!("create_{c}"), c, &format!("Create a record in {c}"))
-        .parameter(header_param(
+        .parameter(header_param_of(
             "Idempotency-Key",
             false,
+            string().min_length(Some(1)).max_length(Some(255)).pattern(Some("^[ -~]+$")),
             "1-255 characters. The same key and body within 24 h replays the first answer \
              (`Idempotent-Replayed: true`).",
         ))
@@ -1450,13 +1455,26 @@ fn event_paths(paths: PathsBuilder, schema: &Schema) -> PathsBuilder {
             "Server-sent events: `id:` is the seq, `event:` the type, `data:` the envelope. Resumes after              `Last-Event-ID` or `after`; without either it starts with new events only.",
         ))
         .parameters(Some([seq_param("after", "Resume after this seq."), collection, kind]))
-        .parameter(header_param("Last-Event-ID", false, "The last seq seen; wins over `after`."))
+        .parameter(header_param_of(
+            "Last-Event-ID",
+            false,
+            string().pattern(Some("^[0-9]{1,18}$")),
+            "The last seq seen; wins over `after`.",
+        ))
         .response(
             "200",
             response("An endless `text/event-stream`; each `data:` is an `Event`.").content(
                 "text/event-stream",
                 ContentBuilder::new()
-                    .schema(Some(string()))
+                    // One server-sent event: its fields, the `data` an `Event` as JSON.
+                    .schema(Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::Object)
+                            .property("id", string().description(Some("The event's `seq`.")))
+                            .property("event", string().description(Some("The event's `type`.")))
+                            .property("data", string().description(Some("The `Event`, as JSON.")))
+                            .required("data"),
+                    ))
                     .extensions(Some(
                         utoipa::openapi::extensions::ExtensionsBuilder::new()
                             .add("x-event-schema", json!({"$ref": "#/components/schemas/Event"}))

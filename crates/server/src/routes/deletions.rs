@@ -14,14 +14,14 @@ use tombstone_store::StoreError;
 use super::extract::ApiPath;
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::error::{ApiError, item_method_not_allowed};
+use crate::error::{ApiError, item_method_not_allowed, refuse_action};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route(
         "/v1/deletions/{target}",
         get(get_deletion)
             .post(restore_deletion)
-            .fallback(|uri: Uri| async move { item_method_not_allowed(&uri, DELETION_METHODS) }),
+            .fallback(|uri: Uri| async move { item_method_not_allowed(&uri, DELETION_METHODS, &["restore"]) }),
     )
 }
 
@@ -33,6 +33,7 @@ async fn get_deletion(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
+    refuse_action(&id, &["restore"])?;
     let op = state
         .store
         .get_deletion(caller.tenant(), &id)

@@ -23,7 +23,7 @@ use tombstone_store::{DeleteOutcome, IdempotencyClaim, IdempotencyKey, RestoreOu
 use super::extract::{ApiPath, IfNoneMatch, JsonBody, QueryPairs, parse_json};
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::error::{ApiError, RECORD_METHODS, item_method_not_allowed};
+use crate::error::{ApiError, RECORD_METHODS, item_method_not_allowed, refuse_action};
 
 static DELETION_ID: HeaderName = HeaderName::from_static("deletion-id");
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -36,9 +36,12 @@ pub(crate) fn router() -> Router<AppState> {
             .patch(patch_record)
             .delete(delete_record)
             .post(record_action)
-            .fallback(|uri: Uri| async move { item_method_not_allowed(&uri, RECORD_METHODS) }),
+            .fallback(|uri: Uri| async move { item_method_not_allowed(&uri, RECORD_METHODS, RECORD_ACTIONS) }),
     )
 }
+
+/// The actions of a record (`POST /v1/{c}/{id}:action`).
+const RECORD_ACTIONS: &[&str] = &["restore", "purge", "erase", "hold", "release"];
 
 fn collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
     state.schema.collection(name).cloned().ok_or_else(|| ApiError::NotFound(format!("no collection {name:?}")))
@@ -286,6 +289,7 @@ async fn get_record(
     IfNoneMatch(inm): IfNoneMatch,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
+    refuse_action(&id, RECORD_ACTIONS)?;
     let collection = collection(&state, &name)?;
     caller.require(Permission::Read, Some(&collection.name))?;
     query.only(&["include"])?;
@@ -363,6 +367,7 @@ async fn patch_record(
     query: QueryPairs,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
+    refuse_action(&id, RECORD_ACTIONS)?;
     let collection = collection(&state, &name)?;
     caller.require(Permission::Write, Some(&collection.name))?;
     query.only(&[])?;
@@ -384,6 +389,7 @@ async fn delete_record(
     headers: HeaderMap,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
+    refuse_action(&id, RECORD_ACTIONS)?;
     let collection = collection(&state, &name)?;
     caller.require(Permission::Delete, Some(&collection.name))?;
     query.only(&["reason", "dry_run"])?;
