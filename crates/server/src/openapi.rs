@@ -1244,6 +1244,13 @@ fn event_type_names() -> Vec<&'static str> {
     EventType::ALL.iter().map(|t| t.as_str()).collect()
 }
 
+/// A comma-separated list of event types, as the server reads it (spaces and empty items
+/// ignored).
+fn event_types_pattern() -> String {
+    let one = format!("({})", event_type_names().iter().map(|t| t.replace('.', "\\.")).collect::<Vec<_>>().join("|"));
+    format!("^ *{one}? *(, *{one}? *)*$")
+}
+
 fn feed_components(components: ComponentsBuilder) -> ComponentsBuilder {
     let audit = ObjectBuilder::new()
         .property("seq", integer().minimum(Some(1)))
@@ -1429,7 +1436,11 @@ fn event_filters(schema: &Schema) -> [Parameter; 2] {
             string().enum_values(Some(schema.collections.keys().map(String::as_str))),
             "Only this collection's events.",
         ),
-        query("type", string(), &format!("Comma-separated event types: {}.", event_type_names().join(", "))),
+        query(
+            "type",
+            string().pattern(Some(event_types_pattern())),
+            &format!("Comma-separated event types: {}.", event_type_names().join(", ")),
+        ),
     ]
 }
 

@@ -264,3 +264,19 @@ async fn sse_is_confined_to_the_tenant() {
     assert_eq!(got[0].1["data"]["name"], "mine");
     assert_eq!(got[0].1["tenant"], "t1");
 }
+
+#[tokio::test]
+async fn a_malformed_stream_position_is_400_even_beside_a_valid_one() {
+    let app = TestApp::new().await;
+    for (last_event_id, query) in [
+        (Some("0"), "?after=9223372036854775808"),
+        (Some("0"), "?after=-1"),
+        (None, "?after=x"),
+        (Some("x"), "?after=0"),
+        (Some("-3"), ""),
+    ] {
+        let response =
+            tower::ServiceExt::oneshot(app.router.clone(), sse_request(&app, last_event_id, query)).await.unwrap();
+        assert_eq!(response.status(), 400, "Last-Event-ID {last_event_id:?} {query}");
+    }
+}

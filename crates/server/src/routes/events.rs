@@ -94,9 +94,11 @@ async fn stream_events(
     caller.require(Permission::Events, None)?;
     query.only(&["after", "collection", "type"])?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-    let start = match (last_event_id, query.get("after")) {
+    // Both are checked, though Last-Event-ID wins: a malformed `after` is refused either way.
+    let after = query.get("after").map(|a| parse_seq("after", a)).transpose()?;
+    let start = match (last_event_id, after) {
         (Some(id), _) => parse_seq("Last-Event-ID", id.trim())?,
-        (None, Some(a)) => parse_seq("after", a)?,
+        (None, Some(a)) => a,
         // Without a position the stream starts with new events only.
         (None, None) => state.store.last_event_seq().await?,
     };
