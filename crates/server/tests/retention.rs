@@ -484,6 +484,33 @@ async fn holds_and_releases_are_audited_with_their_reason() {
 }
 
 #[tokio::test]
+async fn holds_and_releases_are_announced_as_updates_so_no_version_is_missing() {
+    let app = TestApp::new().await;
+    let id = id_of(&app.create("products", &app.admin, &product("H-5")).await);
+    let path = format!("/v1/products/{id}");
+    let h = hold(&app, &path, "CASE-9", "audit").await;
+    app.delete(&path, &app.admin).await.assert_status(204);
+    let hold_id = h["hold_id"].as_str().unwrap();
+    let released = app.post_empty(&format!("{path}:release?hold_id={hold_id}"), &app.admin).await;
+    released.assert_status(200);
+
+    let mine: Vec<Value> = events(&app, "?after=0&limit=500")
+        .await
+        .into_iter()
+        .filter(|e| e["record_id"] == id.as_str() && e["type"] != "deletion.completed")
+        .collect();
+    let kinds: Vec<&str> = mine.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["record.created", "record.updated", "record.deleted", "record.updated"]);
+    // Every version the record had is announced, each once, in order.
+    let versions: Vec<i64> = mine.iter().map(|e| e["version"].as_i64().unwrap()).collect();
+    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(released.json()["version"], 4);
+    assert_eq!(mine[1]["data"]["legal_hold"], true);
+    assert_eq!(mine[3]["data"]["legal_hold"], false);
+    assert_eq!(mine[3]["data"]["deleted"], true, "released while deleted: the event says so");
+}
+
+#[tokio::test]
 async fn release_needs_a_known_hold_id() {
     let app = TestApp::new().await;
     let id = id_of(&app.create("products", &app.admin, &product("H-4")).await);

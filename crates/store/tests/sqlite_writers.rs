@@ -175,3 +175,29 @@ async fn the_cache_reads_from_the_outbox_only_what_other_processes_wrote() {
     assert_eq!(fresh.values.get("text"), Some(&FieldValue::String("changed elsewhere".into())));
     assert_eq!(here.sync_cache().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_hold_placed_by_another_process_reaches_this_ones_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let cache = Arc::new(MemoryCache::new(1000, std::time::Duration::from_secs(3600)));
+    let here: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap().with_cache(cache).unwrap());
+    let other: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
+    let schema = schema();
+    here.migrate(&schema).await.unwrap();
+    other.migrate(&schema).await.unwrap();
+    let c = notes(&schema);
+    let now = Timestamp::from_micros(5_000);
+    here.create_record(&actor(), &c, note(&c, "n1"), None).await.unwrap();
+    assert!(!here.get_record("t1", &c, "n1").await.unwrap().unwrap().legal_hold, "cached, not held");
+
+    let hold = other.place_hold(&actor(), &c, "n1", Some("CASE".into()), None, now).await.unwrap();
+    assert_eq!(here.sync_cache().await.unwrap(), 1, "the hold's event is followed");
+    let held = here.get_record("t1", &c, "n1").await.unwrap().unwrap();
+    assert!(held.legal_hold);
+    assert_eq!(held.version, 2);
+
+    other.release_hold(&actor(), &c, "n1", &hold.hold_id, None, now).await.unwrap();
+    assert_eq!(here.sync_cache().await.unwrap(), 1);
+    assert!(!here.get_record("t1", &c, "n1").await.unwrap().unwrap().legal_hold);
+}

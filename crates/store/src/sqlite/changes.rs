@@ -149,11 +149,6 @@ fn wrote(first: i64, last: i64) {
     });
 }
 
-/// Notes a change to a record that writes no event (a hold), so the cache forgets it.
-pub(crate) fn touched(tenant: &str, collection: &str, id: &str) {
-    CHANGED.with(|c| c.borrow_mut().push((tenant.to_string(), collection.to_string(), id.to_string())));
-}
-
 /// An event as bound into an insert (its `data` already serialized).
 struct EventRow {
     id: String,

@@ -52,7 +52,7 @@ pub(crate) fn place_hold(
         "insert into holds (id, tenant, collection, record_id, case_name, reason, actor, at) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![hold.hold_id, actor.tenant, collection.name, id, hold.case, hold.reason, hold.actor, now.as_micros()])?;
-    changes::touched(&actor.tenant, &collection.name, id);
+    held_changed(tx, sql, collection, actor, id, now)?;
     audit(
         tx,
         actor,
@@ -135,9 +135,25 @@ pub(crate) fn release_hold(
     let record = bump_version(tx, sql, record, now)?;
     tx.prepare_cached("update holds set released_at = ?2, released_by = ?3, release_reason = ?4 where id = ?1")?
         .execute(params![hold_id, now.as_micros(), actor.key_id, reason])?;
-    changes::touched(&actor.tenant, &collection.name, id);
+    let current = held_changed(tx, sql, collection, actor, id, now)?;
     audit(tx, actor, AuditAction::Release, &record, hold_reason(hold_id, case.as_deref(), reason.as_deref()), now)?;
-    records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)
+    Ok(current)
+}
+
+/// A hold or release changed the record's representation (`legal_hold`, a new version):
+/// like every change it writes an event — `record.updated`, with the record as it now
+/// is — so subscribers see every version and other processes' caches forget the old one.
+fn held_changed(
+    tx: &Transaction<'_>,
+    sql: &TableSql,
+    collection: &Collection,
+    actor: &Actor,
+    id: &str,
+    now: Timestamp,
+) -> Result<Record, StoreError> {
+    let current = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
+    changes::append_event(tx, record_event(EventType::Updated, collection, &current, &actor.request_id, now))?;
+    Ok(current)
 }
 
 pub(crate) fn active_holds(
