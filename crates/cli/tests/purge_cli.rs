@@ -478,3 +478,27 @@ fn a_purge_killed_mid_pass_loses_nothing_and_the_next_pass_finishes() {
     verified.assert_success();
     assert!(verified.stdout.contains(&seeded.len().to_string()), "{}", verified.stdout);
 }
+
+#[test]
+fn the_backlog_gauge_counts_what_is_due_from_the_start() {
+    let ws = Workspace::with_config(FAST_PURGE);
+    let config = ws.config();
+    ws.run(&["migrate", "--config", &config]).assert_success();
+    let seeded = seed_expired(&ws, 1_234);
+    // The first pass is an hour away; the gauge must not wait for it.
+    let server = ws.serve();
+    let deadline = Instant::now() + CACHE_SYNC_TIMEOUT;
+    loop {
+        let text = server.http.get(server.url("/metrics")).send().expect("GET /metrics").text().expect("metrics");
+        let backlog = text
+            .lines()
+            .find(|l| l.starts_with("tombstone_purge_backlog{collection=\"notes\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        if backlog == Some(seeded.len() as f64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "backlog {backlog:?}, {} due", seeded.len());
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -32,6 +32,10 @@ impl Pacer for SleepPacer {
     }
 }
 
+/// How often the backlog gauge is refreshed between passes: records come due all the
+/// time, and an hourly pass would otherwise leave the gauge an hour behind.
+pub const BACKLOG_EVERY: Duration = Duration::from_secs(60);
+
 /// One batch of a pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchReport {
@@ -153,12 +157,20 @@ impl PurgeWorker {
         Ok(())
     }
 
-    /// Runs a pass every `interval` (the first one interval after start) until cancelled.
+    /// Runs a pass every `interval` (the first one interval after start) until cancelled,
+    /// and measures the backlog at start, after each pass and every [`BACKLOG_EVERY`].
     pub async fn run(self, mut cancel: tokio::sync::watch::Receiver<bool>) {
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + self.config.interval, self.config.interval);
+        let mut backlog_tick = tokio::time::interval(BACKLOG_EVERY);
+        backlog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = backlog_tick.tick() => {
+                    if let Err(e) = self.measure_backlog().await {
+                        tracing::warn!(error = %e, "could not measure the purge backlog");
+                    }
+                }
                 _ = tick.tick() => {
                     let pass = self.run_pass(&SleepPacer, None, &|_| {});
                     tokio::select! {
