@@ -145,8 +145,9 @@ async fn background_threads_run_in_the_idle_cpu_class_and_the_live_writer_does_n
     assert!(!live.is_empty() && live.iter().all(|&p| p == SCHED_OTHER), "live writer: {live:?}");
 }
 
-#[tokio::test]
-async fn the_cache_reads_from_the_outbox_only_what_other_processes_wrote() {
+/// Two stores on one database file, as two processes would have: `here` with a read cache,
+/// `other` without. The temporary directory lives as long as the first item.
+async fn two_processes() -> (tempfile::TempDir, Arc<dyn Store>, Arc<dyn Store>, Arc<Collection>) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("t.db");
     let cache = Arc::new(MemoryCache::new(1000, std::time::Duration::from_secs(3600)));
@@ -155,7 +156,12 @@ async fn the_cache_reads_from_the_outbox_only_what_other_processes_wrote() {
     let schema = schema();
     here.migrate(&schema).await.unwrap();
     other.migrate(&schema).await.unwrap();
-    let c = notes(&schema);
+    (dir, here, other, notes(&schema))
+}
+
+#[tokio::test]
+async fn the_cache_reads_from_the_outbox_only_what_other_processes_wrote() {
+    let (_dir, here, other, c) = two_processes().await;
     let now = Timestamp::from_micros(5_000);
 
     for i in 0..5 {
@@ -178,15 +184,7 @@ async fn the_cache_reads_from_the_outbox_only_what_other_processes_wrote() {
 
 #[tokio::test]
 async fn a_hold_placed_by_another_process_reaches_this_ones_cache() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("t.db");
-    let cache = Arc::new(MemoryCache::new(1000, std::time::Duration::from_secs(3600)));
-    let here: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap().with_cache(cache).unwrap());
-    let other: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
-    let schema = schema();
-    here.migrate(&schema).await.unwrap();
-    other.migrate(&schema).await.unwrap();
-    let c = notes(&schema);
+    let (_dir, here, other, c) = two_processes().await;
     let now = Timestamp::from_micros(5_000);
     here.create_record(&actor(), &c, note(&c, "n1"), None).await.unwrap();
     assert!(!here.get_record("t1", &c, "n1").await.unwrap().unwrap().legal_hold, "cached, not held");
