@@ -373,6 +373,14 @@ max_rows_per_second = 10000000
 text = { type = "string" }
 "#;
 
+/// A migrated workspace with the [`FAST_PURGE`] config and `n` notes due for purging.
+fn expired_notes(n: usize) -> (Workspace, HashSet<String>) {
+    let ws = Workspace::with_config(FAST_PURGE);
+    ws.run(&["migrate", "--config", &ws.config()]).assert_success();
+    let seeded = seed_expired(&ws, n);
+    (ws, seeded)
+}
+
 /// Writes `n` soft-deleted notes whose window ended long ago straight into the table (the
 /// API would take minutes for this many).
 fn seed_expired(ws: &Workspace, n: usize) -> HashSet<String> {
@@ -400,16 +408,10 @@ fn seed_expired(ws: &Workspace, n: usize) -> HashSet<String> {
 /// `purge` audit entry and `record.purged` event (with repeats, if any).
 fn purged_traces(ws: &Workspace, seeded: &HashSet<String>) -> (HashSet<String>, Vec<String>, Vec<String>) {
     let conn = ws.db();
-    let present: HashSet<String> = conn
-        .prepare("select id from rec_notes")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
     let column = |sql: &str| -> Vec<String> {
         conn.prepare(sql).unwrap().query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
     };
+    let present: HashSet<String> = column("select id from rec_notes").into_iter().collect();
     let gone = seeded.difference(&present).cloned().collect();
     let audited = column("select record_id from audit where action = 'purge'");
     let announced = column("select record_id from outbox where type = 'record.purged'");
@@ -429,10 +431,8 @@ fn assert_traces_match(gone: &HashSet<String>, audited: &[String], announced: &[
 
 #[test]
 fn a_purge_killed_mid_pass_loses_nothing_and_the_next_pass_finishes() {
-    let ws = Workspace::with_config(FAST_PURGE);
+    let (ws, seeded) = expired_notes(50_000);
     let config = ws.config();
-    ws.run(&["migrate", "--config", &config]).assert_success();
-    let seeded = seed_expired(&ws, 50_000);
 
     let mut child = std::process::Command::new(common::BIN)
         .args(["purge", "--config", &config])
@@ -481,10 +481,7 @@ fn a_purge_killed_mid_pass_loses_nothing_and_the_next_pass_finishes() {
 
 #[test]
 fn the_backlog_gauge_counts_what_is_due_from_the_start() {
-    let ws = Workspace::with_config(FAST_PURGE);
-    let config = ws.config();
-    ws.run(&["migrate", "--config", &config]).assert_success();
-    let seeded = seed_expired(&ws, 1_234);
+    let (ws, seeded) = expired_notes(1_234);
     // The first pass is an hour away; the gauge must not wait for it.
     let server = ws.serve();
     let deadline = Instant::now() + CACHE_SYNC_TIMEOUT;

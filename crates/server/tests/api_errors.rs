@@ -597,11 +597,15 @@ async fn a_405_names_the_allowed_methods() {
         (Method::GET, "/v1/purge:pause".to_string(), "POST"),
         (Method::PUT, "/v1/deletions/del_x".to_string(), "GET,HEAD"),
         // GET, PATCH and DELETE of an action, whatever its query, are 405 too.
-        (Method::GET, format!("/v1/products/{id}:restore"), "POST"),
         (Method::PATCH, format!("/v1/products/{id}:erase?reason=x"), "POST"),
         (Method::DELETE, format!("/v1/products/{id}:release?hold_id=h"), "POST"),
         (Method::GET, "/v1/deletions/del_x:restore".to_string(), "POST"),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        ["restore", "purge", "erase", "hold", "release"]
+            .map(|action| (Method::GET, format!("/v1/products/{id}:{action}"), "POST")),
+    ) {
         let r = app.send(method.clone(), &path, Some(&app.admin), &[], None).await;
         r.assert_problem(405, "method-not-allowed");
         assert_eq!(r.header("allow"), Some(expected), "{method} {path}");
