@@ -857,7 +857,7 @@ fn create_operation(collection: &Collection, names: &CollectionNames) -> Operati
         .parameter(header_param_of(
             "Idempotency-Key",
             false,
-            string().min_length(Some(1)).max_length(Some(255)).pattern(Some("^[ -~]+$")),
+            string().min_length(Some(1)).max_length(Some(255)).pattern(Some("^[ -~]{1,255}$")),
             "1-255 characters. The same key and body within 24 h replays the first answer \
              (`Idempotent-Replayed: true`).",
         ))

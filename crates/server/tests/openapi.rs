@@ -619,3 +619,61 @@ fn the_conformance_check_catches_an_undocumented_member() {
     let doc = json!({"components": {"schemas": {"X": {"type": "object", "properties": {"n": {"type": "integer"}}}}}});
     conforms(&doc, &json!({"$ref": "#/components/schemas/X"}), &json!({"n": 1, "m": 2}), "X");
 }
+
+/// The pattern a document gives one parameter of an operation.
+fn pattern(doc: &Value, path: &str, method: &str, name: &str) -> regex::Regex {
+    let params = operation(doc, path, method)["parameters"].as_array().expect("parameters");
+    let param = params.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("{method} {path}: no {name}"));
+    let text = param["schema"]["pattern"].as_str().unwrap_or_else(|| panic!("{name}: no pattern"));
+    regex::Regex::new(text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[tokio::test]
+async fn documented_patterns_accept_what_the_server_accepts_and_no_more() {
+    let app = TestApp::new().await;
+    let doc = fetch(&app).await;
+    let get = |path: String, headers: Vec<(&'static str, String)>| {
+        let app = &app;
+        async move {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            app.send(Method::GET, &path, Some(&app.admin), &headers, None).await.status.as_u16()
+        }
+    };
+
+    let types = pattern(&doc, "/v1/events", "get", "type");
+    for (value, accepted) in [
+        ("record.created", true),
+        ("record.deleted,deletion.completed", true),
+        (" record.purged , ,record.erased", true),
+        ("", true),
+        ("record.nope", false),
+        ("recordXcreated", false),
+        ("record.created;record.deleted", false),
+    ] {
+        assert_eq!(types.is_match(value), accepted, "pattern on {value:?}");
+        let status = get(format!("/v1/events?type={}", value.replace(' ', "%20")), vec![]).await;
+        assert_eq!(status == 200, accepted, "server on {value:?}: {status}");
+    }
+
+    let last_event_id = pattern(&doc, "/v1/events/stream", "get", "Last-Event-ID");
+    for (value, accepted) in [("0", true), ("123456789", true), ("-1", false), ("x", false), ("1.5", false)] {
+        assert_eq!(last_event_id.is_match(value), accepted, "pattern on {value:?}");
+        if !accepted {
+            // (An accepted one opens an endless stream; the refusals answer at once.)
+            let status = get("/v1/events/stream".into(), vec![("last-event-id", value.into())]).await;
+            assert_eq!(status, 400, "server on {value:?}");
+        }
+    }
+
+    let idempotency_key = pattern(&doc, "/v1/products", "post", "Idempotency-Key");
+    let too_long = "k".repeat(256);
+    for (value, accepted) in
+        [("k1", true), ("a b-c_d.e", true), ("k".repeat(255).as_str(), true), (too_long.as_str(), false)]
+    {
+        assert_eq!(idempotency_key.is_match(value), accepted, "pattern on {} chars", value.len());
+        let body = json!({"sku": format!("IK-{}", value.len()), "name": "key check"}).to_string().into_bytes();
+        let r =
+            app.send(Method::POST, "/v1/products", Some(&app.admin), &[("idempotency-key", value)], Some(body)).await;
+        assert_eq!(r.status.as_u16() == 201, accepted, "server on {} chars: {}", value.len(), r.text);
+    }
+}
