@@ -352,7 +352,7 @@ pub trait Store: Send + Sync + 'static {
     /// a new unique set that active records already violate).
     async fn migrate(&self, schema: &Schema) -> Result<(), StoreError>;
 
-    /// Whether the database answers.
+    /// Whether the database answers a read. Read-only: it never takes a writer.
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Inserts a new record (version 1). When `idempotency` is given, the key is

@@ -1,4 +1,5 @@
-//! `/healthz` (the process runs), `/readyz` (the database answers) and `/openapi.json`.
+//! `/healthz` (the process runs), `/readyz` (the database answers a read; it never
+//! writes) and `/openapi.json`.
 
 use axum::Json;
 use axum::extract::State;
@@ -12,8 +13,13 @@ pub(crate) async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
+/// Unauthenticated, so it answers only "ready" or a plain 503: the cause (paths, SQLite
+/// messages) is operator data and goes to the log.
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    state.store.ping().await.map_err(|e| ApiError::Unavailable(format!("the database does not answer: {e}")))?;
+    if let Err(e) = state.store.ping().await {
+        tracing::warn!(request_id = %crate::request_id::current(), error = %e, "not ready: the database does not answer");
+        return Err(ApiError::Unavailable("the database does not answer".into()));
+    }
     Ok(Json(json!({"status": "ready"})))
 }
 

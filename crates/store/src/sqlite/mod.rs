@@ -613,8 +613,13 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|conn| Ok(conn.query_row("select 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?)).await?;
-        self.write(|_| Ok(())).await
+        // A read on the reader pool that touches the file (`select 1` would not): readiness
+        // probes run every few seconds on every replica, and must neither queue behind
+        // the writer nor take it from requests.
+        self.read(|conn| {
+            Ok(conn.query_row("select count(*) from sqlite_schema", [], |r| r.get::<_, i64>(0)).map(|_| ())?)
+        })
+        .await
     }
 
     async fn create_record(
