@@ -148,6 +148,16 @@ pub fn allows(scopes: &[Scope], permission: Permission, collection: Option<&str>
     })
 }
 
+/// The first of `wanted` that `held` does not grant, if any: a key may hand on only what it
+/// holds itself, so creating keys can never widen anyone's access.
+///
+/// A wanted scope narrowed to a collection is granted by a held scope for that collection
+/// or for all; an un-narrowed one only by an un-narrowed held scope (or `admin`).
+#[must_use]
+pub fn first_not_granted<'a>(held: &[Scope], wanted: &'a [Scope]) -> Option<&'a Scope> {
+    wanted.iter().find(|w| !allows(held, w.permission, w.collection.as_deref()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +179,23 @@ mod tests {
         let rd = parse_scopes("read_deleted").unwrap();
         assert!(allows(&rd, Permission::Read, Some("x")));
         assert!(!allows(&rd, Permission::Write, Some("x")));
+    }
+
+    #[test]
+    fn only_held_scopes_are_handed_on() {
+        let admin = parse_scopes("admin").unwrap();
+        let wanted = parse_scopes("admin,read,delete:products").unwrap();
+        assert_eq!(first_not_granted(&admin, &wanted), None);
+        let narrow = parse_scopes("read_deleted,delete:products").unwrap();
+        assert_eq!(first_not_granted(&narrow, &parse_scopes("read,delete:products").unwrap()), None);
+        let all_deletes = parse_scopes("delete").unwrap();
+        assert_eq!(first_not_granted(&narrow, &all_deletes), Some(&all_deletes[0]));
+        let other = parse_scopes("delete:orders").unwrap();
+        assert_eq!(first_not_granted(&narrow, &other), Some(&other[0]));
+        let admin_wanted = parse_scopes("admin").unwrap();
+        assert_eq!(first_not_granted(&narrow, &admin_wanted), Some(&admin_wanted[0]));
+        let rd = parse_scopes("read_deleted").unwrap();
+        assert_eq!(first_not_granted(&parse_scopes("read").unwrap(), &rd), Some(&rd[0]));
     }
 
     #[test]

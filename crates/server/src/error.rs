@@ -35,6 +35,10 @@ pub enum ApiError {
     /// 403 `forbidden`: the key lacks a scope.
     #[error("the key lacks the {0} scope")]
     Forbidden(Permission),
+    /// 403 `forbidden` without `missing_scope`: no scope allows it, such as creating a key
+    /// for another tenant (operators do that with the CLI).
+    #[error("{0}")]
+    Denied(String),
     /// 404 `not-found`.
     #[error("{0}")]
     NotFound(String),
@@ -108,7 +112,7 @@ impl ApiError {
             Self::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed"),
             Self::BadParameter { .. } => (StatusCode::BAD_REQUEST, "invalid-parameter"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Forbidden(_) | Self::Denied(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             Self::MethodNotAllowed { .. } | Self::RecordMethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed")

@@ -655,7 +655,9 @@ fn fixed_components() -> ComponentsBuilder {
             closed(ObjectBuilder::new())
                 .property(
                     "tenant",
-                    string().description(Some("Default: the calling key's tenant.")).max_length(Some(64)),
+                    string()
+                        .description(Some("The calling key's tenant (the default); any other is a 403."))
+                        .max_length(Some(64)),
                 )
                 .property(
                     "scopes",
@@ -1558,7 +1560,10 @@ fn deletion_paths(paths: PathsBuilder) -> PathsBuilder {
 
 fn key_paths(paths: PathsBuilder) -> PathsBuilder {
     let create = operation("keys_create".into(), "keys", "Create a key")
-        .description(Some("For any tenant: admin keys are operator keys. The secret is shown once."))
+        .description(Some(
+            "For the calling key's own tenant only, with scopes the calling key holds; operators create keys for \
+             other tenants with `tombstone keys create`. The secret is shown once.",
+        ))
         .request_body(Some(json_body("NewKey", &["application/json"], "The key.")))
         .response("201", json_response("The key, with its secret (shown once).", schema_ref("CreatedKey")))
         .response("400", problem("`malformed`: not JSON; `invalid-parameter`: a query parameter."))
@@ -1571,20 +1576,34 @@ fn key_paths(paths: PathsBuilder) -> PathsBuilder {
             "Page size.",
         ))
         .parameter(query("cursor", string(), "The `next_cursor` of the previous page."))
-        .parameter(query("tenant", string(), "Only this tenant's keys."))
-        .response("200", json_response("A page of keys.", schema_ref("KeyList")))
+        .parameter(query("tenant", string(), "Only this tenant's keys; another tenant's are never listed."))
+        .response("200", json_response("A page of the calling key's tenant's keys.", schema_ref("KeyList")))
         .response("400", problem("`invalid-parameter`: an unknown or malformed parameter."));
     let get = operation("keys_get".into(), "keys", "Get a key")
         .parameter(id_param("The key id (`key_…`)."))
         .response("200", json_response("The key (never its secret).", schema_ref("Key")))
-        .response("404", problem("`not-found`: no such key."));
+        .response("404", problem("`not-found`: no such key in this tenant."));
     let revoke = operation("keys_revoke".into(), "keys", "Revoke a key")
         .description(Some("Deleted at once (credentials are never soft-deleted); refused everywhere within 1 s."))
         .parameter(id_param("The key id (`key_…`)."))
         .response("204", response("Revoked."))
-        .response("404", problem("`not-found`: no such key."));
+        .response("404", problem("`not-found`: no such key in this tenant."));
     paths
-        .path("/v1/keys", PathItem::new(HttpMethod::Post, authenticated(body_errors(create), "admin").build()))
+        .path(
+            "/v1/keys",
+            PathItem::new(
+                HttpMethod::Post,
+                authenticated(body_errors(create), "admin")
+                    .response(
+                        "403",
+                        problem(
+                            "`forbidden`: the key lacks `admin` or a scope it asks for (named in `missing_scope`), \
+                             or the body names another tenant (no `missing_scope`).",
+                        ),
+                    )
+                    .build(),
+            ),
+        )
         .path("/v1/keys", PathItem::new(HttpMethod::Get, authenticated(list, "admin").build()))
         .path("/v1/keys/{id}", PathItem::new(HttpMethod::Get, authenticated(get, "admin").build()))
         .path("/v1/keys/{id}", PathItem::new(HttpMethod::Delete, authenticated(revoke, "admin").build()))

@@ -478,7 +478,7 @@ async fn a_key_created_through_the_api_works_at_once_with_its_scopes() {
 }
 
 #[tokio::test]
-async fn keys_default_to_the_callers_tenant_and_can_be_made_for_another() {
+async fn keys_default_to_the_callers_tenant() {
     let f = fixture().await;
     let app = &f.app;
     let r = app.post("/v1/keys", &app.admin, &json!({"scopes": ["read"]})).await;
@@ -488,16 +488,9 @@ async fn keys_default_to_the_callers_tenant_and_can_be_made_for_another() {
     assert!(own["name"].is_null());
     let items = app.get("/v1/products", own["secret"].as_str().unwrap()).await.json()["items"].clone();
     assert_eq!(items.as_array().unwrap().len(), 1);
-
-    let r = app.post("/v1/keys", &app.admin, &json!({"tenant": "t2", "scopes": "read,write"})).await;
+    let r = app.post("/v1/keys", &app.admin, &json!({"tenant": "t1", "scopes": "read,write"})).await;
     r.assert_status(201);
-    let other = r.json();
-    assert_eq!(other["tenant"], "t2");
-    let t2_secret = other["secret"].as_str().unwrap();
-    let items = app.get("/v1/products", t2_secret).await.json()["items"].clone();
-    assert_eq!(items, json!([]), "a t2 key sees none of t1's records");
-    app.post("/v1/products", t2_secret, &product("A")).await.assert_status(201);
-    assert_eq!(app.get("/v1/products?count=true", &app.admin).await.json()["total"], 1, "t1 still has one");
+    assert_eq!(r.json()["tenant"], "t1", "naming one's own tenant is accepted");
 }
 
 #[tokio::test]
@@ -544,7 +537,8 @@ async fn listing_keys_never_shows_secrets_or_hashes() {
         r.assert_status(201);
         secrets.push(r.json()["secret"].as_str().unwrap().to_string());
     }
-    secrets.push(app.key("t2", "read").await);
+    // Another tenant's key is never listed (nor, below, leaked).
+    let other_tenant = app.key("t2", "read").await;
 
     let r = app.get("/v1/keys", &app.admin).await;
     r.assert_status(200);
@@ -570,8 +564,9 @@ async fn listing_keys_never_shows_secrets_or_hashes() {
     let single = app.get(&format!("/v1/keys/{}", key_id(&secrets[1])), &app.admin).await;
     single.assert_status(200);
     assert_eq!(single.json()["name"], "k0");
+    assert!(!r.text.contains(&key_id(&other_tenant)), "another tenant's key is listed");
     for text in [&r.text, &single.text] {
-        for secret in &secrets {
+        for secret in secrets.iter().chain([&other_tenant]) {
             assert!(!text.contains(secret.as_str()), "a secret leaked");
             assert!(!text.contains(&hash_secret(secret)), "a secret hash leaked");
             let random_part = &secret[secret.len() - 20..];
@@ -595,23 +590,46 @@ async fn revoking_an_unknown_key_is_404() {
 // Key management across tenants (§3: every read and write is confined to the key's tenant)
 // ---------------------------------------------------------------------------------------
 
-// Admin is the operator scope (docs/DECISIONS.md): it manages the keys of every tenant,
-// as the CLI does, while records stay confined to the key's own tenant.
+// `/v1/keys` is confined to the caller's tenant (docs/DECISIONS.md): one tenant's admin key
+// must not reach another tenant through key management. Operators use the CLI for that.
 #[tokio::test]
-async fn admin_keys_manage_keys_of_every_tenant_but_records_stay_confined() {
+async fn admin_keys_cannot_reach_the_keys_of_another_tenant() {
     let app = TestApp::new().await;
-    let record = app.create("products", &app.admin, &product("SECRET")).await;
-    let r =
-        app.post("/v1/keys", &app.admin, &json!({"tenant": "t2", "scopes": ["read", "write"], "name": "t2 app"})).await;
-    r.assert_status(201);
-    let created = r.json();
-    assert_eq!(created["tenant"], "t2");
-    let t2 = created["secret"].as_str().unwrap();
-    // The new key works at once, in its own tenant only.
-    app.get(&format!("/v1/products/{}", record["id"].as_str().unwrap()), t2).await.assert_problem(404, "not-found");
-    app.create("products", t2, &product("SECRET")).await;
-    let listed = app.get("/v1/keys?tenant=t2", &app.admin).await.json();
-    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
-    app.delete(&format!("/v1/keys/{}", created["id"].as_str().unwrap()), &app.admin).await.assert_status(204);
-    app.get("/v1/products", t2).await.assert_problem(401, "unauthorized");
+    let t2_admin = app.key("t2", "admin").await;
+    let t2_reader = app.key("t2", "read").await;
+    let t2_reader_id = key_id(&t2_reader);
+    app.create("products", &app.key("t2", "read,write").await, &product("T2")).await;
+    let t1_ids: Vec<String> = all_keys(&app).await.iter().map(|k| k["id"].as_str().unwrap().to_string()).collect();
+
+    // Listing shows only the caller's tenant, whatever `tenant` asks for.
+    let listed = app.get("/v1/keys?limit=500", &app.admin).await.json();
+    assert!(listed["items"].as_array().unwrap().iter().all(|k| k["tenant"] == "t1"), "{listed}");
+    assert!(!t1_ids.contains(&t2_reader_id), "t2's keys are not in t1's list: {t1_ids:?}");
+    let asked = app.get("/v1/keys?tenant=t2", &app.admin).await.json();
+    assert_eq!(asked["items"], json!([]), "{asked}");
+
+    // Reading and revoking another tenant's key is a 404, word for word as for an absent key.
+    let foreign = app.get(&format!("/v1/keys/{t2_reader_id}"), &app.admin).await.assert_problem(404, "not-found");
+    let absent = app.get("/v1/keys/key_0123456789abcdef", &app.admin).await.assert_problem(404, "not-found");
+    assert_eq!(
+        foreign["detail"].as_str().unwrap().replace(&t2_reader_id, "ID"),
+        absent["detail"].as_str().unwrap().replace("key_0123456789abcdef", "ID")
+    );
+    app.delete(&format!("/v1/keys/{t2_reader_id}"), &app.admin).await.assert_problem(404, "not-found");
+    app.get("/v1/products", &t2_reader).await.assert_status(200);
+
+    // Creating a key for another tenant is refused and creates nothing.
+    let t2_before = app.get("/v1/keys?limit=500", &t2_admin).await.json();
+    for body in [json!({"tenant": "t2", "scopes": ["read"]}), json!({"tenant": "t3", "scopes": ["admin"]})] {
+        let problem = app.post("/v1/keys", &app.admin, &body).await.assert_problem(403, "forbidden");
+        assert!(problem.get("missing_scope").is_none(), "no scope would allow it: {problem}");
+        assert!(problem["detail"].as_str().unwrap().contains("own tenant"), "{problem}");
+    }
+    assert_eq!(app.get("/v1/keys?limit=500", &t2_admin).await.json(), t2_before);
+    assert_eq!(all_keys(&app).await.iter().map(|k| k["id"].as_str().unwrap().to_string()).collect::<Vec<_>>(), t1_ids);
+
+    // t2's own admin manages t2's keys as before.
+    app.get(&format!("/v1/keys/{t2_reader_id}"), &t2_admin).await.assert_status(200);
+    app.delete(&format!("/v1/keys/{t2_reader_id}"), &t2_admin).await.assert_status(204);
+    app.get("/v1/products", &t2_reader).await.assert_problem(401, "unauthorized");
 }

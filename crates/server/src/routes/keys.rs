@@ -1,6 +1,11 @@
 //! Key management: `POST/GET /v1/keys`, `DELETE /v1/keys/{id}` (admin scope).
 //!
-//! Admin keys are operator keys: they manage the keys of every tenant, as the CLI does.
+//! Confined to the caller's tenant like every other route: another tenant's key answers
+//! 404 exactly as an absent one (no existence leak), a key for another tenant is refused
+//! (403), and a new key may hold only scopes its creator holds (403 naming the first
+//! missing one), so whoever is given one tenant's admin key cannot reach another tenant.
+//! Operators manage every tenant with the CLI (`tombstone keys …`), which works on the
+//! database directly.
 
 use axum::Router;
 use axum::extract::State;
@@ -10,7 +15,7 @@ use axum::routing::{delete, get};
 use serde_json::{Value, json};
 use tombstone_domain::query::parse_limit;
 use tombstone_domain::record::{FieldError, ValidationErrors};
-use tombstone_domain::scope::{Permission, Scope, parse_scope_items, parse_scopes};
+use tombstone_domain::scope::{Permission, Scope, first_not_granted, parse_scope_items, parse_scopes};
 use tombstone_store::StoredKey;
 
 use super::extract::{ApiPath, JsonBody, QueryPairs};
@@ -68,6 +73,14 @@ async fn create(
         Some(Value::String(t)) if valid_tenant(t) => t.clone(),
         Some(_) => return Err(invalid("tenant", "must be 1-64 of A-Z a-z 0-9 _ -")),
     };
+    // The tenant is named in the body only so that a client can state it; naming another
+    // one is an authorisation failure, not a malformed body: no key may create it.
+    if tenant != caller.tenant() {
+        return Err(ApiError::Denied(format!(
+            "a key can only create keys for its own tenant ({}); operators manage other tenants with `tombstone keys create`",
+            caller.tenant()
+        )));
+    }
     let scopes = match object.get("scopes") {
         Some(Value::Array(items)) => {
             let names: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
@@ -78,6 +91,9 @@ async fn create(
         _ => return Err(invalid("scopes", "is required: a list such as [\"read\", \"delete:products\"]")),
     };
     check_scope_collections(&state, &scopes).map_err(|m| invalid("scopes", m))?;
+    if let Some(missing) = first_not_granted(caller.scopes(), &scopes) {
+        return Err(ApiError::Forbidden(missing.permission));
+    }
     let name = match object.get("name") {
         None | Some(Value::Null) => None,
         Some(Value::String(n)) if n.chars().count() <= 200 => Some(n.clone()),
@@ -94,10 +110,12 @@ async fn list_keys(State(state): State<AppState>, caller: Caller, query: QueryPa
     query.only(&["limit", "cursor", "tenant"])?;
     let limit = parse_limit(query.get("limit"))? as usize;
     let after = query.get("cursor");
+    // `tenant` is kept for clients that send it; another tenant's keys are never listed.
     let tenant = query.get("tenant");
     let keys = state.store.list_keys().await?;
     let mut matching = keys
         .iter()
+        .filter(|k| k.tenant == caller.tenant())
         .filter(|k| tenant.is_none_or(|t| k.tenant == t))
         .filter(|k| after.is_none_or(|a| k.id.as_str() > a));
     let items: Vec<Value> = matching.by_ref().take(limit).map(key_json).collect();
@@ -112,8 +130,17 @@ async fn get_key(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Permission::Admin, None)?;
-    let key = state.store.find_key(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no key {id}")))?;
+    let key = own_key(&state, &caller, &id).await?;
     Ok(axum::Json(key_json(&key)).into_response())
+}
+
+/// The key `id` if it belongs to the caller's tenant; otherwise the same 404 as for a key
+/// that does not exist.
+async fn own_key(state: &AppState, caller: &Caller, id: &str) -> Result<StoredKey, ApiError> {
+    match state.store.find_key(id).await? {
+        Some(key) if key.tenant == caller.tenant() => Ok(key),
+        _ => Err(ApiError::NotFound(format!("no key {id}"))),
+    }
 }
 
 async fn revoke(
@@ -122,6 +149,8 @@ async fn revoke(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Permission::Admin, None)?;
+    // A key's tenant never changes, so checking it before the revocation is not a race.
+    own_key(&state, &caller, &id).await?;
     if !state.store.revoke_key(&id, &caller.actor(), state.now()).await? {
         return Err(ApiError::NotFound(format!("no key {id}")));
     }
