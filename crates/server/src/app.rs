@@ -89,7 +89,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::records::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn(request_id::middleware))
+        .layer(middleware::from_fn_with_state(state.clone(), request_id::middleware))
         .with_state(state)
 }
 

@@ -6,11 +6,12 @@
 //! 405, for one) into a problem document, so every error has one shape.
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use crate::app::AppState;
 use crate::error::{ApiError, PROBLEM_JSON};
 
 /// The header name.
@@ -31,9 +32,9 @@ fn acceptable(id: &str) -> bool {
 }
 
 /// The middleware.
-pub async fn middleware(request: Request, next: Next) -> Response {
+pub async fn middleware(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
-    let method = request.method().clone();
+    let method = crate::telemetry::method_label(request.method());
     let path = request.uri().path().to_string();
     let id = request
         .headers()
@@ -50,15 +51,10 @@ pub async fn middleware(request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
-    let (route, collection) = crate::telemetry::route_of(&path);
+    let (route, collection) = crate::telemetry::route_of(&path, |c| state.schema.collection(c).is_some());
     tombstone_store::telemetry::histogram(
         "tombstone_http_request_duration_seconds",
-        &[
-            ("route", route),
-            ("method", method.as_str()),
-            ("status", response.status().as_str()),
-            ("collection", collection),
-        ],
+        &[("route", route), ("method", method), ("status", response.status().as_str()), ("collection", collection)],
     )
     .record(started.elapsed().as_secs_f64());
     response

@@ -66,8 +66,12 @@ pub(crate) async fn metrics_endpoint(State(state): State<AppState>) -> Response 
 /// The route template of a path, for the duration histogram's `route` label, and the
 /// collection it addresses (record routes only). Computed from the path itself so the
 /// measurement can live in the one outer middleware instead of a layer per route.
+///
+/// Every label comes from a bounded set: a template written here, or a collection for
+/// which `is_collection` holds (a configured one). Anything else is `other`, so requests
+/// to made-up paths, which need no key, cannot add series to `/metrics` without bound.
 #[must_use]
-pub fn route_of(path: &str) -> (&'static str, &str) {
+pub fn route_of<'a>(path: &'a str, is_collection: impl Fn(&str) -> bool) -> (&'static str, &'a str) {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
         ["healthz"] => ("/healthz", ""),
@@ -82,8 +86,41 @@ pub fn route_of(path: &str) -> (&'static str, &str) {
         ["v1", "deletions", ..] => ("/v1/deletions/{id}", ""),
         ["v1", "webhooks", ..] => ("/v1/webhooks", ""),
         ["v1", p, ..] if p.starts_with("purge") => ("/v1/purge", ""),
-        ["v1", c] => ("/v1/{collection}", c),
-        ["v1", c, _] => ("/v1/{collection}/{id}", c),
+        ["v1", c] if is_collection(c) => ("/v1/{collection}", c),
+        ["v1", c, _] if is_collection(c) => ("/v1/{collection}/{id}", c),
         _ => ("other", ""),
+    }
+}
+
+/// The `method` label: a method the API knows, or `other` (a client may send any token).
+#[must_use]
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_come_from_a_bounded_set() {
+        let configured = |c: &str| c == "products";
+        assert_eq!(route_of("/v1/products", configured), ("/v1/{collection}", "products"));
+        assert_eq!(route_of("/v1/products/p1:restore", configured), ("/v1/{collection}/{id}", "products"));
+        assert_eq!(route_of("/v1/made-up", configured), ("other", ""));
+        assert_eq!(route_of("/v1/made-up/x", configured), ("other", ""));
+        assert_eq!(route_of("/v1/keys/key_1", configured), ("/v1/keys", ""));
+        assert_eq!(method_label(&axum::http::Method::from_bytes(b"FROB").unwrap()), "other");
+        assert_eq!(method_label(&axum::http::Method::PATCH), "PATCH");
     }
 }
