@@ -7,7 +7,11 @@
 //!
 //! `seq, at, tenant, actor, action, collection, record_id, version, deletion_id, reason, request_id`
 //!
-//! where `at` is RFC 3339 UTC with microseconds. The hashed bytes are
+//! followed by `hold_id` and `case` only when the entry has them (holds and releases):
+//! entries written before these members existed hash exactly as they did, so old chains
+//! still verify, while a hold's id and case are covered like every other member.
+//!
+//! `at` is RFC 3339 UTC with microseconds. The hashed bytes are
 //! `prev_hash` (64 hex digits; 64 zeros for the first entry) + `"\n"` + canonical form,
 //! and `hash` is the lower-case hex digest. Values of `pii` fields never enter an entry.
 
@@ -88,6 +92,10 @@ pub struct NewAuditEntry {
     pub deletion_id: Option<String>,
     pub reason: Option<String>,
     pub request_id: Option<String>,
+    /// The hold a `hold` or `release` entry is about.
+    pub hold_id: Option<String>,
+    /// The hold's case, as given.
+    pub case: Option<String>,
 }
 
 /// A stored entry.
@@ -104,6 +112,12 @@ pub struct AuditEntry {
     pub deletion_id: Option<String>,
     pub reason: Option<String>,
     pub request_id: Option<String>,
+    /// Present on `hold` and `release` entries only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<String>,
+    /// Present on `hold` and `release` entries of a hold that named a case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub case: Option<String>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -122,6 +136,11 @@ struct Canonical<'a> {
     deletion_id: Option<&'a str>,
     reason: Option<&'a str>,
     request_id: Option<&'a str>,
+    // Left out when absent, so entries from before these members hash as they did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    case: Option<&'a str>,
 }
 
 impl<'a> Canonical<'a> {
@@ -138,6 +157,8 @@ impl<'a> Canonical<'a> {
             deletion_id: entry.deletion_id.as_deref(),
             reason: entry.reason.as_deref(),
             request_id: entry.request_id.as_deref(),
+            hold_id: entry.hold_id.as_deref(),
+            case: entry.case.as_deref(),
         }
     }
 }
@@ -188,6 +209,8 @@ pub fn seal(entry: NewAuditEntry, seq: i64, prev_hash: &str) -> AuditEntry {
         deletion_id: entry.deletion_id,
         reason: entry.reason,
         request_id: entry.request_id,
+        hold_id: entry.hold_id,
+        case: entry.case,
         prev_hash: prev_hash.to_string(),
         hash: String::new(),
     };
@@ -273,6 +296,8 @@ mod tests {
             deletion_id: Some("del_1".into()),
             reason: Some("dup".into()),
             request_id: Some("req_1".into()),
+            hold_id: None,
+            case: None,
         }
     }
 
@@ -339,6 +364,8 @@ mod tests {
                 deletion_id: None,
                 reason: text.clone(),
                 request_id: text,
+                hold_id: None,
+                case: None,
                 prev_hash: GENESIS_HASH.into(),
                 hash: String::new(),
             };
@@ -348,6 +375,41 @@ mod tests {
             hasher.update(b"\n");
             hasher.update(reference_form(&e).as_bytes());
             proptest::prop_assert_eq!(entry_hash(GENESIS_HASH, &e), hex::encode(hasher.finalize()));
+        }
+    }
+
+    #[test]
+    fn hold_members_are_hashed_only_when_present() {
+        // An entry without them keeps the form (and so the hash) it had before they existed.
+        let plain = seal(entry(1), 1, GENESIS_HASH);
+        assert_eq!(canonical_form(&plain), reference_form(&plain));
+        let held = seal(
+            NewAuditEntry {
+                action: AuditAction::Hold,
+                reason: Some("as given".into()),
+                hold_id: Some("hold_1".into()),
+                case: Some("C-7".into()),
+                ..entry(2)
+            },
+            2,
+            &plain.hash,
+        );
+        assert!(
+            canonical_form(&held)
+                .ends_with(r#""reason":"as given","request_id":"req_1","hold_id":"hold_1","case":"C-7"}"#),
+            "{}",
+            canonical_form(&held)
+        );
+        let chain = [plain, held];
+        assert_eq!(verify(&chain, Some((2, chain[1].hash.as_str()))), Ok(2));
+        for edit in [
+            |e: &mut AuditEntry| e.case = Some("C-8".into()),
+            |e: &mut AuditEntry| e.case = None,
+            |e: &mut AuditEntry| e.hold_id = Some("hold_2".into()),
+        ] {
+            let mut edited = chain.clone();
+            edit(&mut edited[1]);
+            assert_eq!(verify(&edited, None), Err(ChainError::BadHash { seq: 2 }));
         }
     }
 

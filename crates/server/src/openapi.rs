@@ -1266,6 +1266,11 @@ fn feed_components(components: ComponentsBuilder) -> ComponentsBuilder {
         .property("deletion_id", nullable_string())
         .property("reason", nullable_string())
         .property("request_id", nullable_string())
+        .property(
+            "hold_id",
+            string().description(Some("On `hold` and `release` entries only: the hold (`reason` is as given).")),
+        )
+        .property("case", string().description(Some("On `hold` and `release` entries of a hold that named a case.")))
         .property("prev_hash", string())
         .property("hash", string().description(Some("SHA-256 over `prev_hash` and the entry's canonical form (hex).")));
     let audit = require_all(

@@ -428,6 +428,57 @@ async fn holds_stack_until_the_last_one_is_released() {
     assert_eq!(app.get(&path, &app.admin).await.json()["legal_hold"], false);
 }
 
+// SPEC §13: the audit entries of holds and releases carry the reason exactly as given, with
+// hold_id and case as members of their own, covered by the hash chain.
+#[tokio::test]
+async fn hold_audit_entries_keep_the_reason_as_given_with_hold_id_and_case() {
+    let app = TestApp::new().await;
+    let record = app.create("products", &app.admin, &product("AUD")).await;
+    let path = format!("/v1/products/{}", id_of(&record));
+    let reason = "litigation: keep everything (see case=not-this)";
+    let held = hold(&app, &path, "CASE-42", reason).await;
+    let hold_id = held["hold_id"].as_str().unwrap();
+    app.post_empty(&format!("{path}:release?hold_id={hold_id}&reason=case%20closed"), &app.admin)
+        .await
+        .assert_status(200);
+    // A hold without a case and without a reason: the members are absent, not invented.
+    let bare = app.post(&format!("{path}:hold"), &app.admin, &json!({})).await;
+    bare.assert_status(201);
+    let bare_id = bare.json()["hold_id"].as_str().unwrap().to_string();
+
+    let holds = audit(&app, "?action=hold").await;
+    assert_eq!(holds.len(), 2, "{holds:?}");
+    assert_eq!(holds[0]["reason"], reason, "{}", holds[0]);
+    assert_eq!(holds[0]["hold_id"], hold_id);
+    assert_eq!(holds[0]["case"], "CASE-42");
+    assert_eq!(holds[1]["hold_id"], bare_id.as_str());
+    assert!(holds[1]["reason"].is_null(), "{}", holds[1]);
+    assert!(holds[1].get("case").is_none(), "{}", holds[1]);
+    let releases = audit(&app, "?action=release").await;
+    assert_eq!(releases.len(), 1);
+    assert_eq!(releases[0]["reason"], "case closed", "{}", releases[0]);
+    assert_eq!(releases[0]["hold_id"], hold_id);
+    assert_eq!(releases[0]["case"], "CASE-42");
+    // Entries that are not about a hold have neither member.
+    let created = audit(&app, "?action=create").await;
+    assert!(created[0].get("hold_id").is_none() && created[0].get("case").is_none(), "{}", created[0]);
+    let seq = holds[0]["seq"].as_i64().unwrap();
+    let one = app.get(&format!("/v1/audit/{seq}"), &app.admin).await.json();
+    assert_eq!(one, holds[0]);
+
+    // The chain covers them: it verifies as written, and an edited case is caught.
+    assert_eq!(app.store.verify_audit().await.unwrap(), Ok(audit(&app, "?limit=500").await.len() as u64));
+    let conn = Connection::open(app.db_path()).unwrap();
+    conn.execute("update audit set case_name = 'CASE-43' where seq = ?1", [seq]).unwrap();
+    assert_eq!(
+        app.store.verify_audit().await.unwrap(),
+        Err(tombstone_domain::audit::ChainError::BadHash { seq }),
+        "an edited case breaks the chain"
+    );
+    conn.execute("update audit set case_name = 'CASE-42', hold_id = 'hold_other' where seq = ?1", [seq]).unwrap();
+    assert_eq!(app.store.verify_audit().await.unwrap(), Err(tombstone_domain::audit::ChainError::BadHash { seq }));
+}
+
 #[tokio::test]
 async fn a_held_record_is_never_purged_or_erased_but_can_be_deleted_and_restored() {
     let app = TestApp::new().await;
@@ -474,12 +525,12 @@ async fn holds_and_releases_are_audited_with_their_reason() {
     assert_eq!(holds[0]["record_id"], id.as_str());
     assert_eq!(holds[0]["collection"], "products");
     assert_eq!(holds[0]["actor"], h["actor"]);
-    let reason = holds[0]["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("preserve evidence") && reason.contains("CASE-7"), "{reason}");
+    assert_eq!(holds[0]["reason"], "preserve evidence", "the reason as given");
+    assert_eq!(holds[0]["case"], "CASE-7");
     let releases = audit(&app, "?action=release").await;
     assert_eq!(releases.len(), 1, "{releases:?}");
     assert_eq!(releases[0]["record_id"], id.as_str());
-    assert!(releases[0]["reason"].as_str().is_some_and(|r| r.contains("settled")), "{releases:?}");
+    assert_eq!(releases[0]["reason"], "settled", "{releases:?}");
     assert!(releases[0]["seq"].as_i64() > holds[0]["seq"].as_i64());
 }
 

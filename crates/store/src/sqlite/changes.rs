@@ -30,7 +30,10 @@ fn audit_head(conn: &Connection) -> Result<(i64, String), StoreError> {
 const ROWS_PER_INSERT: usize = 64;
 
 /// The columns of an audit row, in insert order.
-const AUDIT_INSERT: &str = "insert into audit (seq, at, tenant, actor, action, collection, record_id, version, deletion_id, reason, request_id, prev_hash, hash) values ";
+const AUDIT_INSERT: &str = "insert into audit (seq, at, tenant, actor, action, collection, record_id, version, deletion_id, reason, request_id, prev_hash, hash, hold_id, case_name) values ";
+
+/// How many values an audit row binds.
+const AUDIT_VALUES: usize = 15;
 
 /// The columns of an outbox row, in insert order.
 const OUTBOX_INSERT: &str = "insert into outbox (id, type, tenant, collection, record_id, version, deletion_id, occurred_at, request_id, data) values ";
@@ -42,8 +45,8 @@ fn multi_row(insert: &str, columns: usize, rows: usize) -> String {
 }
 
 /// The audit inserts of one row and of [`ROWS_PER_INSERT`] rows, built once.
-static AUDIT_ONE: LazyLock<String> = LazyLock::new(|| multi_row(AUDIT_INSERT, 13, 1));
-static AUDIT_MANY: LazyLock<String> = LazyLock::new(|| multi_row(AUDIT_INSERT, 13, ROWS_PER_INSERT));
+static AUDIT_ONE: LazyLock<String> = LazyLock::new(|| multi_row(AUDIT_INSERT, AUDIT_VALUES, 1));
+static AUDIT_MANY: LazyLock<String> = LazyLock::new(|| multi_row(AUDIT_INSERT, AUDIT_VALUES, ROWS_PER_INSERT));
 /// The outbox inserts of one row and of [`ROWS_PER_INSERT`] rows, built once.
 static OUTBOX_ONE: LazyLock<String> = LazyLock::new(|| multi_row(OUTBOX_INSERT, 10, 1));
 static OUTBOX_MANY: LazyLock<String> = LazyLock::new(|| multi_row(OUTBOX_INSERT, 10, ROWS_PER_INSERT));
@@ -61,7 +64,9 @@ fn bind_audit(stmt: &mut rusqlite::CachedStatement<'_>, at: usize, e: &AuditEntr
     stmt.raw_bind_parameter(at + 10, &e.reason)?;
     stmt.raw_bind_parameter(at + 11, &e.request_id)?;
     stmt.raw_bind_parameter(at + 12, &e.prev_hash)?;
-    stmt.raw_bind_parameter(at + 13, &e.hash)
+    stmt.raw_bind_parameter(at + 13, &e.hash)?;
+    stmt.raw_bind_parameter(at + 14, &e.hold_id)?;
+    stmt.raw_bind_parameter(at + 15, &e.case)
 }
 
 /// Appends an audit entry after the current head and moves the head.
@@ -92,7 +97,7 @@ pub(crate) fn append_audit_many(conn: &Connection, entries: Vec<NewAuditEntry>) 
     for chunk in chunks.by_ref() {
         let mut stmt = conn.prepare_cached(&AUDIT_MANY)?;
         for (i, e) in chunk.iter().enumerate() {
-            bind_audit(&mut stmt, i * 13, e)?;
+            bind_audit(&mut stmt, i * AUDIT_VALUES, e)?;
         }
         stmt.raw_execute()?;
     }
@@ -214,8 +219,7 @@ pub(crate) fn append_events(conn: &Connection, events: Vec<NewEvent>) -> Result<
     Ok(())
 }
 
-const AUDIT_COLUMNS: &str =
-    "seq, at, tenant, actor, action, collection, record_id, version, deletion_id, reason, request_id, prev_hash, hash";
+const AUDIT_COLUMNS: &str = "seq, at, tenant, actor, action, collection, record_id, version, deletion_id, reason, request_id, prev_hash, hash, hold_id, case_name";
 
 pub(crate) fn read_audit(row: &Row<'_>) -> rusqlite::Result<AuditEntry> {
     Ok(AuditEntry {
@@ -232,6 +236,8 @@ pub(crate) fn read_audit(row: &Row<'_>) -> rusqlite::Result<AuditEntry> {
         request_id: row.get(10)?,
         prev_hash: row.get(11)?,
         hash: row.get(12)?,
+        hold_id: row.get(13)?,
+        case: row.get(14)?,
     })
 }
 

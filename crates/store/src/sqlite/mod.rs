@@ -498,6 +498,8 @@ fn record_change(
             deletion_id: record.deletion.as_ref().map(|d| d.deletion_id.clone()),
             reason: reason.map(str::to_string),
             request_id: Some(actor.request_id.clone()),
+            hold_id: None,
+            case: None,
         },
     )?;
     if let Some(kind) = event {
@@ -529,6 +531,8 @@ fn audit_key(
             deletion_id: None,
             reason: None,
             request_id: Some(actor.request_id.clone()),
+            hold_id: None,
+            case: None,
         },
     )?;
     Ok(())

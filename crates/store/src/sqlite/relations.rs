@@ -170,6 +170,8 @@ fn append_audit(
             deletion_id: record.deletion.as_ref().map(|d| d.deletion_id.clone()),
             reason: reason.map(str::to_string),
             request_id: Some(actor.request_id.clone()),
+            hold_id: None,
+            case: None,
         },
     )?;
     Ok(())
@@ -537,6 +539,8 @@ pub(crate) fn restore_operation(
                 deletion_id: Some(id.to_string()),
                 reason: None,
                 request_id: Some(actor.request_id.clone()),
+                hold_id: None,
+                case: None,
             },
         )?;
         let mut event = record_event(EventType::Restored, &collection, &with_op, &actor.request_id, now);

@@ -65,7 +65,8 @@ pub(crate) fn place_hold(
         actor,
         AuditAction::Hold,
         &record,
-        hold_reason(&hold.hold_id, hold.case.as_deref(), hold.reason.as_deref()),
+        hold.reason.clone(),
+        HoldMembers::of(&hold.hold_id, hold.case.clone()),
         now,
     )?;
     Ok(hold)
@@ -82,16 +83,19 @@ fn bump_version(tx: &Transaction<'_>, sql: &TableSql, record: Record, now: Times
     Ok(bumped)
 }
 
-/// The audit `reason` of a hold or release: which hold, the case, and why.
-fn hold_reason(hold_id: &str, case: Option<&str>, reason: Option<&str>) -> Option<String> {
-    let mut text = hold_id.to_string();
-    if let Some(c) = case {
-        text.push_str(&format!(" case={c}"));
+/// The `hold_id` and `case` members of a hold's or release's audit entry. They are members
+/// of their own (SPEC §13) so that `reason` stays exactly as given and each can be
+/// filtered and read without parsing a composed text.
+#[derive(Default)]
+struct HoldMembers {
+    hold_id: Option<String>,
+    case: Option<String>,
+}
+
+impl HoldMembers {
+    fn of(hold_id: &str, case: Option<String>) -> Self {
+        Self { hold_id: Some(hold_id.to_string()), case }
     }
-    if let Some(r) = reason {
-        text.push_str(&format!(": {r}"));
-    }
-    Some(text)
 }
 
 fn audit(
@@ -100,6 +104,7 @@ fn audit(
     action: AuditAction,
     record: &Record,
     reason: Option<String>,
+    hold: HoldMembers,
     now: Timestamp,
 ) -> Result<i64, StoreError> {
     let entry = changes::append_audit(
@@ -115,6 +120,8 @@ fn audit(
             deletion_id: record.deletion.as_ref().map(|d| d.deletion_id.clone()),
             reason,
             request_id: Some(actor.request_id.clone()),
+            hold_id: hold.hold_id,
+            case: hold.case,
         },
     )?;
     Ok(entry.seq)
@@ -143,7 +150,7 @@ pub(crate) fn release_hold(
     tx.prepare_cached("update holds set released_at = ?2, released_by = ?3, release_reason = ?4 where id = ?1")?
         .execute(params![hold_id, now.as_micros(), actor.key_id, reason])?;
     let current = held_changed(tx, sql, collection, actor, id, now)?;
-    audit(tx, actor, AuditAction::Release, &record, hold_reason(hold_id, case.as_deref(), reason.as_deref()), now)?;
+    audit(tx, actor, AuditAction::Release, &record, reason, HoldMembers::of(hold_id, case), now)?;
     Ok(current)
 }
 
@@ -214,7 +221,7 @@ fn record_purge(
     reason: Option<String>,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    audit(tx, actor, AuditAction::Purge, record, reason, now)?;
+    audit(tx, actor, AuditAction::Purge, record, reason, HoldMembers::default(), now)?;
     changes::append_event(tx, record_event(EventType::Purged, collection, record, &actor.request_id, now))?;
     Ok(())
 }
@@ -342,6 +349,8 @@ fn purge_rows(
             deletion_id: row.deletion_id.clone(),
             reason: Some(PURGE_REASON.into()),
             request_id: Some(run_id.into()),
+            hold_id: None,
+            case: None,
         });
         events.push(NewEvent {
             kind: EventType::Purged,
@@ -432,7 +441,7 @@ pub(crate) fn erase(
         )?
         .execute(params![actor.tenant, collection.name, id])?;
     records::remove(tx, sql, &actor.tenant, id)?;
-    let audit_seq = audit(tx, actor, AuditAction::Erase, &record, reason, now)?;
+    let audit_seq = audit(tx, actor, AuditAction::Erase, &record, reason, HoldMembers::default(), now)?;
     changes::append_event(tx, record_event(EventType::Erased, collection, &record, &actor.request_id, now))?;
     tx.prepare_cached(
         "insert into erasures (tenant, collection, record_id, erased_at, audit_seq) values (?1, ?2, ?3, ?4, ?5)

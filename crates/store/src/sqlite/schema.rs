@@ -244,6 +244,17 @@ create index outbox_tenant on outbox (tenant, seq);
 create index outbox_record on outbox (tenant, collection, record_id, seq) where data is not null;
 ",
     ),
+    (
+        "0009_audit_hold_members",
+        r"
+-- The hold a hold or release entry is about, and its case, as members of their own:
+-- the entry's reason stays exactly as given. Null on every other entry, and on entries
+-- written before this migration (those composed them into the reason), whose hashes do
+-- not cover them.
+alter table audit add column hold_id text;
+alter table audit add column case_name text;
+",
+    ),
 ];
 
 /// Connection settings for the one writer. WAL lets readers run beside it;
