@@ -17,6 +17,7 @@ use crate::auth::KeyCache;
 use crate::error::ApiError;
 use crate::purge::PurgeWorker;
 use crate::search::SearchIndex;
+use crate::supervise::{Backoff, supervise};
 use crate::webhooks::Relay;
 use crate::{request_id, routes, telemetry};
 
@@ -135,20 +136,37 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let cancel = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(housekeeping(state.clone(), workers.outbox_retention, cancel.1.clone()));
-    tasks.spawn(workers.relay.run(cancel.1.clone()));
-    tasks.spawn(workers.purge.run(cancel.1.clone()));
-    tasks.spawn(eventual_cascades(state.clone(), cancel.1.clone()));
-    tasks.spawn(cache_sync(state.clone(), cancel.1.clone()));
+    // Every worker is supervised: a panic is logged, counted and followed by a restart
+    // with backoff (see `supervise`), instead of leaving the worker dead until shutdown.
+    let backoff = Backoff::default();
+    let rx = || cancel.1.clone();
+    let (s, retention, c) = (state.clone(), workers.outbox_retention, rx());
+    tasks.spawn(supervise("housekeeping", backoff, rx(), move || housekeeping(s.clone(), retention, c.clone())));
+    let (relay, c) = (workers.relay, rx());
+    tasks.spawn(supervise("relay", backoff, rx(), move || relay.clone().run(c.clone())));
+    let (purge, c) = (workers.purge, rx());
+    tasks.spawn(supervise("purge", backoff, rx(), move || purge.clone().run(c.clone())));
+    let (s, c) = (state.clone(), rx());
+    tasks.spawn(supervise("eventual_cascades", backoff, rx(), move || eventual_cascades(s.clone(), c.clone())));
+    let (s, c) = (state.clone(), rx());
+    tasks.spawn(supervise("cache_sync", backoff, rx(), move || cache_sync(s.clone(), c.clone())));
     // The indexer runs on its own thread in the idle CPU class, with a runtime of its own:
     // reading the outbox and committing segments never occupies a request's worker.
     let indexer = match state.search.clone() {
         Some(index) => {
-            let (store, schema, cancel) = (state.store.clone(), state.schema.clone(), cancel.1.clone());
+            let (store, schema, cancel) = (state.store.clone(), state.schema.clone(), rx());
             Some(std::thread::Builder::new().name("tombstone-indexer".into()).spawn(move || {
                 tombstone_store::priority::lower_current_thread();
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(runtime) => runtime.block_on(crate::search::run(index, store, schema, RECONCILE_EVERY, cancel)),
+                    Ok(runtime) => runtime.block_on(supervise("indexer", backoff, cancel.clone(), move || {
+                        crate::search::run(
+                            index.clone(),
+                            store.clone(),
+                            schema.clone(),
+                            RECONCILE_EVERY,
+                            cancel.clone(),
+                        )
+                    })),
                     Err(e) => tracing::error!(error = %e, "cannot start the search indexer"),
                 }
             })?)

@@ -14,6 +14,7 @@ pub mod purge;
 pub mod request_id;
 mod routes;
 pub mod search;
+pub mod supervise;
 pub mod telemetry;
 pub mod webhooks;
 

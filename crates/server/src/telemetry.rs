@@ -50,6 +50,9 @@ fn register_all() {
     for name in ["tombstone_purge_backlog", "tombstone_outbox_backlog", "tombstone_search_drift"] {
         metrics::gauge!(name).set(0.0);
     }
+    for worker in crate::supervise::WORKERS {
+        metrics::counter!(crate::supervise::PANICS_METRIC, "worker" => worker).increment(0);
+    }
 }
 
 /// `GET /metrics`: Prometheus text format. Gauges that are cheap to read from the
