@@ -241,7 +241,7 @@ pub enum AttemptOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redelivery {
     /// Pending again, due now.
-    Pending(Delivery),
+    Pending(Box<Delivery>),
     /// No such delivery in the tenant.
     NotFound,
     /// Its event was cleaned out of the outbox: there is nothing to send.

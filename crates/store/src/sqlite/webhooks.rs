@@ -278,7 +278,7 @@ pub(crate) fn redeliver(conn: &Connection, tenant: &str, id: &str, now: Timestam
     let delivery = conn
         .prepare_cached(&format!("select {DELIVERY_COLUMNS} from webhook_deliveries where id = ?1"))?
         .query_row([id], read_delivery)?;
-    Ok(Redelivery::Pending(delivery))
+    Ok(Redelivery::Pending(Box::new(delivery)))
 }
 
 pub(crate) fn cleanup_outbox(conn: &Connection, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
