@@ -60,6 +60,59 @@ pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     format!("v1,{}", STANDARD.encode(mac(key, id, timestamp, body).finalize().into_bytes()))
 }
 
+/// Why a delivery attempt failed, or why a delivery was stopped, as tenants see it: a
+/// class, never the transport's own text. That text quotes the endpoint URL, and a URL
+/// may carry a token (`?token=…`, a Slack-style path); URLs and raw errors are operator
+/// data, which the relay logs with the endpoint id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryError {
+    /// No answer within the attempt's time limit (connecting included).
+    Timeout,
+    /// No connection: refused, unreachable, or the name did not resolve.
+    Connect,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// The endpoint answered with this non-2xx status.
+    Http(u16),
+    /// The request or answer body could not be sent or read.
+    Body,
+    /// The endpoint redirected (deliveries do not follow redirects blindly).
+    Redirect,
+    /// Any other failure of the request.
+    Request,
+    /// The delivery's event is no longer in the outbox: nothing left to send.
+    EventGone,
+    /// The endpoint left the config: nothing will be sent to it.
+    EndpointRemoved,
+    /// The endpoint answered 410 Gone to another delivery and was disabled.
+    EndpointDisabled,
+}
+
+impl DeliveryError {
+    /// The class as stored and shown (`timeout`, `connect`, `tls`, `http 500`, …).
+    #[must_use]
+    pub fn class(self) -> String {
+        match self {
+            Self::Timeout => "timeout".into(),
+            Self::Connect => "connect".into(),
+            Self::Tls => "tls".into(),
+            Self::Http(status) => format!("http {status}"),
+            Self::Body => "body".into(),
+            Self::Redirect => "redirect".into(),
+            Self::Request => "request".into(),
+            Self::EventGone => "event-gone".into(),
+            Self::EndpointRemoved => "endpoint-removed".into(),
+            Self::EndpointDisabled => "endpoint-disabled".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.class())
+    }
+}
+
 /// Why a delivery was refused by [`verify`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
@@ -118,6 +171,13 @@ mod tests {
     const TS: i64 = 1_649_367_553;
     const BODY: &[u8] = br#"{"email":"test@example.com","username":"test_user"}"#;
     const EXPECTED: &str = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
+
+    #[test]
+    fn delivery_errors_are_short_classes() {
+        assert_eq!(DeliveryError::Http(500).to_string(), "http 500");
+        assert_eq!(DeliveryError::Connect.class(), "connect");
+        assert_eq!(DeliveryError::EventGone.class(), "event-gone");
+    }
 
     #[test]
     fn the_standard_webhooks_test_vector() {

@@ -71,6 +71,13 @@ pub enum ApiError {
     /// 409 `idempotency-conflict`: the first request with this key is still running.
     #[error("a request with this Idempotency-Key is still being processed")]
     IdempotencyConflict,
+    /// 409 `event-gone`: a redelivery of a delivery whose event was cleaned out of the
+    /// outbox (there is nothing left to send).
+    #[error("{0}")]
+    EventGone(String),
+    /// 409 `endpoint-removed`: a redelivery to a webhook endpoint that left the config.
+    #[error("{0}")]
+    EndpointRemoved(String),
     /// 410 `erased`: the record this idempotent response created has been erased.
     #[error("the record created by this request has been erased")]
     Erased,
@@ -124,6 +131,8 @@ impl ApiError {
             Self::ParentDeleted { .. } => (StatusCode::CONFLICT, "parent-deleted"),
             Self::RestoreConflicts(_) => (StatusCode::CONFLICT, "restore-conflict"),
             Self::LegalHold => (StatusCode::CONFLICT, "legal-hold"),
+            Self::EventGone(_) => (StatusCode::CONFLICT, "event-gone"),
+            Self::EndpointRemoved(_) => (StatusCode::CONFLICT, "endpoint-removed"),
             Self::Erased => (StatusCode::GONE, "erased"),
             Self::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "precondition-failed"),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),

@@ -85,6 +85,8 @@ const PROBLEM_TYPES: &[&str] = &[
     "legal-hold",
     "not-deleted",
     "idempotency-conflict",
+    "event-gone",
+    "endpoint-removed",
     "erased",
     "precondition-failed",
     "payload-too-large",
@@ -585,7 +587,8 @@ fn fixed_components() -> ComponentsBuilder {
                     "propagation",
                     ObjectBuilder::new()
                         .description(Some(
-                            "Per sink (outbox, cache, search, webhooks by endpoint id): done, pending or failed.",
+                            "Per sink (outbox, cache, search, webhooks by endpoint id): `status` (done, pending or \
+                             failed) and `last_error`, a class such as `timeout`, `connect` or `http 500`; never a URL.",
                         ))
                         .additional_properties(Some(ObjectBuilder::new())),
                 )
@@ -1335,7 +1338,13 @@ fn feed_components(components: ComponentsBuilder) -> ComponentsBuilder {
         .property("attempts", integer().minimum(Some(0)))
         .property("next_attempt_at", nullable_time().description(Some("Set while `pending`.")))
         .property("last_status", nullable_integer().description(Some("The endpoint's last HTTP status.")))
-        .property("last_error", nullable_string())
+        .property(
+            "last_error",
+            nullable_string().description(Some(
+                "A class, never transport text: `timeout`, `connect`, `tls`, `http <status>`, `body`, `redirect`, \
+                 `request`, `event-gone`, `endpoint-removed`, `endpoint-disabled`.",
+            )),
+        )
         .property("last_attempt_at", nullable_time())
         .property("delivered_at", nullable_time())
         .property("created_at", date_time());
@@ -1359,12 +1368,22 @@ fn feed_components(components: ComponentsBuilder) -> ComponentsBuilder {
     );
     let endpoint = ObjectBuilder::new()
         .property("id", string().description(Some("`wh_…`, derived from the URL.")))
-        .property("url", string())
+        .property(
+            "url",
+            string().description(Some(
+                "Scheme and host only (`https://hooks.example.com/…`): a path or query may carry a token.",
+            )),
+        )
         .property("cursor", integer().description(Some("The seq delivered up to.")))
         .property("disabled", boolean())
         .property("disabled_at", nullable_time())
-        .property("disabled_reason", nullable_string());
-    let endpoint = require_all(endpoint, &["id", "url", "cursor", "disabled", "disabled_at", "disabled_reason"]);
+        .property("disabled_reason", nullable_string())
+        .property("removed", boolean().description(Some("It left the config: skipped until it comes back.")))
+        .property("removed_at", nullable_time());
+    let endpoint = require_all(
+        endpoint,
+        &["id", "url", "cursor", "disabled", "disabled_at", "disabled_reason", "removed", "removed_at"],
+    );
     components
         .schema("AuditEntry", audit)
         .schema("AuditList", page_schema("AuditEntry"))
@@ -1520,9 +1539,19 @@ fn webhook_paths(paths: PathsBuilder) -> PathsBuilder {
     let redeliver = operation("webhooks_redeliver".into(), "events", "Send a delivery again")
         .parameter(id_param("The delivery id."))
         .response("200", json_response("The delivery, pending again.", schema_ref("Delivery")))
-        .response("404", problem("`not-found`: no such delivery in this tenant."));
+        .response("404", problem("`not-found`: no such delivery in this tenant."))
+        .response(
+            "409",
+            problem(
+                "`event-gone`: the delivery's event was cleaned out of the outbox, so there is nothing to send; \
+                 `endpoint-removed`: its endpoint left the config.",
+            ),
+        );
     let endpoints = operation("webhooks_endpoints".into(), "events", "List webhook endpoints")
-        .description(Some("Configured endpoints and their state; an endpoint answering 410 is disabled."))
+        .description(Some(
+            "Every endpoint ever configured and its state; an endpoint answering 410 is disabled, one that left the \
+             config is removed. URLs are shown as scheme and host only (a path or query may carry a token).",
+        ))
         .response("200", json_response("Every endpoint (one page).", schema_ref("WebhookEndpointList")));
     let enable = operation("webhooks_enable".into(), "events", "Enable a disabled webhook endpoint")
         .parameter(id_param("The endpoint id (`wh_…`)."))

@@ -2,6 +2,10 @@
 //! least once, in order per record, with Standard Webhooks signatures and the Standard
 //! Webhooks retry schedule. Every bit of delivery state lives in the database, so a
 //! restart neither loses nor invents a delivery.
+//!
+//! Failures are stored as a class (`timeout`, `connect`, `http 500`, …: tenants read
+//! them); the transport's own text, which quotes the URL, goes only to the operator's log,
+//! with the endpoint id.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +15,7 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use tombstone_domain::config::WebhookConfig;
 use tombstone_domain::time::{Clock, Timestamp};
-use tombstone_domain::webhook::{SCHEDULE, secret_key, sign};
+use tombstone_domain::webhook::{DeliveryError, SCHEDULE, secret_key, sign};
 use tombstone_store::{AttemptOutcome, DueDelivery, Store, StoreError, WebhookEndpoint};
 
 /// How long one attempt may take.
@@ -52,6 +56,7 @@ pub struct Relay {
     clock: Arc<dyn Clock>,
     endpoints: Arc<Vec<Endpoint>>,
     client: reqwest::Client,
+    attempt_timeout: Duration,
 }
 
 impl Relay {
@@ -74,11 +79,16 @@ impl Relay {
                 key,
             });
         }
-        let client = reqwest::Client::builder()
-            .timeout(ATTEMPT_TIMEOUT)
-            .user_agent(concat!("tombstone-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { store, clock, endpoints: Arc::new(endpoints), client })
+        let client =
+            reqwest::Client::builder().user_agent(concat!("tombstone-webhooks/", env!("CARGO_PKG_VERSION"))).build()?;
+        Ok(Self { store, clock, endpoints: Arc::new(endpoints), client, attempt_timeout: ATTEMPT_TIMEOUT })
+    }
+
+    /// The same relay with another time limit per attempt (default [`ATTEMPT_TIMEOUT`]).
+    #[must_use]
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
     }
 
     /// Whether any endpoint is configured.
@@ -91,12 +101,31 @@ impl Relay {
         self.endpoints.iter().map(|e| e.spec.clone()).collect()
     }
 
-    /// Registers the endpoints with the store (new ones start after the newest event).
+    /// Registers the endpoints with the store (new ones start after the newest event);
+    /// endpoints that left the config are marked removed and their pending deliveries
+    /// cancelled.
     ///
     /// # Errors
     /// The store failed.
     pub async fn register(&self) -> Result<(), StoreError> {
-        self.store.sync_webhook_endpoints(&self.specs()).await.map(|_| ())
+        let states = self.store.sync_webhook_endpoints(&self.specs(), self.clock.now()).await?;
+        for e in &states {
+            match self.endpoints.iter().find(|c| c.spec.id == e.id) {
+                // The id is what tenants and metrics show; the log ties it to the host
+                // (the full URL may carry a token).
+                Some(c) => tracing::info!(
+                    "endpoint.id" = %e.id,
+                    "endpoint.host" = reqwest::Url::parse(&c.spec.url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default(),
+                    "webhook endpoint configured"
+                ),
+                None if e.removed_at.is_some() => tracing::info!(
+                    "endpoint.id" = %e.id,
+                    "webhook endpoint is no longer configured; its pending deliveries are cancelled"
+                ),
+                None => {}
+            }
+        }
+        Ok(())
     }
 
     /// One pass: fan out new events, then attempt due deliveries until none is due.
@@ -161,25 +190,31 @@ impl Relay {
     /// Sends one delivery and records the outcome; `true` when delivered.
     async fn attempt(&self, due: DueDelivery) -> Result<bool, StoreError> {
         let Some(endpoint) = self.endpoints.iter().find(|e| e.spec.id == due.delivery.endpoint_id) else {
-            // An endpoint removed from the config: its deliveries wait, checked hourly,
-            // in case it returns.
-            let outcome = AttemptOutcome::Retry {
-                status: None,
-                error: "endpoint is no longer configured".into(),
-                next_attempt_at: self.clock.now().saturating_add(Duration::from_secs(3600)),
-            };
+            // Its endpoint left the config (registering cancels those; this one was made
+            // pending since, or by a process with another config): nothing can be sent.
+            tracing::warn!("delivery.id" = %due.delivery.id, "endpoint.id" = %due.delivery.endpoint_id, "webhook delivery cancelled: its endpoint is not configured");
+            let outcome = AttemptOutcome::Cancelled { error: DeliveryError::EndpointRemoved };
             self.store.record_attempt(&due.delivery.id, self.clock.now(), outcome).await?;
             return Ok(false);
         };
-        let body = due.event.envelope().to_string();
+        let Some(event) = due.event else {
+            // Its event was cleaned out of the outbox: there is nothing to send, and a
+            // pending delivery would hold its record's lane for ever.
+            tracing::warn!("delivery.id" = %due.delivery.id, "endpoint.id" = %endpoint.spec.id, "webhook delivery cancelled: its event is no longer in the outbox");
+            let outcome = AttemptOutcome::Cancelled { error: DeliveryError::EventGone };
+            self.store.record_attempt(&due.delivery.id, self.clock.now(), outcome).await?;
+            return Ok(false);
+        };
+        let body = event.envelope().to_string();
         let now = self.clock.now();
         let timestamp = now.as_micros() / 1_000_000;
-        let signature = sign(&endpoint.key, &due.event.id, timestamp, body.as_bytes());
+        let signature = sign(&endpoint.key, &event.id, timestamp, body.as_bytes());
         let result = self
             .client
             .post(&endpoint.spec.url)
+            .timeout(self.attempt_timeout)
             .header("content-type", "application/json")
-            .header("webhook-id", &due.event.id)
+            .header("webhook-id", &event.id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
             .body(body)
@@ -193,17 +228,28 @@ impl Relay {
                 return Ok(true);
             }
             Ok(response) if response.status().as_u16() == 410 => {
-                tracing::warn!(endpoint = %endpoint.spec.url, "webhook endpoint answered 410 Gone; disabling it");
+                tracing::warn!("endpoint.id" = %endpoint.spec.id, "webhook endpoint answered 410 Gone; disabling it");
                 self.store.record_attempt(&due.delivery.id, now, AttemptOutcome::EndpointGone).await?;
                 return Ok(false);
             }
             Ok(response) => {
                 let status = response.status().as_u16();
                 let retry_after = retry_after(response.headers().get("retry-after").and_then(|v| v.to_str().ok()));
-                (Some(status), format!("endpoint answered {status}"), retry_after)
+                (Some(status), DeliveryError::Http(status), retry_after)
             }
-            Err(e) if e.is_timeout() => (None, "timed out after 15 s".to_string(), None),
-            Err(e) => (None, format!("request failed: {e}"), None),
+            Err(e) => {
+                let class = classify(&e);
+                // The operator's copy: the cause chain, without the URL (it may carry a
+                // token; the endpoint id names the endpoint).
+                tracing::warn!(
+                    "endpoint.id" = %endpoint.spec.id,
+                    "delivery.id" = %due.delivery.id,
+                    error = %error_chain(&e.without_url()),
+                    class = %class,
+                    "webhook delivery attempt failed"
+                );
+                (None, class, None)
+            }
         };
         metrics::counter!("tombstone_webhook_failures_total", "endpoint" => endpoint.spec.id.clone()).increment(1);
         let outcome = match next_attempt(attempts, retry_after) {
@@ -213,6 +259,50 @@ impl Relay {
         self.store.record_attempt(&due.delivery.id, now, outcome).await?;
         Ok(false)
     }
+}
+
+/// The class of a transport failure (what tenants see).
+fn classify(e: &reqwest::Error) -> DeliveryError {
+    if is_tls(e) {
+        DeliveryError::Tls
+    } else if e.is_timeout() {
+        DeliveryError::Timeout
+    } else if e.is_connect() {
+        DeliveryError::Connect
+    } else if e.is_redirect() {
+        DeliveryError::Redirect
+    } else if e.is_body() || e.is_decode() {
+        DeliveryError::Body
+    } else {
+        DeliveryError::Request
+    }
+}
+
+/// Whether a rustls error is somewhere in the chain. rustls reports through io errors
+/// that wrap it (an `InvalidData` inside an `Other`), and `io::Error::source` skips the
+/// wrapped error itself, so io errors are opened with `get_ref`.
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.downcast_ref::<rustls::Error>().is_some() {
+        return true;
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>()
+        && let Some(inner) = io.get_ref()
+    {
+        return is_tls(inner);
+    }
+    e.source().is_some_and(is_tls)
+}
+
+/// An error and its causes on one line, for the log.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// When to try again after `attempts` failed attempts: the schedule's next step with

@@ -1,6 +1,8 @@
 //! Webhook delivery against a real HTTP receiver on a local port: signatures that the
 //! shipped verifier accepts, retries with the same webhook-id, per-record ordering while
-//! one record's deliveries fail, 410 disabling the endpoint, Retry-After, redelivery.
+//! one record's deliveries fail (lanes per tenant and record), 410 disabling the endpoint,
+//! Retry-After, redelivery (refused once the event is gone), error classes that never
+//! show a URL, and endpoints that leave the config.
 //! The relay is driven pass by pass (`run_once`) with the manual clock: no sleeping for
 //! retries.
 
@@ -48,6 +50,7 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: axum::body
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let record = parsed["record_id"].as_str().unwrap_or_default().to_string();
+    let tenant_record = format!("{}/{record}", parsed["tenant"].as_str().unwrap_or_default());
     r.got.lock().unwrap().push(Received {
         id: h("webhook-id"),
         timestamp: h("webhook-timestamp"),
@@ -56,7 +59,9 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: axum::body
         raw: body.to_vec(),
     });
     let mut b = r.behaviour.lock().unwrap();
-    let status = b.script.get_mut(&record).filter(|s| !s.is_empty()).map_or(200, |s| s.remove(0));
+    // A script keyed `tenant/record` wins over one keyed by the record id alone.
+    let key = if b.script.contains_key(&tenant_record) { tenant_record } else { record };
+    let status = b.script.get_mut(&key).filter(|s| !s.is_empty()).map_or(200, |s| s.remove(0));
     let mut response = StatusCode::from_u16(status).unwrap().into_response();
     if let Some(ra) = b.retry_after.as_ref().filter(|_| status != 200) {
         response.headers_mut().insert("retry-after", ra.parse().unwrap());
@@ -66,7 +71,17 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: axum::body
 
 async fn start_receiver() -> (Receiver, String) {
     let receiver = Receiver::default();
-    let app = axum::Router::new().route("/hook", axum::routing::post(receive)).with_state(receiver.clone());
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .route("/fail", axum::routing::post(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+        .route(
+            "/slow",
+            axum::routing::post(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                StatusCode::OK
+            }),
+        )
+        .with_state(receiver.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -313,4 +328,291 @@ async fn cleaning_the_outbox_never_hands_out_a_seq_twice() {
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["record_id"], d["id"]);
     assert!(items[0]["seq"].as_i64().unwrap() > last_seen);
+}
+
+/// Opens the database file beside the store, as another process would.
+fn raw_db(app: &TestApp) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn
+}
+
+fn items(v: &Value) -> Vec<Value> {
+    v["items"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_failing_record_of_one_tenant_does_not_hold_another_tenants_record_with_the_same_id() {
+    let (app, relay, receiver) = setup("").await;
+    let other = app.key("t2", "admin").await;
+    // Both tenants choose the id "shared"; only t1's receiver answers fail.
+    receiver.behaviour.lock().unwrap().script.insert("t1/shared".into(), vec![500; 20]);
+    app.create("products", &app.admin, &json!({"id": "shared", "sku": "A", "name": "Mug"})).await;
+    app.create("products", &other, &json!({"id": "shared", "sku": "A", "name": "Mug"})).await;
+    app.patch("/v1/products/shared", &other, &json!({"name": "Cup"})).await.assert_status(200);
+    relay.run_once().await.unwrap();
+    let t2: Vec<String> = got(&receiver)
+        .iter()
+        .filter(|r| r.body["tenant"] == "t2")
+        .map(|r| r.body["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(t2, ["record.created", "record.updated"], "t2's events flow while t1's same id fails");
+    let t1 = app.get("/v1/webhooks/deliveries?status=pending", &app.admin).await.json();
+    assert_eq!(items(&t1).len(), 1, "t1's record waits, alone in its lane");
+    assert_eq!(t1["items"][0]["last_status"], 500);
+}
+
+#[tokio::test]
+async fn an_upgrade_keys_existing_lanes_by_tenant_keeps_their_order_and_hides_old_error_text() {
+    let (receiver, url) = start_receiver().await;
+    let config = format!("{TEST_SCHEMA}\n[[webhooks]]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n");
+    let app = TestApp::with_schema(&config).await;
+    let relay = Relay::new(app.store.clone(), app.clock.clone(), &app.config.webhooks).unwrap();
+    relay.register().await.unwrap();
+    app.create("products", &app.admin, &json!({"id": "p1", "sku": "A", "name": "Mug"})).await;
+    receiver.behaviour.lock().unwrap().script.insert("t1/p1".into(), vec![500]);
+    relay.run_once().await.unwrap();
+    app.patch("/v1/products/p1", &app.admin, &json!({"name": "Cup"})).await.assert_status(200);
+    relay.run_once().await.unwrap();
+    drop(relay);
+    let conn = raw_db(&app);
+    let keys = |conn: &rusqlite::Connection| -> Vec<String> {
+        conn.prepare("select record_key from webhook_deliveries order by event_seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(keys(&conn), ["t1/products/p1", "t1/products/p1"], "lanes carry the tenant");
+    // Put the database back as the previous version left it: lanes without the tenant, raw
+    // transport text, no removed_at column, and the lane migration not applied.
+    conn.execute_batch(&format!(
+        "update webhook_deliveries set record_key = substr(record_key, length(tenant) + 2);
+         update webhook_deliveries set last_error = 'request failed: error sending request for url ({url}?token={TOKEN})'
+             where last_error is not null;
+         alter table webhook_endpoints drop column removed_at;
+         delete from _migrations where name = '0007_webhook_lanes';"
+    ))
+    .unwrap();
+    assert_eq!(keys(&conn), ["products/p1", "products/p1"]);
+    drop(conn);
+
+    let app = restart(app, &config).await;
+    let conn = raw_db(&app);
+    assert_eq!(keys(&conn), ["t1/products/p1", "t1/products/p1"], "the upgrade keyed the lanes by tenant");
+    let list = app.get("/v1/webhooks/deliveries", &app.admin).await;
+    assert!(!list.text.contains(TOKEN), "{}", list.text);
+    assert_eq!(list.json()["items"][0]["last_error"], "request");
+    let relay = Relay::new(app.store.clone(), app.clock.clone(), &app.config.webhooks).unwrap();
+    relay.register().await.unwrap();
+    app.clock.advance(Duration::from_secs(10));
+    relay.run_once().await.unwrap();
+    let types: Vec<String> = got(&receiver).iter().map(|r| r.body["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(types, ["record.created", "record.created", "record.updated"], "the record's order held");
+}
+
+#[tokio::test]
+async fn a_delivery_whose_event_was_cleaned_up_cannot_be_redelivered() {
+    use tombstone_store::Store;
+    let (app, relay, _receiver) = setup("").await;
+    app.create("products", &app.admin, &json!({"sku": "A", "name": "Mug"})).await;
+    relay.run_once().await.unwrap();
+    let delivered = app.get("/v1/webhooks/deliveries?status=delivered", &app.admin).await.json();
+    let id = delivered["items"][0]["id"].as_str().unwrap().to_string();
+    // A later event, so the first one is not the newest and may be cleaned up.
+    app.create("products", &app.admin, &json!({"sku": "B", "name": "Cup"})).await;
+    relay.run_once().await.unwrap();
+    let far_future = app.clock.now().saturating_add(Duration::from_secs(365 * 86_400));
+    assert_eq!(app.store.cleanup_outbox(far_future, 1000).await.unwrap(), 1);
+    let body = app
+        .post_empty(&format!("/v1/webhooks/deliveries/{id}:redeliver"), &app.admin)
+        .await
+        .assert_problem(409, "event-gone");
+    assert!(body["detail"].as_str().unwrap().contains(&id), "{body}");
+    let pending = app.get("/v1/webhooks/deliveries?status=pending", &app.admin).await.json();
+    assert!(items(&pending).is_empty(), "nothing was made pending: {pending}");
+    assert_eq!(app.store.webhook_backlog().await.unwrap(), 0);
+    let again = app.get("/v1/webhooks/deliveries?status=delivered", &app.admin).await.json();
+    assert!(items(&again).iter().any(|d| d["id"] == id.as_str()), "it keeps its delivered state");
+}
+
+#[tokio::test]
+async fn a_pending_delivery_whose_event_is_gone_is_cancelled_and_frees_its_lane() {
+    let (app, relay, receiver) = setup("").await;
+    app.create("products", &app.admin, &json!({"id": "p1", "sku": "A", "name": "Mug"})).await;
+    receiver.behaviour.lock().unwrap().script.insert("p1".into(), vec![500]);
+    relay.run_once().await.unwrap();
+    app.patch("/v1/products/p1", &app.admin, &json!({"name": "Cup"})).await.assert_status(200);
+    relay.run_once().await.unwrap();
+    // The failing delivery's event disappears from under it (an older version's clean-up,
+    // a hand-edited database): nothing can send it any more.
+    let conn = raw_db(&app);
+    let gone: i64 = conn
+        .query_row("select event_seq from webhook_deliveries where status = 'pending' and attempts = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(conn.execute("delete from outbox where seq = ?1", [gone]).unwrap(), 1);
+    app.clock.advance(Duration::from_secs(10));
+    relay.run_once().await.unwrap();
+    let sent: Vec<String> = got(&receiver).iter().map(|r| r.body["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(sent, ["record.created", "record.updated"], "the record's later event is not held");
+    let cancelled = app.get("/v1/webhooks/deliveries?status=cancelled", &app.admin).await.json();
+    assert_eq!(items(&cancelled).len(), 1, "{cancelled}");
+    assert_eq!(cancelled["items"][0]["last_error"], "event-gone");
+    assert_eq!(cancelled["items"][0]["event_seq"], gone);
+    let pending = app.get("/v1/webhooks/deliveries?status=pending", &app.admin).await.json();
+    assert!(items(&pending).is_empty(), "{pending}");
+}
+
+const TOKEN: &str = "tok-7f3a9c2e51";
+
+#[tokio::test]
+async fn tenants_never_see_an_endpoint_url_or_transport_text() {
+    // An endpoint whose URL carries a token, on a port where nothing listens.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = refused.local_addr().unwrap().port();
+    drop(refused);
+    let url = format!("http://127.0.0.1:{port}/hook?token={TOKEN}");
+    let config =
+        format!("{TEST_SCHEMA}\n[[webhooks]]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\nevents = [\"record.deleted\"]\n");
+    let app = TestApp::with_schema(&config).await;
+    let relay = Relay::new(app.store.clone(), app.clock.clone(), &app.config.webhooks).unwrap();
+    relay.register().await.unwrap();
+    let p = app.create("products", &app.admin, &json!({"sku": "A", "name": "Mug"})).await;
+    let deleted = app.delete(&format!("/v1/products/{}", p["id"].as_str().unwrap()), &app.admin).await;
+    deleted.assert_status(204);
+    let deletion_id = deleted.header("deletion-id").unwrap().to_string();
+    assert_eq!(relay.run_once().await.unwrap().failed, 1);
+
+    let endpoint = tombstone_server::webhooks::endpoint_id(&url);
+    let deliveries = app.get("/v1/webhooks/deliveries", &app.admin).await;
+    let d = &deliveries.json()["items"][0];
+    assert_eq!(d["endpoint_id"], endpoint.as_str());
+    assert_eq!(d["last_error"], "connect", "{d}");
+    let redelivered =
+        app.post_empty(&format!("/v1/webhooks/deliveries/{}:redeliver", d["id"].as_str().unwrap()), &app.admin).await;
+    redelivered.assert_status(200);
+    let op = app.get(&format!("/v1/deletions/{deletion_id}"), &app.admin).await;
+    let sink = &op.json()["propagation"]["webhooks"][&endpoint];
+    assert_eq!(sink["status"], "pending", "{}", op.text);
+    assert_eq!(sink["last_error"], "connect", "{}", op.text);
+    let endpoints = app.get("/v1/webhooks/endpoints", &app.admin).await;
+    assert_eq!(endpoints.json()["items"][0]["url"], format!("http://127.0.0.1:{port}/…"));
+    for answer in [&deliveries, &redelivered, &op, &endpoints] {
+        assert!(!answer.text.contains(TOKEN), "the token leaked: {}", answer.text);
+        assert!(!answer.text.contains("/hook"), "the URL leaked: {}", answer.text);
+        assert!(!answer.text.contains("error sending request"), "transport text leaked: {}", answer.text);
+    }
+}
+
+#[tokio::test]
+async fn transport_failures_are_classified() {
+    let (_receiver, hook) = start_receiver().await;
+    let base = hook.trim_end_matches("/hook").to_string();
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_url = format!("http://{}/hook", refused.local_addr().unwrap());
+    drop(refused);
+    let cases = [
+        (refused_url, "connect"),
+        (format!("{base}/fail"), "http 500"),
+        (format!("{base}/slow"), "timeout"),
+        // TLS spoken to a plain HTTP server: the handshake fails.
+        (format!("{}/hook", base.replace("http://", "https://")), "tls"),
+    ];
+    let mut config = TEST_SCHEMA.to_string();
+    for (url, _) in &cases {
+        config.push_str(&format!("\n[[webhooks]]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n"));
+    }
+    let app = TestApp::with_schema(&config).await;
+    let relay = Relay::new(app.store.clone(), app.clock.clone(), &app.config.webhooks)
+        .unwrap()
+        .with_attempt_timeout(Duration::from_millis(500));
+    relay.register().await.unwrap();
+    app.create("products", &app.admin, &json!({"sku": "A", "name": "Mug"})).await;
+    assert_eq!(relay.run_once().await.unwrap().failed, 4);
+    let list = app.get("/v1/webhooks/deliveries", &app.admin).await.json();
+    for (url, class) in &cases {
+        let id = tombstone_server::webhooks::endpoint_id(url);
+        let d = items(&list).into_iter().find(|d| d["endpoint_id"] == id.as_str()).expect("a delivery per endpoint");
+        assert_eq!(d["last_error"], *class, "{url}: {d}");
+        assert_eq!(d["status"], "pending", "{d}");
+    }
+}
+
+/// A restart over the same database with another config (the old app is dropped first).
+async fn restart(app: TestApp, config: &str) -> TestApp {
+    let TestApp { dir, router, store, search, .. } = app;
+    drop((router, store, search));
+    TestApp::in_dir(config, dir).await
+}
+
+fn gauge(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[tokio::test]
+async fn an_endpoint_removed_from_the_config_stops_pinning_the_outbox() {
+    use tombstone_store::Store;
+    let (receiver, url) = start_receiver().await;
+    let with_hook = format!("{TEST_SCHEMA}\n[[webhooks]]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n");
+    let app = TestApp::with_schema(&with_hook).await;
+    let relay = Relay::new(app.store.clone(), app.clock.clone(), &app.config.webhooks).unwrap();
+    relay.register().await.unwrap();
+    for id in ["a", "b", "c"] {
+        receiver.behaviour.lock().unwrap().script.insert(id.into(), vec![500; 100]);
+        app.create("products", &app.admin, &json!({"id": id, "sku": id, "name": "Mug"})).await;
+    }
+    assert_eq!(relay.run_once().await.unwrap().failed, 3);
+    drop(relay);
+
+    // Restart without the endpoint, and keep writing.
+    let app = restart(app, TEST_SCHEMA).await;
+    let relay = Relay::new(app.store.clone(), app.clock.clone(), &app.config.webhooks).unwrap();
+    relay.register().await.unwrap();
+    for id in ["d", "e"] {
+        app.create("products", &app.admin, &json!({"id": id, "sku": id, "name": "Mug"})).await;
+    }
+    relay.run_once().await.unwrap();
+    let pending = app.get("/v1/webhooks/deliveries?status=pending", &app.admin).await.json();
+    assert!(items(&pending).is_empty(), "{pending}");
+    let cancelled = app.get("/v1/webhooks/deliveries?status=cancelled", &app.admin).await.json();
+    assert_eq!(items(&cancelled).len(), 3);
+    assert!(items(&cancelled).iter().all(|d| d["last_error"] == "endpoint-removed"), "{cancelled}");
+    let endpoints = app.get("/v1/webhooks/endpoints", &app.admin).await.json();
+    assert_eq!(endpoints["items"][0]["removed"], true, "{endpoints}");
+    assert!(endpoints["items"][0]["removed_at"].is_string(), "{endpoints}");
+    let d = &cancelled["items"][0]["id"];
+    app.post_empty(&format!("/v1/webhooks/deliveries/{}:redeliver", d.as_str().unwrap()), &app.admin)
+        .await
+        .assert_problem(409, "endpoint-removed");
+
+    // The outbox drains down to its newest row, and the backlog is empty.
+    let far_future = app.clock.now().saturating_add(Duration::from_secs(365 * 86_400));
+    assert_eq!(app.store.cleanup_outbox(far_future, 1000).await.unwrap(), 4);
+    let left = app.get("/v1/events", &app.admin).await.json();
+    assert_eq!(items(&left).len(), 1, "{left}");
+    assert_eq!(app.store.webhook_backlog().await.unwrap(), 0);
+    let metrics = app.send(axum::http::Method::GET, "/metrics", None, &[], None).await;
+    if !metrics.text.is_empty() {
+        assert_eq!(gauge(&metrics.text, "tombstone_outbox_backlog"), 0.0);
+    }
+
+    // It comes back: it resumes with new events, not with what it missed.
+    let app = restart(app, &with_hook).await;
+    let relay = Relay::new(app.store.clone(), app.clock.clone(), &app.config.webhooks).unwrap();
+    relay.register().await.unwrap();
+    let before = got(&receiver).len();
+    app.create("products", &app.admin, &json!({"id": "f", "sku": "f", "name": "Mug"})).await;
+    assert_eq!(relay.run_once().await.unwrap().delivered, 1);
+    let sent = got(&receiver);
+    assert_eq!(sent.len(), before + 1);
+    assert_eq!(sent.last().unwrap().body["record_id"], "f");
+    let endpoints = app.get("/v1/webhooks/endpoints", &app.admin).await.json();
+    assert_eq!(endpoints["items"][0]["removed"], false, "{endpoints}");
+    let cancelled = app.get("/v1/webhooks/deliveries?status=cancelled", &app.admin).await.json();
+    assert_eq!(items(&cancelled).len(), 3, "cancelled deliveries stay cancelled");
 }

@@ -22,6 +22,7 @@ use tombstone_domain::query::{ListQuery, Position};
 use tombstone_domain::record::{Hold, Patch, Record, ValidationErrors};
 use tombstone_domain::scope::Scope;
 use tombstone_domain::time::Timestamp;
+use tombstone_domain::webhook::DeliveryError;
 
 pub use cache::{MemoryCache, RecordCache};
 pub use sqlite::SqliteStore;
@@ -188,6 +189,9 @@ pub struct EndpointState {
     pub cursor: i64,
     pub disabled_at: Option<Timestamp>,
     pub disabled_reason: Option<String>,
+    /// When it left the config (it is skipped by fan-out, clean-up and the backlog until
+    /// it comes back).
+    pub removed_at: Option<Timestamp>,
 }
 
 /// A webhook delivery and its attempts so far.
@@ -213,7 +217,9 @@ pub struct Delivery {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DueDelivery {
     pub delivery: Delivery,
-    pub event: Event,
+    /// `None` when the event is no longer in the outbox: the relay cancels the delivery
+    /// rather than let it hold its record's lane.
+    pub event: Option<Event>,
 }
 
 /// What one attempt came to.
@@ -222,11 +228,26 @@ pub enum AttemptOutcome {
     /// 2xx.
     Delivered { status: u16 },
     /// Failed; try again at `next_attempt_at`.
-    Retry { status: Option<u16>, error: String, next_attempt_at: Timestamp },
+    Retry { status: Option<u16>, error: DeliveryError, next_attempt_at: Timestamp },
     /// Failed for the last time.
-    GiveUp { status: Option<u16>, error: String },
+    GiveUp { status: Option<u16>, error: DeliveryError },
+    /// Not attempted and never will be (its event or its endpoint is gone).
+    Cancelled { error: DeliveryError },
     /// 410 Gone: the endpoint is disabled and its pending deliveries cancelled.
     EndpointGone,
+}
+
+/// What asking for a delivery to be sent again came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redelivery {
+    /// Pending again, due now.
+    Pending(Box<Delivery>),
+    /// No such delivery in the tenant.
+    NotFound,
+    /// Its event was cleaned out of the outbox: there is nothing to send.
+    EventGone,
+    /// Its endpoint left the config.
+    EndpointRemoved,
 }
 
 /// Filters of the deliveries listing.
@@ -307,13 +328,12 @@ pub struct RestoreConflict {
     pub parent: Option<RecordRef>,
 }
 
-/// Whether a deletion has reached one sink.
+/// Whether a deletion has reached one sink. Tenants read it: it names no URL and carries
+/// only an error class (see `tombstone_domain::webhook::DeliveryError`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SinkStatus {
     /// `done`, `pending` or `failed`.
     pub status: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
@@ -450,8 +470,14 @@ pub trait Store: Send + Sync + 'static {
     /// polling).
     fn changes(&self) -> Arc<tokio::sync::Notify>;
 
-    /// Registers the configured endpoints; a new one starts after the newest event.
-    async fn sync_webhook_endpoints(&self, endpoints: &[WebhookEndpoint]) -> Result<Vec<EndpointState>, StoreError>;
+    /// Registers the configured endpoints; a new one (or one that comes back after leaving
+    /// the config) starts after the newest event. Endpoints that left the config are marked
+    /// removed at `now` and their pending deliveries cancelled.
+    async fn sync_webhook_endpoints(
+        &self,
+        endpoints: &[WebhookEndpoint],
+        now: Timestamp,
+    ) -> Result<Vec<EndpointState>, StoreError>;
     /// The state of every endpoint ever registered.
     async fn webhook_endpoints(&self) -> Result<Vec<EndpointState>, StoreError>;
     /// Re-enables a disabled endpoint; `false` if unknown.
@@ -471,12 +497,14 @@ pub trait Store: Send + Sync + 'static {
     -> Result<(), StoreError>;
     /// A tenant's deliveries, oldest first.
     async fn list_deliveries(&self, tenant: &str, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError>;
-    /// Makes a delivery of the tenant pending again, due now; `None` if unknown.
-    async fn redeliver(&self, tenant: &str, id: &str, now: Timestamp) -> Result<Option<Delivery>, StoreError>;
-    /// Pending deliveries (all endpoints).
+    /// Makes a delivery of the tenant pending again, due now, unless its event or its
+    /// endpoint is gone.
+    async fn redeliver(&self, tenant: &str, id: &str, now: Timestamp) -> Result<Redelivery, StoreError>;
+    /// Pending deliveries of endpoints still configured.
     async fn webhook_backlog(&self) -> Result<u64, StoreError>;
-    /// Deletes outbox rows older than `before` that every endpoint has fanned out and no
-    /// pending delivery needs, at most `limit`; returns how many.
+    /// Deletes outbox rows older than `before` that every enabled, still configured
+    /// endpoint has fanned out and no pending delivery needs, at most `limit`; returns how
+    /// many.
     async fn cleanup_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
 
     /// Places a legal hold on a record (deleted or not).

@@ -1,6 +1,9 @@
 //! Webhook deliveries and endpoints: `GET /v1/webhooks/deliveries` (filters `status`,
 //! `endpoint`), `POST /v1/webhooks/deliveries/{id}:redeliver`, and for operators
 //! `GET /v1/webhooks/endpoints` and `POST /v1/webhooks/endpoints/{id}:enable`.
+//!
+//! Every answer here is read by tenants: endpoints appear by id (and, to admins, by
+//! scheme and host), errors as a class; full URLs stay in the config and the log.
 
 use axum::Router;
 use axum::extract::State;
@@ -9,7 +12,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tombstone_domain::query::parse_limit;
 use tombstone_domain::scope::Permission;
-use tombstone_store::{Delivery, DeliveryQuery};
+use tombstone_store::{Delivery, DeliveryQuery, Redelivery};
 
 use super::extract::{ApiPath, QueryPairs};
 use crate::app::AppState;
@@ -85,11 +88,20 @@ async fn redeliver(
         return Err(ApiError::NotFound(format!("no action on deliveries in {target:?}")));
     };
     caller.require(Permission::Events, None)?;
-    let delivery = state
-        .store
-        .redeliver(caller.tenant(), id, state.now())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no delivery {id}")))?;
+    let delivery = match state.store.redeliver(caller.tenant(), id, state.now()).await? {
+        Redelivery::Pending(delivery) => delivery,
+        Redelivery::NotFound => return Err(ApiError::NotFound(format!("no delivery {id}"))),
+        Redelivery::EventGone => {
+            return Err(ApiError::EventGone(format!(
+                "the event of delivery {id} was cleaned out of the outbox; there is nothing left to send"
+            )));
+        }
+        Redelivery::EndpointRemoved => {
+            return Err(ApiError::EndpointRemoved(format!(
+                "the endpoint of delivery {id} is no longer configured; nothing can be sent to it"
+            )));
+        }
+    };
     state.store.changes().notify_waiters();
     Ok(axum::Json(delivery_json(&delivery)).into_response())
 }
@@ -104,15 +116,31 @@ async fn list_endpoints(State(state): State<AppState>, caller: Caller) -> Result
         .map(|e| {
             json!({
                 "id": e.id,
-                "url": e.url,
+                "url": redacted_url(&e.url),
                 "cursor": e.cursor,
                 "disabled": e.disabled_at.is_some(),
                 "disabled_at": e.disabled_at.map(|t| t.to_rfc3339()),
                 "disabled_reason": e.disabled_reason,
+                "removed": e.removed_at.is_some(),
+                "removed_at": e.removed_at.map(|t| t.to_rfc3339()),
             })
         })
         .collect();
     Ok(axum::Json(json!({"items": items, "next_cursor": null})).into_response())
+}
+
+/// An endpoint URL as an admin key may see it: scheme, host and port. Admin keys belong
+/// to a tenant, and the path, query or user part may carry a token (`?token=…`,
+/// `/services/T0/B0/secret`, `user:pass@`).
+fn redacted_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or_default();
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{host}{port}/…", u.scheme())
+        }
+        Err(_) => "…".into(),
+    }
 }
 
 async fn enable_endpoint(
@@ -129,4 +157,19 @@ async fn enable_endpoint(
     }
     state.store.changes().notify_waiters();
     Ok(axum::Json(json!({"id": id, "disabled": false})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    #[test]
+    fn urls_are_shown_as_scheme_and_host() {
+        assert_eq!(
+            redacted_url("https://user:pw@hooks.example.com/services/T0/B0/x?token=s3"),
+            "https://hooks.example.com/…"
+        );
+        assert_eq!(redacted_url("http://127.0.0.1:8080/hook?token=s3"), "http://127.0.0.1:8080/…");
+        assert_eq!(redacted_url("not a url"), "…");
+    }
 }

@@ -48,7 +48,8 @@ use self::records::TableSql;
 use crate::{
     AttemptOutcome, AuditQuery, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery, EndpointState,
     Erasure, EventQuery, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim, IdempotencyKey, Page,
-    PurgeBatch, PurgeDue, RestoreOutcome, Store, StoreError, StoredKey, StoredResponse, TrashQuery, WebhookEndpoint,
+    PurgeBatch, PurgeDue, Redelivery, RestoreOutcome, Store, StoreError, StoredKey, StoredResponse, TrashQuery,
+    WebhookEndpoint,
 };
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -1050,9 +1051,13 @@ impl Store for SqliteStore {
         self.changes.clone()
     }
 
-    async fn sync_webhook_endpoints(&self, endpoints: &[WebhookEndpoint]) -> Result<Vec<EndpointState>, StoreError> {
+    async fn sync_webhook_endpoints(
+        &self,
+        endpoints: &[WebhookEndpoint],
+        now: Timestamp,
+    ) -> Result<Vec<EndpointState>, StoreError> {
         let endpoints = endpoints.to_vec();
-        self.write(move |tx| webhooks::sync(tx, &endpoints)).await
+        self.write(move |tx| webhooks::sync(tx, &endpoints, now)).await
     }
 
     async fn webhook_endpoints(&self) -> Result<Vec<EndpointState>, StoreError> {
@@ -1104,18 +1109,13 @@ impl Store for SqliteStore {
         self.read(move |conn| webhooks::list(conn, &tenant, &query)).await
     }
 
-    async fn redeliver(&self, tenant: &str, id: &str, now: Timestamp) -> Result<Option<Delivery>, StoreError> {
+    async fn redeliver(&self, tenant: &str, id: &str, now: Timestamp) -> Result<Redelivery, StoreError> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.write(move |tx| webhooks::redeliver(tx, &tenant, &id, now)).await
     }
 
     async fn webhook_backlog(&self) -> Result<u64, StoreError> {
-        self.read(|conn| {
-            let n: i64 =
-                conn.query_row("select count(*) from webhook_deliveries where status = 'pending'", [], |r| r.get(0))?;
-            Ok(u64::try_from(n).unwrap_or(0))
-        })
-        .await
+        self.read(webhooks::backlog).await
     }
 
     async fn cleanup_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {

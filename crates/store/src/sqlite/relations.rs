@@ -396,11 +396,12 @@ pub(crate) fn get_operation(
         .prepare_cached("select max(seq) from outbox where tenant = ?1 and deletion_id = ?2")?
         .query_row([tenant, id], |r| r.get(0))?;
     let mut webhooks = BTreeMap::new();
-    let endpoints: Vec<(String, String, i64, Option<i64>)> = conn
-        .prepare_cached("select id, url, cursor, disabled_at from webhook_endpoints order by id")?
+    // Tenants read this: endpoint ids and error classes only, never URLs.
+    let endpoints: Vec<(String, i64, Option<i64>, bool)> = conn
+        .prepare_cached("select id, cursor, disabled_at, removed_at is not null from webhook_endpoints order by id")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<Result<_, _>>()?;
-    for (endpoint, url, cursor, disabled_at) in endpoints {
+    for (endpoint, cursor, disabled_at, removed) in endpoints {
         let states: Vec<(String, Option<String>)> = conn
             .prepare_cached(
                 "select d.status, d.last_error from webhook_deliveries d join outbox o on o.seq = d.event_seq
@@ -408,16 +409,21 @@ pub(crate) fn get_operation(
             )?
             .query_map(params![endpoint, tenant, id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
+        if removed && states.is_empty() {
+            // It left the config before this operation's events reached it: not a sink of
+            // this operation.
+            continue;
+        }
         let failed = states.iter().find(|(s, _)| s == "failed" || s == "cancelled");
         let status = if let Some((_, error)) = failed {
-            crate::SinkStatus { status: "failed".into(), url: Some(url), last_error: error.clone() }
+            crate::SinkStatus { status: "failed".into(), last_error: error.clone() }
         } else if states.iter().any(|(s, _)| s == "pending")
-            || newest_event.is_some_and(|n| n > cursor && disabled_at.is_none())
+            || newest_event.is_some_and(|n| n > cursor && disabled_at.is_none() && !removed)
         {
             let last_error = states.iter().find_map(|(_, e)| e.clone());
-            crate::SinkStatus { status: "pending".into(), url: Some(url), last_error }
+            crate::SinkStatus { status: "pending".into(), last_error }
         } else {
-            crate::SinkStatus { status: "done".into(), url: Some(url), last_error: None }
+            crate::SinkStatus { status: "done".into(), last_error: None }
         };
         webhooks.insert(endpoint, status);
     }

@@ -245,6 +245,37 @@ create index outbox_record on outbox (tenant, collection, record_id, seq) where 
 ",
     ),
     (
+        "0007_webhook_lanes",
+        r"
+-- Ordering lanes are per tenant: two tenants may use the same client-supplied id, and one
+-- tenant's failing record must not hold back the other's events. The key becomes
+-- tenant/collection/record_id (tenant and collection names hold no '/'); a lane's rows
+-- keep their event_seq, so an upgrade keeps each record's order.
+update webhook_deliveries set record_key = tenant || '/' || record_key;
+
+-- Endpoints that leave the config are marked, not forgotten: their deliveries stay
+-- listed, and fan-out, outbox clean-up and the backlog skip them.
+alter table webhook_endpoints add column removed_at integer;
+
+-- A pending delivery whose event was cleaned out of the outbox can never be sent, and
+-- would hold its lane for ever.
+update webhook_deliveries set status = 'cancelled', last_error = 'event-gone'
+where status = 'pending'
+  and not exists (select 1 from outbox o where o.seq = webhook_deliveries.event_seq);
+
+-- Tenants see an error class, never transport text (it quotes URLs, which may carry
+-- tokens). Earlier messages are mapped to their class.
+update webhook_deliveries set last_error = case
+    when last_error like 'endpoint answered%' and last_status is not null then 'http ' || last_status
+    when last_error like 'timed out%' then 'timeout'
+    when last_error = 'endpoint is no longer configured' then 'endpoint-removed'
+    when last_error like 'endpoint disabled%' then 'endpoint-disabled'
+    else 'request'
+end
+where last_error is not null;
+",
+    ),
+    (
         "0009_audit_hold_members",
         r"
 -- The hold a hold or release entry is about, and its case, as members of their own:

@@ -6,8 +6,11 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tombstone_domain::events::Event;
 use tombstone_domain::time::Timestamp;
+use tombstone_domain::webhook::DeliveryError;
 
-use crate::{AttemptOutcome, Delivery, DeliveryQuery, DueDelivery, EndpointState, StoreError, WebhookEndpoint};
+use crate::{
+    AttemptOutcome, Delivery, DeliveryQuery, DueDelivery, EndpointState, Redelivery, StoreError, WebhookEndpoint,
+};
 
 const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_seq, event_id, event_type, tenant, status, attempts, next_attempt_at, \
      last_status, last_error, last_attempt_at, delivered_at, created_at";
@@ -38,24 +41,59 @@ fn read_endpoint(row: &Row<'_>) -> rusqlite::Result<EndpointState> {
         cursor: row.get(2)?,
         disabled_at: row.get::<_, Option<i64>>(3)?.map(Timestamp::from_micros),
         disabled_reason: row.get(4)?,
+        removed_at: row.get::<_, Option<i64>>(5)?.map(Timestamp::from_micros),
     })
+}
+
+/// The ordering lane of an event: one per tenant and record, so that neither another
+/// record nor another tenant's record with the same id waits behind a failing delivery.
+/// Tenant and collection names hold no `/`, so the key is unambiguous.
+fn lane(tenant: &str, collection: &str, record_id: &str) -> String {
+    format!("{tenant}/{collection}/{record_id}")
 }
 
 pub(crate) fn endpoints(conn: &Connection) -> Result<Vec<EndpointState>, StoreError> {
     let rows = conn
-        .prepare_cached("select id, url, cursor, disabled_at, disabled_reason from webhook_endpoints order by id")?
+        .prepare_cached(
+            "select id, url, cursor, disabled_at, disabled_reason, removed_at from webhook_endpoints order by id",
+        )?
         .query_map([], read_endpoint)?
         .collect::<Result<_, _>>()?;
     Ok(rows)
 }
 
-pub(crate) fn sync(conn: &Connection, configured: &[WebhookEndpoint]) -> Result<Vec<EndpointState>, StoreError> {
+pub(crate) fn sync(
+    conn: &Connection,
+    configured: &[WebhookEndpoint],
+    now: Timestamp,
+) -> Result<Vec<EndpointState>, StoreError> {
     let newest: i64 = conn.query_row("select coalesce(max(seq), 0) from outbox", [], |r| r.get(0))?;
     for e in configured {
+        // One that comes back after leaving the config starts from now, like a new one:
+        // while it was away the outbox was cleaned up without waiting for it, so "where it
+        // left off" would be a gap-ridden replay. A 410 disable is the endpoint's own word
+        // and stays until an operator re-enables it.
         conn.prepare_cached(
-            "insert into webhook_endpoints (id, url, cursor) values (?1, ?2, ?3) on conflict (id) do update set url = excluded.url",
+            "insert into webhook_endpoints (id, url, cursor) values (?1, ?2, ?3)
+             on conflict (id) do update set url = excluded.url,
+                 cursor = case when removed_at is null then cursor else excluded.cursor end,
+                 removed_at = null",
         )?
         .execute(params![e.id, e.url, newest])?;
+    }
+    // Endpoints that left the config: nothing can be sent to them any more (their URL and
+    // secret are gone with the config), so their pending deliveries are cancelled at once
+    // rather than retried for a day and a half, and they stop pinning the outbox.
+    let ids: Vec<String> = configured.iter().map(|e| e.id.clone()).collect();
+    let gone: Vec<String> =
+        endpoints(conn)?.into_iter().filter(|e| e.removed_at.is_none() && !ids.contains(&e.id)).map(|e| e.id).collect();
+    for id in gone {
+        conn.prepare_cached("update webhook_endpoints set removed_at = ?2 where id = ?1")?
+            .execute(params![id, now.as_micros()])?;
+        conn.prepare_cached(
+            "update webhook_deliveries set status = 'cancelled', last_error = ?2 where endpoint_id = ?1 and status = 'pending'",
+        )?
+        .execute(params![id, DeliveryError::EndpointRemoved.class()])?;
     }
     endpoints(conn)
 }
@@ -69,7 +107,7 @@ pub(crate) fn fan_out(
     let mut created = 0;
     for e in configured {
         let state: Option<(i64, Option<i64>)> = conn
-            .prepare_cached("select cursor, disabled_at from webhook_endpoints where id = ?1")?
+            .prepare_cached("select cursor, disabled_at from webhook_endpoints where id = ?1 and removed_at is null")?
             .query_row([&e.id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let Some((cursor, None)) = state else { continue };
@@ -91,7 +129,7 @@ pub(crate) fn fan_out(
             let tenant_ok = e.tenant.as_ref().is_none_or(|t| *t == tenant);
             if type_ok && tenant_ok {
                 let id = format!("dlv_{}", uuid::Uuid::now_v7().simple());
-                let record_key = format!("{collection}/{record_id}");
+                let record_key = lane(&tenant, &collection, &record_id);
                 created +=
                     insert.execute(params![id, e.id, seq, event_id, kind, tenant, record_key, now.as_micros()])? as u64;
             }
@@ -104,7 +142,7 @@ pub(crate) fn fan_out(
 pub(crate) fn due(conn: &Connection, now: Timestamp, limit: u32) -> Result<Vec<DueDelivery>, StoreError> {
     let sql = format!(
         "select d.{cols}, o.seq, o.id, o.type, o.tenant, o.collection, o.record_id, o.version, o.deletion_id, o.occurred_at, o.request_id, o.data
-         from webhook_deliveries d join outbox o on o.seq = d.event_seq
+         from webhook_deliveries d left join outbox o on o.seq = d.event_seq
          where d.status = 'pending' and d.next_attempt_at <= ?1
            and not exists (
              select 1 from webhook_deliveries p
@@ -117,8 +155,11 @@ pub(crate) fn due(conn: &Connection, now: Timestamp, limit: u32) -> Result<Vec<D
         .query_map(params![now.as_micros(), limit], |r| {
             let delivery = read_delivery(r)?;
             let data: Option<String> = r.get(24)?;
+            // A delivery whose event was cleaned up (left join: no outbox row) still comes
+            // out, so the relay can cancel it instead of letting it hold its lane.
+            let Some(seq) = r.get::<_, Option<i64>>(14)? else { return Ok(DueDelivery { delivery, event: None }) };
             let event = Event {
-                seq: r.get(14)?,
+                seq,
                 id: r.get(15)?,
                 kind: r.get(16)?,
                 tenant: r.get(17)?,
@@ -130,7 +171,7 @@ pub(crate) fn due(conn: &Connection, now: Timestamp, limit: u32) -> Result<Vec<D
                 request_id: r.get(23)?,
                 data: data.and_then(|d| serde_json::from_str(&d).ok()),
             };
-            Ok(DueDelivery { delivery, event })
+            Ok(DueDelivery { delivery, event: Some(event) })
         })?
         .collect::<Result<_, _>>()?;
     Ok(rows)
@@ -154,13 +195,19 @@ pub(crate) fn record_attempt(
             conn.prepare_cached(
                 "update webhook_deliveries set attempts = attempts + 1, last_status = ?2, last_error = ?3, last_attempt_at = ?4, next_attempt_at = ?5 where id = ?1",
             )?
-            .execute(params![id, status, error, at, next_attempt_at.as_micros()])?;
+            .execute(params![id, status, error.class(), at, next_attempt_at.as_micros()])?;
         }
         AttemptOutcome::GiveUp { status, error } => {
             conn.prepare_cached(
                 "update webhook_deliveries set status = 'failed', attempts = attempts + 1, last_status = ?2, last_error = ?3, last_attempt_at = ?4 where id = ?1",
             )?
-            .execute(params![id, status, error, at])?;
+            .execute(params![id, status, error.class(), at])?;
+        }
+        AttemptOutcome::Cancelled { error } => {
+            conn.prepare_cached(
+                "update webhook_deliveries set status = 'cancelled', last_error = ?2 where id = ?1 and status = 'pending'",
+            )?
+            .execute(params![id, error.class()])?;
         }
         AttemptOutcome::EndpointGone => {
             let endpoint: Option<String> = conn
@@ -168,16 +215,16 @@ pub(crate) fn record_attempt(
                 .optional()?;
             let Some(endpoint) = endpoint else { return Ok(()) };
             conn.execute(
-                "update webhook_deliveries set attempts = attempts + 1, last_status = 410, last_error = 'endpoint answered 410 Gone', last_attempt_at = ?2 where id = ?1",
-                params![id, at],
+                "update webhook_deliveries set attempts = attempts + 1, last_status = 410, last_error = ?3, last_attempt_at = ?2 where id = ?1",
+                params![id, at, DeliveryError::Http(410).class()],
             )?;
             conn.execute(
                 "update webhook_endpoints set disabled_at = ?2, disabled_reason = 'answered 410 Gone' where id = ?1",
                 params![endpoint, at],
             )?;
             conn.execute(
-                "update webhook_deliveries set status = 'cancelled', last_error = coalesce(last_error, 'endpoint disabled (410 Gone)') where endpoint_id = ?1 and status = 'pending'",
-                [endpoint],
+                "update webhook_deliveries set status = 'cancelled', last_error = coalesce(last_error, ?2) where endpoint_id = ?1 and status = 'pending'",
+                params![endpoint, DeliveryError::EndpointDisabled.class()],
             )?;
         }
     }
@@ -208,31 +255,42 @@ pub(crate) fn list(conn: &Connection, tenant: &str, query: &DeliveryQuery) -> Re
     Ok(rows)
 }
 
-pub(crate) fn redeliver(
-    conn: &Connection,
-    tenant: &str,
-    id: &str,
-    now: Timestamp,
-) -> Result<Option<Delivery>, StoreError> {
-    let changed = conn.execute(
-        "update webhook_deliveries set status = 'pending', next_attempt_at = ?3 where id = ?1 and tenant = ?2",
-        params![id, tenant, now.as_micros()],
-    )?;
-    if changed == 0 {
-        return Ok(None);
+pub(crate) fn redeliver(conn: &Connection, tenant: &str, id: &str, now: Timestamp) -> Result<Redelivery, StoreError> {
+    // Checked in the writing transaction, so a concurrent outbox clean-up cannot slip in
+    // between the check and the update.
+    let found: Option<(bool, bool)> = conn
+        .prepare_cached(
+            "select exists (select 1 from outbox o where o.seq = d.event_seq),
+                    exists (select 1 from webhook_endpoints e where e.id = d.endpoint_id and e.removed_at is not null)
+             from webhook_deliveries d where d.id = ?1 and d.tenant = ?2",
+        )?
+        .query_row(params![id, tenant], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match found {
+        None => return Ok(Redelivery::NotFound),
+        // Pending without an event it would never be sent, and would hold its lane.
+        Some((false, _)) => return Ok(Redelivery::EventGone),
+        Some((_, true)) => return Ok(Redelivery::EndpointRemoved),
+        Some((true, false)) => {}
     }
-    Ok(conn
+    conn.prepare_cached("update webhook_deliveries set status = 'pending', next_attempt_at = ?2 where id = ?1")?
+        .execute(params![id, now.as_micros()])?;
+    let delivery = conn
         .prepare_cached(&format!("select {DELIVERY_COLUMNS} from webhook_deliveries where id = ?1"))?
-        .query_row([id], read_delivery)
-        .optional()?)
+        .query_row([id], read_delivery)?;
+    Ok(Redelivery::Pending(Box::new(delivery)))
 }
 
 pub(crate) fn cleanup_outbox(conn: &Connection, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
     // Only events every endpoint has fanned out, and that no pending delivery still needs;
     // never the newest one: seq is the rowid, and an empty table would hand out seqs again
     // that consumers (feeds, SSE clients, the indexer, the cache) have already passed.
-    let min_cursor: Option<i64> =
-        conn.query_row("select min(cursor) from webhook_endpoints where disabled_at is null", [], |r| r.get(0))?;
+    // Endpoints that left the config do not count: their cursor never moves again.
+    let min_cursor: Option<i64> = conn.query_row(
+        "select min(cursor) from webhook_endpoints where disabled_at is null and removed_at is null",
+        [],
+        |r| r.get(0),
+    )?;
     let n = conn.execute(
         "delete from outbox where seq in (
             select o.seq from outbox o
@@ -247,7 +305,9 @@ pub(crate) fn cleanup_outbox(conn: &Connection, before: Timestamp, limit: u32) -
 /// Whether any of these enabled endpoints has events left to fan out.
 pub(crate) fn any_behind(conn: &Connection, ids: &[String]) -> Result<bool, StoreError> {
     let newest: i64 = conn.query_row("select coalesce(max(seq), 0) from outbox", [], |r| r.get(0))?;
-    let mut stmt = conn.prepare_cached("select cursor from webhook_endpoints where id = ?1 and disabled_at is null")?;
+    let mut stmt = conn.prepare_cached(
+        "select cursor from webhook_endpoints where id = ?1 and disabled_at is null and removed_at is null",
+    )?;
     for id in ids {
         if let Some(cursor) = stmt.query_row([id], |r| r.get::<_, i64>(0)).optional()?
             && cursor < newest
@@ -256,4 +316,16 @@ pub(crate) fn any_behind(conn: &Connection, ids: &[String]) -> Result<bool, Stor
         }
     }
     Ok(false)
+}
+
+/// Pending deliveries of endpoints still in the config.
+pub(crate) fn backlog(conn: &Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row(
+        "select count(*) from webhook_deliveries d
+         where d.status = 'pending'
+           and not exists (select 1 from webhook_endpoints e where e.id = d.endpoint_id and e.removed_at is not null)",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
