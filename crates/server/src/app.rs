@@ -140,6 +140,7 @@ pub async fn serve(
     tasks.spawn(workers.purge.run(cancel.1.clone()));
     tasks.spawn(eventual_cascades(state.clone(), cancel.1.clone()));
     tasks.spawn(cache_sync(state.clone(), cancel.1.clone()));
+    tasks.spawn(erasure_followups(state.clone(), cancel.1.clone()));
     // The indexer runs on its own thread in the idle CPU class, with a runtime of its own:
     // reading the outbox and committing segments never occupies a request's worker.
     let indexer = match state.search.clone() {
@@ -182,6 +183,28 @@ async fn eventual_cascades(state: AppState, mut cancel: tokio::sync::watch::Rece
         }
     }
 }
+
+/// Finishes the `wal` step of erasures whose request could not (a reader was on an older
+/// snapshot), once a second — the request tries at once, so this only picks up what it
+/// left (or a crash did). The `search` step is the indexer's.
+async fn erasure_followups(state: AppState, mut cancel: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        match state.store.finish_erasure_wal(ERASURE_WAL_WAIT).await {
+            Ok(n) if n > 0 => tracing::info!(steps = n, "erasures: the WAL no longer holds their values"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "erasures: the WAL could not be truncated; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = cancel.changed() => break,
+        }
+    }
+}
+
+/// How long the erasure worker's checkpoint waits for readers on an older snapshot: short,
+/// because live writes wait meanwhile (the checkpoint runs during the live writer's turn);
+/// a reader that stays longer (a backup) only delays the step to a later second.
+const ERASURE_WAL_WAIT: Duration = Duration::from_millis(50);
 
 /// Once a second, tells the read cache what other processes changed (writes made through
 /// this process invalidate at once).
