@@ -124,6 +124,23 @@ pub struct PurgeConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Schema {
     pub collections: IndexMap<String, Arc<Collection>>,
+    /// How cascades are carried out (`[relations]`).
+    pub relations: RelationsConfig,
+}
+
+/// `[relations]`: how cascades are carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelationsConfig {
+    /// At most this many records are deleted by cascade inside a DELETE's own transaction
+    /// (the root not counted); the rest of the cascade continues as an eventual one, so a
+    /// parent with a million children never holds the only writer for the whole cascade.
+    pub max_immediate_cascade: usize,
+}
+
+impl Default for RelationsConfig {
+    fn default() -> Self {
+        Self { max_immediate_cascade: 10_000 }
+    }
 }
 
 impl Schema {
@@ -243,6 +260,8 @@ struct RawConfig {
     #[serde(default)]
     purge: RawPurge,
     #[serde(default)]
+    relations: RawRelations,
+    #[serde(default)]
     collections: IndexMap<Spanned<String>, Spanned<RawCollection>>,
 }
 
@@ -301,6 +320,12 @@ struct RawPurge {
     batch_size: Option<Spanned<i64>>,
     pause: Option<Spanned<String>>,
     max_rows_per_second: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRelations {
+    max_immediate_cascade: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -488,7 +513,15 @@ impl Config {
             )?,
         };
 
-        let schema = build_schema(&lines, &raw.collections, default_retention)?;
+        let mut schema = build_schema(&lines, &raw.collections, default_retention)?;
+        schema.relations = RelationsConfig {
+            max_immediate_cascade: positive(
+                &lines,
+                "relations.max_immediate_cascade",
+                raw.relations.max_immediate_cascade.as_ref(),
+                10_000,
+            )? as usize,
+        };
 
         Ok(Self {
             server: ServerConfig { listen },
@@ -741,6 +774,17 @@ sku = { type = "string", required = true, max_length = 32, case_insensitive = tr
 price_cents = { type = "integer" }
 category_id = { type = "ref", collection = "categories", on_delete = "restrict" }
 "#;
+
+    #[test]
+    fn the_immediate_cascade_bound_is_configurable_and_checked() {
+        assert_eq!(parse(GOOD).unwrap().schema.relations.max_immediate_cascade, 10_000, "the default");
+        let bounded = parse(&format!("[relations]\nmax_immediate_cascade = 50\n{GOOD}")).unwrap();
+        assert_eq!(bounded.schema.relations.max_immediate_cascade, 50);
+        for bad in ["0", "-3"] {
+            let err = parse(&format!("[relations]\nmax_immediate_cascade = {bad}\n{GOOD}")).unwrap_err();
+            assert!(err.to_string().contains("max_immediate_cascade") && err.to_string().contains("line 2"), "{err}");
+        }
+    }
 
     #[test]
     fn parses_a_good_config() {

@@ -6,6 +6,13 @@
 //! `orphan` children stay active and are listed, and `restrict` children that would stay
 //! active block the whole delete — anywhere in the tree. The same plan answers a dry run
 //! and is what the store executes, so the two cannot disagree.
+//!
+//! A plan can be bounded ([`plan_from_bounded`]): past a number of cascade children the
+//! rest of the cascade is planned as an eventual one (worked through in batches after the
+//! DELETE commits), so a huge cascade never holds the only writer for its whole length.
+//! An erasure walks the same graph ([`plan_erasure`]) with the rules of erasure: cascade
+//! and eventual children — active or already in the trash — are erased with their parent
+//! at once, restrict children block, orphan children stay.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -15,6 +22,9 @@ use crate::config::{FieldType, OnDelete, Schema};
 
 /// How many blockers a 409 lists (their total is given too).
 pub const MAX_BLOCKERS: usize = 100;
+
+/// How many records each list of a dry run shows (their totals are given too).
+pub const MAX_LISTED: usize = 100;
 
 /// A record named by collection and id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -70,6 +80,28 @@ pub trait ChildFinder {
         field: &str,
         parent_ids: &[String],
     ) -> Result<Vec<(String, String)>, Self::Error>;
+
+    /// Like [`ChildFinder::active_children`], but soft-deleted children too: what an
+    /// erasure takes along through cascade relations (a cart item in the trash is still
+    /// the erased customer's data).
+    ///
+    /// # Errors
+    /// The store failed.
+    fn all_children(
+        &mut self,
+        child_collection: &str,
+        field: &str,
+        parent_ids: &[String],
+    ) -> Result<Vec<(String, String)>, Self::Error>;
+}
+
+/// How a walk over the relation graph treats what it finds.
+#[derive(Debug, Clone, Copy)]
+struct Walk {
+    /// Cascade children taken into the immediate part at most (beyond: eventual).
+    max_children: usize,
+    /// An erasure: cascade and eventual children, active or deleted, all go at once.
+    erase: bool,
 }
 
 /// An eventual relation to work through after the immediate part has committed: the
@@ -139,6 +171,49 @@ pub fn plan_from<F: ChildFinder>(
     roots: &[RecordRef],
     finder: &mut F,
 ) -> Result<DeletionPlan, F::Error> {
+    walk(schema, roots, finder, Walk { max_children: usize::MAX, erase: false })
+}
+
+/// Plans the deletion of `roots` with at most `max_children` cascade children in the
+/// immediate part: past that, the children still to take (and everything below them) are
+/// planned as eventual, with an eventual edge for each relation and parent they hang
+/// from, so the worker deletes them in batches after the DELETE. What the delete takes in
+/// the end, and what blocks it, is the same as without the bound.
+///
+/// # Errors
+/// The child finder failed.
+pub fn plan_from_bounded<F: ChildFinder>(
+    schema: &Schema,
+    roots: &[RecordRef],
+    finder: &mut F,
+    max_children: usize,
+) -> Result<DeletionPlan, F::Error> {
+    walk(schema, roots, finder, Walk { max_children, erase: false })
+}
+
+/// Plans the erasure of `root` (a record, active or deleted): `immediate` is everything
+/// erased with it — the root, then every record reached through cascade and eventual
+/// relations, active or soft-deleted (an erasure is at once, never eventual, and a child
+/// that only exists through its parent is the same person's data) — `blockers` the active
+/// restrict children left behind, `orphaned` the active orphan children that stay,
+/// keeping their ref to an erased record.
+///
+/// # Errors
+/// The child finder failed.
+pub fn plan_erasure<F: ChildFinder>(
+    schema: &Schema,
+    root: RecordRef,
+    finder: &mut F,
+) -> Result<DeletionPlan, F::Error> {
+    walk(schema, &[root], finder, Walk { max_children: usize::MAX, erase: true })
+}
+
+fn walk<F: ChildFinder>(
+    schema: &Schema,
+    roots: &[RecordRef],
+    finder: &mut F,
+    walk: Walk,
+) -> Result<DeletionPlan, F::Error> {
     // Level by level over cascade and eventual edges; `seen` guards cycles in the schema
     // and in the data.
     let mut seen: HashSet<RecordRef> = roots.iter().cloned().collect();
@@ -158,7 +233,12 @@ pub fn plan_from<F: ChildFinder>(
         let mut next = Vec::new();
         for ((parent_collection, parent_eventual), parent_ids) in groups {
             for edge in edges_into(schema, &parent_collection) {
-                let pairs = finder.active_children(&edge.child_collection, &edge.field, &parent_ids)?;
+                let takes_along = matches!(edge.on_delete, OnDelete::Cascade | OnDelete::Eventual);
+                let pairs = if walk.erase && takes_along {
+                    finder.all_children(&edge.child_collection, &edge.field, &parent_ids)?
+                } else {
+                    finder.active_children(&edge.child_collection, &edge.field, &parent_ids)?
+                };
                 match edge.on_delete {
                     OnDelete::Restrict => {
                         restrict_children
@@ -166,6 +246,15 @@ pub fn plan_from<F: ChildFinder>(
                     }
                     OnDelete::Orphan => {
                         orphan_children.extend(pairs.iter().map(|(id, _)| RecordRef::new(&edge.child_collection, id)));
+                    }
+                    OnDelete::Cascade | OnDelete::Eventual if walk.erase => {
+                        for (id, _) in pairs {
+                            let child = RecordRef::new(&edge.child_collection, &id);
+                            if seen.insert(child.clone()) {
+                                immediate.push(child.clone());
+                                next.push((child, false));
+                            }
+                        }
                     }
                     OnDelete::Cascade | OnDelete::Eventual => {
                         let later = parent_eventual || edge.on_delete == OnDelete::Eventual;
@@ -181,16 +270,32 @@ pub fn plan_from<F: ChildFinder>(
                                 });
                             }
                         }
-                        for (id, _) in pairs {
+                        // Parents (deleted at once) some of whose children went past the
+                        // bound: the worker takes those children through this relation.
+                        let mut overflowed: Vec<String> = Vec::new();
+                        for (id, parent) in pairs {
                             let child = RecordRef::new(&edge.child_collection, &id);
                             if seen.insert(child.clone()) {
-                                if later {
+                                let eventual_here = later || immediate.len() - roots.len() >= walk.max_children;
+                                if eventual_here {
+                                    if !later {
+                                        overflowed.push(parent);
+                                    }
                                     eventual.push(child.clone());
                                 } else {
                                     immediate.push(child.clone());
                                 }
-                                next.push((child, later));
+                                next.push((child, eventual_here));
                             }
+                        }
+                        overflowed.sort();
+                        overflowed.dedup();
+                        for p in overflowed {
+                            eventual_edges.push(EventualEdge {
+                                child_collection: edge.child_collection.clone(),
+                                field: edge.field.clone(),
+                                parent: RecordRef::new(&parent_collection, &p),
+                            });
                         }
                     }
                 }
@@ -234,18 +339,30 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    /// Children by (collection, field, parent id).
+    /// Children by (collection, field, parent id): active ones, and soft-deleted ones.
     #[derive(Default)]
-    struct Graph(HashMap<(String, String, String), Vec<String>>);
+    struct Graph(HashMap<(String, String, String), Vec<String>>, HashMap<(String, String, String), Vec<String>>);
 
     impl Graph {
         fn add(&mut self, collection: &str, field: &str, parent: &str, id: &str) {
             self.0.entry((collection.into(), field.into(), parent.into())).or_default().push(id.into());
         }
+
+        fn add_deleted(&mut self, collection: &str, field: &str, parent: &str, id: &str) {
+            self.1.entry((collection.into(), field.into(), parent.into())).or_default().push(id.into());
+        }
     }
 
     impl ChildFinder for Graph {
         type Error = Infallible;
+        fn all_children(&mut self, c: &str, f: &str, parents: &[String]) -> Result<Vec<(String, String)>, Infallible> {
+            let mut all = self.active_children(c, f, parents)?;
+            all.extend(parents.iter().flat_map(|p| {
+                let ids = self.1.get(&(c.into(), f.into(), p.clone())).cloned().unwrap_or_default();
+                ids.into_iter().map(|id| (id, p.clone()))
+            }));
+            Ok(all)
+        }
         fn active_children(
             &mut self,
             c: &str,
@@ -323,5 +440,69 @@ view_id = { type = "ref", collection = "views", on_delete = "cascade" }
         let plan = plan(&schema(), RecordRef::new("categories", "c1"), &mut g).unwrap();
         assert_eq!(plan.blockers.len(), MAX_BLOCKERS);
         assert_eq!(plan.blockers_total, 150);
+    }
+
+    #[test]
+    fn a_bounded_plan_moves_the_rest_of_the_cascade_to_the_eventual_part() {
+        let mut g = Graph::default();
+        for i in 0..5 {
+            g.add("carts", "product_id", "p1", &format!("c{i}"));
+        }
+        g.add("reviews", "product_id", "p1", "r1");
+        let unbounded = plan(&schema(), RecordRef::new("products", "p1"), &mut g).unwrap();
+        let bounded = plan_from_bounded(&schema(), &[RecordRef::new("products", "p1")], &mut g, 2).unwrap();
+        assert_eq!(bounded.immediate.len(), 3, "the root and two children: {bounded:?}");
+        assert_eq!(bounded.eventual.len(), 3);
+        assert_eq!(
+            bounded.eventual_edges,
+            vec![EventualEdge {
+                child_collection: "carts".into(),
+                field: "product_id".into(),
+                parent: RecordRef::new("products", "p1")
+            }]
+        );
+        // The same records go in the end, and the same ones stay.
+        let mut all = bounded.would_delete();
+        all.sort();
+        let mut expected = unbounded.would_delete();
+        expected.sort();
+        assert_eq!(all, expected);
+        assert_eq!(bounded.counts(), unbounded.counts());
+        assert_eq!(bounded.orphaned, unbounded.orphaned);
+        // Under the bound nothing changes.
+        assert_eq!(plan_from_bounded(&schema(), &[RecordRef::new("products", "p1")], &mut g, 5).unwrap(), unbounded);
+    }
+
+    #[test]
+    fn an_erasure_takes_cascade_and_eventual_children_at_once_deleted_ones_too() {
+        let mut g = Graph::default();
+        g.add("carts", "product_id", "p1", "c1");
+        g.add_deleted("carts", "product_id", "p1", "c2");
+        g.add("reviews", "product_id", "p1", "r1");
+        g.add_deleted("reviews", "product_id", "p1", "r2");
+        g.add("views", "product_id", "p1", "v1");
+        g.add("view_notes", "view_id", "v1", "n1");
+        let plan = plan_erasure(&schema(), RecordRef::new("products", "p1"), &mut g).unwrap();
+        assert_eq!(
+            plan.immediate,
+            vec![
+                RecordRef::new("products", "p1"),
+                RecordRef::new("carts", "c1"),
+                RecordRef::new("carts", "c2"),
+                RecordRef::new("views", "v1"),
+                RecordRef::new("view_notes", "n1"),
+            ]
+        );
+        assert!(plan.eventual.is_empty() && plan.eventual_edges.is_empty(), "{plan:?}");
+        assert_eq!(plan.orphaned, vec![RecordRef::new("reviews", "r1")], "orphans stay; deleted ones are not listed");
+        assert!(!plan.is_blocked());
+
+        // An active restrict child blocks, a deleted one does not.
+        let mut g = Graph::default();
+        g.add_deleted("products", "category_id", "k1", "p9");
+        assert!(!plan_erasure(&schema(), RecordRef::new("categories", "k1"), &mut g).unwrap().is_blocked());
+        g.add("products", "category_id", "k1", "p1");
+        let plan = plan_erasure(&schema(), RecordRef::new("categories", "k1"), &mut g).unwrap();
+        assert_eq!((plan.blockers.clone(), plan.blockers_total), (vec![RecordRef::new("products", "p1")], 1));
     }
 }

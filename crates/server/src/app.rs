@@ -150,6 +150,8 @@ pub async fn serve(
     tasks.spawn(supervise("eventual_cascades", backoff, rx(), move || eventual_cascades(s.clone(), c.clone())));
     let (s, c) = (state.clone(), rx());
     tasks.spawn(supervise("cache_sync", backoff, rx(), move || cache_sync(s.clone(), c.clone())));
+    let (s, c) = (state.clone(), rx());
+    tasks.spawn(supervise("erasure_followups", backoff, rx(), move || erasure_followups(s.clone(), c.clone())));
     // The indexer runs on its own thread in the idle CPU class, with a runtime of its own:
     // reading the outbox and committing segments never occupies a request's worker.
     let indexer = match state.search.clone() {
@@ -200,6 +202,28 @@ async fn eventual_cascades(state: AppState, mut cancel: tokio::sync::watch::Rece
         }
     }
 }
+
+/// Finishes the `wal` step of erasures whose request could not (a reader was on an older
+/// snapshot), once a second — the request tries at once, so this only picks up what it
+/// left (or a crash did). The `search` step is the indexer's.
+async fn erasure_followups(state: AppState, mut cancel: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        match state.store.finish_erasure_wal(ERASURE_WAL_WAIT).await {
+            Ok(n) if n > 0 => tracing::info!(steps = n, "erasures: the WAL no longer holds their values"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "erasures: the WAL could not be truncated; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = cancel.changed() => break,
+        }
+    }
+}
+
+/// How long the erasure worker's checkpoint waits for readers on an older snapshot: short,
+/// because live writes wait meanwhile (the checkpoint runs during the live writer's turn);
+/// a reader that stays longer (a backup) only delays the step to a later second.
+const ERASURE_WAL_WAIT: Duration = Duration::from_millis(50);
 
 /// Once a second, tells the read cache what other processes changed (writes made through
 /// this process invalidate at once).

@@ -580,7 +580,24 @@ fn fixed_components() -> ComponentsBuilder {
                 .property("reason", string().schema_type(nullable(Type::String)))
                 .property("created_at", date_time())
                 .property("root", schema_ref("RecordRef"))
-                .property("records", array_of(schema_ref("RecordRef")).description(Some("The root first.")))
+                .property(
+                    "records",
+                    array_of(schema_ref("RecordRef"))
+                        .description(Some("One page of the records: the root first, then by collection and id.")),
+                )
+                .property(
+                    "records_next_cursor",
+                    string()
+                        .schema_type(nullable(Type::String))
+                        .description(Some("Where the next page of `records` starts (`?cursor=`); null on the last.")),
+                )
+                .property("records_total", integer().minimum(Some(1)))
+                .property(
+                    "pending_relations",
+                    integer()
+                        .minimum(Some(0))
+                        .description(Some("Relations the eventual cascade still has to work through (0 once done).")),
+                )
                 .property("counts", ObjectBuilder::new().additional_properties(Some(integer())))
                 .property("restorable_until", date_time().schema_type(nullable(Type::String)))
                 .property(
@@ -596,6 +613,8 @@ fn fixed_components() -> ComponentsBuilder {
                 .required("status")
                 .required("root")
                 .required("records")
+                .required("records_next_cursor")
+                .required("records_total")
                 .required("counts")
                 .required("propagation"),
         )
@@ -617,16 +636,23 @@ fn fixed_components() -> ComponentsBuilder {
                 .property("root", schema_ref("RecordRef"))
                 .property(
                     "would_delete",
-                    array_of(schema_ref("RecordRef")).description(Some("The root first, then every cascaded record.")),
+                    array_of(schema_ref("RecordRef")).description(Some(
+                        "The root first, then every cascaded record (the first 100; `would_delete_total` counts all).",
+                    )),
                 )
+                .property("would_delete_total", integer().minimum(Some(0)))
                 .property("blockers", array_of(schema_ref("RecordRef")))
                 .property("blockers_total", integer().minimum(Some(0)))
-                .property("orphaned", array_of(schema_ref("RecordRef")))
+                .property("orphaned", array_of(schema_ref("RecordRef")).description(Some("The first 100.")))
+                .property("orphaned_total", integer().minimum(Some(0)))
                 .property(
                     "eventual",
-                    array_of(schema_ref("RecordRef"))
-                        .description(Some("Records an eventual cascade would delete after the DELETE answers.")),
+                    array_of(schema_ref("RecordRef")).description(Some(
+                        "Records an eventual cascade would delete after the DELETE answers (the first 100), \
+                         including the part of a cascade past `relations.max_immediate_cascade`.",
+                    )),
                 )
+                .property("eventual_total", integer().minimum(Some(0)))
                 .property(
                     "counts",
                     ObjectBuilder::new()
@@ -1044,14 +1070,20 @@ fn erase_operation(collection: &Collection) -> Operation {
     let op = operation(format!("erase_{c}"), c, &format!("Erase a record of {c} (GDPR)"))
         .description(Some(
             "Removes the record and every stored copy of its values at once, deleted or not; the audit keeps \
-             who, when, why and the id. Afterwards every endpoint answers 404 for it.",
+             who, when, why and the id. Cascade and eventual children (active or deleted) are erased with it; \
+             active restrict children block it (409); orphan children stay. Afterwards every endpoint answers \
+             404 for it, except `:erase` itself, which answers the stored receipt again with what is still \
+             pending.",
         ))
         .parameter(id_param("The record id."))
         .parameter(reason_param("erasure"))
         .response("200", json_response("The erasure receipt.", schema_ref("ErasureReceipt")))
         .response("400", problem("`invalid-parameter`: an unknown query parameter."))
         .response("404", problem("`not-found`: no such record (purged, erased, or never there)."))
-        .response("409", problem("`legal-hold`: the record is held."))
+        .response(
+            "409",
+            problem("`legal-hold`: the record (or one erased with it) is held; `restrict`: active children block it."),
+        )
         .response("422", problem("`validation`: `reason` longer than 500 characters."));
     authenticated(op, "erase").build()
 }
@@ -1141,8 +1173,25 @@ fn retention_components(components: ComponentsBuilder, schema: &Schema, names: &
                     .property("id", record_id())
                     .property("erased_at", date_time())
                     .property("audit_seq", integer().minimum(Some(1)))
-                    .property("scrubbed", scrubbed),
-                &["collection", "id", "erased_at", "audit_seq", "scrubbed"],
+                    .property("scrubbed", scrubbed)
+                    .property(
+                        "counts",
+                        ObjectBuilder::new()
+                            .description(Some(
+                                "Records erased, per collection, the root included (cascade and eventual \
+                                 relations take their children along).",
+                            ))
+                            .additional_properties(Some(integer())),
+                    )
+                    .property(
+                        "pending",
+                        array_of(string().enum_values(Some(["search", "wal"]))).description(Some(
+                            "Steps that run after the commit and are not done yet: `search` (the index \
+                             still holds its terms), `wal` (the write-ahead log still holds old pages). \
+                             Empty once no copy is left; a retried `:erase` shows the state now.",
+                        )),
+                    ),
+                &["collection", "id", "erased_at", "audit_seq", "scrubbed", "counts", "pending"],
             ),
         )
         .schema(
@@ -1573,7 +1622,18 @@ fn webhook_paths(paths: PathsBuilder) -> PathsBuilder {
 fn deletion_paths(paths: PathsBuilder) -> PathsBuilder {
     let get = operation("deletions_get".into(), "deletions", "Read a deletion operation")
         .parameter(id_param("The deletion id (`del_…`), as in the DELETE's `Deletion-Id`."))
+        .parameter(query(
+            "limit",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(MAX_LIMIT))
+                .default(Some(json!(MAX_LIMIT))),
+            &format!("Records per page, 1 to {MAX_LIMIT} (more → 400)."),
+        ))
+        .parameter(query("cursor", string(), "The `records_next_cursor` of the previous page (empty: the first)."))
         .response("200", json_response("The operation.", schema_ref("DeletionOperation")))
+        .response("400", problem("`invalid-parameter`: a bad `limit` or `cursor`."))
         .response("404", problem("`not-found`: no such operation in this tenant."));
     let restore = operation("deletions_restore".into(), "deletions", "Restore exactly what a deletion took")
         .description(Some("All or nothing: every record the operation deleted and that is still deleted by it."))

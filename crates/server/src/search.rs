@@ -8,6 +8,11 @@
 //! payload, so after a crash it resumes exactly where its last commit ended. For each event
 //! it indexes the record's *current* state (read from the store), which makes replays
 //! harmless and means erased values can never be re-introduced.
+//!
+//! An erasure's `search` step is durable work (a job row written with the erasure): once
+//! the indexer has passed the `record.erased` event it rewrites the segments that still
+//! held the document and marks the step done — on the indexer's thread, never on a
+//! request's.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -58,6 +63,9 @@ pub struct SearchIndex {
     reader: IndexReader,
     writer: Option<Mutex<IndexWriter>>,
     fields: Fields,
+    /// Whether erasure jobs may be waiting that this process has not looked at (true at
+    /// start: a crash may have left some).
+    erasures_unchecked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SearchIndex {
@@ -133,7 +141,7 @@ impl SearchIndex {
         } else {
             None
         };
-        Ok(Self { index, reader, writer, fields })
+        Ok(Self { index, reader, writer, fields, erasures_unchecked: std::sync::atomic::AtomicBool::new(true) })
     }
 
     fn writer(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter>, SearchError> {
@@ -247,6 +255,35 @@ impl SearchIndex {
         Ok(())
     }
 
+    /// Rewrites the segments that hold deleted documents and removes the old files, so the
+    /// terms of removed documents are gone from disk (erasure); segments without deletions
+    /// are left as they are.
+    fn compact_deleted(&self, writer: &mut IndexWriter) -> Result<(), SearchError> {
+        let segments: Vec<_> =
+            self.index.searchable_segment_metas()?.iter().filter(|m| m.has_deletes()).map(|m| m.id()).collect();
+        if !segments.is_empty() {
+            writer.merge(&segments).wait()?;
+        }
+        self.reader.reload()?;
+        writer.garbage_collect_files().wait()?;
+        Ok(())
+    }
+
+    /// Finishes the `search` step of the erasures whose `record.erased` event the index has
+    /// consumed: their documents are out, and the segments that held them are rewritten.
+    ///
+    /// # Errors
+    /// The store or the index failed; the steps stay pending then.
+    pub async fn finish_erasures(&self, store: &dyn Store) -> Result<u64, SearchError> {
+        let seqs = store.pending_erasure_searches().await?;
+        let position = self.position()?;
+        let Some(through) = seqs.iter().copied().filter(|s| *s <= position).max() else {
+            return Ok(0);
+        };
+        self.compact_deleted(&mut *self.writer()?)?;
+        Ok(store.finish_erasure_searches(through).await?)
+    }
+
     /// Rewrites every segment without deleted documents and removes the old files, so the
     /// terms of removed documents are gone from disk (erasure).
     fn compact(&self, writer: &mut IndexWriter) -> Result<(), SearchError> {
@@ -257,18 +294,6 @@ impl SearchIndex {
         self.reader.reload()?;
         writer.garbage_collect_files().wait()?;
         Ok(())
-    }
-
-    /// Removes one record at once, and compacts so none of its terms remain on disk.
-    ///
-    /// # Errors
-    /// The index cannot be written.
-    pub fn erase(&self, tenant: &str, collection: &str, id: &str) -> Result<(), SearchError> {
-        let mut writer = self.writer()?;
-        self.remove(&writer, tenant, collection, id);
-        let position = self.position()?;
-        self.commit(&mut writer, Some(position))?;
-        self.compact(&mut writer)
     }
 
     /// Consumes the outbox from the index's position: indexes the current state of every
@@ -288,6 +313,11 @@ impl SearchIndex {
             let Some(last) = changes.last().map(|c| c.0) else {
                 if uncommitted > 0 {
                     self.commit(&mut *self.writer()?, Some(after))?;
+                }
+                // Caught up: the erasures it passed (or a crash left) finish their search step.
+                if self.erasures_unchecked.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.finish_erasures(store).await?;
+                    self.erasures_unchecked.store(false, std::sync::atomic::Ordering::Relaxed);
                 }
                 return Ok(consumed);
             };
@@ -321,13 +351,15 @@ impl SearchIndex {
                 }
                 after = last;
                 uncommitted += changes.len();
-                // An erasure is committed and compacted at once: its terms must leave the disk.
+                // An erasure is committed at once: its document must leave the index; the
+                // segments are rewritten once caught up (its job, see `finish_erasures`).
                 if erased || uncommitted >= COMMIT_EVERY {
                     self.commit(&mut writer, Some(after))?;
                     uncommitted = 0;
                 }
                 if erased {
-                    self.compact(&mut writer)?;
+                    // Cleared only once the step is done, so a failure is retried.
+                    self.erasures_unchecked.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             consumed += changes.len() as u64;

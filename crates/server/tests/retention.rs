@@ -843,6 +843,7 @@ async fn erase_removes_every_copy_of_the_values() {
     assert!(receipt["scrubbed"]["versions"].as_u64().is_some(), "{receipt}");
     assert_eq!(receipt["scrubbed"]["search"], true);
     assert_eq!(receipt["scrubbed"]["cache"], true);
+    assert_eq!(receipt["pending"], json!([]), "no reader held the WAL: every step is done");
 
     // Every endpoint answers 404.
     for (method, target) in [
@@ -853,7 +854,6 @@ async fn erase_removes_every_copy_of_the_values() {
         (Method::DELETE, format!("{path}?dry_run=true")),
         (Method::POST, format!("{path}:restore")),
         (Method::POST, format!("{path}:purge")),
-        (Method::POST, format!("{path}:erase")),
         (Method::POST, format!("{path}:hold")),
         (Method::POST, format!("{path}:release?hold_id=hold_x")),
     ] {
@@ -861,6 +861,10 @@ async fn erase_removes_every_copy_of_the_values() {
         let r = app.send(method.clone(), &target, Some(&app.admin), &[], body).await;
         assert_eq!(r.status.as_u16(), 404, "{method} {target}: {}", r.text);
     }
+    // ... except a retried erasure, which answers the stored receipt and changes nothing.
+    let again = app.post_empty(&format!("{path}:erase"), &app.admin).await;
+    again.assert_status(200);
+    assert_eq!(again.json(), receipt);
     let listed = app.get("/v1/customers?include=deleted", &app.admin).await.json();
     assert_eq!(listed["items"].as_array().unwrap().iter().map(id_of).collect::<Vec<_>>(), [id_of(&bystander)]);
     assert!(trash_page(&app, &app.admin, "").await.0.is_empty());

@@ -176,9 +176,14 @@ async fn erasure_leaves_no_marker_bytes_in_the_index_directory() {
     let id = person["id"].as_str().unwrap();
     let receipt = app.post_empty(&format!("/v1/people/{id}:erase"), &app.admin).await;
     receipt.assert_status(200);
-    assert_eq!(receipt.json()["scrubbed"]["search"], true);
+    // The request never touches the index: the step is the indexer's, and pending until done.
+    assert_eq!(receipt.json()["scrubbed"]["search"], false);
+    assert_eq!(receipt.json()["pending"], json!(["search"]));
+    app.index().await;
     assert!(!app.search.holds_term(marker).unwrap(), "erased terms must be gone from every segment");
     assert!(!bytes_hold_marker());
+    let done = app.post_empty(&format!("/v1/people/{id}:erase"), &app.admin).await.json();
+    assert_eq!((done["scrubbed"]["search"].clone(), done["pending"].clone()), (json!(true), json!([])));
     app.index().await;
     assert!(!app.search.holds_term(marker).unwrap());
     assert!(!bytes_hold_marker());

@@ -302,7 +302,7 @@ pub struct PurgeDue {
     pub held: u64,
 }
 
-/// What an erasure removed.
+/// What an erasure removed, and what it still has to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Erasure {
     pub collection: String,
@@ -312,6 +312,44 @@ pub struct Erasure {
     pub versions: u64,
     pub events: u64,
     pub idempotent_responses: u64,
+    /// Records erased with it, per collection, the root included (cascade relations take
+    /// their children along).
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// Steps still to run after the commit; empty once every copy is gone.
+    pub pending: Vec<ErasureStep>,
+}
+
+/// A step of an erasure that runs after its commit, as durable work: a row written in the
+/// erasure's transaction and removed only once the step is done, so a crash in between
+/// leaves the work to be finished after restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ErasureStep {
+    /// The search index still holds the record's terms (until the indexer has taken the
+    /// document out and rewritten the segments that held it).
+    Search,
+    /// Old page images in the WAL may still hold the values (until a truncating checkpoint).
+    Wal,
+}
+
+impl ErasureStep {
+    /// The step's name, as stored and as shown in the receipt's `pending`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Search => "search",
+            Self::Wal => "wal",
+        }
+    }
+
+    /// The step of a stored name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "search" => Some(Self::Search),
+            "wal" => Some(Self::Wal),
+            _ => None,
+        }
+    }
 }
 
 /// Why one record of an operation cannot be restored.
@@ -347,7 +385,14 @@ pub struct DeletionOp {
     pub reason: Option<String>,
     pub created_at: Timestamp,
     pub root: RecordRef,
+    /// One page of its records (see [`RecordsPage`]): the root first on the first page.
     pub records: Vec<RecordRef>,
+    /// Where the next page starts (the last record of this one), when there is one.
+    pub records_next: Option<RecordRef>,
+    /// How many records it deleted so far, the root included.
+    pub records_total: u64,
+    /// Relations its eventual cascade still has to work through.
+    pub pending_relations: u64,
     pub counts: std::collections::BTreeMap<String, u64>,
     /// The earliest `purge_at` among its records still deleted by it.
     pub restorable_until: Option<Timestamp>,
@@ -355,6 +400,15 @@ pub struct DeletionOp {
     pub webhooks: std::collections::BTreeMap<String, SinkStatus>,
     /// The newest outbox event of the operation (sinks are done once past it).
     pub last_event_seq: Option<i64>,
+}
+
+/// Which records of a deletion operation to read: the root first, then the others by
+/// (collection, id), `limit` at a time, starting after `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordsPage {
+    /// The last record of the previous page (`None`: the first page).
+    pub after: Option<RecordRef>,
+    pub limit: u32,
 }
 
 /// How long an idempotency key is kept.
@@ -577,6 +631,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Erasure, StoreError>;
     /// Whether the record was erased.
     async fn is_erased(&self, tenant: &str, collection: &str, id: &str) -> Result<bool, StoreError>;
+    /// The receipt of an erased record as it stands now (`None`: never erased), with the
+    /// steps still pending.
+    async fn erasure_receipt(&self, tenant: &str, collection: &str, id: &str) -> Result<Option<Erasure>, StoreError>;
+    /// Runs the pending `wal` steps: a truncating checkpoint, waiting at most `wait` for
+    /// readers still on an older snapshot. Returns how many steps it finished.
+    async fn finish_erasure_wal(&self, wait: std::time::Duration) -> Result<u64, StoreError>;
+    /// The outbox seqs of the `record.erased` events whose `search` step is pending.
+    async fn pending_erasure_searches(&self) -> Result<Vec<i64>, StoreError>;
+    /// Marks the `search` steps of erasures up to outbox seq `through` done.
+    async fn finish_erasure_searches(&self, through: i64) -> Result<u64, StoreError>;
 
     /// Soft-deleted records still inside their window, newest first, over `collections`.
     async fn list_trash(
@@ -596,7 +660,12 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
     ) -> Result<Option<DeletionPlan>, StoreError>;
     /// A deletion operation of the tenant.
-    async fn get_deletion(&self, tenant: &str, id: &str) -> Result<Option<DeletionOp>, StoreError>;
+    async fn get_deletion(
+        &self,
+        tenant: &str,
+        id: &str,
+        records: &RecordsPage,
+    ) -> Result<Option<DeletionOp>, StoreError>;
     /// Restores exactly the records an operation deleted, all or nothing.
     async fn restore_deletion(&self, actor: &Actor, id: &str, now: Timestamp) -> Result<Vec<Record>, StoreError>;
     /// Works through eventual cascades: at most `batch` children per step; returns how

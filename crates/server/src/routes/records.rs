@@ -12,6 +12,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tombstone_domain::config::Collection;
+use tombstone_domain::deletion::{MAX_LISTED, RecordRef};
 use tombstone_domain::id::{is_valid_record_id, new_deletion_id};
 use tombstone_domain::lifecycle::{DeleteRequest, IfMatch, check_reason, if_none_match};
 use tombstone_domain::query::{ListQuery, encode_cursor};
@@ -459,13 +460,20 @@ async fn dry_run_plan(
         .plan_deletion(caller.tenant(), collection, id)
         .await?
         .ok_or_else(|| ApiError::record_not_found(&collection.name, id))?;
+    // Each list shows its first MAX_LISTED records and says how many there are in all: a
+    // parent of a million children answers a page, not a million ids.
+    let listed = |refs: &[RecordRef]| refs.iter().take(MAX_LISTED).cloned().collect::<Vec<_>>();
+    let would_delete = plan.would_delete();
     Ok(axum::Json(json!({
         "root": {"collection": collection.name, "id": id},
-        "would_delete": plan.would_delete(),
+        "would_delete": listed(&would_delete),
+        "would_delete_total": would_delete.len(),
         "blockers": plan.blockers,
         "blockers_total": plan.blockers_total,
-        "orphaned": plan.orphaned,
-        "eventual": plan.eventual,
+        "orphaned": listed(&plan.orphaned),
+        "orphaned_total": plan.orphaned.len(),
+        "eventual": listed(&plan.eventual),
+        "eventual_total": plan.eventual.len(),
         "counts": plan.counts(),
     }))
     .into_response())
@@ -574,25 +582,31 @@ async fn erase_record(
     query: &QueryPairs,
 ) -> Result<Response, ApiError> {
     let (id, reason) = action_request(caller, collection, id, query, Permission::Erase)?;
-    let erasure = state
-        .store
-        .erase_record(&caller.actor(), collection, id, reason.clone(), state.now())
-        .await
-        .map_err(map_not_found(collection, id))?;
-    // The index must hold no term of it before the receipt says so.
-    let search_scrubbed = match &state.search {
-        Some(index) => match index.erase(caller.tenant(), &collection.name, id) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "record.id" = %id, "erasure could not reach the search index; the reconciler will remove it");
-                false
+    let erasure = match state.store.erase_record(&caller.actor(), collection, id, reason.clone(), state.now()).await {
+        Ok(erasure) => {
+            for (name, n) in &erasure.counts {
+                metrics::counter!("tombstone_erase_total", "collection" => name.clone()).increment(*n);
             }
-        },
-        None => true,
+            log_action(caller, collection, id, reason.as_deref(), "erased");
+            erasure
+        }
+        // Erased before (a retry after a lost answer, or a look at what is still pending):
+        // the stored receipt as it stands now, changing nothing.
+        Err(StoreError::NotFound) => state
+            .store
+            .erasure_receipt(caller.tenant(), &collection.name, id)
+            .await?
+            .ok_or_else(|| ApiError::record_not_found(&collection.name, id))?,
+        Err(other) => return Err(other.into()),
     };
-    metrics::counter!("tombstone_erase_total", "collection" => collection.name.clone()).increment(1);
-    log_action(caller, collection, id, reason.as_deref(), "erased");
-    Ok(axum::Json(json!({
+    Ok(axum::Json(erasure_receipt(&erasure)).into_response())
+}
+
+/// The receipt of an erasure (SPEC §6.11), with `pending`: the steps that run after the
+/// commit and are not done yet (`search`, `wal`), empty once no copy is left anywhere.
+fn erasure_receipt(erasure: &tombstone_store::Erasure) -> Value {
+    let pending: Vec<&str> = erasure.pending.iter().map(|s| s.as_str()).collect();
+    json!({
         "collection": erasure.collection,
         "id": erasure.id,
         "erased_at": erasure.erased_at.to_rfc3339(),
@@ -601,12 +615,14 @@ async fn erase_record(
             "versions": erasure.versions,
             "events": erasure.events,
             "idempotent_responses": erasure.idempotent_responses,
-            "search": search_scrubbed,
-            // The cache entry was invalidated in the erasure's commit.
+            // True once the index holds no term of it; until then `pending` names "search".
+            "search": !erasure.pending.contains(&tombstone_store::ErasureStep::Search),
+            // The cache entries were invalidated in the erasure's commit.
             "cache": true,
         },
-    }))
-    .into_response())
+        "counts": erasure.counts,
+        "pending": pending,
+    })
 }
 
 fn optional_text(object: &serde_json::Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {

@@ -47,9 +47,9 @@ use tombstone_domain::time::Timestamp;
 use self::records::TableSql;
 use crate::{
     AttemptOutcome, AuditQuery, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery, EndpointState,
-    Erasure, EventQuery, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim, IdempotencyKey, Page,
-    PurgeBatch, PurgeDue, Redelivery, RestoreOutcome, Store, StoreError, StoredKey, StoredResponse, TrashQuery,
-    WebhookEndpoint,
+    Erasure, ErasureStep, EventQuery, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim,
+    IdempotencyKey, Page, PurgeBatch, PurgeDue, RecordsPage, Redelivery, RestoreOutcome, Store, StoreError, StoredKey,
+    StoredResponse, TrashQuery, WebhookEndpoint,
 };
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -139,6 +139,13 @@ enum Lane {
     Background,
 }
 
+/// How long an erasure's request waits for readers on an older snapshot before leaving
+/// the truncation of the WAL to the erasure worker.
+const ERASE_WAL_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The writers' busy timeout (`WRITER_PRAGMAS`), restored after a shorter wait.
+const WRITER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(5000);
+
 /// How often the checkpointer copies new WAL frames into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -225,14 +232,20 @@ fn spawn_writer(lane: Lane, mut conn: Connection) -> Result<mpsc::Sender<Job>, S
 /// Starts the checkpointer: on its own connection, in the idle CPU class, it copies new
 /// WAL frames into the database file a few times a second, beside the writers rather
 /// than inside their commits. It stops when `stop`'s sender is dropped.
-fn spawn_checkpointer(conn: Connection, stop: mpsc::Receiver<()>) -> Result<(), StoreError> {
+fn spawn_checkpointer(
+    conn: Connection,
+    stop: mpsc::Receiver<()>,
+    passes: Arc<parking_lot::Mutex<()>>,
+) -> Result<(), StoreError> {
     std::thread::Builder::new()
         .name("tombstone-checkpointer".into())
         .spawn(move || {
             crate::priority::lower_current_thread();
             while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
                 // Passive: never waits for readers or writers, and cheap when there is
-                // nothing new.
+                // nothing new. Under `passes`, so a truncating checkpoint (erasure) waits for
+                // this pass instead of failing on SQLite's checkpoint lock.
+                let _pass = passes.lock();
                 if let Err(e) = conn.query_row("pragma wal_checkpoint(passive)", [], |r| r.get::<_, i64>(0)) {
                     tracing::warn!(error = %e, "WAL checkpoint failed; retried shortly");
                 }
@@ -249,6 +262,8 @@ pub struct SqliteStore {
     background: mpsc::Sender<Job>,
     /// Dropped with the store, which stops the checkpointer.
     _checkpointer: mpsc::Sender<()>,
+    /// Held by each checkpoint pass of this process.
+    checkpoints: Arc<parking_lot::Mutex<()>>,
     gate: Arc<WriteGate>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     tables: RwLock<Arc<relations::Tables>>,
@@ -291,7 +306,8 @@ impl SqliteStore {
         let writer = spawn_writer(Lane::Live, conn)?;
         let background = spawn_writer(Lane::Background, open()?)?;
         let (checkpointer, stop) = mpsc::channel();
-        spawn_checkpointer(open()?, stop)?;
+        let checkpoints = Arc::new(parking_lot::Mutex::new(()));
+        spawn_checkpointer(open()?, stop, checkpoints.clone())?;
 
         let manager = SqliteConnectionManager::file(path)
             .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)
@@ -307,6 +323,7 @@ impl SqliteStore {
             writer,
             background,
             _checkpointer: checkpointer,
+            checkpoints,
             gate: Arc::default(),
             readers,
             tables: RwLock::new(Arc::new(HashMap::new())),
@@ -342,6 +359,7 @@ impl SqliteStore {
             writer,
             background,
             _checkpointer: checkpointer,
+            checkpoints: Arc::default(),
             gate: Arc::default(),
             readers,
             tables: RwLock::new(Arc::new(HashMap::new())),
@@ -418,18 +436,6 @@ impl SqliteStore {
         };
         queue.send(job).map_err(|_| StoreError::Internal("the store is read-only or its writer has stopped".into()))?;
         answer.await.map_err(|_| StoreError::Internal("a write was abandoned (the writer panicked)".into()))?
-    }
-
-    /// Checkpoints the WAL into the database file and truncates it.
-    async fn checkpoint(&self) -> Result<(), StoreError> {
-        let gate = self.gate.clone();
-        self.run_job(Lane::Live, move |conn| {
-            // During the live writer's turn, so the background writer is not mid-transaction.
-            let _turn = gate.enter_live();
-            conn.query_row("pragma wal_checkpoint(truncate)", [], |r| r.get::<_, i64>(0))?;
-            Ok(())
-        })
-        .await
     }
 
     /// Runs `f` on a pooled read-only connection.
@@ -1234,13 +1240,85 @@ impl Store for SqliteStore {
         reason: Option<String>,
         now: Timestamp,
     ) -> Result<Erasure, StoreError> {
-        let sql = self.table(collection)?;
+        let (schema, tables) = self.catalog()?;
         let (collection, actor, id) = (collection.clone(), actor.clone(), id.to_string());
-        let erasure = self.write(move |tx| retention::erase(tx, &sql, &collection, &actor, &id, reason, now)).await?;
-        // Old page images in the WAL may still hold the values: copy the pages back into
-        // the database file (where secure_delete zeroed the freed space) and truncate it.
-        self.checkpoint().await?;
+        let mut erasure =
+            self.write(move |tx| retention::erase(tx, &schema, &tables, &collection, &actor, &id, reason, now)).await?;
+        // The erasure is committed: what follows is its durable after-commit work, which the
+        // receipt shows as pending until done. Old page images in the WAL may still hold the
+        // values; copying the pages back into the database file (where secure_delete zeroed
+        // the freed space) and truncating it is tried at once, waiting only a moment for
+        // readers on an older snapshot — a failure here is not the erasure's: the job stays
+        // and the erasure worker finishes it.
+        match self.finish_erasure_wal(ERASE_WAL_WAIT).await {
+            Ok(n) if n > 0 => erasure.pending.retain(|s| *s != ErasureStep::Wal),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the WAL could not be truncated after an erasure; retried by the worker")
+            }
+        }
         Ok(erasure)
+    }
+
+    async fn erasure_receipt(&self, tenant: &str, collection: &str, id: &str) -> Result<Option<Erasure>, StoreError> {
+        let (tenant, collection, id) = (tenant.to_string(), collection.to_string(), id.to_string());
+        self.read(move |conn| retention::erasure_receipt(conn, &tenant, &collection, &id)).await
+    }
+
+    async fn finish_erasure_wal(&self, wait: std::time::Duration) -> Result<u64, StoreError> {
+        // Idle passes only read.
+        let pending: bool = self
+            .read(|conn| {
+                Ok(conn.query_row("select exists (select 1 from erasure_jobs where step = 'wal')", [], |r| r.get(0))?)
+            })
+            .await?;
+        if !pending {
+            return Ok(0);
+        }
+        let (gate, checkpoints) = (self.gate.clone(), self.checkpoints.clone());
+        self.run_job(Lane::Live, move |conn| {
+            // During the live writer's turn: no writer of this process commits between the
+            // checkpoint and the removal of the jobs it covers. After the checkpointer's
+            // current pass, which would otherwise make this one fail at once.
+            let _turn = gate.enter_live();
+            let _pass = checkpoints.lock();
+            conn.busy_timeout(wait)?;
+            let outcome = conn.query_row("pragma wal_checkpoint(truncate)", [], |r| r.get::<_, i64>(0));
+            conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
+            match outcome {
+                // Every frame is in the database file and the WAL is empty.
+                Ok(0) => {}
+                // A reader still uses an older snapshot: next time.
+                Ok(_) => return Ok(0),
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => {
+                    return Ok(0);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let done = conn.execute("delete from erasure_jobs where step = 'wal'", [])?;
+            Ok(done as u64)
+        })
+        .await
+    }
+
+    async fn pending_erasure_searches(&self) -> Result<Vec<i64>, StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("select event_seq from erasure_jobs where step = 'search' order by event_seq")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn finish_erasure_searches(&self, through: i64) -> Result<u64, StoreError> {
+        self.write_background(move |tx| {
+            let n = tx
+                .prepare_cached("delete from erasure_jobs where step = 'search' and event_seq <= ?1")?
+                .execute([through])?;
+            Ok(n as u64)
+        })
+        .await
     }
 
     async fn is_erased(&self, tenant: &str, collection: &str, id: &str) -> Result<bool, StoreError> {
@@ -1286,10 +1364,15 @@ impl Store for SqliteStore {
         self.read(move |conn| relations::dry_run(conn, &schema, &sql, &collection, &tenant, &id)).await
     }
 
-    async fn get_deletion(&self, tenant: &str, id: &str) -> Result<Option<DeletionOp>, StoreError> {
+    async fn get_deletion(
+        &self,
+        tenant: &str,
+        id: &str,
+        records: &RecordsPage,
+    ) -> Result<Option<DeletionOp>, StoreError> {
         let (schema, _) = self.catalog()?;
-        let (tenant, id) = (tenant.to_string(), id.to_string());
-        self.read(move |conn| relations::get_operation(conn, &schema, &tenant, &id)).await
+        let (tenant, id, page) = (tenant.to_string(), id.to_string(), records.clone());
+        self.read(move |conn| relations::get_operation(conn, &schema, &tenant, &id, &page)).await
     }
 
     async fn restore_deletion(&self, actor: &Actor, id: &str, now: Timestamp) -> Result<Vec<Record>, StoreError> {

@@ -26,7 +26,7 @@ const CHUNK: usize = 500;
 /// The statements of every collection.
 pub(crate) type Tables = HashMap<String, Arc<TableSql>>;
 
-fn table<'a>(tables: &'a Tables, collection: &str) -> Result<&'a Arc<TableSql>, StoreError> {
+pub(crate) fn table<'a>(tables: &'a Tables, collection: &str) -> Result<&'a Arc<TableSql>, StoreError> {
     tables.get(collection).ok_or_else(|| StoreError::Internal(format!("collection {collection} has not been migrated")))
 }
 
@@ -36,20 +36,21 @@ pub(crate) struct Finder<'a> {
     pub tenant: &'a str,
 }
 
-impl ChildFinder for Finder<'_> {
-    type Error = StoreError;
-
-    fn active_children(
-        &mut self,
+impl Finder<'_> {
+    /// `(child id, parent id)` of the children of `parent_ids`; `which` is an extra
+    /// condition on the child rows.
+    fn children(
+        &self,
         child_collection: &str,
         field: &str,
         parent_ids: &[String],
+        which: &str,
     ) -> Result<Vec<(String, String)>, StoreError> {
         let mut out = Vec::new();
         for chunk in parent_ids.chunks(CHUNK) {
             let marks: Vec<String> = (0..chunk.len()).map(|i| format!("?{}", i + 2)).collect();
             let sql = format!(
-                "select id, \"f_{field}\" from {} where tenant = ?1 and deleted_at is null and \"f_{field}\" in ({}) order by id",
+                "select id, \"f_{field}\" from {} where tenant = ?1 and {which} \"f_{field}\" in ({}) order by id",
                 table_name(child_collection),
                 marks.join(", ")
             );
@@ -63,6 +64,28 @@ impl ChildFinder for Finder<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+impl ChildFinder for Finder<'_> {
+    type Error = StoreError;
+
+    fn active_children(
+        &mut self,
+        child_collection: &str,
+        field: &str,
+        parent_ids: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.children(child_collection, field, parent_ids, "deleted_at is null and")
+    }
+
+    fn all_children(
+        &mut self,
+        child_collection: &str,
+        field: &str,
+        parent_ids: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.children(child_collection, field, parent_ids, "")
     }
 }
 
@@ -85,7 +108,25 @@ pub(crate) fn plan(
     if !has_children(schema, &root.collection) {
         return Ok(DeletionPlan { root: Some(root.clone()), immediate: vec![root], ..DeletionPlan::default() });
     }
-    tombstone_domain::deletion::plan(schema, root, &mut Finder { conn, tenant })
+    tombstone_domain::deletion::plan_from_bounded(
+        schema,
+        &[root],
+        &mut Finder { conn, tenant },
+        schema.relations.max_immediate_cascade,
+    )
+}
+
+/// The plan for erasing `root` in `tenant` (see `tombstone_domain::deletion::plan_erasure`).
+pub(crate) fn plan_erasure(
+    conn: &Connection,
+    schema: &Schema,
+    tenant: &str,
+    root: RecordRef,
+) -> Result<DeletionPlan, StoreError> {
+    if !has_children(schema, &root.collection) {
+        return Ok(DeletionPlan { root: Some(root.clone()), immediate: vec![root], ..DeletionPlan::default() });
+    }
+    tombstone_domain::deletion::plan_erasure(schema, root, &mut Finder { conn, tenant })
 }
 
 /// Checks that every ref in `values` (or only in `fields`, when given) points at an active
@@ -357,6 +398,7 @@ pub(crate) fn get_operation(
     schema: &Schema,
     tenant: &str,
     id: &str,
+    page: &crate::RecordsPage,
 ) -> Result<Option<crate::DeletionOp>, StoreError> {
     type Row = (String, String, Option<String>, i64, String, String);
     let row: Option<Row> = conn
@@ -367,14 +409,34 @@ pub(crate) fn get_operation(
         .optional()?;
     let Some((status, actor, reason, created_at, root_collection, root_id)) = row else { return Ok(None) };
     let root = RecordRef::new(&root_collection, &root_id);
+    // One page of the records: the root first, then the others by (collection, id), read
+    // from the primary key after the cursor — an operation of a million records costs a page.
+    let first_page = page.after.is_none();
+    let after = page.after.clone().unwrap_or_else(|| RecordRef::new("", ""));
+    let others = if first_page { page.limit.saturating_sub(1) } else { page.limit };
     let mut records: Vec<RecordRef> = conn
         .prepare_cached(
-            "select collection, record_id from deletion_records where deletion_id = ?1 order by collection, record_id",
+            "select collection, record_id from deletion_records
+             where deletion_id = ?1 and (collection, record_id) > (?2, ?3) and not (collection = ?4 and record_id = ?5)
+             order by collection, record_id limit ?6",
         )?
-        .query_map([id], |r| Ok(RecordRef { collection: r.get(0)?, id: r.get(1)? }))?
+        .query_map(params![id, after.collection, after.id, root.collection, root.id, i64::from(others) + 1], |r| {
+            Ok(RecordRef { collection: r.get(0)?, id: r.get(1)? })
+        })?
         .collect::<Result<_, _>>()?;
-    records.retain(|r| *r != root);
-    records.insert(0, root.clone());
+    let records_next = if records.len() > others as usize {
+        records.truncate(others as usize);
+        // A first page of the root alone: the next one starts at the first of the others.
+        records.last().cloned().or_else(|| first_page.then(|| RecordRef::new("", "")))
+    } else {
+        None
+    };
+    if first_page {
+        records.insert(0, root.clone());
+    }
+    let pending_relations: i64 = conn
+        .prepare_cached("select count(*) from deletion_queue where deletion_id = ?1")?
+        .query_row([id], |r| r.get(0))?;
     let counts = operation_counts(conn, id)?;
     let mut restorable_until: Option<i64> = None;
     for name in counts.keys() {
@@ -435,6 +497,9 @@ pub(crate) fn get_operation(
         created_at: Timestamp::from_micros(created_at),
         root,
         records,
+        records_next,
+        records_total: counts.values().sum(),
+        pending_relations: u64::try_from(pending_relations).unwrap_or(0),
         counts,
         restorable_until: restorable_until.map(Timestamp::from_micros),
         webhooks,
@@ -638,7 +703,8 @@ pub(crate) fn eventual_step(
     if let Some(last) = children.last() {
         let roots: Vec<RecordRef> = children.iter().map(|c| RecordRef::new(&child_collection, c)).collect();
         let mut finder = Finder { conn: tx, tenant: &tenant };
-        let mut plan = tombstone_domain::deletion::plan_from(schema, &roots, &mut finder)?;
+        let bound = schema.relations.max_immediate_cascade;
+        let mut plan = tombstone_domain::deletion::plan_from_bounded(schema, &roots, &mut finder, bound)?;
         // The DELETE checked restricts over the whole eventual tree when it was planned. A
         // blocker that this same operation will delete in a later batch — anywhere in
         // what it still has to delete, even under a relation not queued yet — is not a
@@ -669,7 +735,12 @@ pub(crate) fn eventual_step(
                     allowed.push(root);
                 }
             }
-            plan = tombstone_domain::deletion::plan_from(schema, &allowed, &mut Finder { conn: tx, tenant: &tenant })?;
+            plan = tombstone_domain::deletion::plan_from_bounded(
+                schema,
+                &allowed,
+                &mut Finder { conn: tx, tenant: &tenant },
+                bound,
+            )?;
         }
         let mark =
             Mark { deletion_id: deletion_id.clone(), deleted_by: actor.key_id.clone(), reason: op_reason, at: now };

@@ -1,21 +1,22 @@
 //! Retention: legal holds, purge (one record or a batch), erasure, the trash and the
 //! purge preview.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_iter};
 use tombstone_domain::audit::{AuditAction, NewAuditEntry};
-use tombstone_domain::config::Collection;
+use tombstone_domain::config::{Collection, Schema};
+use tombstone_domain::deletion::RecordRef;
 use tombstone_domain::events::{EventType, NewEvent, record_event};
 use tombstone_domain::id::new_hold_id;
 use tombstone_domain::lifecycle::Actor;
 use tombstone_domain::record::{Hold, Record};
 use tombstone_domain::time::Timestamp;
 
-use super::changes;
 use super::records::{self, TableSql};
-use crate::{Erasure, PurgeBatch, PurgeDue, StoreError, TrashQuery};
+use super::{changes, relations};
+use crate::{Erasure, ErasureStep, PurgeBatch, PurgeDue, StoreError, TrashQuery};
 
 /// The actor of the purge worker's audit entries.
 const PURGE_ACTOR: &str = "system:purge";
@@ -417,19 +418,86 @@ pub(crate) fn is_paused(conn: &Connection) -> Result<bool, StoreError> {
     paused(conn)
 }
 
+/// Erases a record and everything its relations take along (see
+/// `tombstone_domain::deletion::plan_erasure`), in one transaction: an active restrict
+/// child anywhere → 409 `restrict`, a hold on any of them → 409 `legal-hold`, nothing
+/// erased. Each erased record gets its `erase` audit entry, its `record.erased` event, its
+/// receipt row and the jobs of the steps that run after the commit (`search`, `wal`).
+#[expect(clippy::too_many_arguments, reason = "each argument is one part of the erasure")]
 pub(crate) fn erase(
     tx: &Transaction<'_>,
-    sql: &TableSql,
+    schema: &Schema,
+    tables: &relations::Tables,
     collection: &Collection,
     actor: &Actor,
     id: &str,
     reason: Option<String>,
     now: Timestamp,
 ) -> Result<Erasure, StoreError> {
+    let sql = relations::table(tables, &collection.name)?;
     let record = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
-    if record.legal_hold {
+    let plan = relations::plan_erasure(tx, schema, &actor.tenant, RecordRef::new(&collection.name, id))?;
+    if plan.is_blocked() {
+        return Err(StoreError::Restrict { blockers: plan.blockers, total: plan.blockers_total });
+    }
+    // Every record first: a hold on any of them stops the whole erasure.
+    let mut doomed: Vec<(&Collection, Record)> = vec![(collection, record)];
+    for r in plan.immediate.iter().skip(1) {
+        let c = schema
+            .collection(&r.collection)
+            .ok_or_else(|| StoreError::Internal(format!("unknown collection {}", r.collection)))?;
+        if let Some(child) = records::get(tx, relations::table(tables, &r.collection)?, c, &actor.tenant, &r.id)? {
+            doomed.push((c, child));
+        }
+    }
+    if doomed.iter().any(|(_, r)| r.legal_hold) {
         return Err(StoreError::LegalHold);
     }
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for (c, _) in &doomed {
+        *counts.entry(c.name.clone()).or_insert(0) += 1;
+    }
+    let mut receipt: Option<Erasure> = None;
+    let (mut events, mut responses) = (0, 0);
+    for (c, record) in &doomed {
+        let one = erase_one(tx, relations::table(tables, &c.name)?, c, actor, record, reason.clone(), now)?;
+        events += one.events;
+        responses += one.idempotent_responses;
+        if receipt.is_none() {
+            receipt = Some(one);
+        }
+    }
+    let mut receipt = receipt.ok_or(StoreError::NotFound)?;
+    receipt.events = events;
+    receipt.idempotent_responses = responses;
+    receipt.counts = counts;
+    // The root's receipt covers the whole erasure.
+    tx.prepare_cached(
+        "update erasures set events = ?4, idempotent_responses = ?5, counts = ?6 where tenant = ?1 and collection = ?2 and record_id = ?3",
+    )?
+    .execute(params![
+        actor.tenant,
+        collection.name,
+        id,
+        i64::try_from(receipt.events).unwrap_or(i64::MAX),
+        i64::try_from(receipt.idempotent_responses).unwrap_or(i64::MAX),
+        serde_json::to_string(&receipt.counts).map_err(|e| StoreError::Internal(e.to_string()))?
+    ])?;
+    Ok(receipt)
+}
+
+/// Erases one record: scrubs its stored events and idempotent responses, removes its row,
+/// audits, announces, and leaves its receipt and its after-commit jobs.
+fn erase_one(
+    tx: &Transaction<'_>,
+    sql: &TableSql,
+    collection: &Collection,
+    actor: &Actor,
+    record: &Record,
+    reason: Option<String>,
+    now: Timestamp,
+) -> Result<Erasure, StoreError> {
+    let id = record.id.as_str();
     let events = tx
         .prepare_cached(
             "update outbox set data = null where tenant = ?1 and collection = ?2 and record_id = ?3 and data is not null",
@@ -441,13 +509,39 @@ pub(crate) fn erase(
         )?
         .execute(params![actor.tenant, collection.name, id])?;
     records::remove(tx, sql, &actor.tenant, id)?;
-    let audit_seq = audit(tx, actor, AuditAction::Erase, &record, reason, HoldMembers::default(), now)?;
-    changes::append_event(tx, record_event(EventType::Erased, collection, &record, &actor.request_id, now))?;
+    let audit_seq = audit(tx, actor, AuditAction::Erase, record, reason, HoldMembers::default(), now)?;
+    let event_seq =
+        changes::append_event(tx, record_event(EventType::Erased, collection, record, &actor.request_id, now))?;
     tx.prepare_cached(
-        "insert into erasures (tenant, collection, record_id, erased_at, audit_seq) values (?1, ?2, ?3, ?4, ?5)
-         on conflict do update set erased_at = excluded.erased_at, audit_seq = excluded.audit_seq",
+        "insert into erasures (tenant, collection, record_id, erased_at, audit_seq, events, idempotent_responses, counts)
+         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         on conflict do update set erased_at = excluded.erased_at, audit_seq = excluded.audit_seq, events = excluded.events,
+         idempotent_responses = excluded.idempotent_responses, counts = excluded.counts",
     )?
-    .execute(params![actor.tenant, collection.name, id, now.as_micros(), audit_seq])?;
+    .execute(params![
+        actor.tenant,
+        collection.name,
+        id,
+        now.as_micros(),
+        audit_seq,
+        i64::try_from(events).unwrap_or(i64::MAX),
+        i64::try_from(responses).unwrap_or(i64::MAX),
+        format!("{{{:?}: 1}}", collection.name)
+    ])?;
+    // What is left once this commits: the index's copy (only a searchable collection has
+    // one) and the WAL's old page images.
+    let mut pending = Vec::new();
+    if collection.fields.values().any(|f| f.search) {
+        pending.push(ErasureStep::Search);
+    }
+    pending.push(ErasureStep::Wal);
+    for step in &pending {
+        tx.prepare_cached(
+            "insert into erasure_jobs (tenant, collection, record_id, step, event_seq, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)
+             on conflict do update set event_seq = excluded.event_seq, created_at = excluded.created_at",
+        )?
+        .execute(params![actor.tenant, collection.name, id, step.as_str(), event_seq, now.as_micros()])?;
+    }
     Ok(Erasure {
         collection: collection.name.clone(),
         id: id.to_string(),
@@ -456,7 +550,47 @@ pub(crate) fn erase(
         versions: 0,
         events: events as u64,
         idempotent_responses: responses as u64,
+        counts: BTreeMap::from([(collection.name.clone(), 1)]),
+        pending,
     })
+}
+
+/// The receipt of an erased record, with the steps still pending.
+pub(crate) fn erasure_receipt(
+    conn: &Connection,
+    tenant: &str,
+    collection: &str,
+    id: &str,
+) -> Result<Option<Erasure>, StoreError> {
+    type Row = (i64, i64, i64, i64, Option<String>);
+    let row: Option<Row> = conn
+        .prepare_cached(
+            "select erased_at, audit_seq, events, idempotent_responses, counts from erasures
+             where tenant = ?1 and collection = ?2 and record_id = ?3",
+        )?
+        .query_row(params![tenant, collection, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .optional()?;
+    let Some((erased_at, audit_seq, events, responses, counts)) = row else { return Ok(None) };
+    let mut pending: Vec<ErasureStep> = conn
+        .prepare_cached("select step from erasure_jobs where tenant = ?1 and collection = ?2 and record_id = ?3")?
+        .query_map(params![tenant, collection, id], |r| r.get::<_, String>(0))?
+        .filter_map(|s| s.map(|s| ErasureStep::parse(&s)).transpose())
+        .collect::<Result<_, _>>()?;
+    pending.sort();
+    let counts = counts
+        .and_then(|c| serde_json::from_str(&c).ok())
+        .unwrap_or_else(|| BTreeMap::from([(collection.to_string(), 1)]));
+    Ok(Some(Erasure {
+        collection: collection.to_string(),
+        id: id.to_string(),
+        erased_at: Timestamp::from_micros(erased_at),
+        audit_seq,
+        versions: 0,
+        events: u64::try_from(events).unwrap_or(0),
+        idempotent_responses: u64::try_from(responses).unwrap_or(0),
+        counts,
+        pending,
+    }))
 }
 
 pub(crate) fn is_erased(conn: &Connection, tenant: &str, collection: &str, id: &str) -> Result<bool, StoreError> {

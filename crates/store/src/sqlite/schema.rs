@@ -276,6 +276,32 @@ where last_error is not null;
 ",
     ),
     (
+        "0008_erasure_jobs",
+        r"
+-- What an erasure still has to do after its commit, one row per record and step: 'search'
+-- (the index still holds its terms until the indexer has passed event_seq, the erasure's
+-- record.erased event, and rewritten the segments) and 'wal' (old page images until a
+-- truncating checkpoint). Written in the erasure's transaction, removed once the step is
+-- done: a crash in between leaves the work to be finished after restart. Ids only.
+create table erasure_jobs (
+    tenant     text not null,
+    collection text not null,
+    record_id  text not null,
+    step       text not null,
+    event_seq  integer not null,
+    created_at integer not null,
+    primary key (tenant, collection, record_id, step)
+) without rowid;
+create index erasure_jobs_step on erasure_jobs (step, event_seq);
+
+-- The receipt of an erasure, kept so that a retried :erase answers it again: what was
+-- scrubbed, and the records erased with it per collection (JSON object of counts).
+alter table erasures add column events integer not null default 0;
+alter table erasures add column idempotent_responses integer not null default 0;
+alter table erasures add column counts text;
+",
+    ),
+    (
         "0009_audit_hold_members",
         r"
 -- The hold a hold or release entry is about, and its case, as members of their own:
