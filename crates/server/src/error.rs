@@ -102,7 +102,34 @@ pub enum ApiError {
     /// 503 `unavailable`.
     #[error("{0}")]
     Unavailable(String),
+    /// 409 `unique-conflict` caught by the database itself rather than by the store's own
+    /// check (a race with another process): `fields` as the database named them, no
+    /// `conflicting_id` (the database does not say which record holds the value).
+    /// `cause` is for the log only.
+    #[error("an active record already has this value of {}", fields.join(", "))]
+    UniqueViolation { fields: Vec<String>, cause: String },
+    /// 503 `busy` with `Retry-After`: another writer held the database past the busy
+    /// timeout; nothing was written. The string is the cause, for the log only.
+    #[error("the database is busy; nothing was written, retry shortly")]
+    Busy(String),
+    /// 507 `storage-full` with `Retry-After`: the server's disk is full; nothing was
+    /// written, reads still work, and writes resume by themselves once space returns. The
+    /// string is the cause, for the log only.
+    #[error("the server's storage is full; nothing was written, retry later")]
+    StorageFull(String),
+    /// 503 `storage-unavailable` with `Retry-After`: the storage failed to read or write
+    /// (an I/O error); nothing was written. The string is the cause, for the log only.
+    #[error("the server's storage failed to read or write; nothing was written, retry later")]
+    StorageFailed(String),
 }
+
+/// `Retry-After` (seconds) of a 503 `busy`: a lock held past the 5 s busy timeout is
+/// usually a long transaction of another process, over within a second or two.
+const RETRY_BUSY_SECS: &str = "1";
+/// `Retry-After` (seconds) of a 507 `storage-full` and a 503 `storage-unavailable`: space
+/// comes back by an operator's act, not within a second; a shorter hint only multiplies
+/// refused retries.
+const RETRY_STORAGE_SECS: &str = "30";
 
 impl ApiError {
     /// A 404 for a record, worded the same whether it never existed, was deleted, or
@@ -141,6 +168,10 @@ impl ApiError {
             Self::PreconditionRequired => (StatusCode::PRECONDITION_REQUIRED, "precondition-required"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::UniqueViolation { .. } => (StatusCode::CONFLICT, "unique-conflict"),
+            Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Self::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "storage-full"),
+            Self::StorageFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage-unavailable"),
         }
     }
 
@@ -164,6 +195,9 @@ impl ApiError {
             }
             Self::UniqueConflict { conflicting_id, fields } => {
                 body.insert("conflicting_id".into(), json!(conflicting_id));
+                body.insert("fields".into(), json!(fields));
+            }
+            Self::UniqueViolation { fields, .. } => {
                 body.insert("fields".into(), json!(fields));
             }
             Self::Validation(errors) => {
@@ -224,8 +258,16 @@ pub(crate) fn refuse_action(last_segment: &str, actions: &[&str]) -> Result<(), 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _) = self.status_and_type();
-        if let Self::Internal(cause) = &self {
-            tracing::error!(request_id = %request_id::current(), error = %cause, "request failed");
+        match &self {
+            Self::Internal(cause) | Self::StorageFailed(cause) => {
+                tracing::error!(request_id = %request_id::current(), error = %cause, "request failed");
+            }
+            // Expected under pressure and already reported by the store's own threads: a
+            // warning per request, not an error.
+            Self::StorageFull(cause) | Self::Busy(cause) | Self::UniqueViolation { cause, .. } => {
+                tracing::warn!(request_id = %request_id::current(), error = %cause, "write refused");
+            }
+            _ => {}
         }
         let mut response = problem_response(status, &self.to_problem());
         let allow = match &self {
@@ -235,6 +277,14 @@ impl IntoResponse for ApiError {
         };
         if let Some(allow) = allow {
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        let retry_after = match &self {
+            Self::Busy(_) => Some(RETRY_BUSY_SECS),
+            Self::StorageFull(_) | Self::StorageFailed(_) => Some(RETRY_STORAGE_SECS),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
         }
         if matches!(self, Self::Unauthorized) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -256,6 +306,11 @@ impl From<StoreError> for ApiError {
             StoreError::RestoreConflicts(c) => Self::RestoreConflicts(c),
             StoreError::LegalHold => Self::LegalHold,
             StoreError::Migration(m) | StoreError::Internal(m) => Self::Internal(m),
+            StoreError::Constraint { fields, source } => Self::UniqueViolation { fields, cause: source.to_string() },
+            e @ StoreError::Busy { .. } => Self::Busy(e.cause_chain()),
+            e @ StoreError::StorageFull { .. } => Self::StorageFull(e.cause_chain()),
+            e @ StoreError::StorageFailed { .. } => Self::StorageFailed(e.cause_chain()),
+            e @ StoreError::Database { .. } => Self::Internal(e.cause_chain()),
         }
     }
 }

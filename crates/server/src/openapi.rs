@@ -95,6 +95,9 @@ const PROBLEM_TYPES: &[&str] = &[
     "precondition-required",
     "internal",
     "unavailable",
+    "busy",
+    "storage-full",
+    "storage-unavailable",
 ];
 
 /// The document for this schema, as JSON.
@@ -790,10 +793,30 @@ fn problem(description: &str) -> Response {
 fn authenticated(operation: OperationBuilder, scope: &str) -> OperationBuilder {
     let mut unauthorized = problem("`unauthorized`: no key, or an unknown or revoked one.");
     unauthorized.headers.insert("WWW-Authenticate".into(), response_header("`Bearer`."));
-    operation.response("401", unauthorized).response(
-        "403",
-        problem(&format!("`forbidden`: the key lacks the `{scope}` scope (named in `missing_scope`).")),
-    )
+    operation
+        .response("401", unauthorized)
+        .response(
+            "403",
+            problem(&format!("`forbidden`: the key lacks the `{scope}` scope (named in `missing_scope`).")),
+        )
+        .response(
+            "503",
+            retry_later("`busy` or `storage-unavailable`: nothing was written; retry after `Retry-After`."),
+        )
+        .response(
+            "507",
+            retry_later(
+                "`storage-full`: the server's disk is full; nothing was written, reads still work, and writes \
+                 resume by themselves once space returns.",
+            ),
+        )
+}
+
+/// A problem whose `Retry-After` says when to try again.
+fn retry_later(description: &str) -> Response {
+    let mut answer = problem(description);
+    answer.headers.insert("Retry-After".into(), response_header("Seconds to wait before retrying."));
+    answer
 }
 
 fn operation(id: String, tag: &str, summary: &str) -> OperationBuilder {

@@ -62,6 +62,8 @@ pub struct SearchIndex {
     index: Index,
     reader: IndexReader,
     writer: Option<Mutex<IndexWriter>>,
+    /// Set when a rollback after a failed write could not start a new writer.
+    writer_lost: std::sync::atomic::AtomicBool,
     fields: Fields,
     /// Whether erasure jobs may be waiting that this process has not looked at (true at
     /// start: a crash may have left some).
@@ -141,7 +143,14 @@ impl SearchIndex {
         } else {
             None
         };
-        Ok(Self { index, reader, writer, fields, erasures_unchecked: std::sync::atomic::AtomicBool::new(true) })
+        Ok(Self {
+            index,
+            reader,
+            writer,
+            writer_lost: std::sync::atomic::AtomicBool::new(false),
+            fields,
+            erasures_unchecked: std::sync::atomic::AtomicBool::new(true),
+        })
     }
 
     fn writer(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter>, SearchError> {
@@ -228,16 +237,24 @@ impl SearchIndex {
         Ok(out)
     }
 
-    fn put(&self, writer: &IndexWriter, collection: &Collection, record: &Record) -> Result<(), SearchError> {
+    fn put(&self, writer: &mut IndexWriter, collection: &Collection, record: &Record) -> Result<(), SearchError> {
+        self.unless_lost()?;
         let key = key_of(&record.tenant, &collection.name, &record.id);
         writer.delete_term(Term::from_field_text(self.fields.key, &key));
-        writer.add_document(doc!(
+        let added = writer.add_document(doc!(
             self.fields.key => key.clone(),
             self.fields.tenant => record.tenant.clone(),
             self.fields.collection => collection.name.clone(),
             self.fields.id => key,
             self.fields.text => text_of(collection, record),
-        ))?;
+        ));
+        // An indexing thread that failed to write its segment (a full disk) kills the
+        // writer: every later add fails until it is replaced.
+        if let Err(e) = added {
+            let e = SearchError::Index(e);
+            self.roll_back(writer, &e);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -246,11 +263,19 @@ impl SearchIndex {
     }
 
     fn commit(&self, writer: &mut IndexWriter, position: Option<i64>) -> Result<(), SearchError> {
-        let mut prepared = writer.prepare_commit()?;
-        if let Some(p) = position {
-            prepared.set_payload(&p.to_string());
+        self.unless_lost()?;
+        let result = (|| {
+            let mut prepared = writer.prepare_commit()?;
+            if let Some(p) = position {
+                prepared.set_payload(&p.to_string());
+            }
+            prepared.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.roll_back(writer, &e);
+            return Err(e);
         }
-        prepared.commit()?;
         self.reader.reload()?;
         Ok(())
     }
@@ -287,12 +312,48 @@ impl SearchIndex {
     /// Rewrites every segment without deleted documents and removes the old files, so the
     /// terms of removed documents are gone from disk (erasure).
     fn compact(&self, writer: &mut IndexWriter) -> Result<(), SearchError> {
-        let segments = self.index.searchable_segment_ids()?;
-        if !segments.is_empty() {
-            writer.merge(&segments).wait()?;
+        self.unless_lost()?;
+        let result = (|| {
+            let segments = self.index.searchable_segment_ids()?;
+            if !segments.is_empty() {
+                writer.merge(&segments).wait()?;
+            }
+            self.reader.reload()?;
+            writer.garbage_collect_files().wait()?;
+            Ok(())
+        })();
+        if let Err(e) = &result {
+            self.roll_back(writer, e);
         }
-        self.reader.reload()?;
-        writer.garbage_collect_files().wait()?;
+        result
+    }
+
+    /// After a failed commit or merge (a full disk, an I/O error) the writer cannot be
+    /// trusted: tantivy's `prepare_commit` returns at the first indexing thread that failed
+    /// without starting a new one, so the next commit would "succeed" without the documents
+    /// added since and move the position past events never indexed. A rollback replaces
+    /// the writer with a fresh one at the last commit; the next catch-up applies the
+    /// events after that commit again (indexing is idempotent), so a full disk only delays
+    /// the index, and it resumes by itself once space returns.
+    fn roll_back(&self, writer: &mut IndexWriter, cause: &SearchError) {
+        match writer.rollback() {
+            Ok(_) => tracing::warn!(error = %cause, "search index write failed; rolled back to its last commit"),
+            Err(e) => {
+                // The old writer gave up its directory lock to the new one that could not
+                // start: a second rollback would panic, so none is tried.
+                self.writer_lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::error!(
+                    error = %cause, rollback = %e,
+                    "search index write failed and its writer could not be restarted; the index stays behind until the server restarts"
+                );
+            }
+        }
+    }
+
+    fn unless_lost(&self) -> Result<(), SearchError> {
+        if self.writer_lost.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SearchError::Directory("the index writer was lost after a failed rollback".into()));
+        }
         Ok(())
     }
 
@@ -345,7 +406,7 @@ impl SearchIndex {
                 let mut writer = self.writer()?;
                 for (c, (tenant, collection, id), record) in &current {
                     match record {
-                        Some(r) => self.put(&writer, c, r)?,
+                        Some(r) => self.put(&mut writer, c, r)?,
                         None => self.remove(&writer, tenant, collection, id),
                     }
                 }
@@ -390,7 +451,7 @@ impl SearchIndex {
         writer.delete_all_documents()?;
         let mut total = 0;
         for (c, r) in &records {
-            self.put(&writer, c, r)?;
+            self.put(&mut writer, c, r)?;
             total += 1;
         }
         self.commit(&mut writer, Some(position))?;
@@ -473,7 +534,7 @@ pub async fn reconcile(
         }
         for ((_, collection, _), record) in &missing {
             if let Some(c) = schema.collection(collection) {
-                index.put(&writer, c, record)?;
+                index.put(&mut writer, c, record)?;
             }
         }
         let position = index.position()?;

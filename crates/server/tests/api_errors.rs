@@ -834,3 +834,35 @@ async fn odd_but_valid_query_values_are_not_errors() {
         assert_eq!(r.json()["items"], json!([]), "{query}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Storage that refuses a write
+// ---------------------------------------------------------------------------------------
+
+/// Another process (`tombstone purge`, a backup) holds the database's write lock past the
+/// busy timeout: the write is a 503 `busy` with `Retry-After`, not a 500, and nothing of
+/// it — record, audit entry, event — is written.
+#[tokio::test]
+async fn a_write_blocked_by_another_process_is_a_503_busy_with_retry_after() {
+    let f = fixture().await;
+    let app = &f.app;
+    let before = snapshot(app).await;
+    let audit_before = app.get("/v1/audit?limit=500", &app.admin).await.json()["items"].as_array().unwrap().len();
+
+    let other = rusqlite::Connection::open(app.db_path()).expect("second connection");
+    other.execute_batch("begin immediate").expect("take the write lock");
+    let r = app.post("/v1/products", &app.admin, &json!({"id": "p_busy", "sku": "B", "name": "Busy"})).await;
+    let problem = r.assert_problem(503, "busy");
+    assert_eq!(r.header("retry-after"), Some("1"), "{problem}");
+    assert!(!r.text.contains("locked"), "the cause stays in the log: {}", r.text);
+    let r = app.delete(&format!("/v1/products/{}", f.active), &app.admin).await;
+    r.assert_problem(503, "busy");
+    other.execute_batch("rollback").expect("release the lock");
+
+    assert_eq!(snapshot(app).await, before, "a refused write changed nothing");
+    let audit = app.get("/v1/audit?limit=500", &app.admin).await.json();
+    assert_eq!(audit["items"].as_array().unwrap().len(), audit_before, "{audit}");
+    app.get("/v1/products/p_busy", &app.admin).await.assert_status(404);
+    // Once the lock is gone the same request succeeds.
+    app.post("/v1/products", &app.admin, &json!({"id": "p_busy", "sku": "B", "name": "Busy"})).await.assert_status(201);
+}

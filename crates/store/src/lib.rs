@@ -64,12 +64,111 @@ pub enum StoreError {
     /// The database could not be reached or answered with an error.
     #[error("storage error: {0}")]
     Internal(String),
+    /// Another writer (another process on the same file) held the database longer than the
+    /// busy timeout, or a table was locked. Nothing was written; the same call may succeed
+    /// a moment later.
+    #[error("the database is busy")]
+    Busy {
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    /// The disk (or the file system's quota) is full: the transaction was rolled back and
+    /// nothing was written. Writes succeed again, without a restart, once space returns.
+    #[error("the storage is full")]
+    StorageFull {
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    /// The storage failed to read or write (an I/O error, a file that cannot be opened):
+    /// the transaction was rolled back.
+    #[error("the storage failed")]
+    StorageFailed {
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    /// A unique or primary-key constraint the store did not check before writing (it checks
+    /// the ones it knows; this is the database catching one it did not, e.g. a race with
+    /// another process). Nothing was written.
+    #[error("a unique constraint was violated")]
+    Constraint {
+        /// The columns named by the database (`sku`), without their table.
+        fields: Vec<String>,
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    /// Any other database error, kept with its cause for the log.
+    #[error("database error")]
+    Database {
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
 }
 
+impl StoreError {
+    /// The error and its causes, outermost first, joined by `: ` — what a log line of an
+    /// unexpected failure shows.
+    #[must_use]
+    pub fn cause_chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(cause) = next {
+            let part = cause.to_string();
+            // rusqlite repeats SQLite's message in its own; say it once.
+            if !text.ends_with(&part) {
+                text.push_str(": ");
+                text.push_str(&part);
+            }
+            next = cause.source();
+        }
+        text
+    }
+
+    /// Whether the failure is a passing condition of the storage (busy, full, failing),
+    /// after which nothing was written and the same call may succeed later.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Busy { .. } | Self::StorageFull { .. } | Self::StorageFailed { .. })
+    }
+}
+
+/// Classifies a database error by SQLite's result code, keeping it as the source: the
+/// code, not the message, says whether the client may retry (busy, full) or the server
+/// has a bug (anything else).
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        Self::Internal(e.to_string())
+        use rusqlite::ffi::ErrorCode;
+        let Some(code) = e.sqlite_error_code() else { return Self::Database { source: Arc::new(e) } };
+        let unique = matches!(
+            &e,
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+        );
+        match code {
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Self::Busy { source: Arc::new(e) },
+            ErrorCode::DiskFull => Self::StorageFull { source: Arc::new(e) },
+            ErrorCode::SystemIoFailure | ErrorCode::CannotOpen => Self::StorageFailed { source: Arc::new(e) },
+            ErrorCode::ConstraintViolation if unique => {
+                let fields = match &e {
+                    rusqlite::Error::SqliteFailure(_, Some(message)) => unique_fields(message),
+                    _ => Vec::new(),
+                };
+                Self::Constraint { fields, source: Arc::new(e) }
+            }
+            _ => Self::Database { source: Arc::new(e) },
+        }
     }
+}
+
+/// The columns of SQLite's `UNIQUE constraint failed: t.tenant, t.sku`, without their
+/// table and without `tenant` (every unique set is per tenant; the client never names it).
+fn unique_fields(message: &str) -> Vec<String> {
+    let Some((_, columns)) = message.split_once("constraint failed: ") else { return Vec::new() };
+    columns
+        .split(", ")
+        .map(|c| c.rsplit('.').next().unwrap_or(c).trim().to_string())
+        .filter(|c| !c.is_empty() && c != "tenant")
+        .collect()
 }
 
 /// One page of a list.

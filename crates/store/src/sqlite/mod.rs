@@ -148,6 +148,8 @@ const WRITER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_milli
 
 /// How often the checkpointer copies new WAL frames into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// The longest pause between two checkpoints while they fail (a full disk).
+const CHECKPOINT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// WAL pages after which the live writer's commit checkpoints by itself: only a backstop
 /// for a WAL growing without bound (the checkpointer starved of CPU for a long time), so a
@@ -241,13 +243,30 @@ fn spawn_checkpointer(
         .name("tombstone-checkpointer".into())
         .spawn(move || {
             crate::priority::lower_current_thread();
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+            let mut every = CHECKPOINT_EVERY;
+            let mut failing = false;
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
                 // Passive: never waits for readers or writers, and cheap when there is
                 // nothing new. Under `passes`, so a truncating checkpoint (erasure) waits for
                 // this pass instead of failing on SQLite's checkpoint lock.
                 let _pass = passes.lock();
-                if let Err(e) = conn.query_row("pragma wal_checkpoint(passive)", [], |r| r.get::<_, i64>(0)) {
-                    tracing::warn!(error = %e, "WAL checkpoint failed; retried shortly");
+                match conn.query_row("pragma wal_checkpoint(passive)", [], |r| r.get::<_, i64>(0)) {
+                    Ok(_) => {
+                        if failing {
+                            tracing::info!("WAL checkpoints work again");
+                        }
+                        (every, failing) = (CHECKPOINT_EVERY, false);
+                    }
+                    // A full disk fails every pass until space returns (the database file
+                    // cannot grow): say so once, then retry ever less often, up to every
+                    // CHECKPOINT_BACKOFF_MAX; the WAL keeps every commit meanwhile.
+                    Err(e) => {
+                        if !failing {
+                            let e = StoreError::from(e);
+                            tracing::warn!(error = %e.cause_chain(), "WAL checkpoint failed; retrying with backoff");
+                        }
+                        (every, failing) = ((every * 2).min(CHECKPOINT_BACKOFF_MAX), true);
+                    }
                 }
             }
         })
