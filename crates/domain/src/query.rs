@@ -193,7 +193,9 @@ impl ListQuery {
             }
             match name.as_str() {
                 "limit" => q.limit = parse_limit(Some(value))?,
-                "cursor" => cursor = Some(value.as_str()),
+                // An empty cursor is the first page: clients generated from the OpenAPI
+                // document send `cursor=` for "no cursor yet", and the document allows it.
+                "cursor" => cursor = Some(value.as_str()).filter(|c| !c.is_empty()),
                 "count" => q.count = parse_bool(name, value)?,
                 "include" => match value.as_str() {
                     "deleted" => include_deleted = true,
@@ -296,7 +298,7 @@ pub fn encode_cursor(sort: &Sort, position: &Position) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&wire).unwrap_or_default())
 }
 
-fn decode_cursor(sort: &Sort, cursor: &str) -> Result<Position, QueryError> {
+pub(crate) fn decode_cursor(sort: &Sort, cursor: &str) -> Result<Position, QueryError> {
     let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| qerr("cursor", "not a cursor issued by this server"))?;
     let wire: CursorWire =
         serde_json::from_slice(&bytes).map_err(|_| qerr("cursor", "not a cursor issued by this server"))?;
@@ -371,5 +373,13 @@ mod tests {
         let q = ListQuery::parse(&c, &pairs(&[("sort", "-n"), ("cursor", &cursor)])).unwrap();
         assert_eq!(q.after, Some(pos));
         assert!(ListQuery::parse(&c, &pairs(&[("sort", "n"), ("cursor", &cursor)])).is_err());
+    }
+
+    #[test]
+    fn an_empty_cursor_is_the_first_page() {
+        let q = ListQuery::parse(&coll(), &pairs(&[("cursor", ""), ("sort", "-n")])).unwrap();
+        assert_eq!(q.after, None);
+        // Still given once only.
+        assert!(ListQuery::parse(&coll(), &pairs(&[("cursor", ""), ("cursor", "")])).is_err());
     }
 }

@@ -856,7 +856,7 @@ fn list_operation(collection: &Collection, names: &CollectionNames) -> Operation
                 .default(Some(json!(DEFAULT_LIMIT))),
             &format!("Page size, 1 to {MAX_LIMIT} (more → 400)."),
         ),
-        query("cursor", string(), "The `next_cursor` of the previous page (same `sort`)."),
+        cursor_param(opaque_cursor(), "The `next_cursor` of the previous page (same `sort`)."),
         query(
             "include",
             string().enum_values(Some(["deleted"])),
@@ -998,6 +998,26 @@ fn restricting_children<'a>(schema: &'a Schema, collection: &'a Collection) -> i
     })
 }
 
+/// The collection and every collection a DELETE of it cascades into, at once (`cascade`
+/// refs, followed to any depth).
+fn cascade_set<'a>(schema: &'a Schema, collection: &'a Collection) -> Vec<&'a Collection> {
+    let mut set = vec![collection];
+    let mut next = 0;
+    while let Some(parent) = set.get(next).map(|c| c.name.clone()) {
+        next += 1;
+        for child in schema.collections.values() {
+            let cascades = child.fields.values().any(|f| {
+                matches!(&f.ty, FieldType::Ref { collection: target, on_delete: OnDelete::Cascade }
+                    if *target == parent)
+            });
+            if cascades && !set.iter().any(|c| c.name == child.name) {
+                set.push(child);
+            }
+        }
+    }
+    set
+}
+
 fn delete_operation(schema: &Schema, collection: &Collection) -> Operation {
     let c = &collection.name;
     let deleted = response(match collection.delete {
@@ -1020,15 +1040,29 @@ fn delete_operation(schema: &Schema, collection: &Collection) -> Operation {
         .response("404", problem("`not-found`: no such record (purged, erased, or never there)."))
         .response("412", problem("`precondition-failed`: `If-Match` is stale on an active record (`current_etag`)."))
         .response("422", problem("`validation`: `reason` longer than 500 characters."));
-    let children: Vec<&str> = restricting_children(schema, collection).collect();
+    // A restrict anywhere in the cascade stops the whole delete, not only one on the root.
+    let cascade = cascade_set(schema, collection);
+    let mut children: Vec<&str> = Vec::new();
+    for name in cascade.iter().flat_map(|c| restricting_children(schema, c)) {
+        if !children.contains(&name) {
+            children.push(name);
+        }
+    }
+    let mut conflicts = Vec::new();
     if !children.is_empty() {
-        op = op.response(
-            "409",
-            problem(&format!(
-                "`restrict`: active records of {} point here (`blockers`, `blockers_total`).",
-                children.join(", ")
-            )),
-        );
+        conflicts.push(format!(
+            "`restrict`: active records of {} point here or at a record the cascade takes (`blockers`, \
+             `blockers_total`)",
+            children.join(", ")
+        ));
+    }
+    // Held records are never purged: deleting one in a hard-delete collection, or a
+    // cascade that would purge one, stops with `legal-hold`.
+    if cascade.iter().any(|c| c.delete == DeleteMode::Hard) {
+        conflicts.push("`legal-hold`: the record, or a record the cascade would purge, is held".to_string());
+    }
+    if !conflicts.is_empty() {
+        op = op.response("409", problem(&format!("{}.", conflicts.join("; "))));
     }
     if collection.require_if_match {
         op = op.response("428", problem("`precondition-required`: this collection requires `If-Match`."));
@@ -1255,7 +1289,7 @@ fn retention_paths(paths: PathsBuilder, schema: &Schema) -> PathsBuilder {
             query("deleted_by", string(), "Deleted by this key id."),
             query("purge_before", date_time(), "Recovery window ends before (\"expiring soon\")."),
             limit_param(),
-            query("cursor", string(), "The `next_cursor` of the previous page."),
+            cursor_param(opaque_cursor(), "The `next_cursor` of the previous page."),
         ]))
         .response("200", json_response("A page of deleted records.", schema_ref("TrashList")))
         .response("400", problem("`invalid-parameter`: an unknown or malformed parameter or cursor."));
@@ -1489,6 +1523,18 @@ fn limit_param() -> Parameter {
     )
 }
 
+/// A list's `cursor`: `schema` says what the server can read as one; an empty value is the
+/// first page, as if it were absent (what a generated client sends before it has a cursor).
+fn cursor_param(schema: ObjectBuilder, description: &str) -> Parameter {
+    query("cursor", schema, &format!("{description} Empty: the first page, as if absent."))
+}
+
+/// A cursor the server encodes (base64url, unpadded): what it is not issued by the server
+/// is still a 400, which no schema can say.
+fn opaque_cursor() -> ObjectBuilder {
+    string().pattern(Some("^[A-Za-z0-9_-]*$"))
+}
+
 fn seq_param(name: &str, description: &str) -> Parameter {
     query(name, integer().minimum(Some(0)), description)
 }
@@ -1506,7 +1552,8 @@ fn audit_paths(paths: PathsBuilder) -> PathsBuilder {
             ),
             query("actor", string(), "Only this key id."),
             query("since", date_time(), "At or after."),
-            query("cursor", string(), "The `next_cursor` of the previous page."),
+            // The audit cursor is the seq of the last entry: any integer is a position.
+            cursor_param(string().pattern(Some("^(-?[0-9]{1,18})?$")), "The `next_cursor` of the previous page."),
             limit_param(),
         ]))
         .response("200", json_response("A page of entries.", schema_ref("AuditList")))
@@ -1548,16 +1595,13 @@ fn event_paths(paths: PathsBuilder, schema: &Schema) -> PathsBuilder {
         .description(Some("In commit order; at least once, each with a stable `id`."))
         .parameters(Some([
             seq_param("after", "Events after this seq (default 0: from the start)."),
-            seq_param("cursor", "The `next_cursor` of the previous page (instead of `after`)."),
+            seq_param("cursor", "The `next_cursor` of the previous page; given with `after`, `cursor` wins."),
             limit_param(),
             collection,
             kind,
         ]))
         .response("200", json_response("A page of events.", schema_ref("EventList")))
-        .response(
-            "400",
-            problem("`invalid-parameter`: an unknown or malformed parameter, or both `after` and `cursor`."),
-        );
+        .response("400", problem("`invalid-parameter`: an unknown or malformed parameter."));
     let [collection, kind] = event_filters(schema);
     let stream = operation("events_stream".into(), "events", "Follow events live (SSE)")
         .description(Some(
@@ -1603,7 +1647,7 @@ fn webhook_paths(paths: PathsBuilder) -> PathsBuilder {
         .parameters(Some([
             query("status", string().enum_values(Some(DELIVERY_STATUSES.iter().copied())), "Only this status."),
             query("endpoint", string(), "Only this endpoint id (`wh_…`)."),
-            query("cursor", string(), "The `next_cursor` of the previous page."),
+            cursor_param(string(), "The `next_cursor` of the previous page."),
             limit_param(),
         ]))
         .response("200", json_response("A page of deliveries, with their attempts.", schema_ref("DeliveryList")))

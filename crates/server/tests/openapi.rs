@@ -677,3 +677,111 @@ async fn documented_patterns_accept_what_the_server_accepts_and_no_more() {
         assert_eq!(r.status.as_u16() == 201, accepted, "server on {} chars: {}", value.len(), r.text);
     }
 }
+
+/// A client generated from the document sends `cursor=` before it has a cursor: the
+/// document allows it on every list, so every list reads it as the first page.
+#[tokio::test]
+async fn an_empty_cursor_is_the_first_page_of_every_list() {
+    let app = TestApp::new().await;
+    let doc = fetch(&app).await;
+    app.create("products", &app.admin, &json!({"sku": "C-1", "name": "Mug"})).await;
+    let mut lists = 0;
+    for (path, method, op) in operations(&doc) {
+        let Some(cursor) = param(&op, "cursor") else { continue };
+        // Key management is documented with its own rules.
+        if method != "get" || path.starts_with("/v1/keys") {
+            continue;
+        }
+        if let Some(p) = cursor["schema"]["pattern"].as_str() {
+            assert!(regex::Regex::new(p).unwrap().is_match(""), "{path}: the documented cursor refuses \"\"");
+        }
+        let first = app.get(&path, &app.admin).await;
+        let empty = app.get(&format!("{path}?cursor="), &app.admin).await;
+        empty.assert_status(200);
+        assert_eq!(empty.json()["items"], first.json()["items"], "{path}");
+        lists += 1;
+    }
+    // Seven collections, trash, audit, events and webhook deliveries.
+    assert!(lists >= 9, "only {lists} lists take a cursor");
+}
+
+/// `GET /v1/events` documents `after` and `cursor` side by side: given both, the server
+/// answers (the cursor wins, as `Last-Event-ID` wins over `after` on the stream).
+#[tokio::test]
+async fn events_take_after_and_cursor_together_and_the_cursor_wins() {
+    let app = TestApp::new().await;
+    let doc = fetch(&app).await;
+    let op = operation(&doc, "/v1/events", "get");
+    assert!(param(op, "after").is_some() && param(op, "cursor").is_some());
+    for i in 0..4 {
+        app.create("products", &app.admin, &json!({"sku": format!("E-{i}"), "name": "Mug"})).await;
+    }
+    let page = app.get("/v1/events?limit=2", &app.admin).await;
+    page.assert_status(200);
+    let cursor = page.json()["next_cursor"].as_str().expect("a next page").to_string();
+    let next = app.get(&format!("/v1/events?limit=2&cursor={cursor}"), &app.admin).await.json();
+    for after in ["0", "1", "999"] {
+        let both = app.get(&format!("/v1/events?limit=2&after={after}&cursor={cursor}"), &app.admin).await;
+        both.assert_status(200);
+        assert_eq!(both.json(), next, "after={after}");
+    }
+    // Each is still checked.
+    app.get(&format!("/v1/events?after=x&cursor={cursor}"), &app.admin).await.assert_problem(400, "invalid-parameter");
+    app.get("/v1/events?after=1&cursor=x", &app.admin).await.assert_problem(400, "invalid-parameter");
+}
+
+/// The documented cursor patterns accept the cursors the server issues, and the audit
+/// cursor (a position, any integer) is accepted whatever integer it is.
+#[tokio::test]
+async fn documented_cursor_patterns_fit_the_issued_cursors() {
+    let app = TestApp::new().await;
+    let doc = fetch(&app).await;
+    for i in 0..3 {
+        let r = app.create("products", &app.admin, &json!({"sku": format!("P-{i}"), "name": "Mug"})).await;
+        app.delete(&format!("/v1/products/{}", r["id"].as_str().unwrap()), &app.admin).await.assert_status(204);
+    }
+    for (path, list) in [
+        ("/v1/products", "/v1/products?limit=1&sort=-sku&include=deleted"),
+        ("/v1/trash", "/v1/trash?limit=1"),
+        ("/v1/audit", "/v1/audit?limit=1"),
+    ] {
+        let issued = app.get(list, &app.admin).await.json()["next_cursor"].as_str().expect("a next page").to_string();
+        assert!(pattern(&doc, path, "get", "cursor").is_match(&issued), "{path}: {issued:?} is not documented");
+    }
+    let audit = pattern(&doc, "/v1/audit", "get", "cursor");
+    for (value, accepted) in [("0", true), ("-3", true), ("123456789012345678", true), ("x", false), ("1.5", false)] {
+        assert_eq!(audit.is_match(value), accepted, "pattern on {value:?}");
+        let status = app.get(&format!("/v1/audit?cursor={value}"), &app.admin).await.status.as_u16();
+        assert_eq!(status == 200, accepted, "server on {value:?}: {status}");
+    }
+}
+
+/// DELETE of a held record in a hard-delete collection is a 409 `legal-hold`: the document
+/// says so for that collection and for every collection whose cascade can reach one.
+#[tokio::test]
+async fn delete_documents_the_legal_hold_conflict() {
+    let schema = format!(
+        "{TEST_SCHEMA}\n[collections.vaults.fields]\nname = {{ type = \"string\" }}\n\n\
+         [collections.keys_of_vault]\ndelete = \"hard\"\n\n[collections.keys_of_vault.fields]\n\
+         vault_id = {{ type = \"ref\", collection = \"vaults\", on_delete = \"cascade\" }}\n"
+    );
+    let app = TestApp::with_schema(&schema).await;
+    let doc = fetch(&app).await;
+    let secret = app.create("secrets", &app.admin, &json!({"value": "s"})).await;
+    let item = format!("/v1/secrets/{}", secret["id"].as_str().unwrap());
+    app.post(&format!("{item}:hold"), &app.admin, &json!({"case": "C", "reason": "r"})).await.assert_status(201);
+    let r = app.delete(&item, &app.admin).await;
+    r.assert_problem(409, "legal-hold");
+    check_documented(&doc, vec![("/v1/secrets/{id}", "delete", r)], &["409"]);
+
+    let vault = app.create("vaults", &app.admin, &json!({"name": "v"})).await;
+    let vault_id = vault["id"].as_str().unwrap();
+    let key = app.create("keys_of_vault", &app.admin, &json!({"vault_id": vault_id})).await;
+    let key_item = format!("/v1/keys_of_vault/{}", key["id"].as_str().unwrap());
+    app.post(&format!("{key_item}:hold"), &app.admin, &json!({"case": "C", "reason": "r"})).await.assert_status(201);
+    let r = app.delete(&format!("/v1/vaults/{vault_id}"), &app.admin).await;
+    r.assert_problem(409, "legal-hold");
+    check_documented(&doc, vec![("/v1/vaults/{id}", "delete", r)], &["409"]);
+    // A collection with no hard-delete collection in reach promises no such conflict.
+    assert!(operation(&doc, "/v1/customers/{id}", "delete")["responses"].get("409").is_none());
+}

@@ -33,7 +33,7 @@ async fn list_audit(State(state): State<AppState>, caller: Caller, query: QueryP
     {
         return Err(bad("action", "unknown action"));
     }
-    let after = match query.get("cursor") {
+    let after = match query.cursor() {
         None => None,
         Some(c) => Some(c.parse::<i64>().map_err(|_| bad("cursor", "not a cursor issued by this server"))?),
     };

@@ -66,12 +66,12 @@ async fn list_events(State(state): State<AppState>, caller: Caller, query: Query
     caller.require(Permission::Events, None)?;
     query.only(&["after", "cursor", "limit", "collection", "type"])?;
     let limit = parse_limit(query.get("limit"))?;
-    let after = match (query.get("after"), query.get("cursor")) {
-        (Some(_), Some(_)) => return Err(bad("cursor", "give after or cursor, not both")),
-        (Some(a), None) => parse_seq("after", a)?,
-        (None, Some(c)) => parse_seq("cursor", c)?,
-        (None, None) => 0,
-    };
+    // Both are checked, and `cursor` wins (as `Last-Event-ID` wins over `after` on the
+    // stream): a client generated from the document may keep its first `after` while it
+    // follows `next_cursor`, and each page must then continue where the last one ended.
+    let after = query.get("after").map(|a| parse_seq("after", a)).transpose()?;
+    let cursor = query.cursor().map(|c| parse_seq("cursor", c)).transpose()?;
+    let after = cursor.or(after).unwrap_or(0);
     let (collection, types) = filters(&state, &query)?;
     let q = EventQuery { after, collection, types, limit: limit + 1 };
     let mut events = state.store.list_events(caller.tenant(), &q).await?;

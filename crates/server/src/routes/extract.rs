@@ -62,6 +62,13 @@ impl QueryPairs {
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
+
+    /// The `cursor` of a list, an empty one read as absent (the first page): a client
+    /// generated from the OpenAPI document sends `cursor=` before it has one, and the
+    /// document allows it.
+    pub(crate) fn cursor(&self) -> Option<&str> {
+        self.get("cursor").filter(|c| !c.is_empty())
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {

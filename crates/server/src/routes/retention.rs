@@ -82,7 +82,7 @@ async fn list_trash(State(state): State<AppState>, caller: Caller, query: QueryP
         deleted_before: time("deleted_before")?,
         deleted_by: query.get("deleted_by").map(str::to_string),
         purge_before: time("purge_before")?,
-        after: query.get("cursor").map(decode_position).transpose()?,
+        after: query.cursor().map(decode_position).transpose()?,
         limit: limit + 1,
     };
     let mut records = state.store.list_trash(caller.tenant(), &collections, &q, state.now()).await?;

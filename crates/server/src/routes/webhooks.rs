@@ -65,7 +65,7 @@ async fn list_deliveries(
     let q = DeliveryQuery {
         status,
         endpoint_id: query.get("endpoint").map(str::to_string),
-        after: query.get("cursor").map(str::to_string),
+        after: query.cursor().map(str::to_string),
         limit: limit + 1,
     };
     let mut items = state.store.list_deliveries(caller.tenant(), &q).await?;
