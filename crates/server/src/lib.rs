@@ -15,6 +15,7 @@ pub mod request_id;
 mod routes;
 pub mod search;
 pub mod telemetry;
+pub mod ui;
 pub mod webhooks;
 
 pub use app::{AppState, Workers, router, serve};
