@@ -295,6 +295,14 @@ async fn deletes_with_blast_radius_then_undoes(ui: &Ui) -> Result {
     let mug = ui.first_id("/v1/products?filter[sku]=SKU-1001").await;
     ui.open(&format!("/c/products/{mug}")).await?;
     ui.until("document.querySelector('#history')").await?;
+    let out = ui.text("#refs-out").await?;
+    check(out.contains("category_id: categories") && out.contains("restrict"), || {
+        format!("what it refers to: {out:?}")
+    })?;
+    let refs_in = ui.text("#refs-in").await?;
+    check(refs_in.contains("1 cart_items record via product_id (on delete: cascade)"), || {
+        format!("what refers to it: {refs_in:?}")
+    })?;
     ui.axe("record").await?;
     ui.shot("record").await?;
     ui.click("#delete").await?;
@@ -381,7 +389,9 @@ async fn explains_a_unique_conflict_with_a_link(ui: &Ui) -> Result {
     ui.open("/trash/products").await?;
     ui.click(&format!("#trash tr[data-id='{old_id}'] button.restore")).await?;
     let said = ui.text("#conflict").await?;
-    check(said.contains("sku SKU-9") && said.contains("Green mug"), || format!("the conflict explained: {said:?}"))?;
+    check(said.contains("“Old mug” cannot come back: sku SKU-9 is now used by “Green mug”"), || {
+        format!("the conflict explained: {said:?}")
+    })?;
     ui.axe("restore conflict").await?;
     ui.shot("conflict").await?;
     let href = ui.js("return document.querySelector('#conflict a.conflict-link').getAttribute('href');").await?;

@@ -18,6 +18,12 @@ export function label(record) {
   return record ? record.id : '';
 }
 
+/** Who did it: "you" for the signed-in key, else the key id. */
+export function actor(keyId) {
+  if (!keyId) return '—';
+  return session.who && keyId === session.who.key_id ? h('span', { title: keyId }, 'you') : keyId;
+}
+
 /** A problem as a sentence, with its request id for the operator. */
 export function problem(e) {
   if (!(e instanceof ApiProblem)) return h('p', { class: 'error', role: 'alert' }, String(e.message || e));
@@ -196,6 +202,15 @@ function fieldsList(c, record) {
   h('dt', null, 'updated'), h('dd', null, when(record.updated_at)));
 }
 
+/** The records this one's ref fields point at. */
+function referencesOut(c, r) {
+  const refs = c.fields.filter((f) => f.ref && r[f.name]);
+  if (!refs.length) return h('p', { class: 'muted' }, 'It refers to nothing.');
+  return h('ul', { id: 'refs-out' }, refs.map((f) => h('li', null, `${f.name}: `,
+    link(recordRoute(f.ref.collection, r[f.name]), `${f.ref.collection} ${r[f.name]}`),
+    ` (if that is deleted: ${f.ref.on_delete})`)));
+}
+
 /** Records of other collections whose ref fields point at this one. */
 async function referencesIn(name, id) {
   const rows = [];
@@ -223,7 +238,7 @@ async function auditTrail(name, id) {
       h('caption', { class: 'sr-only' }, 'Audit trail'),
       h('thead', null, h('tr', null, ['when', 'action', 'version', 'by', 'reason', 'operation'].map((t) => h('th', { scope: 'col' }, t)))),
       h('tbody', null, page.items.map((a) => h('tr', null,
-        h('td', null, when(a.at)), h('td', null, a.action), h('td', null, show(a.version)), h('td', null, a.actor),
+        h('td', null, when(a.at)), h('td', null, a.action), h('td', null, show(a.version)), h('td', null, actor(a.actor)),
         h('td', null, show(a.reason)), h('td', null, a.deletion_id ? link(`/deletions/${a.deletion_id}`, 'operation') : '—'))))));
   } catch (e) {
     return problem(e);
@@ -264,7 +279,7 @@ export async function record(view, [name, id]) {
     pageHeader(`${name}: ${label(r)}`),
     r.deleted ? h('div', { class: 'banner deleted', id: 'deleted-banner' },
       h('strong', null, 'In the trash (read-only). '),
-      'Deleted ', when(r.deleted_at), ' by ', show(r.deleted_by),
+      'Deleted ', when(r.deleted_at), ' by ', actor(r.deleted_by),
       r.delete_reason ? [': “', r.delete_reason, '”'] : null, '. ',
       h('span', { class: t.soon ? 'soon' : '' }, `Purge: ${t.text}.`), ' ',
       r.deletion_id && can('read_deleted') ? link(`/deletions/${r.deletion_id}`, 'Deleted together') : null) : null,
@@ -273,6 +288,7 @@ export async function record(view, [name, id]) {
     missing.length ? h('p', { class: 'muted', id: 'not-offered' }, `Not offered with this key: ${missing.map((s) => `${s} (needs the ${s} scope)`).join(', ')}.`) : null,
     panel,
     h('section', { 'aria-labelledby': 'h-fields' }, h('h2', { id: 'h-fields' }, 'Fields'), fieldsList(c, r)),
+    h('section', { 'aria-labelledby': 'h-refs-out' }, h('h2', { id: 'h-refs-out' }, 'It refers to'), referencesOut(c, r)),
     h('section', { 'aria-labelledby': 'h-refs' }, h('h2', { id: 'h-refs' }, 'Refers to it'), refsIn),
     h('section', { 'aria-labelledby': 'h-history' }, h('h2', { id: 'h-history' }, 'History (audit trail)'), trail),
     h('section', { 'aria-labelledby': 'h-retention', id: 'retention' }, h('h2', { id: 'h-retention' }, 'Legal holds and erasure'),
@@ -358,7 +374,7 @@ async function explainConflict(kind, collName, id, { conflicting_id: conflicting
     try { mine = await get(recordPath(collName, id), { include: 'deleted' }); } catch { mine = null; }
     const fs = fields && fields.length ? fields : (collection(collName) ? collection(collName).unique.find(() => true) || [] : []);
     const values = fs.map((f) => (mine && mine[f] !== undefined ? `${f} ${show(mine[f])}` : f)).join(', ');
-    return h('li', { class: 'conflict' }, `${collName} ${id} cannot come back: ${values || 'a unique value'} is now used by `,
+    return h('li', { class: 'conflict' }, `${collName} ${mine ? `“${label(mine)}”` : id} cannot come back: ${values || 'a unique value'} is now used by `,
       link(recordRoute(collName, conflictingId), other ? `“${label(other)}”` : conflictingId, { class: 'conflict-link' }),
       ' — open it, change or delete it, then restore again.');
   }
@@ -459,7 +475,7 @@ export async function trash(view, [name], query) {
     return h('tr', { dataset: { id: r.id, collection: r.collection }, class: t.soon ? 'soon-row' : '' },
       h('th', { scope: 'row' }, link(recordRoute(r.collection, r.id, true), `${r.collection} “${label(r)}”`)),
       h('td', null, when(r.deleted_at)),
-      h('td', null, show(r.deleted_by)),
+      h('td', null, actor(r.deleted_by)),
       h('td', null, show(r.delete_reason)),
       h('td', { class: t.soon ? 'soon' : '' }, t.soon ? h('strong', null, `Expiring soon: ${t.text}`) : t.text,
         r.legal_hold ? h('span', { class: 'tag' }, 'held') : null),
@@ -510,7 +526,7 @@ export async function deletion(view, [id]) {
     h('dl', { class: 'fields' },
       h('dt', null, 'status'), h('dd', { id: 'op-status' }, op.status),
       h('dt', null, 'root'), h('dd', null, link(recordRoute(op.root.collection, op.root.id, true), `${op.root.collection} ${op.root.id}`)),
-      h('dt', null, 'by'), h('dd', null, show(op.actor)),
+      h('dt', null, 'by'), h('dd', null, actor(op.actor)),
       h('dt', null, 'why'), h('dd', null, show(op.reason)),
       h('dt', null, 'when'), h('dd', null, when(op.created_at)),
       h('dt', null, 'restorable until'), h('dd', null, when(op.restorable_until)),
