@@ -191,8 +191,9 @@ impl Ui {
         self.c.goto(&format!("{}/ui/", self.base)).await.ctx("open /ui/")?;
         self.js("sessionStorage.clear(); return null;").await?;
         self.c.refresh().await.ctx("reload")?;
-        self.type_into("#signin input[name=key]", key).await?;
-        self.click("#signin button[type=submit]").await?;
+        // Keyboard only: the key field has the focus; type and press Enter.
+        self.until("document.activeElement && document.activeElement.name === 'key'").await?;
+        self.c.active_element().await.ctx("focus")?.send_keys(&format!("{key}\u{e007}")).await.ctx("type the key")?;
         self.until("document.querySelector('#collections') || document.querySelector('#sign-out')").await
     }
 
@@ -330,7 +331,9 @@ async fn deletes_with_blast_radius_then_undoes(ui: &Ui) -> Result {
     let (_, deleted) = ui.get(&format!("/v1/products/{mug}?include=deleted")).await;
     check(deleted["delete_reason"] == "customer asked", || format!("the reason went along: {deleted}"))?;
 
-    ui.click_button(".toast", "Undo").await?;
+    // Keyboard only: the Undo button has the focus; Enter presses it.
+    ui.until("document.activeElement && document.activeElement.textContent === 'Undo'").await?;
+    ui.c.active_element().await.ctx("focus")?.send_keys("\u{e007}").await.ctx("Enter on Undo")?;
     ui.until(
         "[...document.querySelectorAll('.toast')].some(t => t.textContent.includes('Undone: 3 records restored'))",
     )

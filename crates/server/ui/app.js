@@ -166,7 +166,9 @@ export async function render() {
     if (heading) {
       heading.setAttribute('tabindex', '-1');
       document.title = `${heading.textContent} · Tombstone`;
-      if (document.activeElement === document.body || !main.contains(document.activeElement)) heading.focus();
+      // Focus follows the page, except when it is on a toast (Undo must stay one key away).
+      const inToast = document.getElementById('toasts').contains(document.activeElement);
+      if (!inToast && (document.activeElement === document.body || !main.contains(document.activeElement))) heading.focus();
     }
     return;
   }
@@ -180,12 +182,16 @@ export function toast(message, action, ms = 10000) {
   const item = h('div', { class: 'toast' }, h('span', { class: 'toast-text' }, message));
   let timer;
   const close = () => { clearTimeout(timer); item.remove(); };
+  let actionButton = null;
   if (action) {
-    item.appendChild(h('button', { type: 'button', class: 'toast-action', onclick: async () => { close(); await action.run(); } },
-      action.label));
+    actionButton = h('button', { type: 'button', class: 'toast-action', onclick: async () => { close(); await action.run(); } },
+      action.label);
+    item.appendChild(actionButton);
   }
   item.appendChild(h('button', { type: 'button', class: 'toast-close', 'aria-label': 'Dismiss', onclick: close }, '×'));
   box.appendChild(item);
+  // An action (Undo) takes the focus: Enter undoes at once, Tab moves on.
+  if (actionButton) actionButton.focus();
   timer = setTimeout(close, ms);
   return item;
 }
