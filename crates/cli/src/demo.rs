@@ -47,10 +47,12 @@ pub async fn prepare(
         store.set_meta("demo.admin_key", &key.key.id).await?;
         eprintln!("demo admin key (tenant {DEMO_TENANT}, shown once): {}", key.secret);
         eprintln!("  try: curl -H 'Authorization: Bearer {}' http://{addr}/v1/products", key.secret);
+        eprintln!("  dashboard: http://{addr}/ui/ (sign in with this key)");
     } else {
         eprintln!(
             "demo admin key was printed on first start; to make another: tombstone keys create --tenant {DEMO_TENANT} --scopes admin"
         );
+        eprintln!("  dashboard: http://{addr}/ui/");
     }
     Ok(())
 }

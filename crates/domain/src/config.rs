@@ -16,8 +16,20 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// Collection names that would shadow a fixed API route under `/v1/`.
-pub const RESERVED_COLLECTIONS: &[&str] =
-    &["keys", "trash", "audit", "events", "deletions", "purge", "webhooks", "search", "metrics", "ui"];
+pub const RESERVED_COLLECTIONS: &[&str] = &[
+    "keys",
+    "trash",
+    "audit",
+    "events",
+    "deletions",
+    "purge",
+    "webhooks",
+    "search",
+    "metrics",
+    "ui",
+    "collections",
+    "whoami",
+];
 
 /// Field names used by the record representation itself.
 pub const RESERVED_FIELDS: &[&str] = &["id", "collection", "version", "created_at", "updated_at", "holds"];

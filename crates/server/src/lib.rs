@@ -16,6 +16,7 @@ mod routes;
 pub mod search;
 pub mod supervise;
 pub mod telemetry;
+pub mod ui;
 pub mod webhooks;
 
 pub use app::{AppState, Workers, router, serve};

@@ -147,6 +147,7 @@ pub fn openapi(schema: &Schema) -> OpenApi {
     paths = deletion_paths(paths);
     components = feed_components(components);
     paths = system_paths(paths);
+    paths = dashboard_paths(paths);
     tags.push(
         TagBuilder::new()
             .name("retention")
@@ -164,6 +165,12 @@ pub fn openapi(schema: &Schema) -> OpenApi {
         TagBuilder::new()
             .name("events")
             .description(Some("The tenant's events in commit order: a feed, a live stream, webhook deliveries."))
+            .build(),
+    );
+    tags.push(
+        TagBuilder::new()
+            .name("dashboard")
+            .description(Some("Who the key is and what it can see: what the dashboard at /ui/ starts from."))
             .build(),
     );
     tags.push(
@@ -1795,6 +1802,86 @@ fn system_paths(paths: PathsBuilder) -> PathsBuilder {
         .path("/healthz", PathItem::new(HttpMethod::Get, public(healthz)))
         .path("/readyz", PathItem::new(HttpMethod::Get, public(readyz)))
         .path("/openapi.json", PathItem::new(HttpMethod::Get, public(openapi)))
+}
+
+/// `GET /v1/whoami` and `GET /v1/collections`: what the dashboard needs before anything else.
+fn dashboard_paths(paths: PathsBuilder) -> PathsBuilder {
+    let me = closed(
+        ObjectBuilder::new()
+            .property("tenant", string())
+            .property("key_id", string())
+            .property("name", ObjectBuilder::new().schema_type(nullable(Type::String)))
+            .property("scopes", array_of(string().description(Some("`read`, `delete:products`, …"))))
+            .required("tenant")
+            .required("key_id")
+            .required("name")
+            .required("scopes"),
+    );
+    let mut whoami = operation("whoami".into(), "dashboard", "Who the calling key is")
+        .description(Some("Any valid key may ask: its tenant, id, name and scopes (never its secret)."))
+        .response("200", json_response("The calling key.", me))
+        .response("400", problem("`invalid-parameter`: it takes no parameter."));
+    whoami = authenticated(whoami, "any").response(
+        "403",
+        problem("`forbidden`: not answered by this operation (any valid key may ask); listed as every operation's is."),
+    );
+    let count = || ObjectBuilder::new().schema_type(nullable(Type::Integer)).minimum(Some(0));
+    let counts = closed(
+        ObjectBuilder::new()
+            .property("active", count().description(Some("Not deleted (`null` without `read`).")))
+            .property("deleted", count().description(Some("In the trash (`null` without `read_deleted`).")))
+            .property(
+                "expiring_7d",
+                count()
+                    .description(Some("In the trash, not held, purged within 7 days (`null` without `read_deleted`).")),
+            )
+            .property("held", count().description(Some("Under a legal hold (`null` without `read_deleted`).")))
+            .required("active")
+            .required("deleted")
+            .required("expiring_7d")
+            .required("held"),
+    );
+    let field = ObjectBuilder::new()
+        .property("name", string())
+        .property("type", string())
+        .property("required", boolean())
+        .property("search", boolean())
+        .property("pii", boolean())
+        .property(
+            "ref",
+            closed(ObjectBuilder::new().property("collection", string()).property("on_delete", string()))
+                .description(Some("For `ref` fields: the target and its policy.")),
+        );
+    let collection = closed(
+        ObjectBuilder::new()
+            .property("name", string())
+            .property("delete", string().description(Some("`soft` or `hard`.")))
+            .property("retention_seconds", integer())
+            .property("require_if_match", boolean())
+            .property("unique", array_of(array_of(string())))
+            .property("fields", array_of(field))
+            .property("counts", counts)
+            .required("name")
+            .required("counts")
+            .required("fields"),
+    );
+    let list = closed(
+        ObjectBuilder::new()
+            .property("items", array_of(collection))
+            .property("next_cursor", ObjectBuilder::new().schema_type(Type::Null))
+            .required("items")
+            .required("next_cursor"),
+    );
+    let collections = operation("collections_list".into(), "dashboard", "The collections with their counts")
+        .description(Some(
+            "The collections the key may read, with their declared fields and this tenant's counts. \
+             Counts of deleted records need `read_deleted` on the collection; without it they are `null`.",
+        ))
+        .response("200", json_response("Every collection the key may read (one page).", list))
+        .response("400", problem("`invalid-parameter`: it takes no parameter."));
+    paths
+        .path("/v1/whoami", PathItem::new(HttpMethod::Get, whoami.build()))
+        .path("/v1/collections", PathItem::new(HttpMethod::Get, authenticated(collections, "read").build()))
 }
 
 #[cfg(test)]

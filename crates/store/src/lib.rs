@@ -401,6 +401,20 @@ pub struct PurgeDue {
     pub held: u64,
 }
 
+/// The dashboard's counts of one collection for one tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CollectionCounts {
+    pub collection: String,
+    /// Not deleted.
+    pub active: u64,
+    /// Soft-deleted and not purged yet (the trash).
+    pub deleted: u64,
+    /// Soft-deleted, not held, and due for purge before the horizon.
+    pub expiring: u64,
+    /// Under at least one active legal hold, deleted or not.
+    pub held: u64,
+}
+
 /// What an erasure removed, and what it still has to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Erasure {
@@ -714,6 +728,13 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         horizon: Timestamp,
     ) -> Result<Vec<PurgeDue>, StoreError>;
+    /// Per collection, for one tenant: active, deleted, expiring before `horizon`, held.
+    async fn collection_counts(
+        &self,
+        tenant: &str,
+        collections: &[Arc<Collection>],
+        horizon: Timestamp,
+    ) -> Result<Vec<CollectionCounts>, StoreError>;
     /// Pauses or resumes purge (kept in the database, so every process obeys it).
     async fn set_purge_paused(&self, paused: bool) -> Result<(), StoreError>;
     /// Whether purge is paused.

@@ -1,6 +1,7 @@
 //! Route handlers, one module per resource.
 
 pub(crate) mod audit;
+pub(crate) mod collections;
 pub(crate) mod deletions;
 pub(crate) mod events;
 pub(crate) mod extract;
@@ -9,3 +10,4 @@ pub(crate) mod keys;
 pub(crate) mod records;
 pub(crate) mod retention;
 pub(crate) mod webhooks;
+pub(crate) mod whoami;

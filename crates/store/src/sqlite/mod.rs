@@ -46,10 +46,10 @@ use tombstone_domain::time::Timestamp;
 
 use self::records::TableSql;
 use crate::{
-    AttemptOutcome, AuditQuery, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery, EndpointState,
-    Erasure, ErasureStep, EventQuery, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim,
-    IdempotencyKey, Page, PurgeBatch, PurgeDue, RecordsPage, Redelivery, RestoreOutcome, Store, StoreError, StoredKey,
-    StoredResponse, TrashQuery, WebhookEndpoint,
+    AttemptOutcome, AuditQuery, CollectionCounts, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery,
+    EndpointState, Erasure, ErasureStep, EventQuery, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS,
+    IdempotencyClaim, IdempotencyKey, Page, PurgeBatch, PurgeDue, RecordsPage, Redelivery, RestoreOutcome, Store,
+    StoreError, StoredKey, StoredResponse, TrashQuery, WebhookEndpoint,
 };
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -1223,6 +1223,21 @@ impl Store for SqliteStore {
                     return Ok(batch);
                 }
             }
+        })
+        .await
+    }
+
+    async fn collection_counts(
+        &self,
+        tenant: &str,
+        collections: &[Arc<Collection>],
+        horizon: Timestamp,
+    ) -> Result<Vec<CollectionCounts>, StoreError> {
+        let tables =
+            collections.iter().map(|c| Ok((c.clone(), self.table(c)?))).collect::<Result<Vec<_>, StoreError>>()?;
+        let tenant = tenant.to_string();
+        self.read(move |conn| {
+            tables.iter().map(|(c, sql)| retention::collection_counts(conn, sql, c, &tenant, horizon)).collect()
         })
         .await
     }

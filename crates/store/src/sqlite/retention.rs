@@ -16,7 +16,7 @@ use tombstone_domain::time::Timestamp;
 
 use super::records::{self, TableSql};
 use super::{changes, relations};
-use crate::{Erasure, ErasureStep, PurgeBatch, PurgeDue, StoreError, TrashQuery};
+use crate::{CollectionCounts, Erasure, ErasureStep, PurgeBatch, PurgeDue, StoreError, TrashQuery};
 
 /// The actor of the purge worker's audit entries.
 const PURGE_ACTOR: &str = "system:purge";
@@ -404,6 +404,39 @@ pub(crate) fn purge_due(
         .query_map(params![now.as_micros(), horizon.as_micros(), tenant], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     Ok(PurgeDue { collection: collection.name.clone(), due_now, sample, due_soon, held: held_count })
+}
+
+/// One collection's counts for the dashboard. Each count is one indexed `count(*)`; the
+/// held count reads the holds table, which only ever holds a few rows per record.
+pub(crate) fn collection_counts(
+    conn: &Connection,
+    sql: &TableSql,
+    collection: &Collection,
+    tenant: &str,
+    horizon: Timestamp,
+) -> Result<CollectionCounts, StoreError> {
+    let held_clause = if any_active_hold(conn, &collection.name)? {
+        active_hold_clause(sql, &collection.name)
+    } else {
+        "false".to_string()
+    };
+    let count = |condition: &str| -> Result<u64, StoreError> {
+        let q = format!("select count(*) from {} where tenant = ?1 and {condition} and ?2 = ?2", sql.table);
+        let n: i64 = conn.prepare_cached(&q)?.query_row(params![tenant, horizon.as_micros()], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    };
+    let held: i64 = conn
+        .prepare_cached(
+            "select count(distinct record_id) from holds where tenant = ?1 and collection = ?2 and released_at is null",
+        )?
+        .query_row(params![tenant, collection.name], |r| r.get(0))?;
+    Ok(CollectionCounts {
+        collection: collection.name.clone(),
+        active: count("deleted_at is null")?,
+        deleted: count("deleted_at is not null")?,
+        expiring: count(&format!("deleted_at is not null and purge_at <= ?2 and not {held_clause}"))?,
+        held: u64::try_from(held).unwrap_or(0),
+    })
 }
 
 pub(crate) fn set_paused(conn: &Connection, paused: bool) -> Result<(), StoreError> {
