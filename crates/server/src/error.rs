@@ -242,6 +242,7 @@ impl From<StoreError> for ApiError {
             StoreError::ParentDeleted { parents } => Self::ParentDeleted { parents },
             StoreError::RestoreConflicts(c) => Self::RestoreConflicts(c),
             StoreError::LegalHold => Self::LegalHold,
+            StoreError::IdempotencyConflict => Self::IdempotencyConflict,
             StoreError::Migration(m) | StoreError::Internal(m) => Self::Internal(m),
         }
     }
