@@ -305,6 +305,7 @@ impl From<StoreError> for ApiError {
             StoreError::ParentDeleted { parents } => Self::ParentDeleted { parents },
             StoreError::RestoreConflicts(c) => Self::RestoreConflicts(c),
             StoreError::LegalHold => Self::LegalHold,
+            StoreError::IdempotencyConflict => Self::IdempotencyConflict,
             StoreError::Migration(m) | StoreError::Internal(m) => Self::Internal(m),
             StoreError::Constraint { fields, source } => Self::UniqueViolation { fields, cause: source.to_string() },
             e @ StoreError::Busy { .. } => Self::Busy(e.cause_chain()),

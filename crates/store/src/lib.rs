@@ -61,6 +61,10 @@ pub enum StoreError {
     /// The schema cannot be applied to the existing database.
     #[error("{0}")]
     Migration(String),
+    /// Another request under the same `Idempotency-Key` runs, or answered first (in
+    /// another process on the same database): this one changed nothing.
+    #[error("another request with this idempotency key is running or has answered")]
+    IdempotencyConflict,
     /// The database could not be reached or answered with an error.
     #[error("storage error: {0}")]
     Internal(String),
@@ -526,7 +530,8 @@ pub struct RecordsPage {
 
 /// How long an idempotency key is kept.
 pub const IDEMPOTENCY_TTL_MICROS: i64 = 24 * 3600 * 1_000_000;
-/// After this long an in-flight claim is taken to be abandoned (its process died).
+/// After this long an in-flight claim is taken to be abandoned (its request was cancelled;
+/// a claim never outlives its process).
 pub const IDEMPOTENCY_STALE_MICROS: i64 = 60 * 1_000_000;
 
 /// A record store. Every mutation is one transaction.

@@ -15,6 +15,7 @@
 //! PostgreSQL's autovacuum gives way to a conflicting lock request).
 
 mod changes;
+mod idempotency;
 mod records;
 mod relations;
 mod retention;
@@ -47,7 +48,7 @@ use tombstone_domain::time::Timestamp;
 use self::records::TableSql;
 use crate::{
     AttemptOutcome, AuditQuery, CollectionCounts, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery,
-    EndpointState, Erasure, ErasureStep, EventQuery, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS,
+    EndpointState, Erasure, ErasureStep, EventQuery,
     IdempotencyClaim, IdempotencyKey, Page, PurgeBatch, PurgeDue, RecordsPage, Redelivery, RestoreOutcome, Store,
     StoreError, StoredKey, StoredResponse, TrashQuery, WebhookEndpoint,
 };
@@ -291,6 +292,8 @@ pub struct SqliteStore {
     cache: Option<Arc<dyn crate::RecordCache>>,
     /// The newest outbox seq whose records the cache has been told about.
     feed: Arc<CacheFeed>,
+    /// Idempotency keys claimed by requests running in this process.
+    claims: Arc<idempotency::Claims>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -350,6 +353,7 @@ impl SqliteStore {
             changes: Arc::new(tokio::sync::Notify::new()),
             cache: None,
             feed: Arc::default(),
+            claims: Arc::default(),
         })
     }
 
@@ -386,6 +390,7 @@ impl SqliteStore {
             changes: Arc::new(tokio::sync::Notify::new()),
             cache: None,
             feed: Arc::default(),
+            claims: Arc::default(),
         })
     }
 
@@ -592,20 +597,6 @@ fn insert_deletion(
     Ok(())
 }
 
-fn complete_idempotency_in(
-    tx: &rusqlite::Transaction<'_>,
-    key: &IdempotencyKey,
-    response: &StoredResponse,
-) -> Result<(), StoreError> {
-    let headers = serde_json::to_string(&response.headers).unwrap_or_else(|_| "[]".into());
-    let (coll, rid) = response.record.clone().unzip();
-    tx.prepare_cached(
-        "update idempotency set state = 'done', status = ?4, headers = ?5, body = ?6, collection = ?7, record_id = ?8 where tenant = ?1 and api_key = ?2 and key = ?3",
-    )?
-    .execute(params![key.tenant, key.api_key, key.key, response.status, headers, response.body, coll, rid])?;
-    Ok(())
-}
-
 fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, Option<String>, String, String, i64)> {
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
 }
@@ -662,6 +653,7 @@ impl Store for SqliteStore {
         let sql = self.table(collection)?;
         let collection = collection.clone();
         let actor = actor.clone();
+        let claims = self.claims.clone();
         self.write(move |tx| {
             let existing: Option<String> = tx
                 .prepare_cached(&format!("select id from {} where tenant = ?1 and id = ?2", sql.table))?
@@ -688,7 +680,7 @@ impl Store for SqliteStore {
                 record.created_at,
             )?;
             if let Some((key, response)) = &idempotency {
-                complete_idempotency_in(tx, key, response)?;
+                claims.complete(tx, key, response)?;
             }
             Ok(record)
         })
@@ -971,64 +963,18 @@ impl Store for SqliteStore {
         fingerprint: &str,
         now: Timestamp,
     ) -> Result<IdempotencyClaim, StoreError> {
-        let key = key.clone();
-        let fingerprint = fingerprint.to_string();
-        self.write(move |tx| {
-            type Row = (String, String, Option<u16>, Option<String>, Option<String>, Option<String>, Option<String>, i64);
-            let row: Option<Row> = tx
-                .prepare_cached(
-                    "select fingerprint, state, status, headers, body, collection, record_id, created_at from idempotency where tenant = ?1 and api_key = ?2 and key = ?3",
-                )?
-                .query_row(params![key.tenant, key.api_key, key.key], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
-                })
-                .optional()?;
-            let now_us = now.as_micros();
-            let claim = |tx: &rusqlite::Transaction<'_>| -> Result<IdempotencyClaim, StoreError> {
-                tx.prepare_cached(
-                    "insert into idempotency (tenant, api_key, key, fingerprint, state, created_at) values (?1, ?2, ?3, ?4, 'in_flight', ?5)
-                     on conflict (tenant, api_key, key) do update set fingerprint = excluded.fingerprint, state = 'in_flight', status = null, headers = null, body = null, collection = null, record_id = null, created_at = excluded.created_at",
-                )?
-                .execute(params![key.tenant, key.api_key, key.key, fingerprint, now_us])?;
-                Ok(IdempotencyClaim::Claimed)
-            };
-            match row {
-                None => claim(tx),
-                Some((.., created_at)) if created_at < now_us - IDEMPOTENCY_TTL_MICROS => claim(tx),
-                Some((fp, ..)) if fp != fingerprint => Ok(IdempotencyClaim::Mismatch),
-                Some((_, state, .., created_at)) if state == "in_flight" => {
-                    if created_at < now_us - IDEMPOTENCY_STALE_MICROS {
-                        claim(tx)
-                    } else {
-                        Ok(IdempotencyClaim::InFlight)
-                    }
-                }
-                Some((_, _, status, headers, body, coll, rid, _)) => Ok(IdempotencyClaim::Replay(StoredResponse {
-                    status: status.unwrap_or(500),
-                    headers: headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
-                    body: body.unwrap_or_default(),
-                    record: coll.zip(rid),
-                })),
-            }
-        })
-        .await
+        let (key, fingerprint, claims) = (key.clone(), fingerprint.to_string(), self.claims.clone());
+        self.write(move |tx| claims.claim(tx, &key, &fingerprint, now)).await
     }
 
     async fn complete_idempotency(&self, key: &IdempotencyKey, response: StoredResponse) -> Result<(), StoreError> {
-        let key = key.clone();
-        self.write(move |tx| complete_idempotency_in(tx, &key, &response)).await
+        let (key, claims) = (key.clone(), self.claims.clone());
+        self.write(move |tx| claims.complete(tx, &key, &response)).await
     }
 
     async fn release_idempotency(&self, key: &IdempotencyKey) -> Result<(), StoreError> {
-        let key = key.clone();
-        self.write(move |tx| {
-            tx.execute(
-                "delete from idempotency where tenant = ?1 and api_key = ?2 and key = ?3 and state = 'in_flight'",
-                params![key.tenant, key.api_key, key.key],
-            )?;
-            Ok(())
-        })
-        .await
+        self.claims.release(key);
+        Ok(())
     }
 
     async fn expire_idempotency(&self, before: Timestamp) -> Result<u64, StoreError> {
