@@ -257,8 +257,12 @@ async fn event_and_tenant_filters_choose_what_an_endpoint_gets() {
     let mine = app.create("products", &app.admin, &json!({"sku": "A", "name": "Mug"})).await;
     let theirs = app.create("products", &other, &json!({"sku": "A", "name": "Mug"})).await;
     app.delete(&format!("/v1/products/{}", mine["id"].as_str().unwrap()), &app.admin).await.assert_status(204);
-    app.delete(&format!("/v1/products/{}", theirs["id"].as_str().unwrap()), &other).await.assert_status(204);
+    let deleted = app.delete(&format!("/v1/products/{}", theirs["id"].as_str().unwrap()), &other).await;
+    deleted.assert_status(204);
     relay.run_once().await.unwrap();
+    // t2's deletion does not name t1's endpoint among its sinks.
+    let op = app.get(&format!("/v1/deletions/{}", deleted.header("deletion-id").unwrap()), &other).await.json();
+    assert_eq!(op["propagation"]["webhooks"], json!({}), "{op}");
     let got = got(&receiver);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].body["type"], "record.deleted");
@@ -392,6 +396,7 @@ async fn an_upgrade_keys_existing_lanes_by_tenant_keeps_their_order_and_hides_ol
          update webhook_deliveries set last_error = 'request failed: error sending request for url ({url}?token={TOKEN})'
              where last_error is not null;
          alter table webhook_endpoints drop column removed_at;
+         alter table webhook_endpoints drop column tenant;
          delete from _migrations where name = '0007_webhook_lanes';"
     ))
     .unwrap();

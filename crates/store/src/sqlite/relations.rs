@@ -458,10 +458,14 @@ pub(crate) fn get_operation(
         .prepare_cached("select max(seq) from outbox where tenant = ?1 and deletion_id = ?2")?
         .query_row([tenant, id], |r| r.get(0))?;
     let mut webhooks = BTreeMap::new();
-    // Tenants read this: endpoint ids and error classes only, never URLs.
+    // Tenants read this: endpoint ids and error classes only, never URLs, and only the
+    // endpoints that serve this tenant.
     let endpoints: Vec<(String, i64, Option<i64>, bool)> = conn
-        .prepare_cached("select id, cursor, disabled_at, removed_at is not null from webhook_endpoints order by id")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .prepare_cached(
+            "select id, cursor, disabled_at, removed_at is not null from webhook_endpoints
+             where tenant is null or tenant = ?1 order by id",
+        )?
+        .query_map([tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<Result<_, _>>()?;
     for (endpoint, cursor, disabled_at, removed) in endpoints {
         let states: Vec<(String, Option<String>)> = conn

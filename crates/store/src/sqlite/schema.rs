@@ -256,6 +256,9 @@ update webhook_deliveries set record_key = tenant || '/' || record_key;
 -- Endpoints that leave the config are marked, not forgotten: their deliveries stay
 -- listed, and fan-out, outbox clean-up and the backlog skip them.
 alter table webhook_endpoints add column removed_at integer;
+-- The tenant an endpoint is confined to (null: every tenant), so a deletion's propagation
+-- names only the endpoints that serve its tenant.
+alter table webhook_endpoints add column tenant text;
 
 -- A pending delivery whose event was cleaned out of the outbox can never be sent, and
 -- would hold its lane for ever.

@@ -74,12 +74,12 @@ pub(crate) fn sync(
         // left off" would be a gap-ridden replay. A 410 disable is the endpoint's own word
         // and stays until an operator re-enables it.
         conn.prepare_cached(
-            "insert into webhook_endpoints (id, url, cursor) values (?1, ?2, ?3)
-             on conflict (id) do update set url = excluded.url,
+            "insert into webhook_endpoints (id, url, cursor, tenant) values (?1, ?2, ?3, ?4)
+             on conflict (id) do update set url = excluded.url, tenant = excluded.tenant,
                  cursor = case when removed_at is null then cursor else excluded.cursor end,
                  removed_at = null",
         )?
-        .execute(params![e.id, e.url, newest])?;
+        .execute(params![e.id, e.url, newest, e.tenant])?;
     }
     // Endpoints that left the config: nothing can be sent to them any more (their URL and
     // secret are gone with the config), so their pending deliveries are cancelled at once
