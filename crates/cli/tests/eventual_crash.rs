@@ -218,8 +218,18 @@ fn an_eventual_cascade_killed_midway_finishes_exactly_once_after_restart() {
     // -- the operation itself.
     let op = api.get(&format!("/v1/deletions/{deletion_id}"));
     assert_eq!(op["counts"], json!({"children": CHILDREN, "parents": 1}), "{}", op["counts"]);
-    let records = op["records"].as_array().expect("records");
+    assert_eq!(op["records_total"], CHILDREN + 1);
+    // `records` comes a page at a time.
+    let mut records: Vec<Value> = op["records"].as_array().expect("records").clone();
+    let mut next = op["records_next_cursor"].as_str().map(str::to_string);
+    while let Some(cursor) = next {
+        let page = api.get(&format!("/v1/deletions/{deletion_id}?cursor={cursor}"));
+        records.extend(page["records"].as_array().expect("records").iter().cloned());
+        next = page["records_next_cursor"].as_str().map(str::to_string);
+    }
     assert_eq!(records.len(), CHILDREN + 1);
+    let distinct: std::collections::HashSet<String> = records.iter().map(Value::to_string).collect();
+    assert_eq!(distinct.len(), CHILDREN + 1, "each record once");
     assert_eq!(records[0], json!({"collection": "parents", "id": "p1"}), "root first");
 
     // -- every child deleted exactly once, by this operation.

@@ -236,7 +236,10 @@ async fn cascade_and_eventual_children_are_erased_with_the_customer_and_orders_s
         assert!(mine.iter().all(|e| e["data"].is_null()), "{mine:?}");
         assert_eq!(mine.last().unwrap()["type"], "record.erased");
         // A retried erasure of a child answers its own receipt.
-        app.post_empty(&format!("/v1/{collection}/{id}:erase"), &app.admin).await.assert_status(200);
+        let own = app.post_empty(&format!("/v1/{collection}/{id}:erase"), &app.admin).await;
+        own.assert_status(200);
+        assert_eq!(own.json()["counts"], json!({collection: 1}), "{}", own.text);
+        assert_eq!(own.json()["audit_seq"], entries[0]["seq"]);
     }
     // Orphan children stay, their ref keeping the value of a record that is gone.
     let kept = app.get(&format!("/v1/orders/{order}"), &app.admin).await;

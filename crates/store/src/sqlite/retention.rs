@@ -559,7 +559,7 @@ fn erase_one(
         audit_seq,
         i64::try_from(events).unwrap_or(i64::MAX),
         i64::try_from(responses).unwrap_or(i64::MAX),
-        format!("{{{:?}: 1}}", collection.name)
+        serde_json::json!({ collection.name.as_str(): 1 }).to_string()
     ])?;
     // What is left once this commits: the index's copy (only a searchable collection has
     // one) and the WAL's old page images.
