@@ -71,21 +71,21 @@ pub enum StoreError {
     /// Another writer (another process on the same file) held the database longer than the
     /// busy timeout, or a table was locked. Nothing was written; the same call may succeed
     /// a moment later.
-    #[error("the database is busy")]
+    #[error("the database is busy: {source}")]
     Busy {
         #[source]
         source: Arc<rusqlite::Error>,
     },
     /// The disk (or the file system's quota) is full: the transaction was rolled back and
     /// nothing was written. Writes succeed again, without a restart, once space returns.
-    #[error("the storage is full")]
+    #[error("the storage is full: {source}")]
     StorageFull {
         #[source]
         source: Arc<rusqlite::Error>,
     },
     /// The storage failed to read or write (an I/O error, a file that cannot be opened):
     /// the transaction was rolled back.
-    #[error("the storage failed")]
+    #[error("the storage failed: {source}")]
     StorageFailed {
         #[source]
         source: Arc<rusqlite::Error>,
@@ -93,15 +93,16 @@ pub enum StoreError {
     /// A unique or primary-key constraint the store did not check before writing (it checks
     /// the ones it knows; this is the database catching one it did not, e.g. a race with
     /// another process). Nothing was written.
-    #[error("a unique constraint was violated")]
+    #[error("a unique constraint was violated: {source}")]
     Constraint {
         /// The columns named by the database (`sku`), without their table.
         fields: Vec<String>,
         #[source]
         source: Arc<rusqlite::Error>,
     },
-    /// Any other database error, kept with its cause for the log.
-    #[error("database error")]
+    /// Any other database error, kept with its cause for the log. (Each of these variants
+    /// shows SQLite's message in its own text too: workers log errors with `%e`.)
+    #[error("database error: {source}")]
     Database {
         #[source]
         source: Arc<rusqlite::Error>,

@@ -55,6 +55,8 @@ fn a_full_database_is_storage_full_and_keeps_its_cause() {
     let chain = err.cause_chain();
     assert!(chain.starts_with("the storage is full: ") && chain.contains("full"), "{chain}");
     assert!(std::error::Error::source(&err).is_some(), "the rusqlite error is kept as the source");
+    // Workers log errors with `%e`: the text alone names SQLite's reason.
+    assert!(err.to_string().contains("database or disk is full"), "{err}");
 }
 
 #[test]
