@@ -1,9 +1,11 @@
 //! Crash at every write step: the real `tombstone` binary is killed with SIGKILL at random
 //! instants while several client threads send a burst of mixed writes — create, patch,
 //! delete with a cascade, restore (of one record and of a whole deletion operation),
-//! `:purge` and `:erase` — and is restarted on the same port after each kill. Once the
-//! burst is over, the server is killed once more, restarted, and its whole history is
-//! checked against what the clients asked for:
+//! `:purge` and `:erase` — and is restarted on the same port after each kill. Right after
+//! each restart, while the clients go on, every write acknowledged before the kill must be
+//! there with the events it asked for, and `tombstone audit verify` must pass beside the
+//! serving server. Once the burst is over, the server is killed once more, restarted, and
+//! its whole history is checked against what the clients asked for:
 //!
 //! - every acknowledged (2xx) write is there exactly once: one event and one audit entry
 //!   per record it changed, exactly the records the client predicted (a cascade commits
@@ -662,6 +664,38 @@ fn free_port() -> u16 {
 // ---------------------------------------------------------------------------------------
 // The test
 
+/// Checks, right after a restart and while the clients go on, that every write
+/// acknowledged before the kill is there with exactly the events it asked for, and that
+/// `tombstone audit verify` (read-only, safe beside the server) accepts the chain.
+fn check_after_restart(http: &Client, base: &str, secret: &str, config: &Path, cwd: &Path, acked: &[Sent]) {
+    let mut by_request: HashMap<String, BTreeSet<Change>> = HashMap::new();
+    for e in all_pages(http, base, secret, "/v1/events?limit=500", "after") {
+        if e["type"] != "deletion.completed" {
+            let request = e["request_id"].as_str().unwrap_or_else(|| panic!("event without a request id: {e}"));
+            by_request.entry(request.to_string()).or_default().insert(Change::of_event(&e));
+        }
+    }
+    for s in acked {
+        let found: Vec<&BTreeSet<Change>> = s.request_ids.iter().filter_map(|id| by_request.get(id)).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "after a restart: acknowledged {} has events under {} of its requests {:?}",
+            s.what,
+            found.len(),
+            s.request_ids
+        );
+        assert_eq!(found[0], &s.changes, "after a restart: the events of acknowledged {}", s.what);
+    }
+    let verify = run_bounded(Some(cwd), &["audit", "verify", "--config", path_str(config)], COMMAND_TIMEOUT);
+    assert!(
+        verify.status.success(),
+        "after a restart, tombstone audit verify failed:\n{}\n{}",
+        verify.stdout,
+        verify.stderr
+    );
+}
+
 /// Runs `CLIENTS` clients (numbered from `first`) through `phase` while another thread
 /// kills the server up to `kills` times, after a random gap (ms, at least `gap.0`, below
 /// `gap.0 + gap.1`) of load each, restarting it at once; returns the kills done and the
@@ -688,9 +722,11 @@ fn run_phase(
         .collect();
     let done = Arc::new(AtomicBool::new(false));
     let killer = {
-        let (server, done, phase) = (server.clone(), done.clone(), phase.clone());
+        let (server, done, phase, log) = (server.clone(), done.clone(), phase.clone(), log.clone());
+        let (base, secret) = (base.to_string(), secret.to_string());
         let mut rng = Rng(rng.next());
         thread::spawn(move || {
+            let http = Client::builder().timeout(REQUEST_TIMEOUT).build().expect("http client");
             let mut done_kills = 0;
             while done_kills < kills && !done.load(Ordering::SeqCst) {
                 // The next kill after a random stretch of load, whatever the requests in
@@ -705,8 +741,13 @@ fn run_phase(
                 let mut server = lock(&server);
                 server.kill();
                 done_kills += 1;
+                // Whatever was acknowledged before the kill has committed.
+                let acked = lock(&log).acked.clone();
                 thread::sleep(Duration::from_millis(rng.below(100)));
                 server.start();
+                let (config, cwd) = (server.config.clone(), server.cwd.clone());
+                drop(server);
+                check_after_restart(&http, &base, &secret, &config, &cwd, &acked);
             }
             done_kills
         })

@@ -279,14 +279,20 @@ pub(crate) fn walk_audit(
     conn: &Connection,
     mut each: impl FnMut(&AuditEntry) -> bool,
 ) -> Result<Option<(i64, String)>, StoreError> {
-    let mut stmt = conn.prepare(&format!("select {AUDIT_COLUMNS} from audit order by seq"))?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        if !each(&read_audit(row)?) {
-            break;
+    // The entries and the head from one snapshot: read in two, a server committing between
+    // them moved the head past the last entry read, and a verify beside a busy server
+    // reported a truncated log.
+    let snapshot = conn.unchecked_transaction()?;
+    {
+        let mut stmt = snapshot.prepare(&format!("select {AUDIT_COLUMNS} from audit order by seq"))?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            if !each(&read_audit(row)?) {
+                break;
+            }
         }
     }
-    Ok(conn
+    Ok(snapshot
         .query_row("select seq, hash from audit_head where id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?)
 }
