@@ -45,11 +45,11 @@ use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::Timestamp;
 
 use self::records::TableSql;
+use crate::CollectionCounts;
 use crate::{
-    AttemptOutcome, AuditQuery, CollectionCounts, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery,
-    EndpointState, Erasure, EventQuery, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim,
-    IdempotencyKey, Page, PurgeBatch, PurgeDue, RestoreOutcome, Store, StoreError, StoredKey, StoredResponse,
-    TrashQuery, WebhookEndpoint,
+    AttemptOutcome, AuditQuery, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery, EndpointState,
+    Erasure, EventQuery, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim, IdempotencyKey, Page,
+    PurgeBatch, PurgeDue, RestoreOutcome, Store, StoreError, StoredKey, StoredResponse, TrashQuery, WebhookEndpoint,
 };
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
