@@ -57,7 +57,8 @@ impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
 struct Driver {
     child: Child,
     port: u16,
-    _profile: tempfile::TempDir,
+    /// Chromium's profile: a fresh one per run.
+    profile: tempfile::TempDir,
 }
 
 impl Drop for Driver {
@@ -89,7 +90,7 @@ fn start_driver() -> Option<Driver> {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn chromedriver");
-    let driver = Driver { child, port, _profile: tempfile::tempdir().expect("profile dir") };
+    let driver = Driver { child, port, profile: tempfile::tempdir().expect("profile dir") };
     let deadline = Instant::now() + PATIENCE;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "chromedriver did not listen on {port}");
@@ -99,7 +100,7 @@ fn start_driver() -> Option<Driver> {
 }
 
 async fn browser(driver: &Driver) -> Client {
-    let profile = driver._profile.path().join("profile");
+    let profile = driver.profile.path().join("profile");
     let caps = json!({
         "goog:chromeOptions": {
             "binary": CHROMIUM,

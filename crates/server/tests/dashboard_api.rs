@@ -158,3 +158,14 @@ async fn the_dashboard_is_served_embedded_with_a_strict_policy_and_revalidated_b
     app.send(Method::GET, "/ui/../Cargo.toml", None, &[], None).await.assert_status(404);
     app.send(Method::GET, "/ui/nope.js", None, &[], None).await.assert_problem(404, "not-found");
 }
+
+#[test]
+fn collections_and_whoami_cannot_name_a_collection() {
+    // They would be shadowed by the dashboard's routes under /v1/.
+    for name in ["collections", "whoami"] {
+        let toml = format!("[collections.{name}.fields]\nx = {{ type = \"string\" }}\n");
+        let refused = tombstone_domain::config::Config::parse(&toml, std::path::Path::new("."));
+        let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains(name), "{name} was accepted as a collection name: {message:?}");
+    }
+}

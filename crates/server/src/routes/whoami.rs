@@ -3,7 +3,6 @@
 //! 403 never comes as a surprise.
 
 use axum::Router;
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -17,7 +16,7 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/v1/whoami", get(whoami))
 }
 
-async fn whoami(State(_state): State<AppState>, caller: Caller, query: QueryPairs) -> Result<Response, ApiError> {
+async fn whoami(caller: Caller, query: QueryPairs) -> Result<Response, ApiError> {
     query.only(&[])?;
     let scopes: Vec<String> = caller.scopes().iter().map(ToString::to_string).collect();
     Ok(axum::Json(json!({

@@ -46,8 +46,9 @@ use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::Timestamp;
 
 use self::records::TableSql;
+use crate::CollectionCounts;
 use crate::{
-    AttemptOutcome, AuditQuery, CollectionCounts, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery,
+    AttemptOutcome, AuditQuery, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery,
     EndpointState, Erasure, ErasureStep, EventQuery,
     IdempotencyClaim, IdempotencyKey, Page, PurgeBatch, PurgeDue, RecordsPage, Redelivery, RestoreOutcome, Store,
     StoreError, StoredKey, StoredResponse, TrashQuery, WebhookEndpoint,
