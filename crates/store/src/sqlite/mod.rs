@@ -48,10 +48,9 @@ use tombstone_domain::time::Timestamp;
 use self::records::TableSql;
 use crate::CollectionCounts;
 use crate::{
-    AttemptOutcome, AuditQuery, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery,
-    EndpointState, Erasure, ErasureStep, EventQuery,
-    IdempotencyClaim, IdempotencyKey, Page, PurgeBatch, PurgeDue, RecordsPage, Redelivery, RestoreOutcome, Store,
-    StoreError, StoredKey, StoredResponse, TrashQuery, WebhookEndpoint,
+    AttemptOutcome, AuditQuery, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery, EndpointState,
+    Erasure, ErasureStep, EventQuery, IdempotencyClaim, IdempotencyKey, Page, PurgeBatch, PurgeDue, RecordsPage,
+    Redelivery, RestoreOutcome, Store, StoreError, StoredKey, StoredResponse, TrashQuery, WebhookEndpoint,
 };
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
