@@ -86,6 +86,7 @@ const PROBLEM_TYPES: &[&str] = &[
     "not-deleted",
     "idempotency-conflict",
     "erased",
+    "request-timeout",
     "precondition-failed",
     "payload-too-large",
     "validation",
