@@ -86,6 +86,34 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    pub limits: ServerLimits,
+}
+
+/// What a client may take of the server: bounds that keep slow or idle clients (slowloris)
+/// from holding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// How long a client may take to send a request's headers (`[server] header_read_timeout`).
+    pub header_read_timeout: Duration,
+    /// How long a request body may go without sending anything (`[server] body_read_timeout`).
+    pub body_read_timeout: Duration,
+    /// Open connections at most; beyond it new ones wait in the listen backlog
+    /// (`[server] max_connections`).
+    pub max_connections: u32,
+    /// Requests being handled at once at most; beyond it they wait for a slot
+    /// (`[server] max_concurrent_requests`). A stream counts only until its head is sent.
+    pub max_concurrent_requests: u32,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_concurrent_requests: 1024,
+        }
+    }
 }
 
 /// Where records live.
@@ -281,6 +309,10 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<Spanned<String>>,
+    header_read_timeout: Option<Spanned<String>>,
+    body_read_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    max_concurrent_requests: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -429,6 +461,29 @@ impl Config {
             })?,
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
         };
+        let defaults = ServerLimits::default();
+        let limits = ServerLimits {
+            header_read_timeout: match &raw.server.header_read_timeout {
+                Some(t) => parse_duration(t.get_ref()).map_err(|r| lines.err("server.header_read_timeout", t, r))?,
+                None => defaults.header_read_timeout,
+            },
+            body_read_timeout: match &raw.server.body_read_timeout {
+                Some(t) => parse_duration(t.get_ref()).map_err(|r| lines.err("server.body_read_timeout", t, r))?,
+                None => defaults.body_read_timeout,
+            },
+            max_connections: positive(
+                &lines,
+                "server.max_connections",
+                raw.server.max_connections.as_ref(),
+                defaults.max_connections,
+            )?,
+            max_concurrent_requests: positive(
+                &lines,
+                "server.max_concurrent_requests",
+                raw.server.max_concurrent_requests.as_ref(),
+                defaults.max_concurrent_requests,
+            )?,
+        };
 
         let storage = match &raw.storage.url {
             None => StorageConfig::Sqlite { path: base_dir.join("tombstone-data/tombstone.db") },
@@ -536,7 +591,7 @@ impl Config {
         };
 
         Ok(Self {
-            server: ServerConfig { listen },
+            server: ServerConfig { listen, limits },
             storage,
             cache,
             search,
@@ -810,6 +865,23 @@ category_id = { type = "ref", collection = "categories", on_delete = "restrict" 
         assert!(products.field("category_id").unwrap().index);
         let categories = config.schema.collection("categories").unwrap();
         assert_eq!(categories.retention, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn server_limits_have_defaults_and_can_be_set() {
+        assert_eq!(parse(GOOD).unwrap().server.limits, ServerLimits::default());
+        let config = parse(
+            "[server]\nheader_read_timeout = \"2s\"\nbody_read_timeout = \"1m\"\nmax_connections = 50\nmax_concurrent_requests = 8\n",
+        )
+        .unwrap();
+        let limits = config.server.limits;
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(limits.body_read_timeout, Duration::from_secs(60));
+        assert_eq!((limits.max_connections, limits.max_concurrent_requests), (50, 8));
+        let e = error_of("[server]\nmax_connections = 0\n");
+        assert!(e.key == "server.max_connections" && e.line == Some(2), "{e}");
+        let e = error_of("[server]\nheader_read_timeout = \"soon\"\n");
+        assert_eq!(e.key, "server.header_read_timeout", "{e}");
     }
 
     fn error_of(text: &str) -> ConfigError {

@@ -9,7 +9,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tombstone_domain::config::{PurgeConfig, Schema, WebhookConfig};
+use tombstone_domain::config::{PurgeConfig, Schema, ServerLimits, WebhookConfig};
 use tombstone_domain::time::{Clock, Timestamp};
 use tombstone_store::{IDEMPOTENCY_TTL_MICROS, Store};
 
@@ -47,6 +47,8 @@ pub struct AppInner {
     pub openapi: Arc<String>,
     /// The full-text index (absent only when no collection has a `search` field).
     pub search: Option<Arc<SearchIndex>>,
+    /// Timeouts and concurrency bounds that [`serve`] applies to connections.
+    pub limits: ServerLimits,
 }
 
 impl AppState {
@@ -55,7 +57,22 @@ impl AppState {
     pub fn new(schema: Arc<Schema>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         telemetry::handle();
         let openapi = Arc::new(crate::openapi::document(&schema).to_string());
-        Self(Arc::new(AppInner { schema, store, clock, keys: KeyCache::default(), openapi, search: None }))
+        Self(Arc::new(AppInner {
+            schema,
+            store,
+            clock,
+            keys: KeyCache::default(),
+            openapi,
+            search: None,
+            limits: ServerLimits::default(),
+        }))
+    }
+
+    /// The same state with other connection limits (`[server]` in the config).
+    #[must_use]
+    pub fn with_limits(mut self, limits: ServerLimits) -> Self {
+        Arc::make_mut(&mut self.0).limits = limits;
+        self
     }
 
     /// The same state with a search index.
@@ -178,13 +195,79 @@ pub async fn serve(
         }
         None => None,
     };
-    let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    let result = serve_http(listener, state, shutdown).await;
     let _ = cancel.0.send(true);
     while tasks.join_next().await.is_some() {}
     if let Some(indexer) = indexer {
         let _ = tokio::task::spawn_blocking(move || indexer.join()).await;
     }
     result
+}
+
+/// Serves HTTP/1 on `listener` until `shutdown`, then waits for open requests to finish.
+///
+/// `axum::serve` has no read timeouts, so a client that sends its headers or body a byte at a
+/// time (slowloris) could hold a connection, and with enough of them the server, for ever.
+/// Here hyper reads headers under `header_read_timeout` (then closes the connection), a
+/// body that stays silent for `body_read_timeout` fails its read (a 408 problem), at most
+/// `max_connections` are open (more wait in the listen backlog) and at most
+/// `max_concurrent_requests` are handled at once (more wait for a slot). A request holds its
+/// slot until its response head is ready, so event streams do not count once they run.
+async fn serve_http(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = state.limits;
+    let service = tower::ServiceBuilder::new()
+        .layer(tower::limit::ConcurrencyLimitLayer::new(limits.max_concurrent_requests as usize))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_read_timeout))
+        .service(router(state));
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // The peer gave up before we accepted: nothing to do.
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                ) => continue,
+                // Out of file descriptors and the like: wait rather than spin (as axum does).
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot accept connections; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let connection =
+            graceful.watch(http.serve_connection(io, hyper_util::service::TowerToHyperService::new(service.clone())));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Works through eventual cascades: after every commit, and once a second in case another

@@ -81,6 +81,10 @@ pub enum ApiError {
     /// 410 `erased`: the record this idempotent response created has been erased.
     #[error("the record created by this request has been erased")]
     Erased,
+    /// 408 `request-timeout`: the body stopped arriving for longer than the body read
+    /// timeout (`[server] body_read_timeout`).
+    #[error("the request body stopped arriving; send it without pauses")]
+    RequestTimeout,
     /// 412 `precondition-failed`: `If-Match` is stale.
     #[error("If-Match does not match the current version (v{current})")]
     PreconditionFailed { current: i64 },
@@ -161,6 +165,7 @@ impl ApiError {
             Self::EventGone(_) => (StatusCode::CONFLICT, "event-gone"),
             Self::EndpointRemoved(_) => (StatusCode::CONFLICT, "endpoint-removed"),
             Self::Erased => (StatusCode::GONE, "erased"),
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request-timeout"),
             Self::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "precondition-failed"),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
             Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
@@ -330,6 +335,17 @@ impl From<PathRejection> for ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(e: BytesRejection) -> Self {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE { Self::PayloadTooLarge } else { Self::Malformed(e.body_text()) }
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::PayloadTooLarge;
+        }
+        // The body read timeout surfaces as a body error somewhere in the cause chain.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = cause {
+            if c.is::<tower_http::timeout::TimeoutError>() {
+                return Self::RequestTimeout;
+            }
+            cause = c.source();
+        }
+        Self::Malformed(e.body_text())
     }
 }

@@ -88,6 +88,7 @@ const PROBLEM_TYPES: &[&str] = &[
     "event-gone",
     "endpoint-removed",
     "erased",
+    "request-timeout",
     "precondition-failed",
     "payload-too-large",
     "validation",

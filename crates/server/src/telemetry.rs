@@ -74,7 +74,7 @@ pub(crate) async fn metrics_endpoint(State(state): State<AppState>) -> Response 
 /// which `is_collection` holds (a configured one). Anything else is `other`, so requests
 /// to made-up paths, which need no key, cannot add series to `/metrics` without bound.
 #[must_use]
-pub fn route_of<'a>(path: &'a str, is_collection: impl Fn(&str) -> bool) -> (&'static str, &'a str) {
+pub fn route_of(path: &str, is_collection: impl Fn(&str) -> bool) -> (&'static str, &str) {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
         ["healthz"] => ("/healthz", ""),
