@@ -284,6 +284,11 @@ fn parse_filter(collection: &Collection, param: &str, field_name: &str, raw: &st
         }
     };
     let value = parse_field_value(field, &json).map_err(|m| qerr(param, m))?;
+    // `filter[n]=null` read as JSON is a null, and `= null` matches no row: a list that is
+    // silently empty. The document promises a value of the field's type; anything else is a 400.
+    if value.is_null() {
+        return Err(qerr(param, format!("expected a {} value", field.ty.name())));
+    }
     let value = match value {
         FieldValue::String(s) if field.case_insensitive => FieldValue::String(fold_case(&s)),
         other => other,
@@ -350,6 +355,7 @@ mod tests {
             vec![("limit", "501")],
             vec![("limit", "x")],
             vec![("filter[n]", "x")],
+            vec![("filter[n]", "null")],
             vec![("filter[m]", "1")],
             vec![("filter[nope]", "1")],
             vec![("nope", "1")],
