@@ -148,7 +148,9 @@ pub fn verify(
         return Err(VerifyError::MissingHeader);
     }
     let ts: i64 = timestamp.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
-    if (now_secs - ts).abs() > TOLERANCE_SECS {
+    // abs_diff, not `(now - ts).abs()`: the timestamp is the sender's text, and one near
+    // i64::MIN overflowed the subtraction (a panic, found by the fuzzer).
+    if now_secs.abs_diff(ts) > TOLERANCE_SECS.unsigned_abs() {
         return Err(VerifyError::TimestampOutOfTolerance);
     }
     for candidate in signature.split(' ') {
@@ -201,6 +203,14 @@ mod tests {
         assert_eq!(ok(EXPECTED, TS - 301), Err(VerifyError::TimestampOutOfTolerance));
         assert_eq!(verify(&key, None, Some("1"), Some(EXPECTED), BODY, TS), Err(VerifyError::MissingHeader));
         assert_eq!(verify(&key, Some(ID), Some("soon"), Some(EXPECTED), BODY, TS), Err(VerifyError::BadTimestamp));
+        // Timestamps at the ends of i64 are refused, not an overflow.
+        for far in [i64::MIN.to_string(), i64::MAX.to_string()] {
+            assert_eq!(
+                verify(&key, Some(ID), Some(&far), Some(EXPECTED), BODY, TS),
+                Err(VerifyError::TimestampOutOfTolerance)
+            );
+        }
+        assert_eq!(ok(EXPECTED, i64::MIN), Err(VerifyError::TimestampOutOfTolerance));
         let other = secret_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         assert_eq!(
             verify(&other, Some(ID), Some(&TS.to_string()), Some(EXPECTED), BODY, TS),

@@ -785,3 +785,18 @@ async fn delete_documents_the_legal_hold_conflict() {
     // A collection with no hard-delete collection in reach promises no such conflict.
     assert!(operation(&doc, "/v1/customers/{id}", "delete")["responses"].get("409").is_none());
 }
+
+/// `filter[price_cents]` is documented as an integer: `null` is not one, and read as a JSON
+/// null it matched no row (a silently empty list). It is a 400 like any other non-integer.
+#[tokio::test]
+async fn a_null_filter_on_a_typed_field_is_refused() {
+    let app = TestApp::new().await;
+    let doc = fetch(&app).await;
+    let list = operation(&doc, "/v1/products", "get");
+    assert_eq!(param(list, "filter[price_cents]").expect("documented")["schema"]["type"], "integer");
+    app.create("products", &app.admin, &json!({"sku": "N-1", "name": "Mug"})).await;
+    for filter in ["filter[price_cents]=null", "filter[rating]=null", "filter[active]=null"] {
+        app.get(&format!("/v1/products?{filter}"), &app.admin).await.assert_problem(400, "invalid-parameter");
+    }
+    app.get("/v1/products?filter[price_cents]=3", &app.admin).await.assert_status(200);
+}

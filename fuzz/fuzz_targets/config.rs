@@ -1,0 +1,4 @@
+//! Fuzz target: `tombstone_domain::fuzzing::config` (see that module for the properties).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tombstone_domain::fuzzing::config(data));
