@@ -233,6 +233,10 @@ async fn an_operations_records_are_paged_with_cursors_covering_each_exactly_once
     let whole = app.get(&format!("/v1/deletions/{deletion_id}"), &app.admin).await.json();
     assert_eq!(whole["records"].as_array().unwrap().len(), everything.len());
     assert!(whole["records_next_cursor"].is_null());
+    // An empty cursor is the first page, as on every list.
+    let empty = app.get(&format!("/v1/deletions/{deletion_id}?cursor="), &app.admin).await;
+    empty.assert_status(200);
+    assert_eq!(empty.json()["records"], whole["records"]);
     app.get(&format!("/v1/deletions/{deletion_id}?limit=501"), &app.admin)
         .await
         .assert_problem(400, "invalid-parameter");
