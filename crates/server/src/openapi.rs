@@ -695,9 +695,11 @@ fn fixed_components() -> ComponentsBuilder {
             closed(ObjectBuilder::new())
                 .property(
                     "tenant",
-                    string()
-                        .description(Some("The calling key's tenant (the default); any other is a 403."))
-                        .max_length(Some(64)),
+                    nullable_string()
+                        .description(Some(
+                            "The calling key's tenant (the default, also when null); any other is a 403.",
+                        ))
+                        .pattern(Some("^[A-Za-z0-9_-]{1,64}$")),
                 )
                 .property(
                     "scopes",

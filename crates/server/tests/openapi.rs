@@ -801,3 +801,27 @@ async fn a_null_filter_on_a_typed_field_is_refused() {
     }
     app.get("/v1/products?filter[price_cents]=3", &app.admin).await.assert_status(200);
 }
+
+/// `NewKey.tenant` allows exactly what `POST /v1/keys` takes: null or the caller's own
+/// tenant name; an empty or malformed name is outside the document and refused with 422.
+#[tokio::test]
+async fn the_documented_key_tenant_is_what_the_server_takes() {
+    let app = TestApp::new().await;
+    let doc = fetch(&app).await;
+    let tenant = &schema(&doc, "NewKey")["properties"]["tenant"];
+    assert_eq!(tenant["type"], json!(["string", "null"]));
+    let pattern = regex::Regex::new(tenant["pattern"].as_str().unwrap()).unwrap();
+    assert!(!pattern.is_match(""));
+    assert!(!pattern.is_match("a/b"));
+
+    let own = app.get("/v1/whoami", &app.admin).await.json()["tenant"].as_str().unwrap().to_string();
+    assert!(pattern.is_match(&own));
+    for body in [json!({"tenant": null, "scopes": ["read"]}), json!({"tenant": own, "scopes": ["read"]})] {
+        app.post("/v1/keys", &app.admin, &body).await.assert_status(201);
+    }
+    for bad in ["", "a/b"] {
+        app.post("/v1/keys", &app.admin, &json!({"tenant": bad, "scopes": ["read"]}))
+            .await
+            .assert_problem(422, "validation");
+    }
+}
