@@ -259,7 +259,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 demo::prepare(&config, &store, clock.as_ref(), local).await?;
             }
             let search = Arc::new(SearchIndex::open(&config.search.path, true)?);
-            let state = AppState::new(config.schema.clone(), store, clock).with_search(search);
+            let state = AppState::new(config.schema.clone(), store, clock)
+                .with_search(search)
+                .with_events(config.events.clone());
             let workers = Workers::new(&state, &config.webhooks, config.purge.clone(), config.events.retention)?;
             workers.relay.register().await?;
             eprintln!("listening on http://{local}");

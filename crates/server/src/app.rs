@@ -9,12 +9,13 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tombstone_domain::config::{PurgeConfig, Schema, WebhookConfig};
+use tombstone_domain::config::{EventsConfig, PurgeConfig, Schema, WebhookConfig};
 use tombstone_domain::time::{Clock, Timestamp};
 use tombstone_store::{IDEMPOTENCY_TTL_MICROS, Store};
 
 use crate::auth::KeyCache;
 use crate::error::ApiError;
+use crate::hub::EventHub;
 use crate::purge::PurgeWorker;
 use crate::search::SearchIndex;
 use crate::webhooks::Relay;
@@ -46,6 +47,10 @@ pub struct AppInner {
     pub openapi: Arc<String>,
     /// The full-text index (absent only when no collection has a `search` field).
     pub search: Option<Arc<SearchIndex>>,
+    /// `[events]`: the followers' safety-net poll and the stream caps.
+    pub events: EventsConfig,
+    /// The live event hub of SSE streams.
+    pub hub: EventHub,
 }
 
 impl AppState {
@@ -54,7 +59,18 @@ impl AppState {
     pub fn new(schema: Arc<Schema>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         telemetry::handle();
         let openapi = Arc::new(crate::openapi::document(&schema).to_string());
-        Self(Arc::new(AppInner { schema, store, clock, keys: KeyCache::default(), openapi, search: None }))
+        let events = EventsConfig::default();
+        let hub = EventHub::new(store.clone(), &events);
+        Self(Arc::new(AppInner { schema, store, clock, keys: KeyCache::default(), openapi, search: None, events, hub }))
+    }
+
+    /// The same state with the `[events]` settings (caps, poll) of a config.
+    #[must_use]
+    pub fn with_events(mut self, events: EventsConfig) -> Self {
+        let inner = Arc::make_mut(&mut self.0);
+        inner.hub = EventHub::new(inner.store.clone(), &events);
+        inner.events = events;
+        self
     }
 
     /// The same state with a search index.
@@ -116,7 +132,8 @@ impl Workers {
         outbox_retention: Duration,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            relay: Relay::new(state.store.clone(), state.clock.clone(), webhooks)?,
+            relay: Relay::new(state.store.clone(), state.clock.clone(), webhooks)?
+                .with_poll(state.events.poll_interval),
             purge: PurgeWorker::new(state.store.clone(), state.clock.clone(), state.schema.clone(), purge),
             outbox_retention,
         })
@@ -145,10 +162,13 @@ pub async fn serve(
     let indexer = match state.search.clone() {
         Some(index) => {
             let (store, schema, cancel) = (state.store.clone(), state.schema.clone(), cancel.1.clone());
+            let poll = state.events.poll_interval;
             Some(std::thread::Builder::new().name("tombstone-indexer".into()).spawn(move || {
                 tombstone_store::priority::lower_current_thread();
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(runtime) => runtime.block_on(crate::search::run(index, store, schema, RECONCILE_EVERY, cancel)),
+                    Ok(runtime) => {
+                        runtime.block_on(crate::search::run(index, store, schema, RECONCILE_EVERY, poll, cancel))
+                    }
                     Err(e) => tracing::error!(error = %e, "cannot start the search indexer"),
                 }
             })?)
@@ -164,7 +184,8 @@ pub async fn serve(
     result
 }
 
-/// Works through eventual cascades: after every commit, and once a second in case another
+/// Works through eventual cascades: after every commit that wrote events (a deletion that
+/// queues a cascade writes its events), and every `events.poll_interval` in case another
 /// process queued work. Each batch is one transaction, so a crash resumes where it stopped.
 async fn eventual_cascades(state: AppState, mut cancel: tokio::sync::watch::Receiver<bool>) {
     let changes = state.store.changes();
@@ -177,7 +198,7 @@ async fn eventual_cascades(state: AppState, mut cancel: tokio::sync::watch::Rece
         }
         tokio::select! {
             () = notified => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(state.events.poll_interval) => {}
             _ = cancel.changed() => break,
         }
     }

@@ -91,6 +91,10 @@ pub enum ApiError {
     /// 503 `unavailable`.
     #[error("{0}")]
     Unavailable(String),
+    /// 503 `unavailable` with `Retry-After` (seconds): every event-stream slot of the
+    /// tenant or of the server is taken.
+    #[error("{message}")]
+    StreamsFull { message: String, retry_after_secs: u64 },
 }
 
 impl ApiError {
@@ -127,7 +131,7 @@ impl ApiError {
             Self::IdempotencyMismatch => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-mismatch"),
             Self::PreconditionRequired => (StatusCode::PRECONDITION_REQUIRED, "precondition-required"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Unavailable(_) | Self::StreamsFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
 
@@ -225,6 +229,9 @@ impl IntoResponse for ApiError {
         }
         if matches!(self, Self::Unauthorized) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::StreamsFull { retry_after_secs, .. } = &self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         response
     }
