@@ -52,9 +52,12 @@ struct HubInner {
     max_per_tenant: usize,
     /// The running follower's channel; `None` while no stream is open. An async lock:
     /// starting the follower reads the store while holding it.
-    feed: tokio::sync::Mutex<Option<(broadcast::Sender<Arc<Event>>, tokio::task::JoinHandle<()>)>>,
+    feed: tokio::sync::Mutex<Option<Follower>>,
     streams: Mutex<Registry>,
 }
+
+/// The running follower: its broadcast and its task.
+type Follower = (broadcast::Sender<Arc<Event>>, tokio::task::JoinHandle<()>);
 
 /// The open streams.
 #[derive(Default)]
