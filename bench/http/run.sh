@@ -12,6 +12,8 @@
 #                              thread, the load generator's too, to CPU 0 (an experiment: can
 #                              a dedicated core hide the pass from reads?)
 #   bench/http/run.sh interference   the same read load alone and beside an idle-class spin loop
+#   bench/http/run.sh events   latency from a DELETE's 204 to its event on an open SSE stream and at a
+#                              webhook receiver, N=1000 sequential deletes (p50/p99)
 # Needs wrk (apt-get install wrk). Prints figures; nothing is asserted.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -128,6 +130,15 @@ purge)
   # starts 15 s after the server, so the samples split into before / during / after.
   "${pin[@]}" "$bins/load" http://127.0.0.1:9105 "$k" "$work/p/ids" "${RATE:-4000}" "${SECS:-45}"
   grep "purge pass finished" "$work/p/server.log" | tail -1
+  ;;
+events)
+  # One delete at a time on an idle server: the time from its 204 to its event on an open
+  # SSE stream and at a local webhook receiver (eventlat listens on 127.0.0.1:9108).
+  mkdir -p "$work/e"
+  config "$work/e" $'[[webhooks]]\nurl = "http://127.0.0.1:9108/hook"\nsecret = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3"\nevents = ["record.deleted"]'
+  "$tomb" migrate --config "$work/e/tombstone.toml" > /dev/null
+  start "$work/e" 9107; k=$(key "$work/e")
+  "$bins/eventlat" http://127.0.0.1:9107 "$k" "${N:-1000}" 127.0.0.1:9108
   ;;
 interference)
   # What any busy thread in the idle CPU class costs live reads on this machine: the same

@@ -261,7 +261,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let search = Arc::new(SearchIndex::open(&config.search.path, true)?);
             let state = AppState::new(config.schema.clone(), store, clock)
                 .with_search(search)
-                .with_limits(config.server.limits);
+                .with_limits(config.server.limits)
+                .with_events(config.events.clone());
             let workers = Workers::new(&state, &config.webhooks, config.purge.clone(), config.events.retention)?;
             workers.relay.register().await?;
             eprintln!("listening on http://{local}");

@@ -141,6 +141,33 @@ pub struct SearchConfig {
 pub struct EventsConfig {
     pub nats: Option<String>,
     pub retention: Duration,
+    /// The safety-net poll of every outbox follower (SSE hub, webhook relay, search
+    /// indexer, eventual cascades): commits of this process wake them at once, commits of
+    /// other processes (the CLI, other replicas) are seen within this interval.
+    pub poll_interval: Duration,
+    /// Open SSE streams allowed at once, all tenants together.
+    pub max_streams: u32,
+    /// Open SSE streams allowed at once per tenant.
+    pub max_streams_per_tenant: u32,
+}
+
+/// Default of `events.poll_interval`.
+pub const DEFAULT_EVENTS_POLL: Duration = Duration::from_secs(1);
+/// Default of `events.max_streams`.
+pub const DEFAULT_MAX_STREAMS: u32 = 1000;
+/// Default of `events.max_streams_per_tenant`.
+pub const DEFAULT_MAX_STREAMS_PER_TENANT: u32 = 100;
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            nats: None,
+            retention: Duration::from_secs(7 * 86_400),
+            poll_interval: DEFAULT_EVENTS_POLL,
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_streams_per_tenant: DEFAULT_MAX_STREAMS_PER_TENANT,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -340,6 +367,9 @@ struct RawSearch {
 struct RawEvents {
     nats: Option<Spanned<String>>,
     retention: Option<Spanned<String>>,
+    poll_interval: Option<Spanned<String>>,
+    max_streams: Option<Spanned<i64>>,
+    max_streams_per_tenant: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -518,7 +548,27 @@ impl Config {
                 Some(t) => parse_duration(t.get_ref()).map_err(|r| lines.err("events.retention", t, r))?,
                 None => Duration::from_secs(7 * 86_400),
             },
+            poll_interval: match &raw.events.poll_interval {
+                Some(t) => parse_duration(t.get_ref()).map_err(|r| lines.err("events.poll_interval", t, r))?,
+                None => DEFAULT_EVENTS_POLL,
+            },
+            max_streams: positive(&lines, "events.max_streams", raw.events.max_streams.as_ref(), DEFAULT_MAX_STREAMS)?,
+            max_streams_per_tenant: positive(
+                &lines,
+                "events.max_streams_per_tenant",
+                raw.events.max_streams_per_tenant.as_ref(),
+                DEFAULT_MAX_STREAMS_PER_TENANT,
+            )?,
         };
+        if let Some(per_tenant) = &raw.events.max_streams_per_tenant
+            && events.max_streams_per_tenant > events.max_streams
+        {
+            return Err(lines.err(
+                "events.max_streams_per_tenant",
+                per_tenant,
+                format!("cannot exceed events.max_streams ({})", events.max_streams),
+            ));
+        }
 
         let mut webhooks = Vec::new();
         for (i, hook) in raw.webhooks.iter().enumerate() {
@@ -923,5 +973,32 @@ category_id = { type = "ref", collection = "categories", on_delete = "restrict" 
         assert_eq!(e.key, "collections.a.fields.x.max_length");
         let e = error_of("[[webhooks]]\nurl = \"http://x\"\nsecret = \"nope\"\n");
         assert_eq!(e.key, "webhooks[0].secret");
+    }
+
+    #[test]
+    fn event_stream_caps_and_poll_are_checked() {
+        let config =
+            parse("[events]\nmax_streams = 10\nmax_streams_per_tenant = 3\npoll_interval = \"250ms\"\n").unwrap();
+        assert_eq!(config.events.max_streams, 10);
+        assert_eq!(config.events.max_streams_per_tenant, 3);
+        assert_eq!(config.events.poll_interval, Duration::from_millis(250));
+        let defaults = parse("").unwrap().events;
+        assert_eq!(defaults.max_streams, DEFAULT_MAX_STREAMS);
+        assert_eq!(defaults.max_streams_per_tenant, DEFAULT_MAX_STREAMS_PER_TENANT);
+        assert_eq!(defaults.poll_interval, DEFAULT_EVENTS_POLL);
+        for (text, key) in [
+            ("[events]\nmax_streams = 0\n", "events.max_streams"),
+            ("[events]\nmax_streams = -1\n", "events.max_streams"),
+            ("[events]\nmax_streams_per_tenant = 0\n", "events.max_streams_per_tenant"),
+            ("[events]\nmax_streams = 5\nmax_streams_per_tenant = 6\n", "events.max_streams_per_tenant"),
+            ("[events]\npoll_interval = \"0s\"\n", "events.poll_interval"),
+            ("[events]\npoll_interval = \"often\"\n", "events.poll_interval"),
+        ] {
+            let e = error_of(text);
+            assert_eq!(e.key, key, "{text}: {e}");
+            assert!(e.line.is_some(), "{text}: {e}");
+        }
+        let e = error_of("[events]\nmax_stream = 5\n");
+        assert!(e.reason.contains("max_stream"), "{e}");
     }
 }

@@ -9,12 +9,13 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tombstone_domain::config::{PurgeConfig, Schema, ServerLimits, WebhookConfig};
+use tombstone_domain::config::{EventsConfig, PurgeConfig, Schema, ServerLimits, WebhookConfig};
 use tombstone_domain::time::{Clock, Timestamp};
 use tombstone_store::{IDEMPOTENCY_TTL_MICROS, Store};
 
 use crate::auth::KeyCache;
 use crate::error::ApiError;
+use crate::hub::EventHub;
 use crate::purge::PurgeWorker;
 use crate::search::SearchIndex;
 use crate::supervise::{Backoff, supervise};
@@ -49,6 +50,10 @@ pub struct AppInner {
     pub search: Option<Arc<SearchIndex>>,
     /// Timeouts and concurrency bounds that [`serve`] applies to connections.
     pub limits: ServerLimits,
+    /// `[events]`: the followers' safety-net poll and the stream caps.
+    pub events: EventsConfig,
+    /// The live event hub of SSE streams.
+    pub hub: EventHub,
 }
 
 impl AppState {
@@ -57,6 +62,8 @@ impl AppState {
     pub fn new(schema: Arc<Schema>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         telemetry::handle();
         let openapi = Arc::new(crate::openapi::document(&schema).to_string());
+        let events = EventsConfig::default();
+        let hub = EventHub::new(store.clone(), &events);
         Self(Arc::new(AppInner {
             schema,
             store,
@@ -65,6 +72,8 @@ impl AppState {
             openapi,
             search: None,
             limits: ServerLimits::default(),
+            events,
+            hub,
         }))
     }
 
@@ -72,6 +81,15 @@ impl AppState {
     #[must_use]
     pub fn with_limits(mut self, limits: ServerLimits) -> Self {
         Arc::make_mut(&mut self.0).limits = limits;
+        self
+    }
+
+    /// The same state with the `[events]` settings (caps, poll) of a config.
+    #[must_use]
+    pub fn with_events(mut self, events: EventsConfig) -> Self {
+        let inner = Arc::make_mut(&mut self.0);
+        inner.hub = EventHub::new(inner.store.clone(), &events);
+        inner.events = events;
         self
     }
 
@@ -137,7 +155,8 @@ impl Workers {
         outbox_retention: Duration,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            relay: Relay::new(state.store.clone(), state.clock.clone(), webhooks)?,
+            relay: Relay::new(state.store.clone(), state.clock.clone(), webhooks)?
+                .with_poll(state.events.poll_interval),
             purge: PurgeWorker::new(state.store.clone(), state.clock.clone(), state.schema.clone(), purge),
             outbox_retention,
         })
@@ -177,6 +196,7 @@ pub async fn serve(
     let indexer = match state.search.clone() {
         Some(index) => {
             let (store, schema, cancel) = (state.store.clone(), state.schema.clone(), rx());
+            let poll = state.events.poll_interval;
             Some(std::thread::Builder::new().name("tombstone-indexer".into()).spawn(move || {
                 tombstone_store::priority::lower_current_thread();
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -186,6 +206,7 @@ pub async fn serve(
                             store.clone(),
                             schema.clone(),
                             RECONCILE_EVERY,
+                            poll,
                             cancel.clone(),
                         )
                     })),
@@ -270,7 +291,8 @@ async fn serve_http(
     Ok(())
 }
 
-/// Works through eventual cascades: after every commit, and once a second in case another
+/// Works through eventual cascades: after every commit that wrote events (a deletion that
+/// queues a cascade writes its events), and every `events.poll_interval` in case another
 /// process queued work. Each batch is one transaction, so a crash resumes where it stopped.
 async fn eventual_cascades(state: AppState, mut cancel: tokio::sync::watch::Receiver<bool>) {
     let changes = state.store.changes();
@@ -283,7 +305,7 @@ async fn eventual_cascades(state: AppState, mut cancel: tokio::sync::watch::Rece
         }
         tokio::select! {
             () = notified => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(state.events.poll_interval) => {}
             _ = cancel.changed() => break,
         }
     }

@@ -125,6 +125,10 @@ pub enum ApiError {
     /// (an I/O error); nothing was written. The string is the cause, for the log only.
     #[error("the server's storage failed to read or write; nothing was written, retry later")]
     StorageFailed(String),
+    /// 503 `unavailable` with `Retry-After` (seconds): every event-stream slot of the
+    /// tenant or of the server is taken.
+    #[error("{message}")]
+    StreamsFull { message: String, retry_after_secs: u64 },
 }
 
 /// `Retry-After` (seconds) of a 503 `busy`: a lock held past the 5 s busy timeout is
@@ -172,7 +176,7 @@ impl ApiError {
             Self::IdempotencyMismatch => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-mismatch"),
             Self::PreconditionRequired => (StatusCode::PRECONDITION_REQUIRED, "precondition-required"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Unavailable(_) | Self::StreamsFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::UniqueViolation { .. } => (StatusCode::CONFLICT, "unique-conflict"),
             Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "storage-full"),
@@ -293,6 +297,9 @@ impl IntoResponse for ApiError {
         }
         if matches!(self, Self::Unauthorized) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::StreamsFull { retry_after_secs, .. } = &self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         response
     }

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod auth;
 pub mod error;
+pub mod hub;
 pub mod keys;
 pub mod openapi;
 pub mod purge;

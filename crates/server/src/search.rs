@@ -545,13 +545,15 @@ pub async fn reconcile(
     Ok(drift)
 }
 
-/// Runs the indexer (after every commit, and every second for other processes' changes)
-/// and the reconciler (every `reconcile_every`) until cancelled.
+/// Runs the indexer (after every commit that wrote events, and every `poll` for other
+/// processes' changes) and the reconciler (every `reconcile_every`) until cancelled. The
+/// store's notification works across runtimes: the indexer has one of its own.
 pub async fn run(
     index: Arc<SearchIndex>,
     store: Arc<dyn Store>,
     schema: Arc<Schema>,
     reconcile_every: Duration,
+    poll: Duration,
     mut cancel: tokio::sync::watch::Receiver<bool>,
 ) {
     let changes = store.changes();
@@ -563,7 +565,7 @@ pub async fn run(
         }
         tokio::select! {
             () = notified => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(poll) => {}
             _ = reconcile_tick.tick() => {
                 match reconcile(&index, store.as_ref(), &schema, true).await {
                     Ok(d) if d.search_drift() > 0 => tracing::warn!(

@@ -57,7 +57,15 @@ pub struct Relay {
     endpoints: Arc<Vec<Endpoint>>,
     client: reqwest::Client,
     attempt_timeout: Duration,
+    /// The safety-net poll: commits of this process wake the relay at once.
+    poll: Duration,
+    /// When the retries this process scheduled come due (µs): the relay wakes for them
+    /// without waiting for the poll. Bounded; beyond it the poll finds them.
+    retries: Arc<std::sync::Mutex<std::collections::BTreeSet<i64>>>,
 }
+
+/// Retry instants the relay keeps in memory at most.
+const TRACKED_RETRIES: usize = 10_000;
 
 impl Relay {
     /// Builds the relay for the configured webhooks.
@@ -81,7 +89,15 @@ impl Relay {
         }
         let client =
             reqwest::Client::builder().user_agent(concat!("tombstone-webhooks/", env!("CARGO_PKG_VERSION"))).build()?;
-        Ok(Self { store, clock, endpoints: Arc::new(endpoints), client, attempt_timeout: ATTEMPT_TIMEOUT })
+        Ok(Self {
+            store,
+            clock,
+            endpoints: Arc::new(endpoints),
+            client,
+            attempt_timeout: ATTEMPT_TIMEOUT,
+            poll: tombstone_domain::config::DEFAULT_EVENTS_POLL,
+            retries: Arc::default(),
+        })
     }
 
     /// The same relay with another time limit per attempt (default [`ATTEMPT_TIMEOUT`]).
@@ -89,6 +105,35 @@ impl Relay {
     pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = timeout;
         self
+    }
+
+    /// The same relay with another safety-net poll (`events.poll_interval`).
+    #[must_use]
+    pub fn with_poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// Notes a retry this process scheduled, so the relay wakes when it comes due.
+    fn track_retry(&self, at: Timestamp) {
+        let mut retries = self.retries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if retries.len() < TRACKED_RETRIES {
+            retries.insert(at.as_micros());
+        }
+    }
+
+    /// How long to sleep after a pass that started at `started`: until the next tracked
+    /// retry, at most the poll. Retries due when the pass started were its work.
+    fn next_wait(&self, started: Timestamp) -> Duration {
+        let mut retries = self.retries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *retries = retries.split_off(&(started.as_micros() + 1));
+        match retries.first() {
+            Some(&at) => {
+                let micros = at.saturating_sub(self.clock.now().as_micros()).max(0);
+                Duration::from_micros(micros.unsigned_abs()).min(self.poll)
+            }
+            None => self.poll,
+        }
     }
 
     /// Whether any endpoint is configured.
@@ -166,8 +211,8 @@ impl Relay {
         Ok(pass)
     }
 
-    /// Runs passes until cancelled: after every commit, and at least once a second for
-    /// retries that come due.
+    /// Runs passes until cancelled: after every commit that wrote events, when a retry it
+    /// scheduled comes due, and every poll interval (other processes' events, their retries).
     pub async fn run(self, mut cancel: tokio::sync::watch::Receiver<bool>) {
         if let Err(e) = self.register().await {
             tracing::error!(error = %e, "webhook relay could not register its endpoints");
@@ -175,13 +220,17 @@ impl Relay {
         let changes = self.store.changes();
         loop {
             let notified = changes.notified();
-            match self.run_once().await {
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "webhook relay pass failed; retrying"),
-            }
+            let started = self.clock.now();
+            let wait = match self.run_once().await {
+                Ok(_) => self.next_wait(started),
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook relay pass failed; retrying");
+                    self.poll.min(Duration::from_secs(1))
+                }
+            };
             tokio::select! {
                 () = notified => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = tokio::time::sleep(wait) => {}
                 _ = cancel.changed() => break,
             }
         }
@@ -253,7 +302,11 @@ impl Relay {
         };
         metrics::counter!("tombstone_webhook_failures_total", "endpoint" => endpoint.spec.id.clone()).increment(1);
         let outcome = match next_attempt(attempts, retry_after) {
-            Some(delay) => AttemptOutcome::Retry { status, error, next_attempt_at: now.saturating_add(delay) },
+            Some(delay) => {
+                let next_attempt_at = now.saturating_add(delay);
+                self.track_retry(next_attempt_at);
+                AttemptOutcome::Retry { status, error, next_attempt_at }
+            }
             None => AttemptOutcome::GiveUp { status, error },
         };
         self.store.record_attempt(&due.delivery.id, now, outcome).await?;

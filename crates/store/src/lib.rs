@@ -637,10 +637,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events of a tenant from the outbox, in commit order.
     async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+    /// Events of every tenant from the outbox, in commit order: what the live event hub
+    /// fans out to the open streams of each tenant.
+    async fn list_all_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
     /// The seq of the newest event of any tenant (0 when none).
     async fn last_event_seq(&self) -> Result<i64, StoreError>;
-    /// Woken after every commit made through this store (other processes are seen by
-    /// polling).
+    /// Woken (`notify_waiters`) after every commit made through this store that wrote
+    /// outbox rows, once it is committed; handlers that change what a follower would do
+    /// without writing an event (re-enabling an endpoint, a redelivery) wake it too.
+    /// Commits of other processes are seen only by polling, so followers keep a slow poll
+    /// as a safety net. A follower creates its `notified()` future *before* it looks for
+    /// work: `notify_waiters` reaches every future created before the call, polled or not,
+    /// on any runtime.
     fn changes(&self) -> Arc<tokio::sync::Notify>;
 
     /// Registers the configured endpoints; a new one (or one that comes back after leaving

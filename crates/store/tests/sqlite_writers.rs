@@ -199,3 +199,42 @@ async fn a_hold_placed_by_another_process_reaches_this_ones_cache() {
     assert_eq!(here.sync_cache().await.unwrap(), 1);
     assert!(!here.get_record("t1", &c, "n1").await.unwrap().unwrap().legal_hold);
 }
+
+/// Whether a `Notified` future is complete without waiting (polled once, by hand).
+fn is_woken(notified: tokio::sync::futures::Notified<'_>) -> bool {
+    let mut notified = std::pin::pin!(notified);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::future::Future::poll(notified.as_mut(), &mut cx).is_ready()
+}
+
+#[tokio::test]
+async fn every_commit_that_writes_events_wakes_the_followers_before_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let store = SqliteStore::open(&db).unwrap();
+    let schema = schema();
+    store.migrate(&schema).await.unwrap();
+    let c = notes(&schema);
+    let changes = store.changes();
+
+    // The live writer: woken by the time the write has answered, no waiting involved.
+    let woken = changes.notified();
+    store.create_record(&actor(), &c, note(&c, "n1"), None).await.unwrap();
+    assert!(is_woken(woken), "a create did not wake the followers");
+
+    // A write that rolls back, and one that writes no event, wake nobody.
+    let woken = changes.notified();
+    store.create_record(&actor(), &c, note(&c, "n1"), None).await.expect_err("the id is taken");
+    store.set_meta("probe", "1").await.unwrap();
+    assert!(!is_woken(woken), "a rolled-back or event-less write woke the followers");
+
+    // The background writer: a purge batch with rows to purge wakes them, an empty one does not.
+    seed_expired(&db, 3);
+    let woken = changes.notified();
+    let batch = store.purge_batch(&c, Timestamp::from_micros(10), 100, "purge_run").await.unwrap();
+    assert_eq!(batch.purged, 3);
+    assert!(is_woken(woken), "a purge batch did not wake the followers");
+    let woken = changes.notified();
+    assert_eq!(store.purge_batch(&c, Timestamp::from_micros(10), 100, "purge_run").await.unwrap().purged, 0);
+    assert!(!is_woken(woken));
+}

@@ -1,6 +1,8 @@
 //! The event feed: `GET /v1/events?after=SEQ` pages through the tenant's outbox in commit
 //! order, and `GET /v1/events/stream` follows it live as server-sent events (`id:` is the
-//! seq, so `Last-Event-ID` resumes exactly after the last event seen).
+//! seq, so `Last-Event-ID` resumes exactly after the last event seen). Streams share the
+//! process's [`EventHub`](crate::hub::EventHub): it admits them (caps per tenant and in
+//! all), feeds them live events from one outbox reader, and closes those of revoked keys.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -13,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::Stream;
 use serde_json::{Value, json};
-use tombstone_domain::events::EventType;
+use tokio::sync::broadcast::error::RecvError;
+use tombstone_domain::events::{Event, EventType};
 use tombstone_domain::query::parse_limit;
 use tombstone_domain::scope::Permission;
 use tombstone_store::EventQuery;
@@ -22,9 +25,7 @@ use super::extract::QueryPairs;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
-
-/// How often the stream looks for events committed by other processes.
-const POLL: Duration = Duration::from_secs(1);
+use crate::hub::PAGE;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/v1/events", get(list_events)).route("/v1/events/stream", get(stream_events))
@@ -96,35 +97,91 @@ async fn stream_events(
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     // Both are checked, though Last-Event-ID wins: a malformed `after` is refused either way.
     let after = query.get("after").map(|a| parse_seq("after", a)).transpose()?;
-    let start = match (last_event_id, after) {
-        (Some(id), _) => parse_seq("Last-Event-ID", id.trim())?,
-        (None, Some(a)) => a,
-        // Without a position the stream starts with new events only.
-        (None, None) => state.store.last_event_seq().await?,
+    let position = match (last_event_id, after) {
+        (Some(id), _) => Some(parse_seq("Last-Event-ID", id.trim())?),
+        (None, a) => a,
     };
     let (collection, types) = filters(&state, &query)?;
     let tenant = caller.tenant().to_string();
-    let store = state.store.clone();
-    let changes = store.changes();
+    let hub = state.hub.clone();
+    // The slot is held by the stream and freed when the client goes away.
+    let mut slot = hub.admit(&tenant, &caller.key.id)?;
+    // Subscribed before the catch-up reads the store: every later event is in one or the
+    // other, and the seq check below drops what is in both.
+    let mut feed = hub.subscribe().await?;
+    let start = match position {
+        Some(seq) => seq,
+        // Without a position the stream starts with new events only.
+        None => state.store.last_event_seq().await?,
+    };
+    let (catch_up_tenant, catch_up_collection, catch_up_types) = (tenant.clone(), collection.clone(), types.clone());
+    let wanted = move |e: &Event| {
+        e.tenant == tenant
+            && collection.as_ref().is_none_or(|c| *c == e.collection)
+            && (types.is_empty() || types.contains(&e.kind))
+    };
+    let frame =
+        |e: &Event| SseEvent::default().id(e.seq.to_string()).event(e.kind.clone()).data(e.envelope().to_string());
     let stream = async_stream::stream! {
+        // The last seq this stream has passed, its own or not.
         let mut after = start;
-        loop {
-            // Register interest before reading, so a commit between the read and the
-            // wait still wakes us.
-            let notified = changes.notified();
-            let q = EventQuery { after, collection: collection.clone(), types: types.clone(), limit: 500 };
-            match store.list_events(&tenant, &q).await {
-                Ok(events) if !events.is_empty() => {
-                    for e in events {
-                        after = e.seq;
-                        yield Ok(SseEvent::default().id(e.seq.to_string()).event(e.kind.clone()).data(e.envelope().to_string()));
+        'follow: loop {
+            // Catch up from the store: at the start, and after falling behind.
+            loop {
+                let q = EventQuery {
+                    after,
+                    collection: catch_up_collection.clone(),
+                    types: catch_up_types.clone(),
+                    limit: PAGE,
+                };
+                match hub.catch_up(&catch_up_tenant, &q).await {
+                    Ok(events) => {
+                        let full = events.len() >= PAGE as usize;
+                        for e in events {
+                            after = e.seq;
+                            if wanted(&e) {
+                                yield Ok(frame(&e));
+                            }
+                        }
+                        if !full {
+                            break;
+                        }
                     }
-                    continue;
+                    Err(e) => {
+                        // The client resumes with Last-Event-ID.
+                        tracing::warn!(error = %e, "event stream could not read the outbox; closing it");
+                        break 'follow;
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "event stream could not read the outbox"),
             }
-            let _ = tokio::time::timeout(POLL, notified).await;
+            loop {
+                let received = tokio::select! {
+                    // The key was revoked.
+                    _ = &mut slot.closed => break 'follow,
+                    received = feed.recv() => received,
+                };
+                match received {
+                    Ok(e) if e.seq > after => {
+                        after = e.seq;
+                        if wanted(&e) {
+                            yield Ok(frame(&e));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "event stream fell behind; catching up from the outbox");
+                        continue 'follow;
+                    }
+                    Err(RecvError::Closed) => {
+                        // The follower stopped (it failed): subscribe again and catch up.
+                        match hub.subscribe().await {
+                            Ok(again) => feed = again,
+                            Err(_) => break 'follow,
+                        }
+                        continue 'follow;
+                    }
+                }
+            }
         }
     };
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")))

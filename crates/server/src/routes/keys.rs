@@ -155,6 +155,8 @@ async fn revoke(
         return Err(ApiError::NotFound(format!("no key {id}")));
     }
     state.keys.forget(&id).await;
+    // Its open event streams end now, not at the hub's next key check.
+    state.hub.close_key(&id);
     tracing::info!(request_id = %crate::request_id::current(), actor = %caller.key.id, "key.id" = %id, "key revoked");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -136,7 +136,9 @@ impl TestApp {
         store.migrate(&config.schema).await.expect("migrate");
         let clock = Arc::new(ManualClock::default());
         let search = Arc::new(SearchIndex::open(&dir.path().join("search"), true).expect("search index"));
-        let state = AppState::new(config.schema.clone(), store.clone(), clock.clone()).with_search(search.clone());
+        let state = AppState::new(config.schema.clone(), store.clone(), clock.clone())
+            .with_search(search.clone())
+            .with_events(config.events.clone());
         let router = router(state);
         let mut app = Self { router, store, clock, config, admin: String::new(), dir, search };
         app.admin = app.key("t1", "admin").await;

@@ -316,8 +316,21 @@ fn read_event(row: &Row<'_>) -> rusqlite::Result<Event> {
 
 /// Events of a tenant after `query.after`, in seq order.
 pub(crate) fn list_events(conn: &Connection, tenant: &str, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-    let mut params = vec![SqlValue::Text(tenant.to_string()), SqlValue::Integer(query.after)];
-    let mut clauses = vec!["tenant = ?1".to_string(), "seq > ?2".to_string()];
+    select_events(conn, Some(tenant), query)
+}
+
+/// Events of every tenant, in commit order: the live hub's feed.
+pub(crate) fn list_all_events(conn: &Connection, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+    select_events(conn, None, query)
+}
+
+fn select_events(conn: &Connection, tenant: Option<&str>, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+    let mut params = vec![SqlValue::Integer(query.after)];
+    let mut clauses = vec!["seq > ?1".to_string()];
+    if let Some(tenant) = tenant {
+        params.push(SqlValue::Text(tenant.to_string()));
+        clauses.push(format!("tenant = ?{}", params.len()));
+    }
     if let Some(c) = &query.collection {
         params.push(SqlValue::Text(c.clone()));
         clauses.push(format!("collection = ?{}", params.len()));

@@ -160,13 +160,15 @@ const CHECKPOINT_BACKSTOP_PAGES: u32 = 250_000;
 
 /// Runs `f` inside one `BEGIN IMMEDIATE` transaction on `conn` during the lane's turn at
 /// the gate: it commits when `f` succeeds and rolls back when it fails. The records it
-/// changed leave the cache before this returns, so before the caller hears of the commit.
+/// changed leave the cache before this returns, so before the caller hears of the commit;
+/// when it wrote outbox rows, the followers (`changes`) are woken once it has committed.
 fn transaction<T>(
     conn: &mut Connection,
     gate: &WriteGate,
     lane: Lane,
     cache: Option<&Arc<dyn crate::RecordCache>>,
     feed: &CacheFeed,
+    changed_events: &tokio::sync::Notify,
     f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     let turn = match lane {
@@ -190,13 +192,21 @@ fn transaction<T>(
     // Invalidate before the caller hears of the commit: no response to a change can be
     // followed by a read of the old state from the cache.
     let changed = changes::CHANGED.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    let written = changes::WRITTEN.with(std::cell::Cell::take);
     if let (Some(cache), true) = (cache, result.is_ok()) {
         for key in &changed {
             cache.invalidate(key);
         }
-        if let Some(range) = changes::WRITTEN.with(std::cell::Cell::take) {
+        if let Some(range) = written {
             feed.note_own(range);
         }
+    }
+    // Only once the commit has returned (WAL, `synchronous = normal`: durable against a
+    // process crash), so a woken follower always finds the rows; a rolled-back write wakes
+    // nobody. `notify_waiters` reaches every `Notified` created before this call, polled
+    // or not, on any runtime: followers create theirs before looking for work.
+    if result.is_ok() && written.is_some() {
+        changed_events.notify_waiters();
     }
     result
 }
@@ -294,6 +304,8 @@ pub struct SqliteStore {
     feed: Arc<CacheFeed>,
     /// Idempotency keys claimed by requests running in this process.
     claims: Arc<idempotency::Claims>,
+    /// Event-feed reads of the outbox so far (see [`SqliteStore::event_reads`]).
+    event_reads: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -354,6 +366,7 @@ impl SqliteStore {
             cache: None,
             feed: Arc::default(),
             claims: Arc::default(),
+            event_reads: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -391,6 +404,7 @@ impl SqliteStore {
             cache: None,
             feed: Arc::default(),
             claims: Arc::default(),
+            event_reads: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -416,6 +430,13 @@ impl SqliteStore {
         self.read(move |conn| feed.follow(conn, cache.as_ref())).await
     }
 
+    /// How many times the event feed (`list_events`, `list_all_events`) read the outbox:
+    /// lets a test see that open streams share one follower instead of each polling.
+    #[must_use]
+    pub fn event_reads(&self) -> u64 {
+        self.event_reads.load(Ordering::Relaxed)
+    }
+
     /// The database file.
     #[must_use]
     pub fn path(&self) -> &Path {
@@ -428,8 +449,10 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (gate, cache, feed) = (self.gate.clone(), self.cache.clone(), self.feed.clone());
-        self.run_job(Lane::Live, move |conn| transaction(conn, &gate, Lane::Live, cache.as_ref(), &feed, f)).await
+        let (gate, cache, feed, events) =
+            (self.gate.clone(), self.cache.clone(), self.feed.clone(), self.changes.clone());
+        self.run_job(Lane::Live, move |conn| transaction(conn, &gate, Lane::Live, cache.as_ref(), &feed, &events, f))
+            .await
     }
 
     /// Runs `f` on the background writer, inside one transaction: bulk work that must not
@@ -439,9 +462,12 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (gate, cache, feed) = (self.gate.clone(), self.cache.clone(), self.feed.clone());
-        self.run_job(Lane::Background, move |conn| transaction(conn, &gate, Lane::Background, cache.as_ref(), &feed, f))
-            .await
+        let (gate, cache, feed, events) =
+            (self.gate.clone(), self.cache.clone(), self.feed.clone(), self.changes.clone());
+        self.run_job(Lane::Background, move |conn| {
+            transaction(conn, &gate, Lane::Background, cache.as_ref(), &feed, &events, f)
+        })
+        .await
     }
 
     /// Runs `job` on a writer's thread and waits for its answer.
@@ -1010,8 +1036,15 @@ impl Store for SqliteStore {
     }
 
     async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        self.event_reads.fetch_add(1, Ordering::Relaxed);
         let (tenant, query) = (tenant.to_string(), query.clone());
         self.read(move |conn| changes::list_events(conn, &tenant, &query)).await
+    }
+
+    async fn list_all_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        self.event_reads.fetch_add(1, Ordering::Relaxed);
+        let query = query.clone();
+        self.read(move |conn| changes::list_all_events(conn, &query)).await
     }
 
     async fn last_event_seq(&self) -> Result<i64, StoreError> {
@@ -1153,16 +1186,18 @@ impl Store for SqliteStore {
     ) -> Result<PurgeBatch, StoreError> {
         let sql = self.table(collection)?;
         let (collection, run_id) = (collection.clone(), run_id.to_string());
-        let (gate, cache, feed) = (self.gate.clone(), self.cache.clone(), self.feed.clone());
+        let (gate, cache, feed, events) =
+            (self.gate.clone(), self.cache.clone(), self.feed.clone(), self.changes.clone());
         // Up to `limit` rows, in one transaction unless live writes arrive meanwhile: then
         // in several, each committed early to let them in.
         self.run_job(Lane::Background, move |conn| {
             let mut batch = PurgeBatch { purged: 0, paused: false };
             loop {
                 let left = limit.saturating_sub(u32::try_from(batch.purged).unwrap_or(u32::MAX));
-                let (part, yielded) = transaction(conn, &gate, Lane::Background, cache.as_ref(), &feed, |tx| {
-                    retention::purge_batch(tx, &sql, &collection, now, left, &run_id, &|| gate.contended())
-                })?;
+                let (part, yielded) =
+                    transaction(conn, &gate, Lane::Background, cache.as_ref(), &feed, &events, |tx| {
+                        retention::purge_batch(tx, &sql, &collection, now, left, &run_id, &|| gate.contended())
+                    })?;
                 batch.purged += part.purged;
                 batch.paused = part.paused;
                 if !yielded || batch.purged >= u64::from(limit) {
