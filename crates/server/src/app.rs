@@ -216,6 +216,13 @@ pub async fn serve(
         }
         None => None,
     };
+    // Streams never end by themselves, and the graceful shutdown waits for open responses:
+    // at shutdown the hub closes every stream (clients resume with Last-Event-ID).
+    let hub = state.hub.clone();
+    let shutdown = async move {
+        shutdown.await;
+        hub.close_all();
+    };
     let result = serve_http(listener, state, shutdown).await;
     let _ = cancel.0.send(true);
     while tasks.join_next().await.is_some() {}
@@ -287,7 +294,10 @@ async fn serve_http(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Open requests get a bounded time to finish; a stuck one does not keep the process.
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!(seconds = DRAIN_TIMEOUT.as_secs(), "requests still open at shutdown were cut off");
+    }
     Ok(())
 }
 
@@ -348,6 +358,9 @@ async fn cache_sync(state: AppState, mut cancel: tokio::sync::watch::Receiver<bo
         }
     }
 }
+
+/// How long a shutdown waits for open requests to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often the in-server reconciler compares the index with the database.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(600);

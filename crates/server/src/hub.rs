@@ -66,6 +66,8 @@ struct Registry {
     per_tenant: HashMap<String, usize>,
     /// Stream id → its key id and the sender that closes it.
     open: HashMap<u64, (String, oneshot::Sender<()>)>,
+    /// Set once the server shuts down: open streams are closed, new ones refused.
+    closing: bool,
 }
 
 /// A stream's admission: holds its slot until dropped.
@@ -73,7 +75,7 @@ pub struct StreamSlot {
     hub: Arc<HubInner>,
     id: u64,
     tenant: String,
-    /// Resolves when the stream must close (its key was revoked).
+    /// Resolves when the stream must close (its key was revoked, or the server stops).
     pub closed: oneshot::Receiver<()>,
 }
 
@@ -118,6 +120,9 @@ impl EventHub {
     pub fn admit(&self, tenant: &str, key_id: &str) -> Result<StreamSlot, ApiError> {
         let mut reg = self.0.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let full = |message: String| ApiError::StreamsFull { message, retry_after_secs: RETRY_AFTER_SECS };
+        if reg.closing {
+            return Err(full("the server is shutting down; resume with Last-Event-ID on another".into()));
+        }
         if reg.open.len() >= self.0.max_streams {
             return Err(full(format!("the server already serves {} event streams; try again later", reg.open.len())));
         }
@@ -139,6 +144,14 @@ impl EventHub {
     /// Closes every open stream of a key (it was revoked through this process).
     pub fn close_key(&self, key_id: &str) {
         self.0.close_keys(&|k| k == key_id);
+    }
+
+    /// Closes every open stream and refuses new ones: the server is shutting down, and a
+    /// graceful shutdown waits for open responses, which a stream never ends by itself.
+    /// Clients resume with `Last-Event-ID`, so nothing is lost.
+    pub fn close_all(&self) {
+        self.0.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner).closing = true;
+        self.0.close_keys(&|_| true);
     }
 
     /// The live feed: every event committed after the follower's position, in seq order.
@@ -179,7 +192,7 @@ impl HubInner {
         for id in ids {
             // The slot stays counted until the stream drops it; the stream ends at once.
             if let Some((key, close)) = reg.open.get_mut(&id) {
-                tracing::info!("key.id" = %key, "closing an event stream of a revoked key");
+                tracing::info!("key.id" = %key, "closing an event stream");
                 let (dead, _) = oneshot::channel();
                 let _ = std::mem::replace(close, dead).send(());
             }

@@ -320,3 +320,32 @@ async fn read_events_keep(body: &mut Body, want: usize) -> Vec<Value> {
     }
     out
 }
+
+/// A graceful shutdown waits for open responses, and a stream never ends by itself: the
+/// server closes its streams when it stops, so `serve` returns instead of hanging.
+#[tokio::test]
+async fn shutdown_closes_open_streams() {
+    let app = TestApp::new().await;
+    let state = AppState::new(app.config.schema.clone(), app.store.clone(), app.clock.clone());
+    let workers = Workers::new(&state, &[], app.config.purge.clone(), app.config.events.retention).expect("workers");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(state, workers, listener, async move {
+        let _ = stopped.await;
+    }));
+    let mut stream =
+        reqwest::Client::new().get(format!("{base}/v1/events/stream")).bearer_auth(&app.admin).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    stop.send(()).unwrap();
+    // The stream's body ends, and the server with it: well before the drain timeout,
+    // which would end it too, but only after cutting it off.
+    let ended = tokio::time::timeout(tombstone_server::app::DRAIN_TIMEOUT / 3, async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream stayed open after shutdown");
+    let served = tokio::time::timeout(DEADLINE, server).await;
+    assert!(served.is_ok(), "serve did not return after shutdown");
+    served.unwrap().unwrap().unwrap();
+}
