@@ -101,6 +101,22 @@ async fn a_client_stalling_in_its_body_gets_a_408_problem_and_nothing_is_written
     assert!(answer.contains("application/problem+json") && answer.contains("\"type\":\"request-timeout\""), "{answer}");
     let listed = server.app.get("/v1/products?count=true", &server.app.admin).await.json();
     assert_eq!(listed["total"], 0, "nothing was created");
+
+    // A record action's body too: a stalled `:hold` places no hold.
+    let created =
+        server.app.create("products", &server.app.admin, &serde_json::json!({"sku": "S-1", "name": "Mug"})).await;
+    let id = created["id"].as_str().unwrap();
+    let mut stream = server.connect().await;
+    let head = format!(
+        "POST /v1/products/{id}:hold HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"case\": ",
+        server.app.admin
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_all(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"type\":\"request-timeout\""), "{answer}");
+    let record = server.app.get(&format!("/v1/products/{id}"), &server.app.admin).await.json();
+    assert_eq!(record["legal_hold"], false, "no hold was placed");
     server.stop().await;
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -486,8 +487,11 @@ async fn record_action(
     ApiPath((name, target)): ApiPath<(String, String)>,
     headers: HeaderMap,
     query: QueryPairs,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // A body that could not be read (too large, or stalled past the body read timeout)
+    // fails the request as it always has, before anything else, with its own problem.
+    let body = body?;
     let collection = collection(&state, &name)?;
     let Some((id, action)) = target.rsplit_once(':') else {
         return Err(ApiError::RecordMethodNotAllowed);
