@@ -27,15 +27,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::{Listening, START_TIMEOUT, path_str, run_bounded, spawn_line_reader, spawn_serve, wait_for_listening};
+use common::{RestartableServer, Rng, all_pages, error_chain, free_port, lock, path_str, run_bounded, seed_from_env};
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
@@ -63,118 +61,6 @@ const KILL_GAP_MS: (u64, u64) = (150, 600);
 const CLIENT_DEADLINE: Duration = Duration::from_secs(45);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-
-// ---------------------------------------------------------------------------------------
-// Randomness (SplitMix64: no dependency, and a seed replays a run's choices)
-
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// True with `percent` % probability.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// An error with its causes, which say what happened to the connection.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-// ---------------------------------------------------------------------------------------
-// The server process, restarted on one port
-
-struct Server {
-    child: Option<Child>,
-    port: u16,
-    config: PathBuf,
-    cwd: PathBuf,
-    /// stderr of every run, for diagnostics.
-    log: Arc<Mutex<Vec<String>>>,
-    starts: u32,
-}
-
-impl Server {
-    /// Starts `tombstone serve` on the fixed port and waits for its `listening on` line.
-    fn start(&mut self) {
-        assert!(self.child.is_none(), "the server is already running");
-        // The port was free a moment ago; if the old socket lingers, try again a few times.
-        for attempt in 1..=5 {
-            self.starts += 1;
-            let run = self.starts;
-            let listen = format!("127.0.0.1:{}", self.port);
-            let mut child = spawn_serve(
-                &self.cwd,
-                &["serve", "--config", path_str(&self.config), "--listen", &listen],
-                Some("warn"),
-            );
-            let stderr = child.stderr.take().expect("stderr");
-            let rx = spawn_line_reader(stderr, self.log.clone(), move |line| format!("[run {run}] {line}"));
-            match wait_for_listening(&rx, START_TIMEOUT) {
-                Listening::At(addr) => {
-                    assert_eq!(addr, listen);
-                    self.child = Some(child);
-                    return;
-                }
-                Listening::TimedOut => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("no `listening on` line within {START_TIMEOUT:?}; stderr:\n{}", self.log_text());
-                }
-                Listening::Exited => {
-                    let status = child.wait();
-                    eprintln!("server run {run} exited before listening ({status:?}), attempt {attempt}");
-                    thread::sleep(Duration::from_millis(200));
-                }
-            }
-        }
-        panic!("the server would not start; stderr:\n{}", self.log_text());
-    }
-
-    /// SIGKILL, and reap the process.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("SIGKILL");
-            child.wait().expect("wait");
-        }
-    }
-
-    fn log_text(&self) -> String {
-        let log = lock(&self.log);
-        let from = log.len().saturating_sub(200);
-        log[from..].join("\n")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // What the clients know and predict
@@ -612,29 +498,6 @@ fn client(
 // ---------------------------------------------------------------------------------------
 // Reading the server's view
 
-fn get_json(http: &Client, url: &str, secret: &str) -> Value {
-    let r = http.get(url).bearer_auth(secret).send().unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = r.status();
-    let text = r.text().expect("body");
-    assert_eq!(status, StatusCode::OK, "GET {url}: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
-}
-
-/// Every page of a cursor-paginated list; `first` is the path with its query, `param`
-/// the name the next cursor goes in.
-fn all_pages(http: &Client, base: &str, secret: &str, first: &str, param: &str) -> Vec<Value> {
-    let mut items = Vec::new();
-    let mut url = format!("{base}{first}");
-    loop {
-        let page = get_json(http, &url, secret);
-        items.extend(page["items"].as_array().expect("items").iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(next) => url = format!("{base}{first}&{param}={next}"),
-            None => return items,
-        }
-    }
-}
-
 fn write_config(dir: &Path) -> PathBuf {
     let config = dir.join("tombstone.toml");
     let text = format!(
@@ -655,10 +518,6 @@ parent_id = {{ type = "ref", collection = "{PARENTS}", on_delete = "cascade", re
     );
     std::fs::write(&config, text).expect("write config");
     config
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("addr").port()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -704,7 +563,7 @@ fn check_after_restart(http: &Client, base: &str, secret: &str, config: &Path, c
 fn run_phase(
     base: &str,
     secret: &str,
-    server: &Arc<Mutex<Server>>,
+    server: &Arc<Mutex<RestartableServer>>,
     log: &Arc<Mutex<ClientLog>>,
     rng: &mut Rng,
     first: usize,
@@ -767,10 +626,7 @@ fn run_phase(
 #[test]
 fn sigkill_at_random_write_steps_loses_duplicates_and_invents_nothing() {
     let started = Instant::now();
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
+    let seed = seed_from_env("CRASH_SEED");
     eprintln!("crash test seed: CRASH_SEED={seed}");
     let mut rng = Rng(seed);
 
@@ -787,14 +643,7 @@ fn sigkill_at_random_write_steps_loses_duplicates_and_invents_nothing() {
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let server = Arc::new(Mutex::new(Server {
-        child: None,
-        port,
-        config: config.clone(),
-        cwd: root.path().to_path_buf(),
-        log: Arc::new(Mutex::new(Vec::new())),
-        starts: 0,
-    }));
+    let server = Arc::new(Mutex::new(RestartableServer::new(port, config.clone(), root.path().to_path_buf())));
     lock(&server).start();
 
     // ---- The burst, with SIGKILLs at random instants

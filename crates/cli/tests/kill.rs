@@ -14,13 +14,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{BIN, Listening, START_TIMEOUT, spawn_line_reader, spawn_serve, wait_for_listening};
+use common::{BIN, RestartableServer, Rng, all_pages, error_chain, free_port, get_json, lock, mix, seed_from_env};
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
@@ -50,29 +50,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
 const CLIENT_DEADLINE: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-// ---------------------------------------------------------------------------------------
-// Randomness (SplitMix64: no dependency, and a seed replays a run)
-
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// FNV-1a, to turn an event id into a stable coin flip.
 fn fnv(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
@@ -80,22 +57,6 @@ fn fnv(text: &str) -> u64 {
 
 fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-/// An error with its causes, which say what happened to the connection.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -235,75 +196,6 @@ fn receive(inbox: &Mutex<Inbox>, key: &[u8], seed: u64, line: &str, h: &HashMap<
 }
 
 // ---------------------------------------------------------------------------------------
-// The server process
-
-struct Server {
-    child: Option<Child>,
-    port: u16,
-    config: PathBuf,
-    cwd: PathBuf,
-    /// stderr of every run, for diagnostics.
-    log: Arc<Mutex<Vec<String>>>,
-    starts: u32,
-}
-
-impl Server {
-    /// Starts `tombstone serve` on the fixed port and waits for its `listening on` line.
-    fn start(&mut self) {
-        assert!(self.child.is_none(), "the server is already running");
-        // The port was free a moment ago; if something grabbed it, or the old socket
-        // lingers, try again a few times before giving up.
-        for attempt in 1..=5 {
-            self.starts += 1;
-            let generation = self.starts;
-            let listen = format!("127.0.0.1:{}", self.port);
-            let config = self.config.to_str().expect("utf-8 path").to_string();
-            let mut child = spawn_serve(&self.cwd, &["serve", "--config", &config, "--listen", &listen], Some("warn"));
-            let stderr = child.stderr.take().expect("stderr");
-            let rx = spawn_line_reader(stderr, self.log.clone(), move |line| format!("[run {generation}] {line}"));
-            match wait_for_listening(&rx, START_TIMEOUT) {
-                Listening::At(addr) => {
-                    assert_eq!(format!("listening on http://{addr}"), format!("listening on http://{listen}"));
-                    self.child = Some(child);
-                    return;
-                }
-                Listening::TimedOut => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("no `listening on` line within {START_TIMEOUT:?}; stderr:\n{}", self.log_text());
-                }
-                Listening::Exited => {
-                    let status = child.wait();
-                    eprintln!("server run {generation} exited before listening ({status:?}), attempt {attempt}");
-                    thread::sleep(Duration::from_millis(200));
-                }
-            }
-        }
-        panic!("the server would not start; stderr:\n{}", self.log_text());
-    }
-
-    /// SIGKILL, and reap the process.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("SIGKILL");
-            child.wait().expect("wait");
-        }
-    }
-
-    fn log_text(&self) -> String {
-        let log = lock(&self.log);
-        let from = log.len().saturating_sub(200);
-        log[from..].join("\n")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // The clients
 
 /// What a client knows about one of its records.
@@ -435,29 +327,6 @@ fn client(base: &str, secret: &str, records: &[String], mut rng: Rng, sent: &Ato
 // ---------------------------------------------------------------------------------------
 // Reading the server's view
 
-fn get_json(http: &Client, url: &str, secret: &str) -> Value {
-    let r = http.get(url).bearer_auth(secret).send().unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = r.status();
-    let text = r.text().expect("body");
-    assert_eq!(status, StatusCode::OK, "GET {url}: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
-}
-
-/// Every page of a cursor-paginated list; `first` is the path with its query, `param`
-/// the name the next cursor goes in.
-fn all_pages(http: &Client, base: &str, secret: &str, first: &str, param: &str) -> Vec<Value> {
-    let mut items = Vec::new();
-    let mut url = format!("{base}{first}");
-    loop {
-        let page = get_json(http, &url, secret);
-        items.extend(page["items"].as_array().expect("items").iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(next) => url = format!("{base}{first}&{param}={next}"),
-            None => return items,
-        }
-    }
-}
-
 fn feed(http: &Client, base: &str, secret: &str) -> Vec<Value> {
     all_pages(http, base, secret, "/v1/events?limit=500", "after")
 }
@@ -494,20 +363,13 @@ fn run_cli(cwd: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("addr").port()
-}
-
 // ---------------------------------------------------------------------------------------
 // The test
 
 #[test]
 fn sigkill_under_load_loses_and_invents_no_event_and_the_relay_delivers_each_once_in_order() {
     let started = Instant::now();
-    let seed = std::env::var("KILL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
+    let seed = seed_from_env("KILL_SEED");
     eprintln!("kill test seed: KILL_SEED={seed}");
     let mut rng = Rng(seed);
 
@@ -525,14 +387,7 @@ fn sigkill_under_load_loses_and_invents_no_event_and_the_relay_delivers_each_onc
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let server = Arc::new(Mutex::new(Server {
-        child: None,
-        port,
-        config: config.clone(),
-        cwd: cwd.clone(),
-        log: Arc::new(Mutex::new(Vec::new())),
-        starts: 0,
-    }));
+    let server = Arc::new(Mutex::new(RestartableServer::new(port, config.clone(), cwd.clone())));
     lock(&server).start();
 
     // Clients, each with its own records (ids chosen here, so an uncertain create can be

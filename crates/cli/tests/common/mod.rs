@@ -4,12 +4,13 @@
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
 use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
@@ -251,8 +252,169 @@ impl Drop for Server {
     }
 }
 
+/// A `tombstone serve` on one fixed port that a test kills with SIGKILL and starts again;
+/// killed on drop.
+pub struct RestartableServer {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub config: PathBuf,
+    pub cwd: PathBuf,
+    /// stderr of every run, for diagnostics.
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub starts: u32,
+}
+
+impl RestartableServer {
+    /// A server not started yet.
+    pub fn new(port: u16, config: PathBuf, cwd: PathBuf) -> Self {
+        Self { child: None, port, config, cwd, log: Arc::new(Mutex::new(Vec::new())), starts: 0 }
+    }
+
+    /// Starts `tombstone serve` on the fixed port and waits for its `listening on` line.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "the server is already running");
+        // The port was free a moment ago; if something grabbed it, or the old socket
+        // lingers, try again a few times before giving up.
+        for attempt in 1..=5 {
+            self.starts += 1;
+            let run = self.starts;
+            let listen = format!("127.0.0.1:{}", self.port);
+            let mut child = spawn_serve(
+                &self.cwd,
+                &["serve", "--config", path_str(&self.config), "--listen", &listen],
+                Some("warn"),
+            );
+            let stderr = child.stderr.take().expect("stderr");
+            let rx = spawn_line_reader(stderr, self.log.clone(), move |line| format!("[run {run}] {line}"));
+            match wait_for_listening(&rx, START_TIMEOUT) {
+                Listening::At(addr) => {
+                    assert_eq!(addr, listen);
+                    self.child = Some(child);
+                    return;
+                }
+                Listening::TimedOut => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("no `listening on` line within {START_TIMEOUT:?}; stderr:\n{}", self.log_text());
+                }
+                Listening::Exited => {
+                    let status = child.wait();
+                    eprintln!("server run {run} exited before listening ({status:?}), attempt {attempt}");
+                    thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        panic!("the server would not start; stderr:\n{}", self.log_text());
+    }
+
+    /// SIGKILL, and reap the process.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("wait");
+        }
+    }
+
+    /// The last 200 stderr lines of all runs.
+    pub fn log_text(&self) -> String {
+        let log = lock(&self.log);
+        let from = log.len().saturating_sub(200);
+        log[from..].join("\n")
+    }
+}
+
+impl Drop for RestartableServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("addr").port()
+}
+
+// ---------------------------------------------------------------------------------------
+// Randomness and threads (for the crash tests)
+
+/// SplitMix64: no dependency, and a seed replays a run's choices.
+#[derive(Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        mix(self.0)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// True with `percent` % probability.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// SplitMix64's finaliser.
+pub fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The seed in the environment variable `var`, or one from the clock.
+pub fn seed_from_env(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1))
+}
+
+/// Locks, whether or not another thread panicked holding the lock.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An error with its causes, which say what happened to the connection.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 // ---------------------------------------------------------------------------------------
 // Responses
+
+/// GET `url` with the bearer `secret`, asserting 200; the JSON body.
+pub fn get_json(http: &Client, url: &str, secret: &str) -> Value {
+    let r = http.get(url).bearer_auth(secret).send().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status();
+    let text = r.text().expect("body");
+    assert_eq!(status, StatusCode::OK, "GET {url}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
+}
+
+/// Every page of a cursor-paginated list; `first` is the path with its query, `param`
+/// the name the next cursor goes in.
+pub fn all_pages(http: &Client, base: &str, secret: &str, first: &str, param: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut url = format!("{base}{first}");
+    loop {
+        let page = get_json(http, &url, secret);
+        items.extend(page["items"].as_array().expect("items").iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => url = format!("{base}{first}&{param}={next}"),
+            None => return items,
+        }
+    }
+}
 
 pub fn header(response: &Response, name: &str) -> Option<String> {
     response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
