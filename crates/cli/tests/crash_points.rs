@@ -33,10 +33,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{RestartableServer, Rng, all_pages, error_chain, free_port, lock, path_str, run_bounded, seed_from_env};
+use common::{RestartableServer, Rng, all_pages, free_port, lock, path_str, run_bounded, seed_from_env};
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
+use tombstone_store::cause_chain;
 
 const TENANT: &str = "t1";
 const PARENTS: &str = "parents";
@@ -486,7 +487,7 @@ fn client(
                     thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => {
-                    lock(log).uncertain.push((p.sent, error_chain(&e)));
+                    lock(log).uncertain.push((p.sent, cause_chain(&e)));
                     family.unsure = true;
                     break;
                 }

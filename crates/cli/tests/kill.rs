@@ -20,12 +20,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{BIN, RestartableServer, Rng, all_pages, error_chain, free_port, get_json, lock, mix, seed_from_env};
+use common::{BIN, RestartableServer, Rng, all_pages, free_port, get_json, lock, mix, seed_from_env};
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tombstone_domain::webhook::{secret_key, verify};
+use tombstone_store::cause_chain;
 
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const TENANT: &str = "t1";
@@ -317,7 +318,7 @@ fn client(base: &str, secret: &str, records: &[String], mut rng: Rng, sent: &Ato
                 thread::sleep(Duration::from_millis(20));
             }
             Err(e) => {
-                lock(log).uncertain.push(Uncertain { record: id.clone(), version, kind, error: error_chain(&e) });
+                lock(log).uncertain.push(Uncertain { record: id.clone(), version, kind, error: cause_chain(&e) });
                 known[i] = Known::Unknown;
             }
         }

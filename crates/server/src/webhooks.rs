@@ -293,7 +293,7 @@ impl Relay {
                 tracing::warn!(
                     "endpoint.id" = %endpoint.spec.id,
                     "delivery.id" = %due.delivery.id,
-                    error = %error_chain(&e.without_url()),
+                    error = %tombstone_store::cause_chain(&e.without_url()),
                     class = %class,
                     "webhook delivery attempt failed"
                 );
@@ -344,18 +344,6 @@ fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
         return is_tls(inner);
     }
     e.source().is_some_and(is_tls)
-}
-
-/// An error and its causes on one line, for the log.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// When to try again after `attempts` failed attempts: the schedule's next step with

@@ -109,23 +109,29 @@ pub enum StoreError {
     },
 }
 
+/// Any error and its causes, outermost first, joined by `: `, each cause said once (rusqlite
+/// and reqwest repeat their source's message in their own).
+#[must_use]
+pub fn cause_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let part = cause.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = cause.source();
+    }
+    text
+}
+
 impl StoreError {
     /// The error and its causes, outermost first, joined by `: ` — what a log line of an
-    /// unexpected failure shows.
+    /// unexpected failure shows (see [`cause_chain`]).
     #[must_use]
     pub fn cause_chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut next = std::error::Error::source(self);
-        while let Some(cause) = next {
-            let part = cause.to_string();
-            // rusqlite repeats SQLite's message in its own; say it once.
-            if !text.ends_with(&part) {
-                text.push_str(": ");
-                text.push_str(&part);
-            }
-            next = cause.source();
-        }
-        text
+        cause_chain(self)
     }
 
     /// Whether the failure is a passing condition of the storage (busy, full, failing),
