@@ -75,8 +75,19 @@ pub(crate) async fn metrics_endpoint(State(state): State<AppState>) -> Response 
 /// to made-up paths, which need no key, cannot add series to `/metrics` without bound.
 #[must_use]
 pub fn route_of(path: &str, is_collection: impl Fn(&str) -> bool) -> (&'static str, &str) {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
+    // On every request: the first four segments on the stack, no allocation. No route has
+    // more, and the record patterns below match exact lengths, so a longer path still
+    // matches only what its first four segments allow.
+    let mut buf = [""; 4];
+    let mut n = 0;
+    for part in path.trim_start_matches('/').split('/').take(4) {
+        buf[n] = part;
+        n += 1;
+    }
+    match &buf[..n] {
+        ["ui", ..] => ("/ui", ""),
+        ["v1", "whoami"] => ("/v1/whoami", ""),
+        ["v1", "collections"] => ("/v1/collections", ""),
         ["healthz"] => ("/healthz", ""),
         ["readyz"] => ("/readyz", ""),
         ["metrics"] => ("/metrics", ""),
@@ -123,6 +134,9 @@ mod tests {
         assert_eq!(route_of("/v1/made-up", configured), ("other", ""));
         assert_eq!(route_of("/v1/made-up/x", configured), ("other", ""));
         assert_eq!(route_of("/v1/keys/key_1", configured), ("/v1/keys", ""));
+        assert_eq!(route_of("/v1/products/p1/x/y/z", configured), ("other", ""));
+        assert_eq!(route_of("/ui/app.js", configured), ("/ui", ""));
+        assert_eq!(route_of("/v1/whoami", configured), ("/v1/whoami", ""));
         assert_eq!(method_label(&axum::http::Method::from_bytes(b"FROB").unwrap()), "other");
         assert_eq!(method_label(&axum::http::Method::PATCH), "PATCH");
     }
