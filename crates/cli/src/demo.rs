@@ -12,7 +12,7 @@ use tombstone_domain::record::parse_create;
 use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::Clock;
 use tombstone_server::keys::create_key;
-use tombstone_store::Store;
+use tombstone_store::prelude::*;
 
 /// The demo schema.
 pub const DEMO_TOML: &str = include_str!("demo.toml");

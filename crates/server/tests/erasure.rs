@@ -5,11 +5,11 @@
 mod common;
 
 use std::time::Duration;
+use tombstone_store::prelude::*;
 
 use common::TestApp;
 use rusqlite::Connection;
 use serde_json::{Value, json};
-use tombstone_store::Store;
 
 /// The demo shop's relations, with searchable text.
 const SHOP: &str = r#"

@@ -11,6 +11,7 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tombstone_store::prelude::*;
 
 use axum::body::Body;
 use axum::http::Request;
@@ -22,7 +23,7 @@ use tombstone_domain::time::Clock;
 use tombstone_server::hub::BROADCAST_CAPACITY;
 use tombstone_server::keys::key_id_of;
 use tombstone_server::{AppState, Workers, serve};
-use tombstone_store::{SqliteStore, Store};
+use tombstone_store::SqliteStore;
 
 /// Long enough that a test passing within [`DEADLINE`] was not helped by the poll.
 const NO_POLL: &str = "\n[events]\npoll_interval = \"1h\"\n";

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tombstone_store::prelude::*;
 
 use common::TestApp;
 use futures::FutureExt;

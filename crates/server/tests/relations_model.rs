@@ -19,13 +19,13 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use tombstone_store::prelude::*;
 
 use common::TestApp;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{Value, json};
 use tombstone_domain::time::Clock;
-use tombstone_store::Store;
 
 const POLICIES: [&str; 4] = ["restrict", "cascade", "orphan", "eventual"];
 const MAX_COLLECTIONS: usize = 4;

@@ -9,6 +9,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tombstone_store::prelude::*;
 
 use axum::http::Method;
 use common::{TestApp, TestResponse};
@@ -16,7 +17,6 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 use tombstone_domain::time::{Clock, ManualClock, Timestamp};
 use tombstone_server::purge::{Pacer, PurgeWorker};
-use tombstone_store::Store;
 
 const DAY: Duration = Duration::from_secs(86_400);
 

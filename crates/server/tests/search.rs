@@ -7,7 +7,7 @@ mod common;
 use common::{TestApp, TestResponse};
 use serde_json::{Value, json};
 use tombstone_server::search::{SearchIndex, reconcile};
-use tombstone_store::Store;
+use tombstone_store::prelude::*;
 
 const SCHEMA: &str = r#"
 [retention]

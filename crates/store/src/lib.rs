@@ -74,21 +74,21 @@ pub enum StoreError {
     #[error("the database is busy: {source}")]
     Busy {
         #[source]
-        source: Arc<rusqlite::Error>,
+        source: Arc<dyn std::error::Error + Send + Sync>,
     },
     /// The disk (or the file system's quota) is full: the transaction was rolled back and
     /// nothing was written. Writes succeed again, without a restart, once space returns.
     #[error("the storage is full: {source}")]
     StorageFull {
         #[source]
-        source: Arc<rusqlite::Error>,
+        source: Arc<dyn std::error::Error + Send + Sync>,
     },
     /// The storage failed to read or write (an I/O error, a file that cannot be opened):
     /// the transaction was rolled back.
     #[error("the storage failed: {source}")]
     StorageFailed {
         #[source]
-        source: Arc<rusqlite::Error>,
+        source: Arc<dyn std::error::Error + Send + Sync>,
     },
     /// A unique or primary-key constraint the store did not check before writing (it checks
     /// the ones it knows; this is the database catching one it did not, e.g. a race with
@@ -98,14 +98,14 @@ pub enum StoreError {
         /// The columns named by the database (`sku`), without their table.
         fields: Vec<String>,
         #[source]
-        source: Arc<rusqlite::Error>,
+        source: Arc<dyn std::error::Error + Send + Sync>,
     },
     /// Any other database error, kept with its cause for the log. (Each of these variants
     /// shows SQLite's message in its own text too: workers log errors with `%e`.)
     #[error("database error: {source}")]
     Database {
         #[source]
-        source: Arc<rusqlite::Error>,
+        source: Arc<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -541,19 +541,11 @@ pub const IDEMPOTENCY_TTL_MICROS: i64 = 24 * 3600 * 1_000_000;
 /// a claim never outlives its process).
 pub const IDEMPOTENCY_STALE_MICROS: i64 = 60 * 1_000_000;
 
-/// A record store. Every mutation is one transaction.
+/// Records: create, read, list, patch, delete, restore, and the idempotency keys that make
+/// their writes safe to retry. Every mutation is one transaction with its audit entry and
+/// outbox event.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Creates or updates the tables and indexes the schema needs, keeping every row.
-    ///
-    /// # Errors
-    /// [`StoreError::Migration`] when the schema cannot be applied (a field changed type,
-    /// a new unique set that active records already violate).
-    async fn migrate(&self, schema: &Schema) -> Result<(), StoreError>;
-
-    /// Whether the database answers a read. Read-only: it never takes a writer.
-    async fn ping(&self) -> Result<(), StoreError>;
-
+pub trait RecordStore: Send + Sync + 'static {
     /// Inserts a new record (version 1). When `idempotency` is given, the key is
     /// completed with the response in the same transaction.
     async fn create_record(
@@ -611,15 +603,8 @@ pub trait Store: Send + Sync + 'static {
         reason: Option<String>,
         now: Timestamp,
     ) -> Result<RestoreOutcome, StoreError>;
-
-    /// Stores a new API key (audited as `key_create` in the key's tenant).
-    async fn create_key(&self, key: StoredKey, actor: &Actor) -> Result<(), StoreError>;
-    /// The key with that id.
-    async fn find_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError>;
-    /// Every key, oldest first.
-    async fn list_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
-    /// Hard-deletes a key (audited as `key_revoke`); `false` if there was none.
-    async fn revoke_key(&self, id: &str, actor: &Actor, now: Timestamp) -> Result<bool, StoreError>;
+    /// `(tenant, id)` of every active record of a collection.
+    async fn active_ids(&self, collection: &Arc<Collection>) -> Result<Vec<(String, String)>, StoreError>;
 
     /// Claims an idempotency key for a request with this fingerprint.
     async fn claim_idempotency(
@@ -634,66 +619,47 @@ pub trait Store: Send + Sync + 'static {
     async fn release_idempotency(&self, key: &IdempotencyKey) -> Result<(), StoreError>;
     /// Deletes idempotency keys older than `before`; returns how many.
     async fn expire_idempotency(&self, before: Timestamp) -> Result<u64, StoreError>;
+}
 
-    /// Audit entries of a tenant, oldest first.
-    async fn list_audit(&self, tenant: &str, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
-    /// Recomputes the whole hash chain; the inner result is the count of verified entries
-    /// or the first broken one.
-    async fn verify_audit(&self) -> Result<Result<u64, ChainError>, StoreError>;
-
-    /// Events of a tenant from the outbox, in commit order.
-    async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
-    /// Events of every tenant from the outbox, in commit order: what the live event hub
-    /// fans out to the open streams of each tenant.
-    async fn list_all_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
-    /// The seq of the newest event of any tenant (0 when none).
-    async fn last_event_seq(&self) -> Result<i64, StoreError>;
-    /// Woken (`notify_waiters`) after every commit made through this store that wrote
-    /// outbox rows, once it is committed; handlers that change what a follower would do
-    /// without writing an event (re-enabling an endpoint, a redelivery) wake it too.
-    /// Commits of other processes are seen only by polling, so followers keep a slow poll
-    /// as a safety net. A follower creates its `notified()` future *before* it looks for
-    /// work: `notify_waiters` reaches every future created before the call, polled or not,
-    /// on any runtime.
-    fn changes(&self) -> Arc<tokio::sync::Notify>;
-
-    /// Registers the configured endpoints; a new one (or one that comes back after leaving
-    /// the config) starts after the newest event. Endpoints that left the config are marked
-    /// removed at `now` and their pending deliveries cancelled.
-    async fn sync_webhook_endpoints(
+/// Deletion operations: the blast radius of a delete, the operation and its records, its
+/// restore as a whole, eventual cascades and the trash.
+#[async_trait]
+pub trait DeletionStore: Send + Sync + 'static {
+    /// The plan of deleting a record (`None`: no such record in the tenant; an already
+    /// deleted record plans nothing).
+    async fn plan_deletion(
         &self,
-        endpoints: &[WebhookEndpoint],
-        now: Timestamp,
-    ) -> Result<Vec<EndpointState>, StoreError>;
-    /// The state of every endpoint ever registered.
-    async fn webhook_endpoints(&self) -> Result<Vec<EndpointState>, StoreError>;
-    /// Re-enables a disabled endpoint; `false` if unknown.
-    async fn enable_webhook_endpoint(&self, id: &str) -> Result<bool, StoreError>;
-    /// Creates deliveries for events past each enabled endpoint's cursor (at most
-    /// `batch` events per endpoint) and advances the cursors, in one transaction.
-    async fn fan_out_webhooks(
+        tenant: &str,
+        collection: &Arc<Collection>,
+        id: &str,
+    ) -> Result<Option<DeletionPlan>, StoreError>;
+    /// A deletion operation of the tenant.
+    async fn get_deletion(
         &self,
-        endpoints: &[WebhookEndpoint],
-        now: Timestamp,
-        batch: u32,
-    ) -> Result<u64, StoreError>;
-    /// Due deliveries that are the oldest pending one of their record at their endpoint.
-    async fn due_deliveries(&self, now: Timestamp, limit: u32) -> Result<Vec<DueDelivery>, StoreError>;
-    /// Records an attempt's outcome.
-    async fn record_attempt(&self, delivery_id: &str, at: Timestamp, outcome: AttemptOutcome)
-    -> Result<(), StoreError>;
-    /// A tenant's deliveries, oldest first.
-    async fn list_deliveries(&self, tenant: &str, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError>;
-    /// Makes a delivery of the tenant pending again, due now, unless its event or its
-    /// endpoint is gone.
-    async fn redeliver(&self, tenant: &str, id: &str, now: Timestamp) -> Result<Redelivery, StoreError>;
-    /// Pending deliveries of endpoints still configured.
-    async fn webhook_backlog(&self) -> Result<u64, StoreError>;
-    /// Deletes outbox rows older than `before` that every enabled, still configured
-    /// endpoint has fanned out and no pending delivery needs, at most `limit`; returns how
-    /// many.
-    async fn cleanup_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
+        tenant: &str,
+        id: &str,
+        records: &RecordsPage,
+    ) -> Result<Option<DeletionOp>, StoreError>;
+    /// Restores exactly the records an operation deleted, all or nothing.
+    async fn restore_deletion(&self, actor: &Actor, id: &str, now: Timestamp) -> Result<Vec<Record>, StoreError>;
+    /// Works through eventual cascades: at most `batch` children per step; returns how
+    /// many records were deleted.
+    async fn run_eventual(&self, batch: u32, now: Timestamp) -> Result<u64, StoreError>;
 
+    /// Soft-deleted records still inside their window, newest first, over `collections`.
+    async fn list_trash(
+        &self,
+        tenant: &str,
+        collections: &[Arc<Collection>],
+        query: &TrashQuery,
+        now: Timestamp,
+    ) -> Result<Vec<Record>, StoreError>;
+}
+
+/// Retention: legal holds, purge (one record, batches, the preview, the pause), erasure,
+/// and the per-collection counts the dashboard shows.
+#[async_trait]
+pub trait RetentionStore: Send + Sync + 'static {
     /// Places a legal hold on a record (deleted or not).
     async fn place_hold(
         &self,
@@ -781,42 +747,103 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_erasure_searches(&self) -> Result<Vec<i64>, StoreError>;
     /// Marks the `search` steps of erasures up to outbox seq `through` done.
     async fn finish_erasure_searches(&self, through: i64) -> Result<u64, StoreError>;
+}
 
-    /// Soft-deleted records still inside their window, newest first, over `collections`.
-    async fn list_trash(
-        &self,
-        tenant: &str,
-        collections: &[Arc<Collection>],
-        query: &TrashQuery,
-        now: Timestamp,
-    ) -> Result<Vec<Record>, StoreError>;
+/// What happened: the audit chain, the outbox (the event feed, the live streams and the
+/// search indexer follow it) and the webhook endpoints and deliveries fed from it.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Audit entries of a tenant, oldest first.
+    async fn list_audit(&self, tenant: &str, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Recomputes the whole hash chain; the inner result is the count of verified entries
+    /// or the first broken one.
+    async fn verify_audit(&self) -> Result<Result<u64, ChainError>, StoreError>;
 
-    /// The plan of deleting a record (`None`: no such record in the tenant; an already
-    /// deleted record plans nothing).
-    async fn plan_deletion(
-        &self,
-        tenant: &str,
-        collection: &Arc<Collection>,
-        id: &str,
-    ) -> Result<Option<DeletionPlan>, StoreError>;
-    /// A deletion operation of the tenant.
-    async fn get_deletion(
-        &self,
-        tenant: &str,
-        id: &str,
-        records: &RecordsPage,
-    ) -> Result<Option<DeletionOp>, StoreError>;
-    /// Restores exactly the records an operation deleted, all or nothing.
-    async fn restore_deletion(&self, actor: &Actor, id: &str, now: Timestamp) -> Result<Vec<Record>, StoreError>;
-    /// Works through eventual cascades: at most `batch` children per step; returns how
-    /// many records were deleted.
-    async fn run_eventual(&self, batch: u32, now: Timestamp) -> Result<u64, StoreError>;
+    /// Events of a tenant from the outbox, in commit order.
+    async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+    /// Events of every tenant from the outbox, in commit order: what the live event hub
+    /// fans out to the open streams of each tenant.
+    async fn list_all_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+    /// The seq of the newest event of any tenant (0 when none).
+    async fn last_event_seq(&self) -> Result<i64, StoreError>;
+    /// Woken (`notify_waiters`) after every commit made through this store that wrote
+    /// outbox rows, once it is committed; handlers that change what a follower would do
+    /// without writing an event (re-enabling an endpoint, a redelivery) wake it too.
+    /// Commits of other processes are seen only by polling, so followers keep a slow poll
+    /// as a safety net. A follower creates its `notified()` future *before* it looks for
+    /// work: `notify_waiters` reaches every future created before the call, polled or not,
+    /// on any runtime.
+    fn changes(&self) -> Arc<tokio::sync::Notify>;
 
     /// Changed records after outbox seq `after` (any tenant), oldest first, with the event
     /// type: what the search indexer consumes.
     async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<(i64, cache::CacheKey, String)>, StoreError>;
-    /// `(tenant, id)` of every active record of a collection.
-    async fn active_ids(&self, collection: &Arc<Collection>) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Registers the configured endpoints; a new one (or one that comes back after leaving
+    /// the config) starts after the newest event. Endpoints that left the config are marked
+    /// removed at `now` and their pending deliveries cancelled.
+    async fn sync_webhook_endpoints(
+        &self,
+        endpoints: &[WebhookEndpoint],
+        now: Timestamp,
+    ) -> Result<Vec<EndpointState>, StoreError>;
+    /// The state of every endpoint ever registered.
+    async fn webhook_endpoints(&self) -> Result<Vec<EndpointState>, StoreError>;
+    /// Re-enables a disabled endpoint; `false` if unknown.
+    async fn enable_webhook_endpoint(&self, id: &str) -> Result<bool, StoreError>;
+    /// Creates deliveries for events past each enabled endpoint's cursor (at most
+    /// `batch` events per endpoint) and advances the cursors, in one transaction.
+    async fn fan_out_webhooks(
+        &self,
+        endpoints: &[WebhookEndpoint],
+        now: Timestamp,
+        batch: u32,
+    ) -> Result<u64, StoreError>;
+    /// Due deliveries that are the oldest pending one of their record at their endpoint.
+    async fn due_deliveries(&self, now: Timestamp, limit: u32) -> Result<Vec<DueDelivery>, StoreError>;
+    /// Records an attempt's outcome.
+    async fn record_attempt(&self, delivery_id: &str, at: Timestamp, outcome: AttemptOutcome)
+    -> Result<(), StoreError>;
+    /// A tenant's deliveries, oldest first.
+    async fn list_deliveries(&self, tenant: &str, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError>;
+    /// Makes a delivery of the tenant pending again, due now, unless its event or its
+    /// endpoint is gone.
+    async fn redeliver(&self, tenant: &str, id: &str, now: Timestamp) -> Result<Redelivery, StoreError>;
+    /// Pending deliveries of endpoints still configured.
+    async fn webhook_backlog(&self) -> Result<u64, StoreError>;
+    /// Deletes outbox rows older than `before` that every enabled, still configured
+    /// endpoint has fanned out and no pending delivery needs, at most `limit`; returns how
+    /// many.
+    async fn cleanup_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
+}
+
+/// API keys, stored by the hash of their secret.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Stores a new API key (audited as `key_create` in the key's tenant).
+    async fn create_key(&self, key: StoredKey, actor: &Actor) -> Result<(), StoreError>;
+    /// The key with that id.
+    async fn find_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError>;
+    /// Every key, oldest first.
+    async fn list_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+    /// Hard-deletes a key (audited as `key_revoke`); `false` if there was none.
+    async fn revoke_key(&self, id: &str, actor: &Actor, now: Timestamp) -> Result<bool, StoreError>;
+}
+
+/// A whole store: every area above, plus its schema, its health and its metadata. Code that
+/// needs a store takes `Arc<dyn Store>` and brings the areas it calls into scope
+/// (`use tombstone_store::prelude::*`).
+#[async_trait]
+pub trait Store: RecordStore + DeletionStore + RetentionStore + EventStore + KeyStore {
+    /// Creates or updates the tables and indexes the schema needs, keeping every row.
+    ///
+    /// # Errors
+    /// [`StoreError::Migration`] when the schema cannot be applied (a field changed type,
+    /// a new unique set that active records already violate).
+    async fn migrate(&self, schema: &Schema) -> Result<(), StoreError>;
+
+    /// Whether the database answers a read. Read-only: it never takes a writer.
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Tells the read cache about changes other processes made (a no-op without a cache).
     async fn sync_cache(&self) -> Result<u64, StoreError>;
@@ -825,4 +852,9 @@ pub trait Store: Send + Sync + 'static {
     async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Sets a metadata value.
     async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
+}
+
+/// The store traits, to bring every area's methods into scope at once.
+pub mod prelude {
+    pub use crate::{DeletionStore, EventStore, KeyStore, RecordStore, RetentionStore, Store};
 }

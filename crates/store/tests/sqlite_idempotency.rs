@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use tombstone_store::prelude::*;
 
 use tombstone_domain::config::{Collection, Config, Schema};
 use tombstone_domain::lifecycle::Actor;

@@ -47,10 +47,11 @@ use tombstone_domain::time::Timestamp;
 
 use self::records::TableSql;
 use crate::CollectionCounts;
+use crate::prelude::*;
 use crate::{
     AttemptOutcome, AuditQuery, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery, EndpointState,
     Erasure, ErasureStep, EventQuery, IdempotencyClaim, IdempotencyKey, Page, PurgeBatch, PurgeDue, RecordsPage,
-    Redelivery, RestoreOutcome, Store, StoreError, StoredKey, StoredResponse, TrashQuery, WebhookEndpoint,
+    Redelivery, RestoreOutcome, StoreError, StoredKey, StoredResponse, TrashQuery, WebhookEndpoint,
 };
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -669,6 +670,36 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn sync_cache(&self) -> Result<u64, StoreError> {
+        self.sync_cache_now().await
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("select value from meta where key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.write(move |tx| {
+            tx.execute(
+                "insert into meta (key, value) values (?1, ?2) on conflict (key) do update set value = excluded.value",
+                params![key, value],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl RecordStore for SqliteStore {
     async fn create_record(
         &self,
         actor: &Actor,
@@ -931,54 +962,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_key(&self, key: StoredKey, actor: &Actor) -> Result<(), StoreError> {
-        let actor = actor.clone();
-        self.write(move |tx| {
-            let scopes = key.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-            tx.execute(
-                "insert into api_keys (id, tenant, name, scopes, secret_hash, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![key.id, key.tenant, key.name, scopes, key.secret_hash, key.created_at.as_micros()],
-            )?;
-            audit_key(tx, &actor, AuditAction::KeyCreate, &key.tenant, &key.id, key.created_at)
-        })
-        .await
-    }
-
-    async fn find_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
-        let id = id.to_string();
+    async fn active_ids(&self, collection: &Arc<Collection>) -> Result<Vec<(String, String)>, StoreError> {
+        let sql = self.table(collection)?;
         self.read(move |conn| {
-            let row = conn
-                .prepare_cached("select id, tenant, name, scopes, secret_hash, created_at from api_keys where id = ?1")?
-                .query_row([id], read_key)
-                .optional()?;
-            row.map(to_stored_key).transpose()
-        })
-        .await
-    }
-
-    async fn list_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
-        self.read(|conn| {
-            let rows = conn
-                .prepare_cached(
-                    "select id, tenant, name, scopes, secret_hash, created_at from api_keys order by created_at, id",
-                )?
-                .query_map([], read_key)?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter().map(to_stored_key).collect()
-        })
-        .await
-    }
-
-    async fn revoke_key(&self, id: &str, actor: &Actor, now: Timestamp) -> Result<bool, StoreError> {
-        let id = id.to_string();
-        let actor = actor.clone();
-        self.write(move |tx| {
-            let tenant: Option<String> =
-                tx.query_row("select tenant from api_keys where id = ?1", [&id], |r| r.get(0)).optional()?;
-            let Some(tenant) = tenant else { return Ok(false) };
-            tx.execute("delete from api_keys where id = ?1", [&id])?;
-            audit_key(tx, &actor, AuditAction::KeyRevoke, &tenant, &id, now)?;
-            Ok(true)
+            let q = format!("select tenant, id from {} where deleted_at is null", sql.table);
+            Ok(conn.prepare(&q)?.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?)
         })
         .await
     }
@@ -1010,122 +998,88 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    async fn list_audit(&self, tenant: &str, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
-        let (tenant, query) = (tenant.to_string(), query.clone());
-        self.read(move |conn| changes::list_audit(conn, &tenant, &query)).await
-    }
-
-    async fn verify_audit(&self) -> Result<Result<u64, ChainError>, StoreError> {
-        self.read(|conn| {
-            let mut verifier = ChainVerifier::default();
-            let mut failure = None;
-            let head = changes::walk_audit(conn, |entry| match verifier.push(entry) {
-                Ok(()) => true,
-                Err(e) => {
-                    failure = Some(e);
-                    false
-                }
-            })?;
-            if let Some(e) = failure {
-                return Ok(Err(e));
-            }
-            Ok(verifier.finish(head.as_ref().map(|(seq, hash)| (*seq, hash.as_str()))))
-        })
-        .await
-    }
-
-    async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        self.event_reads.fetch_add(1, Ordering::Relaxed);
-        let (tenant, query) = (tenant.to_string(), query.clone());
-        self.read(move |conn| changes::list_events(conn, &tenant, &query)).await
-    }
-
-    async fn list_all_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        self.event_reads.fetch_add(1, Ordering::Relaxed);
-        let query = query.clone();
-        self.read(move |conn| changes::list_all_events(conn, &query)).await
-    }
-
-    async fn last_event_seq(&self) -> Result<i64, StoreError> {
-        self.read(changes::last_event_seq).await
-    }
-
-    fn changes(&self) -> Arc<tokio::sync::Notify> {
-        self.changes.clone()
-    }
-
-    async fn sync_webhook_endpoints(
+#[async_trait]
+impl DeletionStore for SqliteStore {
+    async fn plan_deletion(
         &self,
-        endpoints: &[WebhookEndpoint],
-        now: Timestamp,
-    ) -> Result<Vec<EndpointState>, StoreError> {
-        let endpoints = endpoints.to_vec();
-        self.write(move |tx| webhooks::sync(tx, &endpoints, now)).await
+        tenant: &str,
+        collection: &Arc<Collection>,
+        id: &str,
+    ) -> Result<Option<DeletionPlan>, StoreError> {
+        let sql = self.table(collection)?;
+        let (schema, _) = self.catalog()?;
+        let (collection, tenant, id) = (collection.clone(), tenant.to_string(), id.to_string());
+        self.read(move |conn| relations::dry_run(conn, &schema, &sql, &collection, &tenant, &id)).await
     }
 
-    async fn webhook_endpoints(&self) -> Result<Vec<EndpointState>, StoreError> {
-        self.read(webhooks::endpoints).await
-    }
-
-    async fn enable_webhook_endpoint(&self, id: &str) -> Result<bool, StoreError> {
-        let id = id.to_string();
-        self.write(move |tx| {
-            Ok(tx.execute(
-                "update webhook_endpoints set disabled_at = null, disabled_reason = null where id = ?1",
-                [id],
-            )? > 0)
-        })
-        .await
-    }
-
-    async fn fan_out_webhooks(
+    async fn get_deletion(
         &self,
-        endpoints: &[WebhookEndpoint],
-        now: Timestamp,
-        batch: u32,
-    ) -> Result<u64, StoreError> {
-        // Idle passes only read: a write would wake every waiter, the relay included.
-        let ids: Vec<String> = endpoints.iter().map(|e| e.id.clone()).collect();
-        if !self.read(move |conn| webhooks::any_behind(conn, &ids)).await? {
+        tenant: &str,
+        id: &str,
+        records: &RecordsPage,
+    ) -> Result<Option<DeletionOp>, StoreError> {
+        let (schema, _) = self.catalog()?;
+        let (tenant, id, page) = (tenant.to_string(), id.to_string(), records.clone());
+        self.read(move |conn| relations::get_operation(conn, &schema, &tenant, &id, &page)).await
+    }
+
+    async fn restore_deletion(&self, actor: &Actor, id: &str, now: Timestamp) -> Result<Vec<Record>, StoreError> {
+        let (schema, tables) = self.catalog()?;
+        let (actor, id) = (actor.clone(), id.to_string());
+        self.write(move |tx| relations::restore_operation(tx, &schema, &tables, &actor, &id, now)).await
+    }
+
+    async fn run_eventual(&self, batch: u32, now: Timestamp) -> Result<u64, StoreError> {
+        // Idle passes only read: a write would wake every waiter, the worker included.
+        let queued: bool = self
+            .read(|conn| Ok(conn.query_row("select exists (select 1 from deletion_queue)", [], |r| r.get(0))?))
+            .await?;
+        if !queued {
             return Ok(0);
         }
-        let endpoints = endpoints.to_vec();
-        self.write_background(move |tx| webhooks::fan_out(tx, &endpoints, now, batch)).await
+        let mut total = 0;
+        loop {
+            let (schema, tables) = self.catalog()?;
+            let (deleted, more) =
+                self.write_background(move |tx| relations::eventual_step(tx, &schema, &tables, batch, now)).await?;
+            total += deleted;
+            if !more {
+                return Ok(total);
+            }
+        }
     }
 
-    async fn due_deliveries(&self, now: Timestamp, limit: u32) -> Result<Vec<DueDelivery>, StoreError> {
-        self.read(move |conn| webhooks::due(conn, now, limit)).await
-    }
-
-    async fn record_attempt(
+    async fn list_trash(
         &self,
-        delivery_id: &str,
-        at: Timestamp,
-        outcome: AttemptOutcome,
-    ) -> Result<(), StoreError> {
-        let id = delivery_id.to_string();
-        self.write(move |tx| webhooks::record_attempt(tx, &id, at, &outcome)).await
-    }
-
-    async fn list_deliveries(&self, tenant: &str, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
+        tenant: &str,
+        collections: &[Arc<Collection>],
+        query: &TrashQuery,
+        now: Timestamp,
+    ) -> Result<Vec<Record>, StoreError> {
+        let tables =
+            collections.iter().map(|c| Ok((c.clone(), self.table(c)?))).collect::<Result<Vec<_>, StoreError>>()?;
         let (tenant, query) = (tenant.to_string(), query.clone());
-        self.read(move |conn| webhooks::list(conn, &tenant, &query)).await
+        self.read(move |conn| {
+            let mut all = Vec::new();
+            for (c, sql) in &tables {
+                all.extend(retention::trash(conn, sql, c, &tenant, &query, now)?);
+            }
+            // Newest first over (deleted_at, collection, id).
+            all.sort_by(|a, b| {
+                let key = |r: &Record| (r.deletion.as_ref().map(|d| d.deleted_at), r.collection.clone(), r.id.clone());
+                key(b).cmp(&key(a))
+            });
+            all.truncate(query.limit as usize);
+            Ok(all)
+        })
+        .await
     }
+}
 
-    async fn redeliver(&self, tenant: &str, id: &str, now: Timestamp) -> Result<Redelivery, StoreError> {
-        let (tenant, id) = (tenant.to_string(), id.to_string());
-        self.write(move |tx| webhooks::redeliver(tx, &tenant, &id, now)).await
-    }
-
-    async fn webhook_backlog(&self) -> Result<u64, StoreError> {
-        self.read(webhooks::backlog).await
-    }
-
-    async fn cleanup_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-        self.write_background(move |tx| webhooks::cleanup_outbox(tx, before, limit)).await
-    }
-
+#[async_trait]
+impl RetentionStore for SqliteStore {
     async fn place_hold(
         &self,
         actor: &Actor,
@@ -1208,21 +1162,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn collection_counts(
-        &self,
-        tenant: &str,
-        collections: &[Arc<Collection>],
-        horizon: Timestamp,
-    ) -> Result<Vec<CollectionCounts>, StoreError> {
-        let tables =
-            collections.iter().map(|c| Ok((c.clone(), self.table(c)?))).collect::<Result<Vec<_>, StoreError>>()?;
-        let tenant = tenant.to_string();
-        self.read(move |conn| {
-            tables.iter().map(|(c, sql)| retention::collection_counts(conn, sql, c, &tenant, horizon)).collect()
-        })
-        .await
-    }
-
     async fn purge_due(
         &self,
         tenant: Option<&str>,
@@ -1235,6 +1174,21 @@ impl Store for SqliteStore {
         let tenant = tenant.map(str::to_string);
         self.read(move |conn| {
             tables.iter().map(|(c, sql)| retention::purge_due(conn, sql, c, tenant.as_deref(), now, horizon)).collect()
+        })
+        .await
+    }
+
+    async fn collection_counts(
+        &self,
+        tenant: &str,
+        collections: &[Arc<Collection>],
+        horizon: Timestamp,
+    ) -> Result<Vec<CollectionCounts>, StoreError> {
+        let tables =
+            collections.iter().map(|c| Ok((c.clone(), self.table(c)?))).collect::<Result<Vec<_>, StoreError>>()?;
+        let tenant = tenant.to_string();
+        self.read(move |conn| {
+            tables.iter().map(|(c, sql)| retention::collection_counts(conn, sql, c, &tenant, horizon)).collect()
         })
         .await
     }
@@ -1273,6 +1227,11 @@ impl Store for SqliteStore {
             }
         }
         Ok(erasure)
+    }
+
+    async fn is_erased(&self, tenant: &str, collection: &str, id: &str) -> Result<bool, StoreError> {
+        let (tenant, collection, id) = (tenant.to_string(), collection.to_string(), id.to_string());
+        self.read(move |conn| retention::is_erased(conn, &tenant, &collection, &id)).await
     }
 
     async fn erasure_receipt(&self, tenant: &str, collection: &str, id: &str) -> Result<Option<Erasure>, StoreError> {
@@ -1335,85 +1294,52 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    async fn is_erased(&self, tenant: &str, collection: &str, id: &str) -> Result<bool, StoreError> {
-        let (tenant, collection, id) = (tenant.to_string(), collection.to_string(), id.to_string());
-        self.read(move |conn| retention::is_erased(conn, &tenant, &collection, &id)).await
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn list_audit(&self, tenant: &str, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let (tenant, query) = (tenant.to_string(), query.clone());
+        self.read(move |conn| changes::list_audit(conn, &tenant, &query)).await
     }
 
-    async fn list_trash(
-        &self,
-        tenant: &str,
-        collections: &[Arc<Collection>],
-        query: &TrashQuery,
-        now: Timestamp,
-    ) -> Result<Vec<Record>, StoreError> {
-        let tables =
-            collections.iter().map(|c| Ok((c.clone(), self.table(c)?))).collect::<Result<Vec<_>, StoreError>>()?;
-        let (tenant, query) = (tenant.to_string(), query.clone());
-        self.read(move |conn| {
-            let mut all = Vec::new();
-            for (c, sql) in &tables {
-                all.extend(retention::trash(conn, sql, c, &tenant, &query, now)?);
+    async fn verify_audit(&self) -> Result<Result<u64, ChainError>, StoreError> {
+        self.read(|conn| {
+            let mut verifier = ChainVerifier::default();
+            let mut failure = None;
+            let head = changes::walk_audit(conn, |entry| match verifier.push(entry) {
+                Ok(()) => true,
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            })?;
+            if let Some(e) = failure {
+                return Ok(Err(e));
             }
-            // Newest first over (deleted_at, collection, id).
-            all.sort_by(|a, b| {
-                let key = |r: &Record| (r.deletion.as_ref().map(|d| d.deleted_at), r.collection.clone(), r.id.clone());
-                key(b).cmp(&key(a))
-            });
-            all.truncate(query.limit as usize);
-            Ok(all)
+            Ok(verifier.finish(head.as_ref().map(|(seq, hash)| (*seq, hash.as_str()))))
         })
         .await
     }
 
-    async fn plan_deletion(
-        &self,
-        tenant: &str,
-        collection: &Arc<Collection>,
-        id: &str,
-    ) -> Result<Option<DeletionPlan>, StoreError> {
-        let sql = self.table(collection)?;
-        let (schema, _) = self.catalog()?;
-        let (collection, tenant, id) = (collection.clone(), tenant.to_string(), id.to_string());
-        self.read(move |conn| relations::dry_run(conn, &schema, &sql, &collection, &tenant, &id)).await
+    async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        self.event_reads.fetch_add(1, Ordering::Relaxed);
+        let (tenant, query) = (tenant.to_string(), query.clone());
+        self.read(move |conn| changes::list_events(conn, &tenant, &query)).await
     }
 
-    async fn get_deletion(
-        &self,
-        tenant: &str,
-        id: &str,
-        records: &RecordsPage,
-    ) -> Result<Option<DeletionOp>, StoreError> {
-        let (schema, _) = self.catalog()?;
-        let (tenant, id, page) = (tenant.to_string(), id.to_string(), records.clone());
-        self.read(move |conn| relations::get_operation(conn, &schema, &tenant, &id, &page)).await
+    async fn list_all_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        self.event_reads.fetch_add(1, Ordering::Relaxed);
+        let query = query.clone();
+        self.read(move |conn| changes::list_all_events(conn, &query)).await
     }
 
-    async fn restore_deletion(&self, actor: &Actor, id: &str, now: Timestamp) -> Result<Vec<Record>, StoreError> {
-        let (schema, tables) = self.catalog()?;
-        let (actor, id) = (actor.clone(), id.to_string());
-        self.write(move |tx| relations::restore_operation(tx, &schema, &tables, &actor, &id, now)).await
+    async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        self.read(changes::last_event_seq).await
     }
 
-    async fn run_eventual(&self, batch: u32, now: Timestamp) -> Result<u64, StoreError> {
-        // Idle passes only read: a write would wake every waiter, the worker included.
-        let queued: bool = self
-            .read(|conn| Ok(conn.query_row("select exists (select 1 from deletion_queue)", [], |r| r.get(0))?))
-            .await?;
-        if !queued {
-            return Ok(0);
-        }
-        let mut total = 0;
-        loop {
-            let (schema, tables) = self.catalog()?;
-            let (deleted, more) =
-                self.write_background(move |tx| relations::eventual_step(tx, &schema, &tables, batch, now)).await?;
-            total += deleted;
-            if !more {
-                return Ok(total);
-            }
-        }
+    fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.changes.clone()
     }
 
     async fn changes_since(
@@ -1424,38 +1350,128 @@ impl Store for SqliteStore {
         self.read(move |conn| changes::changed_since(conn, after, limit)).await
     }
 
-    async fn active_ids(&self, collection: &Arc<Collection>) -> Result<Vec<(String, String)>, StoreError> {
-        let sql = self.table(collection)?;
-        self.read(move |conn| {
-            let q = format!("select tenant, id from {} where deleted_at is null", sql.table);
-            Ok(conn.prepare(&q)?.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?)
-        })
-        .await
+    async fn sync_webhook_endpoints(
+        &self,
+        endpoints: &[WebhookEndpoint],
+        now: Timestamp,
+    ) -> Result<Vec<EndpointState>, StoreError> {
+        let endpoints = endpoints.to_vec();
+        self.write(move |tx| webhooks::sync(tx, &endpoints, now)).await
     }
 
-    async fn sync_cache(&self) -> Result<u64, StoreError> {
-        self.sync_cache_now().await
+    async fn webhook_endpoints(&self) -> Result<Vec<EndpointState>, StoreError> {
+        self.read(webhooks::endpoints).await
     }
 
-    async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let key = key.to_string();
-        self.read(move |conn| {
-            Ok(conn
-                .prepare_cached("select value from meta where key = ?1")?
-                .query_row([key], |r| r.get(0))
-                .optional()?)
-        })
-        .await
-    }
-
-    async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        let (key, value) = (key.to_string(), value.to_string());
+    async fn enable_webhook_endpoint(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
         self.write(move |tx| {
+            Ok(tx.execute(
+                "update webhook_endpoints set disabled_at = null, disabled_reason = null where id = ?1",
+                [id],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn fan_out_webhooks(
+        &self,
+        endpoints: &[WebhookEndpoint],
+        now: Timestamp,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        // Idle passes only read: a write would wake every waiter, the relay included.
+        let ids: Vec<String> = endpoints.iter().map(|e| e.id.clone()).collect();
+        if !self.read(move |conn| webhooks::any_behind(conn, &ids)).await? {
+            return Ok(0);
+        }
+        let endpoints = endpoints.to_vec();
+        self.write_background(move |tx| webhooks::fan_out(tx, &endpoints, now, batch)).await
+    }
+
+    async fn due_deliveries(&self, now: Timestamp, limit: u32) -> Result<Vec<DueDelivery>, StoreError> {
+        self.read(move |conn| webhooks::due(conn, now, limit)).await
+    }
+
+    async fn record_attempt(
+        &self,
+        delivery_id: &str,
+        at: Timestamp,
+        outcome: AttemptOutcome,
+    ) -> Result<(), StoreError> {
+        let id = delivery_id.to_string();
+        self.write(move |tx| webhooks::record_attempt(tx, &id, at, &outcome)).await
+    }
+
+    async fn list_deliveries(&self, tenant: &str, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
+        let (tenant, query) = (tenant.to_string(), query.clone());
+        self.read(move |conn| webhooks::list(conn, &tenant, &query)).await
+    }
+
+    async fn redeliver(&self, tenant: &str, id: &str, now: Timestamp) -> Result<Redelivery, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.write(move |tx| webhooks::redeliver(tx, &tenant, &id, now)).await
+    }
+
+    async fn webhook_backlog(&self) -> Result<u64, StoreError> {
+        self.read(webhooks::backlog).await
+    }
+
+    async fn cleanup_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        self.write_background(move |tx| webhooks::cleanup_outbox(tx, before, limit)).await
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn create_key(&self, key: StoredKey, actor: &Actor) -> Result<(), StoreError> {
+        let actor = actor.clone();
+        self.write(move |tx| {
+            let scopes = key.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
             tx.execute(
-                "insert into meta (key, value) values (?1, ?2) on conflict (key) do update set value = excluded.value",
-                params![key, value],
+                "insert into api_keys (id, tenant, name, scopes, secret_hash, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![key.id, key.tenant, key.name, scopes, key.secret_hash, key.created_at.as_micros()],
             )?;
-            Ok(())
+            audit_key(tx, &actor, AuditAction::KeyCreate, &key.tenant, &key.id, key.created_at)
+        })
+        .await
+    }
+
+    async fn find_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached("select id, tenant, name, scopes, secret_hash, created_at from api_keys where id = ?1")?
+                .query_row([id], read_key)
+                .optional()?;
+            row.map(to_stored_key).transpose()
+        })
+        .await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        self.read(|conn| {
+            let rows = conn
+                .prepare_cached(
+                    "select id, tenant, name, scopes, secret_hash, created_at from api_keys order by created_at, id",
+                )?
+                .query_map([], read_key)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(to_stored_key).collect()
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, id: &str, actor: &Actor, now: Timestamp) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        let actor = actor.clone();
+        self.write(move |tx| {
+            let tenant: Option<String> =
+                tx.query_row("select tenant from api_keys where id = ?1", [&id], |r| r.get(0)).optional()?;
+            let Some(tenant) = tenant else { return Ok(false) };
+            tx.execute("delete from api_keys where id = ?1", [&id])?;
+            audit_key(tx, &actor, AuditAction::KeyRevoke, &tenant, &id, now)?;
+            Ok(true)
         })
         .await
     }
