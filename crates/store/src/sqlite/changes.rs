@@ -82,7 +82,8 @@ pub(crate) fn append_audit(conn: &Connection, entry: NewAuditEntry) -> Result<Au
 
 /// Appends entries in order, sealed one after the other as [`append_audit`] would, with
 /// multi-row inserts.
-pub(crate) fn append_audit_many(conn: &Connection, entries: Vec<NewAuditEntry>) -> Result<(), StoreError> {
+/// Returns the seq of the last entry (the head's, when there are none).
+pub(crate) fn append_audit_many(conn: &Connection, entries: Vec<NewAuditEntry>) -> Result<i64, StoreError> {
     let (mut seq, mut prev) = audit_head(conn)?;
     let sealed: Vec<AuditEntry> = entries
         .into_iter()
@@ -109,7 +110,7 @@ pub(crate) fn append_audit_many(conn: &Connection, entries: Vec<NewAuditEntry>) 
     if let Some(last) = sealed.last() {
         AUDIT_HEAD.with(|h| *h.borrow_mut() = Some((last.seq, last.hash.clone())));
     }
-    Ok(())
+    Ok(seq)
 }
 
 std::thread_local! {

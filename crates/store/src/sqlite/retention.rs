@@ -9,7 +9,6 @@ use tombstone_domain::audit::{AuditAction, NewAuditEntry};
 use tombstone_domain::config::{Collection, Schema};
 use tombstone_domain::deletion::RecordRef;
 use tombstone_domain::events::{EventType, NewEvent, record_event};
-use tombstone_domain::id::new_hold_id;
 use tombstone_domain::lifecycle::Actor;
 use tombstone_domain::record::{Hold, Record};
 use tombstone_domain::time::Timestamp;
@@ -41,49 +40,6 @@ fn active_hold_clause(sql: &TableSql, collection: &str) -> String {
     )
 }
 
-#[expect(clippy::too_many_arguments, reason = "each argument is one part of the hold")]
-pub(crate) fn place_hold(
-    tx: &Transaction<'_>,
-    sql: &TableSql,
-    collection: &Collection,
-    actor: &Actor,
-    id: &str,
-    case: Option<String>,
-    reason: Option<String>,
-    now: Timestamp,
-) -> Result<Hold, StoreError> {
-    let record = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
-    // A hold changes the representation (legal_hold, holds), so it is a new version.
-    let record = bump_version(tx, sql, record, now)?;
-    let hold = Hold { hold_id: new_hold_id(), case, reason, actor: actor.key_id.clone(), at: now };
-    tx.prepare_cached(
-        "insert into holds (id, tenant, collection, record_id, case_name, reason, actor, at) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![hold.hold_id, actor.tenant, collection.name, id, hold.case, hold.reason, hold.actor, now.as_micros()])?;
-    held_changed(tx, sql, collection, actor, id, now)?;
-    audit(
-        tx,
-        actor,
-        AuditAction::Hold,
-        &record,
-        hold.reason.clone(),
-        HoldMembers::of(&hold.hold_id, hold.case.clone()),
-        now,
-    )?;
-    Ok(hold)
-}
-
-/// Moves a record to its next version without changing its values.
-fn bump_version(tx: &Transaction<'_>, sql: &TableSql, record: Record, now: Timestamp) -> Result<Record, StoreError> {
-    let bumped = Record { version: record.version + 1, updated_at: now, ..record };
-    tx.prepare_cached(&format!(
-        "update {} set version = ?3, updated_at = ?4 where tenant = ?1 and id = ?2",
-        sql.table
-    ))?
-    .execute(params![bumped.tenant, bumped.id, bumped.version, now.as_micros()])?;
-    Ok(bumped)
-}
-
 /// The `hold_id` and `case` members of a hold's or release's audit entry. They are members
 /// of their own (SPEC §13) so that `reason` stays exactly as given and each can be
 /// filtered and read without parsing a composed text.
@@ -91,12 +47,6 @@ fn bump_version(tx: &Transaction<'_>, sql: &TableSql, record: Record, now: Times
 struct HoldMembers {
     hold_id: Option<String>,
     case: Option<String>,
-}
-
-impl HoldMembers {
-    fn of(hold_id: &str, case: Option<String>) -> Self {
-        Self { hold_id: Some(hold_id.to_string()), case }
-    }
 }
 
 fn audit(
@@ -128,49 +78,6 @@ fn audit(
     Ok(entry.seq)
 }
 
-#[expect(clippy::too_many_arguments, reason = "each argument is one part of the release")]
-pub(crate) fn release_hold(
-    tx: &Transaction<'_>,
-    sql: &TableSql,
-    collection: &Collection,
-    actor: &Actor,
-    id: &str,
-    hold_id: &str,
-    reason: Option<String>,
-    now: Timestamp,
-) -> Result<Record, StoreError> {
-    let record = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
-    let case: Option<Option<String>> = tx
-        .prepare_cached(
-            "select case_name from holds where id = ?1 and tenant = ?2 and collection = ?3 and record_id = ?4 and released_at is null",
-        )?
-        .query_row(params![hold_id, actor.tenant, collection.name, id], |r| r.get(0))
-        .optional()?;
-    let Some(case) = case else { return Err(StoreError::NotFound) };
-    let record = bump_version(tx, sql, record, now)?;
-    tx.prepare_cached("update holds set released_at = ?2, released_by = ?3, release_reason = ?4 where id = ?1")?
-        .execute(params![hold_id, now.as_micros(), actor.key_id, reason])?;
-    let current = held_changed(tx, sql, collection, actor, id, now)?;
-    audit(tx, actor, AuditAction::Release, &record, reason, HoldMembers::of(hold_id, case), now)?;
-    Ok(current)
-}
-
-/// A hold or release changed the record's representation (`legal_hold`, a new version):
-/// like every change it writes an event — `record.updated`, with the record as it now
-/// is — so subscribers see every version and other processes' caches forget the old one.
-fn held_changed(
-    tx: &Transaction<'_>,
-    sql: &TableSql,
-    collection: &Collection,
-    actor: &Actor,
-    id: &str,
-    now: Timestamp,
-) -> Result<Record, StoreError> {
-    let current = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
-    changes::append_event(tx, record_event(EventType::Updated, collection, &current, &actor.request_id, now))?;
-    Ok(current)
-}
-
 pub(crate) fn active_holds(
     conn: &Connection,
     tenant: &str,
@@ -199,34 +106,6 @@ pub(crate) fn active_holds(
     Ok(out)
 }
 
-/// Removes one record row with its audit entry (`purge`) and event (`record.purged`).
-fn purge_row(
-    tx: &Transaction<'_>,
-    sql: &TableSql,
-    collection: &Collection,
-    actor: &Actor,
-    record: &Record,
-    reason: Option<String>,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    records::remove(tx, sql, &record.tenant, &record.id)?;
-    record_purge(tx, collection, actor, record, reason, now)
-}
-
-/// The audit entry (`purge`) and event (`record.purged`) of a removed record.
-fn record_purge(
-    tx: &Transaction<'_>,
-    collection: &Collection,
-    actor: &Actor,
-    record: &Record,
-    reason: Option<String>,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    audit(tx, actor, AuditAction::Purge, record, reason, HoldMembers::default(), now)?;
-    changes::append_event(tx, record_event(EventType::Purged, collection, record, &actor.request_id, now))?;
-    Ok(())
-}
-
 /// A row the purge worker removes: what its audit entry and event name.
 struct Due {
     tenant: String,
@@ -244,25 +123,6 @@ fn remove_many(tx: &Transaction<'_>, sql: &TableSql, rows: &[Due]) -> Result<(),
         tx.prepare_cached(&statement)?.execute(rusqlite::params_from_iter(params))?;
     }
     Ok(())
-}
-
-pub(crate) fn purge_record(
-    tx: &Transaction<'_>,
-    sql: &TableSql,
-    collection: &Collection,
-    actor: &Actor,
-    id: &str,
-    reason: Option<String>,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    let record = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
-    if !record.is_deleted() {
-        return Err(StoreError::NotDeleted);
-    }
-    if record.legal_hold {
-        return Err(StoreError::LegalHold);
-    }
-    purge_row(tx, sql, collection, actor, &record, reason, now)
 }
 
 fn paused(conn: &Connection) -> Result<bool, StoreError> {
@@ -469,7 +329,7 @@ pub(crate) fn erase(
 ) -> Result<Erasure, StoreError> {
     let sql = relations::table(tables, &collection.name)?;
     let record = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
-    let plan = relations::plan_erasure(tx, schema, &actor.tenant, RecordRef::new(&collection.name, id))?;
+    let plan = relations::plan_erasure(tx, schema, tables, &actor.tenant, RecordRef::new(&collection.name, id))?;
     if plan.is_blocked() {
         return Err(StoreError::Restrict { blockers: plan.blockers, total: plan.blockers_total });
     }
