@@ -11,6 +11,7 @@
 //! them on its pool's connections.
 
 pub(crate) mod deletions;
+pub(crate) mod keys;
 pub(crate) mod records;
 pub(crate) mod retention;
 
@@ -24,7 +25,7 @@ use tombstone_domain::lifecycle::Actor;
 use tombstone_domain::record::{DeletionMark, Hold, Record, Values};
 use tombstone_domain::time::Timestamp;
 
-use crate::{IdempotencyKey, StoreError, StoredResponse};
+use crate::{Erasure, ErasureStep, IdempotencyKey, StoreError, StoredKey, StoredResponse};
 
 /// A new deletion operation, as its row records it.
 #[derive(Debug, Clone)]
@@ -131,6 +132,37 @@ pub(crate) trait Tx {
         ids: &[String],
     ) -> Result<(), StoreError>;
 
+    /// Removes these rows (`(tenant, id)` pairs), whatever their state.
+    async fn remove_rows(&mut self, collection: &Collection, rows: &[(String, String)]) -> Result<(), StoreError>;
+
+    /// Clears the stored payloads of a record's events; returns how many.
+    async fn scrub_events(&mut self, tenant: &str, collection: &str, id: &str) -> Result<u64, StoreError>;
+    /// Clears the stored responses of the idempotency keys about a record (a replay then
+    /// answers 410); returns how many.
+    async fn scrub_idempotent_responses(&mut self, tenant: &str, collection: &str, id: &str)
+    -> Result<u64, StoreError>;
+    /// Stores (or replaces) the receipt of an erased record.
+    async fn put_erasure(&mut self, tenant: &str, receipt: &Erasure) -> Result<(), StoreError>;
+    /// Records the steps of an erasure still to run after the commit; `event_seq` is its
+    /// `record.erased` event (the indexer is past it once the search step is done).
+    async fn add_erasure_jobs(
+        &mut self,
+        tenant: &str,
+        collection: &str,
+        id: &str,
+        steps: &[ErasureStep],
+        event_seq: i64,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// The step, if any, that erasing from this store's files takes after the commit (old
+    /// page images that may still hold the values).
+    fn storage_erasure_step(&self) -> Option<ErasureStep>;
+
+    /// Stores a new API key.
+    async fn insert_key(&mut self, key: &StoredKey) -> Result<(), StoreError>;
+    /// Removes a key; its tenant, or `None` when there was none.
+    async fn delete_key(&mut self, id: &str) -> Result<Option<String>, StoreError>;
+
     /// Stores a new hold on a record.
     async fn insert_hold(&mut self, tenant: &str, collection: &str, id: &str, hold: &Hold) -> Result<(), StoreError>;
     /// Releases an active hold of the record; `None` when there is no such active hold,
@@ -181,8 +213,8 @@ pub(crate) trait Tx {
 
     /// Appends entries to the audit chain, in order; returns the seq of the last one.
     async fn append_audit(&mut self, entries: Vec<NewAuditEntry>) -> Result<i64, StoreError>;
-    /// Appends events to the outbox, in order.
-    async fn append_events(&mut self, events: Vec<NewEvent>) -> Result<(), StoreError>;
+    /// Appends events to the outbox, in order; returns the seq of the last one.
+    async fn append_events(&mut self, events: Vec<NewEvent>) -> Result<i64, StoreError>;
     /// Completes a claimed idempotency key with the response, in this transaction.
     async fn complete_idempotency(&mut self, key: &IdempotencyKey, response: &StoredResponse)
     -> Result<(), StoreError>;
@@ -256,7 +288,7 @@ pub(crate) async fn record_change<T: Tx>(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     tx.append_audit(vec![audit_entry(actor, action, record, reason, now)]).await?;
-    tx.append_events(vec![record_event(kind, collection, record, &actor.request_id, now)]).await
+    tx.append_events(vec![record_event(kind, collection, record, &actor.request_id, now)]).await.map(|_| ())
 }
 
 /// Ends an operation: `done`, with its `deletion.completed` event (root, totals per
@@ -284,4 +316,5 @@ pub(crate) async fn complete_deletion<T: Tx>(
         data: Some(serde_json::json!({"status": DeletionStatus::Done.as_str(), "records": total, "counts": counts})),
     }])
     .await
+    .map(|_| ())
 }

@@ -1,15 +1,19 @@
-//! The rules of retention writes on one record: legal holds and `:purge`.
+//! The rules of retention writes: legal holds, `:purge`, the purge worker's rows, erasure.
 
-use tombstone_domain::audit::AuditAction;
-use tombstone_domain::config::Collection;
-use tombstone_domain::events::{EventType, record_event};
+use std::collections::BTreeMap;
+
+use tombstone_domain::audit::{AuditAction, NewAuditEntry};
+use tombstone_domain::config::{Collection, Schema};
+use tombstone_domain::deletion::{DeletionPlan, RecordRef};
+use tombstone_domain::events::{EventType, NewEvent, record_event};
 use tombstone_domain::id::new_hold_id;
 use tombstone_domain::lifecycle::Actor;
 use tombstone_domain::record::{Hold, Record};
 use tombstone_domain::time::Timestamp;
 
-use super::{Tx, audit_entry, record_change};
-use crate::StoreError;
+use super::records::has_children;
+use super::{Finder, Tx, audit_entry, collection as schema_collection, record_change};
+use crate::{Erasure, ErasureStep, StoreError};
 
 /// A hold or release changes the record's representation (`legal_hold`, a new version):
 /// like every change it writes an event — `record.updated`, with the record as it now is —
@@ -95,4 +99,165 @@ pub(crate) async fn purge_record<T: Tx>(
     }
     tx.remove(collection, &actor.tenant, id).await?;
     record_change(tx, actor, (AuditAction::Purge, EventType::Purged), collection, &record, reason, now).await
+}
+
+/// The actor of the purge worker's audit entries.
+const PURGE_ACTOR: &str = "system:purge";
+
+/// The reason of the purge worker's audit entries.
+const PURGE_REASON: &str = "recovery window elapsed";
+
+/// A row the purge worker removes: what its audit entry and event name (a purged record's
+/// values go nowhere).
+#[derive(Debug, Clone)]
+pub(crate) struct Due {
+    pub tenant: String,
+    pub id: String,
+    pub version: i64,
+    pub deletion_id: Option<String>,
+}
+
+/// Removes rows past their window (chosen by the store, which knows how to find them
+/// cheaply and how to share the work), each with its `purge` audit entry and
+/// `record.purged` event, as the purge worker `run_id`.
+pub(crate) async fn purge_rows<T: Tx>(
+    tx: &mut T,
+    collection: &Collection,
+    due: &[Due],
+    run_id: &str,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let pairs: Vec<(String, String)> = due.iter().map(|r| (r.tenant.clone(), r.id.clone())).collect();
+    tx.remove_rows(collection, &pairs).await?;
+    let mut entries = Vec::with_capacity(due.len());
+    let mut events = Vec::with_capacity(due.len());
+    for row in due {
+        entries.push(NewAuditEntry {
+            at: now,
+            tenant: row.tenant.clone(),
+            actor: PURGE_ACTOR.into(),
+            action: AuditAction::Purge,
+            collection: Some(collection.name.clone()),
+            record_id: Some(row.id.clone()),
+            version: Some(row.version),
+            deletion_id: row.deletion_id.clone(),
+            reason: Some(PURGE_REASON.into()),
+            request_id: Some(run_id.into()),
+            hold_id: None,
+            case: None,
+        });
+        events.push(NewEvent {
+            kind: EventType::Purged,
+            tenant: row.tenant.clone(),
+            collection: collection.name.clone(),
+            record_id: row.id.clone(),
+            version: Some(row.version),
+            deletion_id: row.deletion_id.clone(),
+            occurred_at: now,
+            request_id: Some(run_id.into()),
+            data: None,
+        });
+    }
+    tx.append_audit(entries).await?;
+    tx.append_events(events).await?;
+    Ok(())
+}
+
+/// Erases a record and everything its relations take along (see
+/// `tombstone_domain::deletion::plan_erasure`), in one transaction: an active restrict
+/// child anywhere → 409 `restrict`, a hold on any of them → 409 `legal-hold`, nothing
+/// erased. Each erased record gets its `erase` audit entry, its `record.erased` event, its
+/// receipt and the jobs of the steps that run after the commit (search, the store's files).
+pub(crate) async fn erase<T: Tx>(
+    tx: &mut T,
+    schema: &Schema,
+    collection: &Collection,
+    actor: &Actor,
+    id: &str,
+    reason: Option<&str>,
+    now: Timestamp,
+) -> Result<Erasure, StoreError> {
+    let record = tx.get(collection, &actor.tenant, id).await?.ok_or(StoreError::NotFound)?;
+    let root = RecordRef::new(&collection.name, id);
+    let plan = if has_children(schema, &collection.name) {
+        let tenant = actor.tenant.as_str();
+        tombstone_domain::deletion::plan_erasure(schema, root.clone(), &mut Finder { tx, tenant }).await?
+    } else {
+        DeletionPlan { root: Some(root.clone()), immediate: vec![root], ..DeletionPlan::default() }
+    };
+    if plan.is_blocked() {
+        return Err(StoreError::Restrict { blockers: plan.blockers, total: plan.blockers_total });
+    }
+    // Every record first: a hold on any of them stops the whole erasure.
+    let mut doomed: Vec<(&Collection, Record)> = vec![(collection, record)];
+    for r in plan.immediate.iter().skip(1) {
+        let c = schema_collection(schema, &r.collection)?;
+        if let Some(child) = tx.get(c, &actor.tenant, &r.id).await? {
+            doomed.push((c, child));
+        }
+    }
+    if doomed.iter().any(|(_, r)| r.legal_hold) {
+        return Err(StoreError::LegalHold);
+    }
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for (c, _) in &doomed {
+        *counts.entry(c.name.clone()).or_insert(0) += 1;
+    }
+    let mut receipt: Option<Erasure> = None;
+    let (mut events, mut responses) = (0, 0);
+    for (c, record) in &doomed {
+        let one = erase_one(tx, c, actor, record, reason, now).await?;
+        events += one.events;
+        responses += one.idempotent_responses;
+        if receipt.is_none() {
+            receipt = Some(one);
+        }
+    }
+    let mut receipt = receipt.ok_or(StoreError::NotFound)?;
+    receipt.events = events;
+    receipt.idempotent_responses = responses;
+    receipt.counts = counts;
+    // The root's receipt covers the whole erasure.
+    tx.put_erasure(&actor.tenant, &receipt).await?;
+    Ok(receipt)
+}
+
+/// Erases one record: scrubs its stored events and idempotent responses, removes its row,
+/// audits, announces, and leaves its receipt and its after-commit jobs.
+async fn erase_one<T: Tx>(
+    tx: &mut T,
+    collection: &Collection,
+    actor: &Actor,
+    record: &Record,
+    reason: Option<&str>,
+    now: Timestamp,
+) -> Result<Erasure, StoreError> {
+    let id = record.id.as_str();
+    let events = tx.scrub_events(&actor.tenant, &collection.name, id).await?;
+    let responses = tx.scrub_idempotent_responses(&actor.tenant, &collection.name, id).await?;
+    tx.remove(collection, &actor.tenant, id).await?;
+    let audit_seq = tx.append_audit(vec![audit_entry(actor, AuditAction::Erase, record, reason, now)]).await?;
+    let event_seq =
+        tx.append_events(vec![record_event(EventType::Erased, collection, record, &actor.request_id, now)]).await?;
+    // What is left once this commits: the index's copy (only a searchable collection has
+    // one) and whatever the store's own files keep until they are rewritten.
+    let mut pending = Vec::new();
+    if collection.fields.values().any(|f| f.search) {
+        pending.push(ErasureStep::Search);
+    }
+    pending.extend(tx.storage_erasure_step());
+    let receipt = Erasure {
+        collection: collection.name.clone(),
+        id: id.to_string(),
+        erased_at: now,
+        audit_seq,
+        versions: 0,
+        events,
+        idempotent_responses: responses,
+        counts: BTreeMap::from([(collection.name.clone(), 1)]),
+        pending,
+    };
+    tx.put_erasure(&actor.tenant, &receipt).await?;
+    tx.add_erasure_jobs(&actor.tenant, &collection.name, id, &receipt.pending, event_seq, now).await?;
+    Ok(receipt)
 }

@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
-use tombstone_domain::audit::{AuditAction, AuditEntry, ChainError, ChainVerifier, NewAuditEntry};
+use tombstone_domain::audit::{AuditEntry, ChainError, ChainVerifier};
 use tombstone_domain::config::{Collection, Schema};
 use tombstone_domain::deletion::DeletionPlan;
 use tombstone_domain::events::Event;
@@ -522,36 +522,6 @@ impl SqliteStore {
     }
 }
 
-/// Audits a key change. The key id goes in `record_id`, under the pseudo-collection
-/// `keys`; the secret never appears.
-fn audit_key(
-    tx: &rusqlite::Transaction<'_>,
-    actor: &Actor,
-    action: AuditAction,
-    tenant: &str,
-    key_id: &str,
-    at: Timestamp,
-) -> Result<(), StoreError> {
-    changes::append_audit(
-        tx,
-        NewAuditEntry {
-            at,
-            tenant: tenant.to_string(),
-            actor: actor.key_id.clone(),
-            action,
-            collection: Some("keys".into()),
-            record_id: Some(key_id.to_string()),
-            version: None,
-            deletion_id: None,
-            reason: None,
-            request_id: Some(actor.request_id.clone()),
-            hold_id: None,
-            case: None,
-        },
-    )?;
-    Ok(())
-}
-
 fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, Option<String>, String, String, i64)> {
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
 }
@@ -936,7 +906,7 @@ impl RetentionStore for SqliteStore {
         limit: u32,
         run_id: &str,
     ) -> Result<PurgeBatch, StoreError> {
-        let sql = self.table(collection)?;
+        let (_, tables) = self.catalog()?;
         let (collection, run_id) = (collection.clone(), run_id.to_string());
         let (gate, cache, feed, events) =
             (self.gate.clone(), self.cache.clone(), self.feed.clone(), self.changes.clone());
@@ -948,7 +918,7 @@ impl RetentionStore for SqliteStore {
                 let left = limit.saturating_sub(u32::try_from(batch.purged).unwrap_or(u32::MAX));
                 let (part, yielded) =
                     transaction(conn, &gate, Lane::Background, cache.as_ref(), &feed, &events, |tx| {
-                        retention::purge_batch(tx, &sql, &collection, now, left, &run_id, &|| gate.contended())
+                        retention::purge_batch(tx, &tables, &collection, now, left, &run_id, &|| gate.contended())
                     })?;
                 batch.purged += part.purged;
                 batch.paused = part.paused;
@@ -1005,12 +975,16 @@ impl RetentionStore for SqliteStore {
         collection: &Arc<Collection>,
         id: &str,
         reason: Option<String>,
-        now: Timestamp,
+        at: Timestamp,
     ) -> Result<Erasure, StoreError> {
         let (schema, tables) = self.catalog()?;
         let (collection, actor, id) = (collection.clone(), actor.clone(), id.to_string());
-        let mut erasure =
-            self.write(move |tx| retention::erase(tx, &schema, &tables, &collection, &actor, &id, reason, now)).await?;
+        let mut erasure = self
+            .write(move |tx| {
+                let mut tx = SqliteTx::new(tx, &tables, None);
+                now(rules::retention::erase(&mut tx, &schema, &collection, &actor, &id, reason.as_deref(), at))
+            })
+            .await?;
         // The erasure is committed: what follows is its durable after-commit work, which the
         // receipt shows as pending until done. Old page images in the WAL may still hold the
         // values; copying the pages back into the database file (where secure_delete zeroed
@@ -1223,16 +1197,9 @@ impl EventStore for SqliteStore {
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn create_key(&self, key: StoredKey, actor: &Actor) -> Result<(), StoreError> {
+        let (_, tables) = self.catalog()?;
         let actor = actor.clone();
-        self.write(move |tx| {
-            let scopes = key.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-            tx.execute(
-                "insert into api_keys (id, tenant, name, scopes, secret_hash, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![key.id, key.tenant, key.name, scopes, key.secret_hash, key.created_at.as_micros()],
-            )?;
-            audit_key(tx, &actor, AuditAction::KeyCreate, &key.tenant, &key.id, key.created_at)
-        })
-        .await
+        self.write(move |tx| now(rules::keys::create(&mut SqliteTx::new(tx, &tables, None), &key, &actor))).await
     }
 
     async fn find_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
@@ -1260,17 +1227,9 @@ impl KeyStore for SqliteStore {
         .await
     }
 
-    async fn revoke_key(&self, id: &str, actor: &Actor, now: Timestamp) -> Result<bool, StoreError> {
-        let id = id.to_string();
-        let actor = actor.clone();
-        self.write(move |tx| {
-            let tenant: Option<String> =
-                tx.query_row("select tenant from api_keys where id = ?1", [&id], |r| r.get(0)).optional()?;
-            let Some(tenant) = tenant else { return Ok(false) };
-            tx.execute("delete from api_keys where id = ?1", [&id])?;
-            audit_key(tx, &actor, AuditAction::KeyRevoke, &tenant, &id, now)?;
-            Ok(true)
-        })
-        .await
+    async fn revoke_key(&self, id: &str, actor: &Actor, at: Timestamp) -> Result<bool, StoreError> {
+        let (_, tables) = self.catalog()?;
+        let (id, actor) = (id.to_string(), actor.clone());
+        self.write(move |tx| now(rules::keys::revoke(&mut SqliteTx::new(tx, &tables, None), &id, &actor, at))).await
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tombstone_domain::config::Schema;
-use tombstone_domain::deletion::{DeletionPlan, RecordRef};
+use tombstone_domain::deletion::RecordRef;
 use tombstone_domain::time::Timestamp;
 
 use super::records::TableSql;
@@ -19,22 +19,6 @@ pub(crate) type Tables = HashMap<String, Arc<TableSql>>;
 
 pub(crate) fn table<'a>(tables: &'a Tables, collection: &str) -> Result<&'a Arc<TableSql>, StoreError> {
     tables.get(collection).ok_or_else(|| StoreError::Internal(format!("collection {collection} has not been migrated")))
-}
-
-/// The plan for erasing `root` in `tenant` (see `tombstone_domain::deletion::plan_erasure`).
-pub(crate) fn plan_erasure(
-    conn: &Connection,
-    schema: &Schema,
-    tables: &Tables,
-    tenant: &str,
-    root: RecordRef,
-) -> Result<DeletionPlan, StoreError> {
-    if !crate::rules::records::has_children(schema, &root.collection) {
-        return Ok(DeletionPlan { root: Some(root.clone()), immediate: vec![root], ..DeletionPlan::default() });
-    }
-    let mut tx = super::tx::SqliteTx::new(conn, tables, None);
-    let mut finder = crate::rules::Finder { tx: &mut tx, tenant };
-    tombstone_domain::ready::now(tombstone_domain::deletion::plan_erasure(schema, root, &mut finder))
 }
 
 pub(crate) fn is_active(conn: &Connection, collection: &str, tenant: &str, id: &str) -> Result<bool, StoreError> {

@@ -26,7 +26,7 @@ use super::records::{self, TableSql};
 use super::relations::{self, Tables};
 use super::schema::table_name;
 use crate::rules::{DeletionHead, NewDeletion, QueuedRelation, Tx};
-use crate::{IdempotencyKey, StoreError, StoredResponse};
+use crate::{Erasure, ErasureStep, IdempotencyKey, StoreError, StoredKey, StoredResponse};
 
 /// Parameters per `in (…)` list, well under SQLite's limit.
 const CHUNK: usize = 500;
@@ -441,12 +441,109 @@ impl Tx for SqliteTx<'_> {
         changes::append_audit_many(self.conn, entries)
     }
 
-    async fn append_events(&mut self, events: Vec<NewEvent>) -> Result<(), StoreError> {
+    async fn append_events(&mut self, events: Vec<NewEvent>) -> Result<i64, StoreError> {
         if events.len() == 1 {
             let event = events.into_iter().next().ok_or_else(|| StoreError::Internal("no event".into()))?;
-            return changes::append_event(self.conn, event).map(|_| ());
+            return changes::append_event(self.conn, event);
         }
         changes::append_events(self.conn, events)
+    }
+
+    async fn remove_rows(&mut self, collection: &Collection, rows: &[(String, String)]) -> Result<(), StoreError> {
+        let sql = self.table(&collection.name)?;
+        for chunk in rows.chunks(64) {
+            let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(?{}, ?{})", 2 * i + 1, 2 * i + 2)).collect();
+            let statement = format!("delete from {} where (tenant, id) in (values {})", sql.table, pairs.join(", "));
+            let params: Vec<&str> = chunk.iter().flat_map(|(t, id)| [t.as_str(), id.as_str()]).collect();
+            self.conn.prepare_cached(&statement)?.execute(params_from_iter(params))?;
+        }
+        Ok(())
+    }
+
+    async fn scrub_events(&mut self, tenant: &str, collection: &str, id: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "update outbox set data = null where tenant = ?1 and collection = ?2 and record_id = ?3 and data is not null",
+            )?
+            .execute(params![tenant, collection, id])? as u64)
+    }
+
+    async fn scrub_idempotent_responses(
+        &mut self,
+        tenant: &str,
+        collection: &str,
+        id: &str,
+    ) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "update idempotency set body = null, headers = null, state = 'erased' where tenant = ?1 and collection = ?2 and record_id = ?3",
+            )?
+            .execute(params![tenant, collection, id])? as u64)
+    }
+
+    async fn put_erasure(&mut self, tenant: &str, receipt: &Erasure) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "insert into erasures (tenant, collection, record_id, erased_at, audit_seq, events, idempotent_responses, counts)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 on conflict do update set erased_at = excluded.erased_at, audit_seq = excluded.audit_seq, events = excluded.events,
+                 idempotent_responses = excluded.idempotent_responses, counts = excluded.counts",
+            )?
+            .execute(params![
+                tenant,
+                receipt.collection,
+                receipt.id,
+                receipt.erased_at.as_micros(),
+                receipt.audit_seq,
+                i64::try_from(receipt.events).unwrap_or(i64::MAX),
+                i64::try_from(receipt.idempotent_responses).unwrap_or(i64::MAX),
+                serde_json::to_string(&receipt.counts).map_err(|e| StoreError::Internal(e.to_string()))?
+            ])?;
+        Ok(())
+    }
+
+    async fn add_erasure_jobs(
+        &mut self,
+        tenant: &str,
+        collection: &str,
+        id: &str,
+        steps: &[ErasureStep],
+        event_seq: i64,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "insert into erasure_jobs (tenant, collection, record_id, step, event_seq, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)
+             on conflict do update set event_seq = excluded.event_seq, created_at = excluded.created_at",
+        )?;
+        for step in steps {
+            stmt.execute(params![tenant, collection, id, step.as_str(), event_seq, now.as_micros()])?;
+        }
+        Ok(())
+    }
+
+    /// Old page images in the WAL may hold the values until a truncating checkpoint.
+    fn storage_erasure_step(&self) -> Option<ErasureStep> {
+        Some(ErasureStep::Wal)
+    }
+
+    async fn insert_key(&mut self, key: &StoredKey) -> Result<(), StoreError> {
+        let scopes = key.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        self.conn.execute(
+            "insert into api_keys (id, tenant, name, scopes, secret_hash, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![key.id, key.tenant, key.name, scopes, key.secret_hash, key.created_at.as_micros()],
+        )?;
+        Ok(())
+    }
+
+    async fn delete_key(&mut self, id: &str) -> Result<Option<String>, StoreError> {
+        let tenant: Option<String> =
+            self.conn.query_row("select tenant from api_keys where id = ?1", [id], |r| r.get(0)).optional()?;
+        if tenant.is_some() {
+            self.conn.execute("delete from api_keys where id = ?1", [id])?;
+        }
+        Ok(tenant)
     }
 
     async fn complete_idempotency(
