@@ -70,8 +70,7 @@ pub(crate) async fn delete_records<T: Tx>(
             events.push(record_event(kind, collection, &deleted, &actor.request_id, mark.deleted_at));
             listed.push(RecordRef::new(name, &deleted.id));
         }
-        tx.append_audit(entries).await?;
-        tx.append_events(events).await?;
+        tx.append_changes(entries, events).await?;
         tx.add_deletion_records(&mark.deletion_id, &listed).await?;
         *counts.entry(name.to_string()).or_insert(0) += n;
     }
@@ -150,10 +149,9 @@ pub(crate) async fn restore_operation<T: Tx>(
         // Restored by the operation: its entry and event name it.
         let mut entry = audit_entry(actor, AuditAction::Restore, &back, None, now);
         entry.deletion_id = Some(id.to_string());
-        tx.append_audit(vec![entry]).await?;
         let mut event = record_event(EventType::Restored, &collection, &back, &actor.request_id, now);
         event.deletion_id = Some(id.to_string());
-        tx.append_events(vec![event]).await?;
+        tx.append_changes(vec![entry], vec![event]).await?;
         restored.push(back);
     }
     Ok(restored)

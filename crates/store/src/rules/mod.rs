@@ -211,10 +211,18 @@ pub(crate) trait Tx {
     /// Removes every queued relation of an operation.
     async fn clear_queued(&mut self, deletion_id: &str) -> Result<(), StoreError>;
 
-    /// Appends entries to the audit chain, in order; returns the seq of the last one.
-    async fn append_audit(&mut self, entries: Vec<NewAuditEntry>) -> Result<i64, StoreError>;
+    /// Appends entries to the audit chain, in order. (A store may write them with the next
+    /// events or at the commit.)
+    async fn append_audit(&mut self, entries: Vec<NewAuditEntry>) -> Result<(), StoreError>;
     /// Appends events to the outbox, in order; returns the seq of the last one.
     async fn append_events(&mut self, events: Vec<NewEvent>) -> Result<i64, StoreError>;
+    /// Appends audit entries and events together (one round trip where the store can);
+    /// returns the seqs of the last entry and of the last event.
+    async fn append_changes(
+        &mut self,
+        entries: Vec<NewAuditEntry>,
+        events: Vec<NewEvent>,
+    ) -> Result<(i64, i64), StoreError>;
     /// Completes a claimed idempotency key with the response, in this transaction.
     async fn complete_idempotency(&mut self, key: &IdempotencyKey, response: &StoredResponse)
     -> Result<(), StoreError>;
@@ -287,8 +295,9 @@ pub(crate) async fn record_change<T: Tx>(
     reason: Option<&str>,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    tx.append_audit(vec![audit_entry(actor, action, record, reason, now)]).await?;
-    tx.append_events(vec![record_event(kind, collection, record, &actor.request_id, now)]).await.map(|_| ())
+    let entry = audit_entry(actor, action, record, reason, now);
+    tx.append_changes(vec![entry], vec![record_event(kind, collection, record, &actor.request_id, now)]).await?;
+    Ok(())
 }
 
 /// Ends an operation: `done`, with its `deletion.completed` event (root, totals per

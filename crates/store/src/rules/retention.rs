@@ -32,11 +32,11 @@ async fn held_changed<T: Tx>(
     now: Timestamp,
 ) -> Result<Record, StoreError> {
     let current = tx.get(collection, &actor.tenant, &bumped.id).await?.ok_or(StoreError::NotFound)?;
-    tx.append_events(vec![record_event(EventType::Updated, collection, &current, &actor.request_id, now)]).await?;
     let mut entry = audit_entry(actor, action, bumped, reason, now);
     entry.hold_id = Some(hold_id.to_string());
     entry.case = case;
-    tx.append_audit(vec![entry]).await?;
+    let event = record_event(EventType::Updated, collection, &current, &actor.request_id, now);
+    tx.append_changes(vec![entry], vec![event]).await?;
     Ok(current)
 }
 
@@ -158,8 +158,7 @@ pub(crate) async fn purge_rows<T: Tx>(
             data: None,
         });
     }
-    tx.append_audit(entries).await?;
-    tx.append_events(events).await?;
+    tx.append_changes(entries, events).await?;
     Ok(())
 }
 
@@ -236,9 +235,12 @@ async fn erase_one<T: Tx>(
     let events = tx.scrub_events(&actor.tenant, &collection.name, id).await?;
     let responses = tx.scrub_idempotent_responses(&actor.tenant, &collection.name, id).await?;
     tx.remove(collection, &actor.tenant, id).await?;
-    let audit_seq = tx.append_audit(vec![audit_entry(actor, AuditAction::Erase, record, reason, now)]).await?;
-    let event_seq =
-        tx.append_events(vec![record_event(EventType::Erased, collection, record, &actor.request_id, now)]).await?;
+    let (audit_seq, event_seq) = tx
+        .append_changes(
+            vec![audit_entry(actor, AuditAction::Erase, record, reason, now)],
+            vec![record_event(EventType::Erased, collection, record, &actor.request_id, now)],
+        )
+        .await?;
     // What is left once this commits: the index's copy (only a searchable collection has
     // one) and whatever the store's own files keep until they are rewritten.
     let mut pending = Vec::new();

@@ -437,8 +437,17 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    async fn append_audit(&mut self, entries: Vec<NewAuditEntry>) -> Result<i64, StoreError> {
-        changes::append_audit_many(self.conn, entries)
+    async fn append_audit(&mut self, entries: Vec<NewAuditEntry>) -> Result<(), StoreError> {
+        changes::append_audit_many(self.conn, entries).map(|_| ())
+    }
+
+    async fn append_changes(
+        &mut self,
+        entries: Vec<NewAuditEntry>,
+        events: Vec<NewEvent>,
+    ) -> Result<(i64, i64), StoreError> {
+        let audit_seq = changes::append_audit_many(self.conn, entries)?;
+        Ok((audit_seq, self.append_events(events).await?))
     }
 
     async fn append_events(&mut self, events: Vec<NewEvent>) -> Result<i64, StoreError> {
