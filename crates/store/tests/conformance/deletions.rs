@@ -538,6 +538,36 @@ async fn an_eventual_cascade_is_worked_through_in_batches_and_completes_once() {
 }
 
 #[tokio::test]
+async fn restoring_an_operation_still_pending_ends_its_eventual_cascade() {
+    each_store(|store| async move {
+        let sch = schema(RELATIONS);
+        store.migrate(&sch).await.unwrap();
+        let (feeds, items) = (coll(&sch, "feeds"), coll(&sch, "items"));
+        create(&store, &feeds, "t1", "f", Values::new(), at(0)).await;
+        for i in 1..=3 {
+            create(&store, &items, "t1", &format!("i{i}"), values(&[("feed_id", reference("f"))]), at(i)).await;
+        }
+        delete_as(&store, &feeds, "t1", "f", "del_f", at(10)).await.unwrap();
+        let restored = store.restore_deletion(&actor("t1"), "del_f", at(11)).await.unwrap();
+        assert_eq!(restored.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["f"]);
+        let page = RecordsPage { after: None, limit: 100 };
+        let op = store.get_deletion("t1", "del_f", &page).await.unwrap().unwrap();
+        assert_eq!((op.status.as_str(), op.pending_relations), ("done", 0), "the operation is over");
+        assert_eq!(store.run_eventual(10, at(12)).await.unwrap(), 0, "no eventual work is left");
+        for i in 1..=3 {
+            assert!(!must_get(&store, &items, "t1", &format!("i{i}")).await.is_deleted());
+        }
+        let completed = events_of(&store, "t1")
+            .await
+            .into_iter()
+            .filter(|e| e.kind == "deletion.completed" && e.deletion_id.as_deref() == Some("del_f"))
+            .count();
+        assert_eq!(completed, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_cascade_past_the_bound_is_finished_by_the_eventual_worker() {
     each_store(|store| async move {
         let sch = schema(&format!("{RELATIONS}\n[relations]\nmax_immediate_cascade = 2\n"));

@@ -384,6 +384,7 @@ async fn erasure_removes_every_stored_copy_and_keeps_a_receipt() {
         store.finish_erasure_wal(std::time::Duration::from_secs(5)).await.unwrap();
         let stored = store.erasure_receipt("t1", "customers", "c1").await.unwrap().unwrap();
         assert!(stored.pending.is_empty(), "every copy is gone: {:?}", stored.pending);
+        assert_eq!(store.finish_erasure_wal(std::time::Duration::from_secs(5)).await.unwrap(), 0, "nothing left");
     })
     .await;
 }
