@@ -143,3 +143,47 @@ async fn concurrent_deletes_of_one_record_make_one_deletion() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_restores_of_one_record_restore_it_once() {
+    each_store(|store| async move {
+        let sch = schema(CONTENDED);
+        store.migrate(&sch).await.unwrap();
+        let c = coll(&sch, "accounts");
+        create(&store, &c, "t1", "acc", values(&[("email", s("a@x"))]), at(0)).await;
+        soft_delete(&store, &c, "t1", "acc", at(1)).await;
+        let results = race(|i| {
+            let (store, c) = (store.clone(), c.clone());
+            async move { store.restore_record(&actor("t1"), &c, "acc", None, None, at(2 + i as i64)).await }
+        })
+        .await;
+        let restored = results.iter().filter(|r| matches!(r, Ok(RestoreOutcome::Restored(_)))).count();
+        assert_eq!(restored, 1, "{results:?}");
+        for r in &results {
+            assert!(matches!(r, Ok(RestoreOutcome::Restored(_) | RestoreOutcome::AlreadyActive(_))), "{r:?}");
+        }
+        let rec = must_get(&store, &c, "t1", "acc").await;
+        assert!(!rec.is_deleted() && rec.version == 3, "{rec:?}");
+        let restores = audit_of(&store, "t1").await.into_iter().filter(|e| e.action == "restore").count();
+        assert_eq!(restores, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_of_one_idempotency_key_have_one_winner() {
+    each_store(|store| async move {
+        let key = idem("t1", "key_t1", "once");
+        let results = race(|_| {
+            let (store, key) = (store.clone(), key.clone());
+            async move { store.claim_idempotency(&key, "fp", at(0)).await }
+        })
+        .await;
+        let claimed = results.iter().filter(|r| matches!(r, Ok(IdempotencyClaim::Claimed))).count();
+        assert_eq!(claimed, 1, "exactly one request runs: {results:?}");
+        for r in &results {
+            assert!(matches!(r, Ok(IdempotencyClaim::Claimed | IdempotencyClaim::InFlight)), "{r:?}");
+        }
+    })
+    .await;
+}

@@ -1,5 +1,6 @@
 //! A property test of a record's life: random sequences of create, patch, delete, restore,
-//! `:purge`, purge batches and the passing of time over a few records, checked step by step
+//! legal holds and their release, `:purge`, purge batches and the passing of time over a
+//! few records, checked step by step
 //! against a plain model — what `get` returns, what a default list and its count show
 //! (never a deleted record) — and, at the end, that the audit chain verifies and holds one
 //! entry per change.
@@ -32,6 +33,9 @@ enum Op {
     Delete(usize),
     Restore(usize),
     Purge(usize),
+    Hold(usize),
+    /// Releases the record's oldest active hold (or an unknown one, when it has none).
+    Release(usize),
     PurgeBatch,
     /// Minutes pass.
     Wait(i64),
@@ -44,8 +48,10 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..IDS.len()).prop_map(Op::Delete),
         2 => (0..IDS.len()).prop_map(Op::Restore),
         1 => (0..IDS.len()).prop_map(Op::Purge),
-        1 => Just(Op::PurgeBatch),
-        1 => (1_i64..90).prop_map(Op::Wait),
+        1 => (0..IDS.len()).prop_map(Op::Hold),
+        1 => (0..IDS.len()).prop_map(Op::Release),
+        2 => Just(Op::PurgeBatch),
+        2 => (1_i64..90).prop_map(Op::Wait),
     ]
 }
 
@@ -56,6 +62,8 @@ struct Modelled {
     code: String,
     /// `(deletion id, purge_at)` while deleted.
     deleted: Option<(String, Timestamp)>,
+    /// Active holds, oldest first.
+    holds: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -95,7 +103,9 @@ async fn step(store: &Arc<dyn Store>, c: &Arc<Collection>, model: &mut Model, op
                 unique_conflict_with(&r, &holder, "create");
             } else {
                 r.unwrap_or_else(|e| panic!("create {id}: {e:?}"));
-                model.records.insert(id.into(), Modelled { version: 1, code: code.into(), deleted: None });
+                model
+                    .records
+                    .insert(id.into(), Modelled { version: 1, code: code.into(), deleted: None, holds: vec![] });
                 model.audited += 1;
             }
         }
@@ -111,10 +121,9 @@ async fn step(store: &Arc<dyn Store>, c: &Arc<Collection>, model: &mut Model, op
                     None => {
                         let got = r.unwrap_or_else(|e| panic!("patch {id}: {e:?}"));
                         assert_eq!(got.version, current.version + 1);
-                        model.records.insert(
-                            id.into(),
-                            Modelled { version: current.version + 1, code: code.into(), deleted: None },
-                        );
+                        model
+                            .records
+                            .insert(id.into(), Modelled { version: current.version + 1, code: code.into(), ..current });
                         model.audited += 1;
                     }
                 },
@@ -170,6 +179,9 @@ async fn step(store: &Arc<dyn Store>, c: &Arc<Collection>, model: &mut Model, op
                 Some(Modelled { deleted: None, .. }) => {
                     assert!(matches!(r, Err(StoreError::NotDeleted)), "purge of active {id}: {r:?}");
                 }
+                Some(m) if !m.holds.is_empty() => {
+                    assert!(matches!(r, Err(StoreError::LegalHold)), "purge of held {id}: {r:?}");
+                }
                 Some(_) => {
                     r.unwrap_or_else(|e| panic!("purge {id}: {e:?}"));
                     model.records.remove(id);
@@ -181,7 +193,7 @@ async fn step(store: &Arc<dyn Store>, c: &Arc<Collection>, model: &mut Model, op
             let due: Vec<String> = model
                 .records
                 .iter()
-                .filter(|(_, m)| m.deleted.as_ref().is_some_and(|(_, purge_at)| *purge_at <= now))
+                .filter(|(_, m)| m.holds.is_empty() && m.deleted.as_ref().is_some_and(|(_, purge_at)| *purge_at <= now))
                 .map(|(id, _)| id.clone())
                 .collect();
             let batch = store.purge_batch(c, now, 100, &format!("run_{n}")).await.unwrap();
@@ -189,6 +201,34 @@ async fn step(store: &Arc<dyn Store>, c: &Arc<Collection>, model: &mut Model, op
             for id in due {
                 model.records.remove(&id);
                 model.audited += 1;
+            }
+        }
+        Op::Hold(i) => {
+            let id = IDS[*i];
+            let r = store.place_hold(&who, c, id, None, None, now).await;
+            match model.records.get_mut(id) {
+                None => assert!(matches!(r, Err(StoreError::NotFound)), "hold of absent {id}: {r:?}"),
+                Some(m) => {
+                    let hold = r.unwrap_or_else(|e| panic!("hold {id}: {e:?}"));
+                    m.holds.push(hold.hold_id);
+                    m.version += 1;
+                    model.audited += 1;
+                }
+            }
+        }
+        Op::Release(i) => {
+            let id = IDS[*i];
+            let hold = model.records.get(id).and_then(|m| m.holds.first().cloned());
+            let r = store.release_hold(&who, c, id, hold.as_deref().unwrap_or("hold_unknown"), None, now).await;
+            match (model.records.get_mut(id), hold) {
+                (Some(m), Some(_)) => {
+                    let got = r.unwrap_or_else(|e| panic!("release of {id}: {e:?}"));
+                    m.holds.remove(0);
+                    m.version += 1;
+                    model.audited += 1;
+                    assert_eq!((got.version, got.legal_hold), (m.version, !m.holds.is_empty()));
+                }
+                _ => assert!(matches!(r, Err(StoreError::NotFound)), "release of no hold of {id}: {r:?}"),
             }
         }
         Op::Wait(_) => {}
@@ -207,6 +247,7 @@ async fn check(store: &Arc<dyn Store>, c: &Arc<Collection>, model: &Model, after
                 assert_eq!(r.values.get("code"), Some(&s(&m.code)), "{id} after {after:?}");
                 let deletion = r.deletion.as_ref().map(|d| (d.deletion_id.clone(), d.purge_at));
                 assert_eq!(deletion, m.deleted, "{id} after {after:?}");
+                assert_eq!(r.legal_hold, !m.holds.is_empty(), "{id} after {after:?}");
             }
             (m, r) => panic!("{id} after {after:?}: the model has {m:?}, the store {r:?}"),
         }
@@ -221,7 +262,7 @@ async fn check(store: &Arc<dyn Store>, c: &Arc<Collection>, model: &Model, after
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn a_record_s_life_follows_the_model(ops in prop::collection::vec(op(), 1..40)) {
