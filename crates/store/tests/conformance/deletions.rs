@@ -567,6 +567,72 @@ async fn restoring_an_operation_still_pending_ends_its_eventual_cascade() {
     .await;
 }
 
+/// Feeds whose posts (a hard-delete collection) go by an eventual cascade, and another
+/// eventual relation to queue work behind them.
+const EVENTUAL_HARD: &str = r#"
+[collections.feeds.fields]
+name = { type = "string" }
+
+[collections.posts]
+delete = "hard"
+
+[collections.posts.fields]
+feed_id = { type = "ref", collection = "feeds", on_delete = "eventual" }
+
+[collections.folders.fields]
+name = { type = "string" }
+
+[collections.files.fields]
+folder_id = { type = "ref", collection = "folders", on_delete = "eventual" }
+"#;
+
+#[tokio::test]
+async fn an_eventual_cascade_never_purges_a_held_record_and_never_stalls() {
+    each_store(|store| async move {
+        let sch = schema(EVENTUAL_HARD);
+        store.migrate(&sch).await.unwrap();
+        let (feeds, posts) = (coll(&sch, "feeds"), coll(&sch, "posts"));
+        let (folders, files) = (coll(&sch, "folders"), coll(&sch, "files"));
+        let who = actor("t1");
+
+        // Held before the DELETE: refused like a held record in an immediate cascade, by the
+        // dry run and the DELETE alike.
+        create(&store, &feeds, "t1", "f1", Values::new(), at(0)).await;
+        create(&store, &posts, "t1", "p1", values(&[("feed_id", reference("f1"))]), at(1)).await;
+        store.place_hold(&who, &posts, "p1", None, None, at(2)).await.unwrap();
+        let r = store.plan_deletion(&who, &feeds, "f1", at(3)).await;
+        assert!(matches!(r, Err(StoreError::LegalHold)), "{r:?}");
+        let r = delete_as(&store, &feeds, "t1", "f1", "del_f1", at(3)).await;
+        assert!(matches!(r, Err(StoreError::LegalHold)), "{r:?}");
+        assert!(!must_get(&store, &feeds, "t1", "f1").await.is_deleted());
+
+        // Held after the DELETE, while its cascade is pending: the worker leaves the held
+        // post, takes the others, finishes the operation, and goes on to the next one.
+        create(&store, &feeds, "t1", "f2", Values::new(), at(10)).await;
+        create(&store, &posts, "t1", "p2", values(&[("feed_id", reference("f2"))]), at(11)).await;
+        create(&store, &posts, "t1", "p3", values(&[("feed_id", reference("f2"))]), at(12)).await;
+        delete_as(&store, &feeds, "t1", "f2", "del_f2", at(13)).await.unwrap();
+        store.place_hold(&who, &posts, "p3", None, None, at(14)).await.unwrap();
+        create(&store, &folders, "t1", "d", Values::new(), at(15)).await;
+        create(&store, &files, "t1", "x", values(&[("folder_id", reference("d"))]), at(16)).await;
+        delete_as(&store, &folders, "t1", "d", "del_d", at(17)).await.unwrap();
+
+        let deleted = store.run_eventual(10, at(20)).await.expect("the worker is never stuck on a held record");
+        assert_eq!(deleted, 2, "p2 and x");
+        assert_eq!(get(&store, &posts, "t1", "p2").await, None);
+        assert!(get(&store, &posts, "t1", "p3").await.is_some_and(|p| p.legal_hold), "a held record is never purged");
+        assert!(must_get(&store, &files, "t1", "x").await.is_deleted(), "the operation queued behind ran");
+        let page = RecordsPage { after: None, limit: 100 };
+        for op in ["del_f2", "del_d"] {
+            let op = store.get_deletion("t1", op, &page).await.unwrap().unwrap();
+            assert_eq!((op.status.as_str(), op.pending_relations), ("done", 0), "{op:?}");
+        }
+        assert_eq!(store.run_eventual(10, at(30)).await.unwrap(), 0);
+        assert!(get(&store, &posts, "t1", "p3").await.is_some());
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_cascade_past_the_bound_is_finished_by_the_eventual_worker() {
     each_store(|store| async move {
