@@ -3,7 +3,7 @@
 //! of the outbox.
 
 use tombstone_domain::webhook::DeliveryError;
-use tombstone_store::{AttemptOutcome, Delivery, DeliveryQuery, Redelivery, WebhookEndpoint};
+use tombstone_store::{AttemptOutcome, Delivery, DeliveryQuery, RecordsPage, Redelivery, WebhookEndpoint};
 
 use super::*;
 
@@ -367,6 +367,64 @@ async fn redelivery_and_the_clean_up_of_the_outbox() {
         assert_eq!(store.cleanup_outbox(at(1000), 100).await.unwrap(), 1, "z; w is the newest");
         let left: Vec<String> = events_of(&store, "t1").await.into_iter().map(|e| e.record_id).collect();
         assert_eq!(left, ["w"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deletion_operation_shows_its_propagation_to_each_endpoint() {
+    each_store(|store| async move {
+        let sch = schema(ITEMS);
+        store.migrate(&sch).await.unwrap();
+        let items = coll(&sch, "items");
+        let endpoints = [endpoint("wh_a", &[], None), endpoint("wh_b", &[], None), endpoint("wh_t2", &[], Some("t2"))];
+        store.sync_webhook_endpoints(&endpoints, at(0)).await.unwrap();
+        create(&store, &items, "t1", "x", Values::new(), at(1)).await;
+        create(&store, &items, "t1", "y", Values::new(), at(2)).await;
+        delete_as(&store, &items, "t1", "x", "del_x", at(3)).await.unwrap();
+        delete_as(&store, &items, "t1", "y", "del_y", at(4)).await.unwrap();
+        let page = RecordsPage { after: None, limit: 10 };
+        let sinks = |op: &str| {
+            let (store, page) = (store.clone(), page.clone());
+            let op = op.to_string();
+            async move {
+                let op = store.get_deletion("t1", &op, &page).await.unwrap().unwrap();
+                op.webhooks.into_iter().map(|(k, v)| (k, v.status, v.last_error)).collect::<Vec<_>>()
+            }
+        };
+        let newest_of_x = events_of(&store, "t1")
+            .await
+            .into_iter()
+            .filter(|e| e.deletion_id.as_deref() == Some("del_x"))
+            .map(|e| e.seq)
+            .max();
+        let op = store.get_deletion("t1", "del_x", &page).await.unwrap().unwrap();
+        assert_eq!(op.last_event_seq, newest_of_x, "the operation's newest event");
+        let pending = |e: &str| (e.to_string(), "pending".to_string(), None::<String>);
+        // Not fanned out yet: pending at every endpoint that serves the tenant (not wh_t2).
+        assert_eq!(sinks("del_x").await, [pending("wh_a"), pending("wh_b")]);
+        store.fan_out_webhooks(&endpoints, at(5), 100).await.unwrap();
+        assert_eq!(sinks("del_x").await, [pending("wh_a"), pending("wh_b")], "deliveries pending");
+
+        // wh_a delivers everything; wh_b gives up on one of del_y's events.
+        let events = events_of(&store, "t1").await;
+        let of_op = |d: &Delivery, op: &str| {
+            events.iter().any(|e| e.seq == d.event_seq && e.deletion_id.as_deref() == Some(op))
+        };
+        for d in deliveries(&store, "t1").await {
+            let outcome = if d.endpoint_id == "wh_b" && of_op(&d, "del_y") {
+                AttemptOutcome::GiveUp { status: Some(500), error: DeliveryError::Http(500) }
+            } else {
+                AttemptOutcome::Delivered { status: 200 }
+            };
+            store.record_attempt(&d.id, at(6), outcome).await.unwrap();
+        }
+        let done = |e: &str| (e.to_string(), "done".to_string(), None::<String>);
+        assert_eq!(sinks("del_x").await, [done("wh_a"), done("wh_b")]);
+        assert_eq!(
+            sinks("del_y").await,
+            [done("wh_a"), ("wh_b".to_string(), "failed".to_string(), Some("http 500".to_string()))]
+        );
     })
     .await;
 }
