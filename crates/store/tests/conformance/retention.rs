@@ -52,11 +52,19 @@ async fn holds_bump_the_version_set_the_flag_and_release_only_active_holds() {
         assert!(r.legal_hold && r.version == 4 && r.updated_at == at(3), "{r:?}");
         assert_eq!(must_get(&store, &notes, "t1", "n").await, r);
         assert_eq!(store.active_holds("t1", "notes", &ids).await.unwrap().get("n"), Some(&vec![h2.clone()]));
-        // A released hold, an unknown one, another tenant's record: not found, and nothing changes.
-        for (tenant, hold) in [("t1", h1.hold_id.as_str()), ("t1", "hold_nope"), ("t2", h2.hold_id.as_str())] {
-            let r = store.release_hold(&actor(tenant), &notes, "n", hold, None, at(4)).await;
-            assert!(matches!(r, Err(StoreError::NotFound)), "{tenant}/{hold}: {r:?}");
+        // A released hold, an unknown one, another tenant's record, another record's hold:
+        // not found, and nothing changes.
+        create(&store, &notes, "t1", "m", Values::new(), at(3)).await;
+        for (tenant, id, hold) in [
+            ("t1", "n", h1.hold_id.as_str()),
+            ("t1", "n", "hold_nope"),
+            ("t2", "n", h2.hold_id.as_str()),
+            ("t1", "m", h2.hold_id.as_str()),
+        ] {
+            let r = store.release_hold(&actor(tenant), &notes, id, hold, None, at(4)).await;
+            assert!(matches!(r, Err(StoreError::NotFound)), "{tenant}/{id}/{hold}: {r:?}");
         }
+        assert_eq!(must_get(&store, &notes, "t1", "m").await.version, 1);
         assert_eq!(must_get(&store, &notes, "t1", "n").await.version, 4);
         let r = store.release_hold(&who, &notes, "n", &h2.hold_id, None, at(5)).await.unwrap();
         assert!(!r.legal_hold && r.version == 5, "{r:?}");

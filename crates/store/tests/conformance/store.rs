@@ -39,6 +39,18 @@ async fn a_cached_store_sees_another_store_s_writes_after_sync_cache() {
         soft_delete(&other, &items, "t1", "x", at(3)).await;
         cached.sync_cache().await.unwrap();
         assert!(must_get(&cached, &items, "t1", "x").await.is_deleted());
+
+        // Holds, purges and erasures by the other store reach the cache too.
+        other.place_hold(&actor("t1"), &items, "mine", None, None, at(4)).await.unwrap();
+        other.purge_record(&actor("t1"), &items, "x", None, at(5)).await.unwrap();
+        cached.sync_cache().await.unwrap();
+        assert!(must_get(&cached, &items, "t1", "mine").await.legal_hold);
+        assert_eq!(get(&cached, &items, "t1", "x").await, None, "purged elsewhere");
+        create(&cached, &items, "t1", "z", Values::new(), at(6)).await;
+        assert!(get(&cached, &items, "t1", "z").await.is_some());
+        other.erase_record(&actor("t1"), &items, "z", None, at(7)).await.unwrap();
+        cached.sync_cache().await.unwrap();
+        assert_eq!(get(&cached, &items, "t1", "z").await, None, "erased elsewhere");
     })
     .await;
 }
