@@ -428,3 +428,30 @@ async fn a_deletion_operation_shows_its_propagation_to_each_endpoint() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_endpoint_disabled_by_a_410_stops_pinning_the_outbox() {
+    each_store(|store| async move {
+        let sch = schema(ITEMS);
+        store.migrate(&sch).await.unwrap();
+        let items = coll(&sch, "items");
+        let (a, b) = (endpoint("wh_a", &[], None), endpoint("wh_b", &[], None));
+        store.sync_webhook_endpoints(&[a.clone(), b.clone()], at(0)).await.unwrap();
+        for (i, id) in ["x", "y", "z"].iter().enumerate() {
+            create(&store, &items, "t1", id, Values::new(), at(1 + i as i64)).await;
+        }
+        store.fan_out_webhooks(std::slice::from_ref(&a), at(5), 100).await.unwrap();
+        store.fan_out_webhooks(std::slice::from_ref(&b), at(5), 1).await.unwrap();
+        for d in deliveries(&store, "t1").await.into_iter().filter(|d| d.endpoint_id == "wh_a") {
+            store.record_attempt(&d.id, at(6), AttemptOutcome::Delivered { status: 200 }).await.unwrap();
+        }
+        assert_eq!(store.cleanup_outbox(at(1000), 100).await.unwrap(), 0, "wh_b has read x only, and x is pending");
+        let bx = deliveries(&store, "t1").await.into_iter().find(|d| d.endpoint_id == "wh_b").unwrap();
+        store.record_attempt(&bx.id, at(7), AttemptOutcome::EndpointGone).await.unwrap();
+        assert_eq!(store.webhook_backlog().await.unwrap(), 0);
+        assert_eq!(store.cleanup_outbox(at(1000), 100).await.unwrap(), 2, "x and y; z is the newest");
+        let left: Vec<String> = events_of(&store, "t1").await.into_iter().map(|e| e.record_id).collect();
+        assert_eq!(left, ["z"]);
+    })
+    .await;
+}
