@@ -5,6 +5,8 @@
 //! * tokio-postgres: tokio-postgres with a deadpool-postgres pool, cached prepared statements
 //! * sqlx:           sqlx's PgPool with its defaults (it pings a connection on checkout)
 //! * sqlx, no ping:  the same with `test_before_acquire(false)`
+//! * unchained:      (reference, only when asked for) tokio-postgres without the audit
+//!   chain head lock, to show what serializing every writer on that row costs
 //!
 //! at 1, 8 and 32 concurrent clients (tokio tasks; pool size = clients), each point beside
 //! `pgbench`'s built-in TPC-B-like read-write script at the same client count, on the same
@@ -14,7 +16,7 @@
 //!
 //! Usage: pg-driver-bench --url postgres://… [--clients 1,8,32] [--seconds 10]
 //!        [--warmup-seconds 1] [--records 100000] [--pgbench PATH] [--pgbench-scale 10]
-//!        [--systems pgbench,tokio-postgres,sqlx,sqlx-noping] [--rounds 1]
+//!        [--systems pgbench,tokio-postgres,sqlx,sqlx-noping,unchained] [--rounds 1]
 //!
 //! It drops and creates two databases on that server: `tombstone_pg_driver_bench` and
 //! `tombstone_pgbench`. Point it at a throwaway cluster (`run.sh` starts one).
@@ -39,6 +41,8 @@ enum System {
     TokioPostgres,
     Sqlx,
     SqlxNoPing,
+    /// Reference only: tokio-postgres without the audit chain head lock.
+    Unchained,
 }
 
 impl System {
@@ -48,6 +52,7 @@ impl System {
             System::TokioPostgres => "tokio-postgres + deadpool",
             System::Sqlx => "sqlx",
             System::SqlxNoPing => "sqlx, no ping",
+            System::Unchained => "tokio-postgres, no chain lock (reference)",
         }
     }
 
@@ -57,7 +62,8 @@ impl System {
             "tokio-postgres" => System::TokioPostgres,
             "sqlx" => System::Sqlx,
             "sqlx-noping" => System::SqlxNoPing,
-            other => bail!("unknown system {other} (pgbench, tokio-postgres, sqlx, sqlx-noping)"),
+            "unchained" => System::Unchained,
+            other => bail!("unknown system {other} (pgbench, tokio-postgres, sqlx, sqlx-noping, unchained)"),
         })
     }
 }
@@ -107,7 +113,7 @@ impl Config {
                     println!(
                         "pg-driver-bench --url postgres://… [--clients 1,8,32] [--seconds 10] [--warmup-seconds 1] \
                          [--records 100000] [--pgbench PATH] [--pgbench-scale 10] \
-                         [--systems pgbench,tokio-postgres,sqlx,sqlx-noping] [--rounds 1]"
+                         [--systems pgbench,tokio-postgres,sqlx,sqlx-noping,unchained] [--rounds 1]"
                     );
                     std::process::exit(0);
                 }
@@ -334,12 +340,13 @@ async fn run_point(
     db::restore(setup).await?;
     ids.reset();
     let run = match system {
-        System::TokioPostgres => {
+        System::TokioPostgres | System::Unchained => {
+            let chained = system == System::TokioPostgres;
             let pool = tpg::open_pool(bench_url, clients).await?;
             let p = pool.clone();
             let run = run_driver(cfg, clients, ids, move |op| {
                 let pool = p.clone();
-                async move { tpg::soft_delete(&pool, &op).await }
+                async move { tpg::soft_delete(&pool, &op, chained).await }
             })
             .await?;
             pool.close();
@@ -358,7 +365,9 @@ async fn run_point(
         }
         System::Pgbench => unreachable!("handled above"),
     };
-    db::verify(setup, ids.used()).await.with_context(|| format!("verification of {} at {clients}", system.name()))?;
+    db::verify(setup, ids.used(), system != System::Unchained)
+        .await
+        .with_context(|| format!("verification of {} at {clients}", system.name()))?;
     Ok(Outcome::Driver(run))
 }
 

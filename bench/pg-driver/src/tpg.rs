@@ -22,8 +22,9 @@ pub async fn open_pool(url: &str, size: usize) -> Result<Pool> {
     Ok(pool)
 }
 
-/// The soft-delete transaction. Returns the record's new version.
-pub async fn soft_delete(pool: &Pool, op: &DeleteOp) -> Result<i64> {
+/// The soft-delete transaction. Returns the record's new version. `chained` false is the
+/// reference variant without the chain head lock (`db::SQL_INSERT_AUDIT_UNCHAINED`).
+pub async fn soft_delete(pool: &Pool, op: &DeleteOp, chained: bool) -> Result<i64> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
 
@@ -48,33 +49,57 @@ pub async fn soft_delete(pool: &Pool, op: &DeleteOp) -> Result<i64> {
     )
     .await?;
 
-    let lock_head = tx.prepare_cached(db::SQL_LOCK_HEAD).await?;
-    let head = tx.query_one(&lock_head, &[]).await?;
-    let (seq, prev): (i64, String) = (head.get::<_, i64>(0) + 1, head.get(1));
-    let audit = AuditFields::from_op(op, version);
-    let hash = audit.hash(&prev);
-    let insert_audit = tx.prepare_cached(db::SQL_INSERT_AUDIT).await?;
-    tx.execute(
-        &insert_audit,
-        &[
-            &seq,
-            &audit.at,
-            &audit.tenant,
-            &audit.actor,
-            &audit.action,
-            &audit.collection,
-            &audit.record_id,
-            &audit.version,
-            &audit.deletion_id,
-            &audit.reason,
-            &audit.request_id,
-            &prev,
-            &hash,
-        ],
-    )
-    .await?;
-    let update_head = tx.prepare_cached(db::SQL_UPDATE_HEAD).await?;
-    tx.execute(&update_head, &[&seq, &hash]).await?;
+    if chained {
+        let lock_head = tx.prepare_cached(db::SQL_LOCK_HEAD).await?;
+        let head = tx.query_one(&lock_head, &[]).await?;
+        let (seq, prev): (i64, String) = (head.get::<_, i64>(0) + 1, head.get(1));
+        let audit = AuditFields::from_op(op, version);
+        let hash = audit.hash(&prev);
+        let insert_audit = tx.prepare_cached(db::SQL_INSERT_AUDIT).await?;
+        tx.execute(
+            &insert_audit,
+            &[
+                &seq,
+                &audit.at,
+                &audit.tenant,
+                &audit.actor,
+                &audit.action,
+                &audit.collection,
+                &audit.record_id,
+                &audit.version,
+                &audit.deletion_id,
+                &audit.reason,
+                &audit.request_id,
+                &prev,
+                &hash,
+            ],
+        )
+        .await?;
+        let update_head = tx.prepare_cached(db::SQL_UPDATE_HEAD).await?;
+        tx.execute(&update_head, &[&seq, &hash]).await?;
+    } else {
+        let audit = AuditFields::from_op(op, version);
+        let hash = audit.hash("");
+        let insert_audit = tx.prepare_cached(db::SQL_INSERT_AUDIT_UNCHAINED).await?;
+        tx.execute(
+            &insert_audit,
+            &[
+                &audit.at,
+                &audit.tenant,
+                &audit.actor,
+                &audit.action,
+                &audit.collection,
+                &audit.record_id,
+                &audit.version,
+                &audit.deletion_id,
+                &audit.reason,
+                &audit.request_id,
+                &"",
+                &hash,
+            ],
+        )
+        .await?;
+    }
 
     let outbox = tx.prepare_cached(db::SQL_INSERT_OUTBOX).await?;
     let data = op.outbox_data(version);
