@@ -5,8 +5,9 @@
 //! * tokio-postgres: tokio-postgres with a deadpool-postgres pool, cached prepared statements
 //! * sqlx:           sqlx's PgPool with its defaults (it pings a connection on checkout)
 //! * sqlx, no ping:  the same with `test_before_acquire(false)`
-//! * unchained:      (reference, only when asked for) tokio-postgres without the audit
-//!   chain head lock, to show what serializing every writer on that row costs
+//! * unchained, sqlx-unchained: (references, only when asked for) each driver without the
+//!   audit chain head lock, to show what serializing every writer on that row costs, and
+//!   to compare the drivers where that lock does not hide them
 //!
 //! at 1, 8 and 32 concurrent clients (tokio tasks; pool size = clients), each point beside
 //! `pgbench`'s built-in TPC-B-like read-write script at the same client count, on the same
@@ -16,7 +17,7 @@
 //!
 //! Usage: pg-driver-bench --url postgres://… [--clients 1,8,32] [--seconds 10]
 //!        [--warmup-seconds 1] [--records 100000] [--pgbench PATH] [--pgbench-scale 10]
-//!        [--systems pgbench,tokio-postgres,sqlx,sqlx-noping,unchained] [--rounds 1]
+//!        [--systems pgbench,tokio-postgres,sqlx,sqlx-noping,unchained,sqlx-unchained] [--rounds 1]
 //!
 //! It drops and creates two databases on that server: `tombstone_pg_driver_bench` and
 //! `tombstone_pgbench`. Point it at a throwaway cluster (`run.sh` starts one).
@@ -43,6 +44,8 @@ enum System {
     SqlxNoPing,
     /// Reference only: tokio-postgres without the audit chain head lock.
     Unchained,
+    /// Reference only: sqlx (defaults) without the audit chain head lock.
+    SqlxUnchained,
 }
 
 impl System {
@@ -53,6 +56,7 @@ impl System {
             System::Sqlx => "sqlx",
             System::SqlxNoPing => "sqlx, no ping",
             System::Unchained => "tokio-postgres, no chain lock (reference)",
+            System::SqlxUnchained => "sqlx, no chain lock (reference)",
         }
     }
 
@@ -63,7 +67,10 @@ impl System {
             "sqlx" => System::Sqlx,
             "sqlx-noping" => System::SqlxNoPing,
             "unchained" => System::Unchained,
-            other => bail!("unknown system {other} (pgbench, tokio-postgres, sqlx, sqlx-noping, unchained)"),
+            "sqlx-unchained" => System::SqlxUnchained,
+            other => {
+                bail!("unknown system {other} (pgbench, tokio-postgres, sqlx, sqlx-noping, unchained, sqlx-unchained)")
+            }
         })
     }
 }
@@ -113,7 +120,7 @@ impl Config {
                     println!(
                         "pg-driver-bench --url postgres://… [--clients 1,8,32] [--seconds 10] [--warmup-seconds 1] \
                          [--records 100000] [--pgbench PATH] [--pgbench-scale 10] \
-                         [--systems pgbench,tokio-postgres,sqlx,sqlx-noping,unchained] [--rounds 1]"
+                         [--systems pgbench,tokio-postgres,sqlx,sqlx-noping,unchained,sqlx-unchained] [--rounds 1]"
                     );
                     std::process::exit(0);
                 }
@@ -352,12 +359,13 @@ async fn run_point(
             pool.close();
             run
         }
-        System::Sqlx | System::SqlxNoPing => {
-            let pool = sqlx_pg::open_pool(bench_url, clients, system == System::Sqlx).await?;
+        System::Sqlx | System::SqlxNoPing | System::SqlxUnchained => {
+            let chained = system != System::SqlxUnchained;
+            let pool = sqlx_pg::open_pool(bench_url, clients, system != System::SqlxNoPing).await?;
             let p = pool.clone();
             let run = run_driver(cfg, clients, ids, move |op| {
                 let pool = p.clone();
-                async move { sqlx_pg::soft_delete(&pool, &op).await }
+                async move { sqlx_pg::soft_delete(&pool, &op, chained).await }
             })
             .await?;
             pool.close().await;
@@ -365,7 +373,7 @@ async fn run_point(
         }
         System::Pgbench => unreachable!("handled above"),
     };
-    db::verify(setup, ids.used(), system != System::Unchained)
+    db::verify(setup, ids.used(), !matches!(system, System::Unchained | System::SqlxUnchained))
         .await
         .with_context(|| format!("verification of {} at {clients}", system.name()))?;
     Ok(Outcome::Driver(run))

@@ -27,8 +27,9 @@ pub async fn open_pool(url: &str, size: usize, test_before_acquire: bool) -> Res
     Ok(pool)
 }
 
-/// The soft-delete transaction. Returns the record's new version.
-pub async fn soft_delete(pool: &PgPool, op: &DeleteOp) -> Result<i64> {
+/// The soft-delete transaction. Returns the record's new version. `chained` false is the
+/// reference variant without the chain head lock (`db::SQL_INSERT_AUDIT_UNCHAINED`).
+pub async fn soft_delete(pool: &PgPool, op: &DeleteOp, chained: bool) -> Result<i64> {
     let mut tx = pool.begin().await?;
 
     let row = sqlx::query(db::SQL_SELECT).bind(&op.tenant).bind(&op.id).fetch_optional(&mut *tx).await?;
@@ -65,27 +66,47 @@ pub async fn soft_delete(pool: &PgPool, op: &DeleteOp) -> Result<i64> {
         .execute(&mut *tx)
         .await?;
 
-    let head = sqlx::query(db::SQL_LOCK_HEAD).fetch_one(&mut *tx).await?;
-    let (seq, prev): (i64, String) = (head.try_get::<i64, _>(0)? + 1, head.try_get(1)?);
-    let audit = AuditFields::from_op(op, version);
-    let hash = audit.hash(&prev);
-    sqlx::query(db::SQL_INSERT_AUDIT)
-        .bind(seq)
-        .bind(audit.at)
-        .bind(audit.tenant)
-        .bind(audit.actor)
-        .bind(audit.action)
-        .bind(audit.collection)
-        .bind(audit.record_id)
-        .bind(audit.version)
-        .bind(audit.deletion_id)
-        .bind(audit.reason)
-        .bind(audit.request_id)
-        .bind(&prev)
-        .bind(&hash)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(db::SQL_UPDATE_HEAD).bind(seq).bind(&hash).execute(&mut *tx).await?;
+    if chained {
+        let head = sqlx::query(db::SQL_LOCK_HEAD).fetch_one(&mut *tx).await?;
+        let (seq, prev): (i64, String) = (head.try_get::<i64, _>(0)? + 1, head.try_get(1)?);
+        let audit = AuditFields::from_op(op, version);
+        let hash = audit.hash(&prev);
+        sqlx::query(db::SQL_INSERT_AUDIT)
+            .bind(seq)
+            .bind(audit.at)
+            .bind(audit.tenant)
+            .bind(audit.actor)
+            .bind(audit.action)
+            .bind(audit.collection)
+            .bind(audit.record_id)
+            .bind(audit.version)
+            .bind(audit.deletion_id)
+            .bind(audit.reason)
+            .bind(audit.request_id)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(db::SQL_UPDATE_HEAD).bind(seq).bind(&hash).execute(&mut *tx).await?;
+    } else {
+        let audit = AuditFields::from_op(op, version);
+        let hash = audit.hash("");
+        sqlx::query(db::SQL_INSERT_AUDIT_UNCHAINED)
+            .bind(audit.at)
+            .bind(audit.tenant)
+            .bind(audit.actor)
+            .bind(audit.action)
+            .bind(audit.collection)
+            .bind(audit.record_id)
+            .bind(audit.version)
+            .bind(audit.deletion_id)
+            .bind(audit.reason)
+            .bind(audit.request_id)
+            .bind("")
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+    }
 
     sqlx::query(db::SQL_INSERT_OUTBOX)
         .bind(&op.event_id)
