@@ -6,6 +6,7 @@
 //! together or not at all.
 
 pub mod cache;
+pub mod postgres;
 pub mod priority;
 pub mod sqlite;
 pub mod telemetry;
@@ -25,6 +26,7 @@ use tombstone_domain::time::Timestamp;
 use tombstone_domain::webhook::DeliveryError;
 
 pub use cache::{MemoryCache, RecordCache};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Why a store call failed.
