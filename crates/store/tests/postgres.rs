@@ -367,6 +367,11 @@ async fn concurrent_inserts_of_one_unique_value_have_one_winner() {
         "{result:?}"
     );
     assert!(store.get_record("t1", &p, &winner).await.unwrap().unwrap().deletion.is_some(), "nothing was restored");
+    let mut active = store.active_ids(&p).await.unwrap();
+    active.sort();
+    let expected: Vec<(String, String)> =
+        [("t1", "after"), ("t1", "second"), ("t2", "elsewhere")].map(|(t, i)| (t.to_string(), i.to_string())).to_vec();
+    assert_eq!(active, expected);
 
     // The listing SELECT agrees with the index.
     let mut client = store.client().await.unwrap();
@@ -416,6 +421,123 @@ async fn case_insensitive_sets_fold_like_the_domain() {
     db.drop_db().await;
 }
 
+const FAMILY: &str = r#"
+[collections.parents]
+unique = [["code"]]
+
+[collections.parents.fields]
+code = { type = "string", required = true }
+
+[collections.children.fields]
+parent = { type = "ref", collection = "parents", on_delete = "cascade" }
+label  = { type = "string" }
+"#;
+
+#[tokio::test]
+async fn write_primitives_read_lock_and_write_rows() {
+    let Some(db) = TestDb::create("write_primitives_read_lock_and_write_rows").await else { return };
+    let store = db.store(6).await;
+    let family = schema(FAMILY);
+    store.migrate(&family).await.unwrap();
+    let (parents, children) = (coll(&family, "parents"), coll(&family, "children"));
+    let p1 = record("t1", &parents, "p1", values(&[("code", s("A"))]), at(0));
+    let p2 = record("t1", &parents, "p2", values(&[("code", s("B"))]), at(1));
+    insert(&store, &parents, &p1).await.unwrap();
+    insert(&store, &parents, &p2).await.unwrap();
+    for (id, parent) in [("c1", "p1"), ("c2", "p1"), ("c3", "p2"), ("c4", "p9")] {
+        let r = record("t1", &children, id, values(&[("parent", FieldValue::Ref(parent.into()))]), at(2));
+        insert(&store, &children, &r).await.unwrap();
+    }
+    // Another tenant's child of a parent with the same id is not a child.
+    let other = record("t2", &children, "c5", values(&[("parent", FieldValue::Ref("p1".into()))]), at(2));
+    insert(&store, &children, &other).await.unwrap();
+
+    let mut client = store.client().await.unwrap();
+    let mut tx = store.transaction(&mut client).await.unwrap();
+    let parent_ids = vec!["p1".to_string(), "p2".to_string()];
+    let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| ((*a).to_string(), (*b).to_string())).collect::<Vec<_>>();
+    assert_eq!(
+        tx.children("children", "parent", "t1", &parent_ids, true).await.unwrap(),
+        pairs(&[("c1", "p1"), ("c2", "p1"), ("c3", "p2")])
+    );
+    let mut c2 = tx.get(&children, "t1", "c2").await.unwrap().unwrap();
+    c2.version = 2;
+    c2.deletion = Some(mark("del_c2", at(3)));
+    tx.set_deletion(&children, &c2).await.unwrap();
+    assert_eq!(
+        tx.children("children", "parent", "t1", &parent_ids, true).await.unwrap(),
+        pairs(&[("c1", "p1"), ("c3", "p2")])
+    );
+    assert_eq!(tx.children("children", "parent", "t1", &parent_ids, false).await.unwrap().len(), 3);
+    assert_eq!(tx.children("children", "parent", "t1", &[], true).await.unwrap(), Vec::new());
+    assert!(tx.is_active("children", "t1", "c1").await.unwrap());
+    assert!(!tx.is_active("children", "t1", "c2").await.unwrap(), "soft-deleted");
+    assert!(!tx.is_active("children", "t1", "nope").await.unwrap());
+    assert!(!tx.is_active("children", "t2", "c1").await.unwrap(), "another tenant's");
+
+    // update_values: new values and version; into another's unique value, a conflict.
+    let mut changed = tx.get(&parents, "t1", "p2").await.unwrap().unwrap();
+    changed.values.insert("code".into(), s("A"));
+    changed.version = 2;
+    let conflict = tx.update_values(&parents, &changed).await;
+    assert!(
+        matches!(&conflict, Err(StoreError::UniqueConflict { conflicting_id, fields }) if conflicting_id == "p1" && fields == &["code"]),
+        "{conflict:?}"
+    );
+    changed.values.insert("code".into(), s("C"));
+    changed.updated_at = at(4);
+    tx.update_values(&parents, &changed).await.unwrap();
+    tx.remove(&children, "t1", "c4").await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.get_record("t1", &parents, "p2").await.unwrap(), Some(changed.clone()));
+    assert_eq!(store.get_record("t1", &children, "c2").await.unwrap(), Some(c2));
+    assert_eq!(store.get_record("t1", &children, "c4").await.unwrap(), None);
+
+    // get locks the row until the transaction ends: a second get waits, then reads the
+    // version the first one committed.
+    let mut first_client = store.client().await.unwrap();
+    let mut first = store.transaction(&mut first_client).await.unwrap();
+    let mut locked = first.get(&parents, "t1", "p2").await.unwrap().unwrap();
+    let second = {
+        let (store, parents) = (store.clone(), parents.clone());
+        tokio::spawn(async move {
+            let mut client = store.client().await.unwrap();
+            let mut tx = store.transaction(&mut client).await.unwrap();
+            let seen = tx.get(&parents, "t1", "p2").await.unwrap().unwrap();
+            tx.commit().await.unwrap();
+            seen.version
+        })
+    };
+    until_waiting_on_locks(&db.client().await, 1).await;
+    locked.version = 3;
+    first.update_values(&parents, &locked).await.unwrap();
+    first.commit().await.unwrap();
+    assert_eq!(second.await.unwrap(), 3, "the waiting get reads the committed version");
+
+    // is_active locks an active parent in share mode: a delete of it waits for the
+    // transaction that wrote a child under it.
+    let mut child_client = store.client().await.unwrap();
+    let mut child_tx = store.transaction(&mut child_client).await.unwrap();
+    assert!(child_tx.is_active("parents", "t1", "p1").await.unwrap());
+    let delete = {
+        let (store, parents) = (store.clone(), parents.clone());
+        tokio::spawn(async move {
+            let mut client = store.client().await.unwrap();
+            let mut tx = store.transaction(&mut client).await.unwrap();
+            let mut p1 = tx.get(&parents, "t1", "p1").await.unwrap().unwrap();
+            p1.version += 1;
+            p1.deletion = Some(mark("del_p1", at(9)));
+            tx.set_deletion(&parents, &p1).await.unwrap();
+            tx.commit().await.unwrap();
+        })
+    };
+    until_waiting_on_locks(&db.client().await, 1).await;
+    child_tx.rollback().await.unwrap();
+    delete.await.unwrap();
+    assert!(store.get_record("t1", &parents, "p1").await.unwrap().unwrap().deletion.is_some());
+    db.drop_db().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // The audit chain and the outbox
 
@@ -431,9 +553,21 @@ async fn concurrent_audit_appends_never_fork_the_chain() {
                 let mut client = store.client().await.unwrap();
                 let mut tx = store.transaction(&mut client).await.unwrap();
                 start.wait().await;
-                tx.append_audit(vec![entry("t1", i * 10), entry("t2", i * 10 + 1), entry("t1", i * 10 + 2)])
-                    .await
-                    .unwrap();
+                let entries = vec![entry("t1", i * 10), entry("t2", i * 10 + 1), entry("t1", i * 10 + 2)];
+                // Entries alone, entries then events, events before and after entries:
+                // every way a write can append.
+                match i % 3 {
+                    0 => tx.append_audit(entries).await.unwrap(),
+                    1 => {
+                        tx.append_audit(entries).await.unwrap();
+                        tx.append_events(vec![event("t1", "r", i)]).await.unwrap();
+                    }
+                    _ => {
+                        tx.append_events(vec![event("t1", "r", i)]).await.unwrap();
+                        tx.append_audit(entries).await.unwrap();
+                        tx.append_events(vec![event("t2", "r", i)]).await.unwrap();
+                    }
+                }
                 tx.commit().await.unwrap();
             })
         })
@@ -448,6 +582,9 @@ async fn concurrent_audit_appends_never_fork_the_chain() {
     let seqs: Vec<i64> =
         client.query("select seq from audit order by seq", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(seqs, (1..=60).collect::<Vec<_>>(), "gapless, one chain");
+    let events: Vec<i64> =
+        client.query("select seq from outbox order by seq", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(events, (1..=19).collect::<Vec<_>>());
 
     // An edited entry is caught by the shared verifier.
     client.batch_execute("update audit set reason = 'edited' where seq = 7").await.unwrap();
@@ -516,6 +653,13 @@ async fn a_late_commit_is_never_skipped_by_a_follower() {
     assert_eq!(seqs, (first..first + 7).collect::<Vec<_>>(), "every event, in seq order, none skipped");
     assert_eq!(events[0].record_id, "old", "the old transaction's event comes first");
     assert_eq!(events[0].data, Some(serde_json::json!({ "z": 1, "a": "old" })), "data keeps its member order");
+    // The indexer's feed is the same rows.
+    let changed = store.changes_since(first, 100).await.unwrap();
+    assert_eq!(changed.iter().map(|c| c.0).collect::<Vec<_>>(), seqs[1..].to_vec());
+    let keys: Vec<_> =
+        events[1..].iter().map(|e| (e.tenant.clone(), e.collection.clone(), e.record_id.clone())).collect();
+    assert_eq!(changed.iter().map(|c| c.1.clone()).collect::<Vec<_>>(), keys);
+    assert!(changed.iter().all(|c| c.2 == "record.updated"), "{changed:?}");
     // Per tenant, the same order.
     let t2 = store.list_events("t2", &all(0)).await.unwrap();
     assert_eq!(t2.len(), 3);

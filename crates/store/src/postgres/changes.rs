@@ -1,15 +1,17 @@
 //! The audit log and the outbox on PostgreSQL: appended inside the transaction of the
 //! change they record, and read back in commit order.
 //!
-//! Both appends lock the one `audit_head` row (`SELECT … FOR UPDATE`) first and hold it to
+//! Appending locks the one `audit_head` row (`SELECT … FOR UPDATE`) first and holds it to
 //! the commit: concurrent writers queue there, so each seals its entries after the head the
 //! previous one committed (the chain never forks), and each draws its outbox seqs after the
 //! previous one committed (seq order is commit order: a follower reading `seq > last` never
-//! passes an event that commits later). Callers take their record row locks before
-//! appending, so the head is always the last lock a transaction takes.
+//! passes an event that commits later). A transaction appends its entries and events
+//! together, at its end, after its record row locks: the head is the last lock it takes
+//! and is held for one round trip and the commit.
 
 use deadpool_postgres::{Client, Transaction};
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 use tombstone_domain::audit::{AuditEntry, NewAuditEntry, seal};
 use tombstone_domain::events::{Event, NewEvent, new_event_id};
 use tombstone_domain::time::Timestamp;
@@ -29,15 +31,127 @@ from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigi
 order by n
 returning seq";
 
-/// Seals `entries` after the head and appends them, moving the head: one round trip for
-/// the lock, one for the insert and the head's update (pipelined).
-pub(crate) async fn append_audit(tx: &Transaction<'_>, entries: Vec<NewAuditEntry>) -> Result<(), StoreError> {
-    if entries.is_empty() {
-        return Ok(());
+/// The audit rows of sealed entries, as the arrays [`AUDIT_INSERT`] binds.
+struct AuditRows {
+    seqs: Vec<i64>,
+    ats: Vec<i64>,
+    text: [Vec<Option<String>>; 12],
+    versions: Vec<Option<i64>>,
+}
+
+impl AuditRows {
+    fn new(sealed: &[AuditEntry]) -> Self {
+        let column = |f: fn(&AuditEntry) -> Option<String>| sealed.iter().map(f).collect::<Vec<_>>();
+        Self {
+            seqs: sealed.iter().map(|e| e.seq).collect(),
+            ats: sealed.iter().map(|e| e.at.as_micros()).collect(),
+            text: [
+                column(|e| Some(e.tenant.clone())),
+                column(|e| Some(e.actor.clone())),
+                column(|e| Some(e.action.clone())),
+                column(|e| e.collection.clone()),
+                column(|e| e.record_id.clone()),
+                column(|e| e.deletion_id.clone()),
+                column(|e| e.reason.clone()),
+                column(|e| e.request_id.clone()),
+                column(|e| Some(e.prev_hash.clone())),
+                column(|e| Some(e.hash.clone())),
+                column(|e| e.hold_id.clone()),
+                column(|e| e.case.clone()),
+            ],
+            versions: sealed.iter().map(|e| e.version).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 15] {
+        let t = &self.text;
+        [
+            &self.seqs,
+            &self.ats,
+            &t[0],
+            &t[1],
+            &t[2],
+            &t[3],
+            &t[4],
+            &self.versions,
+            &t[5],
+            &t[6],
+            &t[7],
+            &t[8],
+            &t[9],
+            &t[10],
+            &t[11],
+        ]
+    }
+}
+
+/// The outbox rows of events, as the arrays [`OUTBOX_INSERT`] binds.
+struct OutboxRows {
+    text: [Vec<Option<String>>; 7],
+    versions: Vec<Option<i64>>,
+    occurred: Vec<i64>,
+    data: Vec<Option<serde_json::Value>>,
+}
+
+impl OutboxRows {
+    fn new(events: &[NewEvent]) -> Self {
+        let column = |f: fn(&NewEvent) -> Option<String>| events.iter().map(f).collect::<Vec<_>>();
+        Self {
+            text: [
+                events.iter().map(|_| Some(new_event_id())).collect(),
+                column(|e| Some(e.kind.as_str().to_string())),
+                column(|e| Some(e.tenant.clone())),
+                column(|e| Some(e.collection.clone())),
+                column(|e| Some(e.record_id.clone())),
+                column(|e| e.deletion_id.clone()),
+                column(|e| e.request_id.clone()),
+            ],
+            versions: events.iter().map(|e| e.version).collect(),
+            occurred: events.iter().map(|e| e.occurred_at.as_micros()).collect(),
+            data: events.iter().map(|e| e.data.clone()).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 10] {
+        let t = &self.text;
+        [&t[0], &t[1], &t[2], &t[3], &t[4], &self.versions, &t[5], &self.occurred, &t[6], &self.data]
+    }
+}
+
+fn read_head(row: &Row) -> Result<(i64, String), tokio_postgres::Error> {
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+/// Appends audit entries (sealed after the head) and events, in one round trip once the
+/// transaction holds the head's lock; returns the events' first and last seq (`(0, 0)`
+/// for none).
+///
+/// `head` is the chain's head as this transaction holds it (`None`: not locked yet). The
+/// lock is taken here: alone first when there are entries to seal (their hashes need the
+/// head), pipelined with the outbox insert when there are only events (the server runs
+/// the lock before the insert draws its seqs). Afterwards `head` is the new head.
+pub(crate) async fn append(
+    tx: &Transaction<'_>,
+    head: &mut Option<(i64, String)>,
+    entries: Vec<NewAuditEntry>,
+    events: &[NewEvent],
+) -> Result<(i64, i64), StoreError> {
+    if entries.is_empty() && events.is_empty() {
+        return Ok((0, 0));
     }
     let lock = tx.prepare_cached(LOCK_HEAD).await?;
-    let head = tx.query_one(&lock, &[]).await?;
-    let (mut seq, mut prev): (i64, String) = (head.try_get(0)?, head.try_get(1)?);
+    let insert_events = tx.prepare_cached(OUTBOX_INSERT).await?;
+    let outbox = OutboxRows::new(events);
+    let outbox_params = outbox.params();
+    if head.is_none() && entries.is_empty() {
+        let (locked, rows) = tokio::join!(tx.query_one(&lock, &[]), tx.query(&insert_events, &outbox_params));
+        *head = Some(read_head(&locked?)?);
+        return seq_range(&rows?);
+    }
+    let (mut seq, mut prev) = match head.take() {
+        Some(head) => head,
+        None => read_head(&tx.query_one(&lock, &[]).await?)?,
+    };
     let sealed: Vec<AuditEntry> = entries
         .into_iter()
         .map(|entry| {
@@ -47,76 +161,34 @@ pub(crate) async fn append_audit(tx: &Transaction<'_>, entries: Vec<NewAuditEntr
             e
         })
         .collect();
-    let column = |f: fn(&AuditEntry) -> Option<String>| sealed.iter().map(f).collect::<Vec<_>>();
-    let seqs: Vec<i64> = sealed.iter().map(|e| e.seq).collect();
-    let ats: Vec<i64> = sealed.iter().map(|e| e.at.as_micros()).collect();
-    let tenants = column(|e| Some(e.tenant.clone()));
-    let actors = column(|e| Some(e.actor.clone()));
-    let actions = column(|e| Some(e.action.clone()));
-    let collections = column(|e| e.collection.clone());
-    let record_ids = column(|e| e.record_id.clone());
-    let versions: Vec<Option<i64>> = sealed.iter().map(|e| e.version).collect();
-    let deletion_ids = column(|e| e.deletion_id.clone());
-    let reasons = column(|e| e.reason.clone());
-    let request_ids = column(|e| e.request_id.clone());
-    let prev_hashes = column(|e| Some(e.prev_hash.clone()));
-    let hashes = column(|e| Some(e.hash.clone()));
-    let hold_ids = column(|e| e.hold_id.clone());
-    let cases = column(|e| e.case.clone());
-    let insert = tx.prepare_cached(AUDIT_INSERT).await?;
+    let audit = AuditRows::new(&sealed);
+    let audit_params = audit.params();
+    let insert_audit = tx.prepare_cached(AUDIT_INSERT).await?;
     let move_head = tx.prepare_cached("update audit_head set seq = $1, hash = $2 where id = 1").await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
-        &seqs,
-        &ats,
-        &tenants,
-        &actors,
-        &actions,
-        &collections,
-        &record_ids,
-        &versions,
-        &deletion_ids,
-        &reasons,
-        &request_ids,
-        &prev_hashes,
-        &hashes,
-        &hold_ids,
-        &cases,
-    ];
-    let head: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&seq, &prev];
-    let (inserted, moved) = tokio::join!(tx.execute(&insert, &params), tx.execute(&move_head, &head));
-    inserted?;
-    moved?;
-    Ok(())
+    let head_params: [&(dyn ToSql + Sync); 2] = [&seq, &prev];
+    let audit_written = async {
+        if sealed.is_empty() {
+            return Ok(());
+        }
+        let (inserted, moved) =
+            tokio::join!(tx.execute(&insert_audit, &audit_params), tx.execute(&move_head, &head_params));
+        inserted?;
+        moved?;
+        Ok::<_, tokio_postgres::Error>(())
+    };
+    let events_written =
+        async { if events.is_empty() { Ok(Vec::new()) } else { tx.query(&insert_events, &outbox_params).await } };
+    let (audit_done, rows) = tokio::join!(audit_written, events_written);
+    let head_now = (seq, prev.clone());
+    audit_done?;
+    let range = seq_range(&rows?)?;
+    *head = Some(head_now);
+    Ok(range)
 }
 
-/// Appends events in order under the head's lock; returns the first and last seq
-/// (`(0, 0)` for no events).
-pub(crate) async fn append_events(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<(i64, i64), StoreError> {
-    if events.is_empty() {
-        return Ok((0, 0));
-    }
-    let text = |f: fn(&NewEvent) -> Option<String>| events.iter().map(f).collect::<Vec<_>>();
-    let ids: Vec<Option<String>> = events.iter().map(|_| Some(new_event_id())).collect();
-    let kinds = text(|e| Some(e.kind.as_str().to_string()));
-    let tenants = text(|e| Some(e.tenant.clone()));
-    let collections = text(|e| Some(e.collection.clone()));
-    let record_ids = text(|e| Some(e.record_id.clone()));
-    let versions: Vec<Option<i64>> = events.iter().map(|e| e.version).collect();
-    let deletion_ids = text(|e| e.deletion_id.clone());
-    let occurred: Vec<i64> = events.iter().map(|e| e.occurred_at.as_micros()).collect();
-    let request_ids = text(|e| e.request_id.clone());
-    let data: Vec<Option<serde_json::Value>> = events.iter().map(|e| e.data.clone()).collect();
-    let lock = tx.prepare_cached(LOCK_HEAD).await?;
-    let insert = tx.prepare_cached(OUTBOX_INSERT).await?;
-    // Pipelined: the server runs the lock before the insert draws its seqs.
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] =
-        [&ids, &kinds, &tenants, &collections, &record_ids, &versions, &deletion_ids, &occurred, &request_ids, &data];
-    let (locked, rows) = tokio::join!(tx.query(&lock, &[]), tx.query(&insert, &params));
-    locked?;
-    let seqs = rows?.iter().map(|r| r.try_get::<_, i64>(0)).collect::<Result<Vec<_>, _>>()?;
-    let first = seqs.iter().copied().min().unwrap_or(0);
-    let last = seqs.iter().copied().max().unwrap_or(0);
-    Ok((first, last))
+fn seq_range(rows: &[Row]) -> Result<(i64, i64), StoreError> {
+    let seqs = rows.iter().map(|r| r.try_get::<_, i64>(0)).collect::<Result<Vec<_>, _>>()?;
+    Ok((seqs.iter().copied().min().unwrap_or(0), seqs.iter().copied().max().unwrap_or(0)))
 }
 
 const AUDIT_COLUMNS: &str = "seq, at, tenant, actor, action, collection, record_id, version, deletion_id, reason, request_id, prev_hash, hash, hold_id, case_name";

@@ -111,11 +111,12 @@ impl PgStore {
     ///
     /// # Errors
     /// [`StoreError::StorageFailed`] with a [`ConnectError`] when the database cannot be
-    /// reached (its text is one line: the host and the cause); [`StoreError::Migration`]
-    /// when a system migration fails.
+    /// reached (its text is one line: the host and the cause); [`StoreError::Internal`]
+    /// for a URL that does not parse; [`StoreError::Migration`] when a system migration
+    /// fails.
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
-            StoreError::Migration(format!("storage.url is not a PostgreSQL URL: {}", one_line(&e.to_string())))
+            StoreError::Internal(format!("storage.url is not a PostgreSQL URL: {}", one_line(&e.to_string())))
         })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -336,6 +337,37 @@ impl PgStore {
     pub async fn last_event_seq(&self) -> Result<i64, StoreError> {
         let client = self.client().await?;
         changes::last_event_seq(&client).await
+    }
+
+    /// Changed records after outbox seq `after` (any tenant), oldest first, with the event
+    /// type: what the search indexer and a cache follow.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn changes_since(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, crate::cache::CacheKey, String)>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "select seq, tenant, collection, record_id, type from outbox where seq > $1 order by seq limit $2",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&after, &i64::from(limit)]).await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?, r.try_get(3)?), r.try_get(4)?))).collect()
+    }
+
+    /// `(tenant, id)` of every active record of a collection.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn active_ids(&self, collection: &Arc<Collection>) -> Result<Vec<(String, String)>, StoreError> {
+        let sql = self.table(collection)?;
+        let client = self.client().await?;
+        let rows = client.query(&format!("select tenant, id from {} where deleted_at is null", sql.table), &[]).await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
     /// Runs `f` in one write transaction on a pooled connection, committing when it

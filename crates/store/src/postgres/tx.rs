@@ -33,7 +33,7 @@ const ROLL_BACK: &str = "rollback to savepoint tombstone_write; release savepoin
 /// violation sees the committed winner). Dropped without [`PgTx::commit`], it rolls back.
 ///
 /// Lock order: record rows first ([`PgTx::get`], [`PgTx::is_active`], the writes), the
-/// audit head last ([`PgTx::append_audit`], [`PgTx::append_events`]), held to the commit.
+/// audit head last (taken by [`PgTx::append_events`] or the commit), held to the commit.
 pub struct PgTx<'a> {
     tx: Transaction<'a>,
     tables: Arc<Tables>,
@@ -42,6 +42,10 @@ pub struct PgTx<'a> {
     changed: Vec<CacheKey>,
     /// The first and last outbox seq written.
     written: Option<(i64, i64)>,
+    /// The audit chain's head while this transaction holds its lock (`None`: not yet).
+    head: Option<(i64, String)>,
+    /// Audit entries to seal and write with the next events, or at the commit.
+    audit: Vec<NewAuditEntry>,
 }
 
 impl std::fmt::Debug for PgTx<'_> {
@@ -52,7 +56,7 @@ impl std::fmt::Debug for PgTx<'_> {
 
 impl<'a> PgTx<'a> {
     pub(crate) fn new(tx: Transaction<'a>, tables: Arc<Tables>, notify: Arc<tokio::sync::Notify>) -> Self {
-        Self { tx, tables, notify, changed: Vec::new(), written: None }
+        Self { tx, tables, notify, changed: Vec::new(), written: None, head: None, audit: Vec::new() }
     }
 
     /// The underlying transaction, for the statements of areas without a primitive here.
@@ -78,7 +82,11 @@ impl<'a> PgTx<'a> {
     /// # Errors
     /// The commit failed (the transaction is rolled back): [`StoreError::StorageFailed`]
     /// when the connection was lost, [`StoreError::Busy`] on a serialization failure.
-    pub async fn commit(self) -> Result<(), StoreError> {
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        if !self.audit.is_empty() {
+            let entries = std::mem::take(&mut self.audit);
+            changes::append(&self.tx, &mut self.head, entries, &[]).await?;
+        }
         let wrote = self.written.is_some();
         let notify = self.notify.clone();
         self.tx.commit().await?;
@@ -241,21 +249,26 @@ impl<'a> PgTx<'a> {
             .collect::<Result<_, _>>()?)
     }
 
-    /// Appends audit entries after the chain's head, which stays locked until the commit.
+    /// Appends audit entries to the chain. They are sealed and written with the next
+    /// [`PgTx::append_events`], or at the commit, in the same round trip as the events:
+    /// the head's lock is taken then, so it is held only for the tail of the transaction.
     ///
     /// # Errors
-    /// The database failed.
+    /// None here; a failure to write them is the commit's (or the events') error.
     pub async fn append_audit(&mut self, entries: Vec<NewAuditEntry>) -> Result<(), StoreError> {
-        changes::append_audit(&self.tx, entries).await
+        self.audit.extend(entries);
+        Ok(())
     }
 
-    /// Appends events to the outbox (under the head's lock, so seq order is commit order);
-    /// returns the first and last seq (`(0, 0)` when `events` is empty).
+    /// Appends events to the outbox (with the pending audit entries, under the head's
+    /// lock, so seq order is commit order); returns the first and last seq (`(0, 0)` when
+    /// `events` is empty and no entry was pending).
     ///
     /// # Errors
     /// The database failed.
     pub async fn append_events(&mut self, events: Vec<NewEvent>) -> Result<(i64, i64), StoreError> {
-        let (first, last) = changes::append_events(&self.tx, &events).await?;
+        let entries = std::mem::take(&mut self.audit);
+        let (first, last) = changes::append(&self.tx, &mut self.head, entries, &events).await?;
         if !events.is_empty() {
             self.changed.extend(events.into_iter().map(|e| (e.tenant, e.collection, e.record_id)));
             self.written = Some(match self.written {
