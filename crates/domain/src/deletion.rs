@@ -64,7 +64,10 @@ pub fn edges_into(schema: &Schema, parent_collection: &str) -> Vec<Edge> {
     edges
 }
 
-/// Finds active children; implemented by each store over its transaction.
+/// Finds active children; implemented by each store over its transaction. Its calls are
+/// futures so that a store whose queries wait on the network (PostgreSQL) plans with the
+/// same code as one whose queries never wait (SQLite, the tests' graphs: see
+/// [`crate::ready::now`]).
 pub trait ChildFinder {
     type Error;
     /// `(child id, parent id)` of the active records of `child_collection` (in the
@@ -79,7 +82,7 @@ pub trait ChildFinder {
         child_collection: &str,
         field: &str,
         parent_ids: &[String],
-    ) -> Result<Vec<(String, String)>, Self::Error>;
+    ) -> impl Future<Output = Result<Vec<(String, String)>, Self::Error>>;
 
     /// Like [`ChildFinder::active_children`], but soft-deleted children too: what an
     /// erasure takes along through cascade relations (a cart item in the trash is still
@@ -92,7 +95,7 @@ pub trait ChildFinder {
         child_collection: &str,
         field: &str,
         parent_ids: &[String],
-    ) -> Result<Vec<(String, String)>, Self::Error>;
+    ) -> impl Future<Output = Result<Vec<(String, String)>, Self::Error>>;
 }
 
 /// How a walk over the relation graph treats what it finds.
@@ -111,6 +114,37 @@ pub struct EventualEdge {
     pub child_collection: String,
     pub field: String,
     pub parent: RecordRef,
+}
+
+/// Where a deletion operation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeletionStatus {
+    /// An eventual cascade still works through its relations.
+    Pending,
+    /// Everything it deletes is deleted (or it was restored).
+    Done,
+}
+
+impl DeletionStatus {
+    /// The stored and shown form.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Done => "done",
+        }
+    }
+
+    /// The stored form back (`None` for anything else).
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(Self::Pending),
+            "done" => Some(Self::Done),
+            _ => None,
+        }
+    }
 }
 
 /// The plan of one DELETE.
@@ -158,20 +192,20 @@ impl DeletionPlan {
 ///
 /// # Errors
 /// The child finder failed.
-pub fn plan<F: ChildFinder>(schema: &Schema, root: RecordRef, finder: &mut F) -> Result<DeletionPlan, F::Error> {
-    plan_from(schema, &[root], finder)
+pub async fn plan<F: ChildFinder>(schema: &Schema, root: RecordRef, finder: &mut F) -> Result<DeletionPlan, F::Error> {
+    plan_from(schema, &[root], finder).await
 }
 
 /// Plans the deletion of several records at once (the eventual worker's batches).
 ///
 /// # Errors
 /// The child finder failed.
-pub fn plan_from<F: ChildFinder>(
+pub async fn plan_from<F: ChildFinder>(
     schema: &Schema,
     roots: &[RecordRef],
     finder: &mut F,
 ) -> Result<DeletionPlan, F::Error> {
-    walk(schema, roots, finder, Walk { max_children: usize::MAX, erase: false })
+    walk(schema, roots, finder, Walk { max_children: usize::MAX, erase: false }).await
 }
 
 /// Plans the deletion of `roots` with at most `max_children` cascade children in the
@@ -182,13 +216,13 @@ pub fn plan_from<F: ChildFinder>(
 ///
 /// # Errors
 /// The child finder failed.
-pub fn plan_from_bounded<F: ChildFinder>(
+pub async fn plan_from_bounded<F: ChildFinder>(
     schema: &Schema,
     roots: &[RecordRef],
     finder: &mut F,
     max_children: usize,
 ) -> Result<DeletionPlan, F::Error> {
-    walk(schema, roots, finder, Walk { max_children, erase: false })
+    walk(schema, roots, finder, Walk { max_children, erase: false }).await
 }
 
 /// Plans the erasure of `root` (a record, active or deleted): `immediate` is everything
@@ -200,15 +234,15 @@ pub fn plan_from_bounded<F: ChildFinder>(
 ///
 /// # Errors
 /// The child finder failed.
-pub fn plan_erasure<F: ChildFinder>(
+pub async fn plan_erasure<F: ChildFinder>(
     schema: &Schema,
     root: RecordRef,
     finder: &mut F,
 ) -> Result<DeletionPlan, F::Error> {
-    walk(schema, &[root], finder, Walk { max_children: usize::MAX, erase: true })
+    walk(schema, &[root], finder, Walk { max_children: usize::MAX, erase: true }).await
 }
 
-fn walk<F: ChildFinder>(
+async fn walk<F: ChildFinder>(
     schema: &Schema,
     roots: &[RecordRef],
     finder: &mut F,
@@ -235,9 +269,9 @@ fn walk<F: ChildFinder>(
             for edge in edges_into(schema, &parent_collection) {
                 let takes_along = matches!(edge.on_delete, OnDelete::Cascade | OnDelete::Eventual);
                 let pairs = if walk.erase && takes_along {
-                    finder.all_children(&edge.child_collection, &edge.field, &parent_ids)?
+                    finder.all_children(&edge.child_collection, &edge.field, &parent_ids).await?
                 } else {
-                    finder.active_children(&edge.child_collection, &edge.field, &parent_ids)?
+                    finder.active_children(&edge.child_collection, &edge.field, &parent_ids).await?
                 };
                 match edge.on_delete {
                     OnDelete::Restrict => {
@@ -338,6 +372,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::ready::now;
 
     /// Children by (collection, field, parent id): active ones, and soft-deleted ones.
     #[derive(Default)]
@@ -355,15 +390,20 @@ mod tests {
 
     impl ChildFinder for Graph {
         type Error = Infallible;
-        fn all_children(&mut self, c: &str, f: &str, parents: &[String]) -> Result<Vec<(String, String)>, Infallible> {
-            let mut all = self.active_children(c, f, parents)?;
+        async fn all_children(
+            &mut self,
+            c: &str,
+            f: &str,
+            parents: &[String],
+        ) -> Result<Vec<(String, String)>, Infallible> {
+            let mut all = self.active_children(c, f, parents).await?;
             all.extend(parents.iter().flat_map(|p| {
                 let ids = self.1.get(&(c.into(), f.into(), p.clone())).cloned().unwrap_or_default();
                 ids.into_iter().map(|id| (id, p.clone()))
             }));
             Ok(all)
         }
-        fn active_children(
+        async fn active_children(
             &mut self,
             c: &str,
             f: &str,
@@ -405,7 +445,7 @@ view_id = { type = "ref", collection = "views", on_delete = "cascade" }
         g.add("reviews", "product_id", "p1", "r1");
         g.add("views", "product_id", "p1", "v1");
         g.add("view_notes", "view_id", "v1", "n1");
-        let plan = plan(&schema(), RecordRef::new("products", "p1"), &mut g).unwrap();
+        let plan = now(plan(&schema(), RecordRef::new("products", "p1"), &mut g)).unwrap();
         assert_eq!(
             plan.immediate,
             vec![RecordRef::new("products", "p1"), RecordRef::new("carts", "c1"), RecordRef::new("carts", "c2")]
@@ -425,7 +465,7 @@ view_id = { type = "ref", collection = "views", on_delete = "cascade" }
         g.add("categories", "parent_id", "c1", "c2");
         g.add("categories", "parent_id", "c2", "c1");
         g.add("products", "category_id", "c2", "p1");
-        let plan = plan(&schema(), RecordRef::new("categories", "c1"), &mut g).unwrap();
+        let plan = now(plan(&schema(), RecordRef::new("categories", "c1"), &mut g)).unwrap();
         assert_eq!(plan.immediate.len(), 2);
         assert!(plan.is_blocked());
         assert_eq!(plan.blockers, vec![RecordRef::new("products", "p1")]);
@@ -437,7 +477,7 @@ view_id = { type = "ref", collection = "views", on_delete = "cascade" }
         for i in 0..150 {
             g.add("products", "category_id", "c1", &format!("p{i}"));
         }
-        let plan = plan(&schema(), RecordRef::new("categories", "c1"), &mut g).unwrap();
+        let plan = now(plan(&schema(), RecordRef::new("categories", "c1"), &mut g)).unwrap();
         assert_eq!(plan.blockers.len(), MAX_BLOCKERS);
         assert_eq!(plan.blockers_total, 150);
     }
@@ -449,8 +489,8 @@ view_id = { type = "ref", collection = "views", on_delete = "cascade" }
             g.add("carts", "product_id", "p1", &format!("c{i}"));
         }
         g.add("reviews", "product_id", "p1", "r1");
-        let unbounded = plan(&schema(), RecordRef::new("products", "p1"), &mut g).unwrap();
-        let bounded = plan_from_bounded(&schema(), &[RecordRef::new("products", "p1")], &mut g, 2).unwrap();
+        let unbounded = now(plan(&schema(), RecordRef::new("products", "p1"), &mut g)).unwrap();
+        let bounded = now(plan_from_bounded(&schema(), &[RecordRef::new("products", "p1")], &mut g, 2)).unwrap();
         assert_eq!(bounded.immediate.len(), 3, "the root and two children: {bounded:?}");
         assert_eq!(bounded.eventual.len(), 3);
         assert_eq!(
@@ -470,7 +510,10 @@ view_id = { type = "ref", collection = "views", on_delete = "cascade" }
         assert_eq!(bounded.counts(), unbounded.counts());
         assert_eq!(bounded.orphaned, unbounded.orphaned);
         // Under the bound nothing changes.
-        assert_eq!(plan_from_bounded(&schema(), &[RecordRef::new("products", "p1")], &mut g, 5).unwrap(), unbounded);
+        assert_eq!(
+            now(plan_from_bounded(&schema(), &[RecordRef::new("products", "p1")], &mut g, 5)).unwrap(),
+            unbounded
+        );
     }
 
     #[test]
@@ -482,7 +525,7 @@ view_id = { type = "ref", collection = "views", on_delete = "cascade" }
         g.add_deleted("reviews", "product_id", "p1", "r2");
         g.add("views", "product_id", "p1", "v1");
         g.add("view_notes", "view_id", "v1", "n1");
-        let plan = plan_erasure(&schema(), RecordRef::new("products", "p1"), &mut g).unwrap();
+        let plan = now(plan_erasure(&schema(), RecordRef::new("products", "p1"), &mut g)).unwrap();
         assert_eq!(
             plan.immediate,
             vec![
@@ -500,9 +543,9 @@ view_id = { type = "ref", collection = "views", on_delete = "cascade" }
         // An active restrict child blocks, a deleted one does not.
         let mut g = Graph::default();
         g.add_deleted("products", "category_id", "k1", "p9");
-        assert!(!plan_erasure(&schema(), RecordRef::new("categories", "k1"), &mut g).unwrap().is_blocked());
+        assert!(!now(plan_erasure(&schema(), RecordRef::new("categories", "k1"), &mut g)).unwrap().is_blocked());
         g.add("products", "category_id", "k1", "p1");
-        let plan = plan_erasure(&schema(), RecordRef::new("categories", "k1"), &mut g).unwrap();
+        let plan = now(plan_erasure(&schema(), RecordRef::new("categories", "k1"), &mut g)).unwrap();
         assert_eq!((plan.blockers.clone(), plan.blockers_total), (vec![RecordRef::new("products", "p1")], 1));
     }
 }

@@ -10,6 +10,7 @@ pub mod fuzzing;
 pub mod id;
 pub mod lifecycle;
 pub mod query;
+pub mod ready;
 pub mod record;
 pub mod scope;
 pub mod time;

@@ -93,8 +93,11 @@ pub enum DeleteDecision {
     PreconditionFailed { current: i64 },
     /// Mark the record deleted with this mark, at this new version.
     SoftDelete { mark: DeletionMark, version: i64 },
-    /// Remove the row now (hard-delete collection).
-    HardDelete,
+    /// Remove the row now (hard-delete collection). The mark is what its audit entry and
+    /// event name: purged at once.
+    HardDelete { mark: DeletionMark },
+    /// A hard delete is a purge, and a record under a legal hold is never purged: 409.
+    LegalHold,
 }
 
 /// Decides a DELETE.
@@ -114,16 +117,18 @@ pub fn decide_delete(
     {
         return DeleteDecision::PreconditionFailed { current: record.version };
     }
+    let mark = |purge_at| DeletionMark {
+        deleted_at: now,
+        deleted_by: actor.key_id.clone(),
+        reason: request.reason.clone(),
+        deletion_id: request.deletion_id.clone(),
+        purge_at,
+    };
     match collection.delete {
-        DeleteMode::Hard => DeleteDecision::HardDelete,
+        DeleteMode::Hard if record.legal_hold => DeleteDecision::LegalHold,
+        DeleteMode::Hard => DeleteDecision::HardDelete { mark: mark(now) },
         DeleteMode::Soft => DeleteDecision::SoftDelete {
-            mark: DeletionMark {
-                deleted_at: now,
-                deleted_by: actor.key_id.clone(),
-                reason: request.reason.clone(),
-                deletion_id: request.deletion_id.clone(),
-                purge_at: now.saturating_add(collection.retention),
-            },
+            mark: mark(now.saturating_add(collection.retention)),
             version: record.version + 1,
         },
     }
@@ -255,10 +260,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        match decide_delete(&collection(DeleteMode::Hard), &active, &req_ok, &actor(), now) {
+            DeleteDecision::HardDelete { mark } => assert_eq!(mark.purge_at, now),
+            other => panic!("{other:?}"),
+        }
+        let held = Record { legal_hold: true, ..active.clone() };
         assert_eq!(
-            decide_delete(&collection(DeleteMode::Hard), &active, &req_ok, &actor(), now),
-            DeleteDecision::HardDelete
+            decide_delete(&collection(DeleteMode::Hard), &held, &req_ok, &actor(), now),
+            DeleteDecision::LegalHold
         );
+        // A hold does not stop a soft delete: the record waits in the trash, never purged.
+        assert!(matches!(
+            decide_delete(&collection(DeleteMode::Soft), &held, &req_ok, &actor(), now),
+            DeleteDecision::SoftDelete { .. }
+        ));
         let mark = DeletionMark {
             deleted_at: now,
             deleted_by: "key_1".into(),

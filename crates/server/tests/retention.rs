@@ -12,7 +12,7 @@ use std::time::Duration;
 use tombstone_store::prelude::*;
 
 use axum::http::Method;
-use common::{TestApp, TestResponse};
+use common::{TEST_SCHEMA, TestApp, TestResponse};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 use tombstone_domain::time::{Clock, ManualClock, Timestamp};
@@ -643,11 +643,37 @@ async fn a_held_record_of_a_hard_delete_collection_is_not_destroyed() {
     let id = id_of(&app.create("secrets", &app.admin, &json!({"value": "s3cr3t"})).await);
     let path = format!("/v1/secrets/{id}");
     hold(&app, &path, "CASE-H", "evidence").await;
+    // The dry run decides as the DELETE does: not a plan that the click would refuse.
+    app.delete(&format!("{path}?dry_run=true"), &app.admin).await.assert_problem(409, "legal-hold");
     app.delete(&path, &app.admin).await.assert_problem(409, "legal-hold");
     let still = app.get(&path, &app.admin).await;
     still.assert_status(200);
     assert_eq!(still.json()["legal_hold"], true);
     assert!(audit(&app, &format!("?record_id={id}&action=purge")).await.is_empty());
+}
+
+/// A cascade that reaches a held record of a hard-delete collection would purge it: the
+/// DELETE is refused, and so is its dry run, both before anything changes.
+#[tokio::test]
+async fn a_cascade_into_a_held_hard_record_is_refused_by_the_dry_run_too() {
+    let schema = format!(
+        "{TEST_SCHEMA}\n[collections.vaults.fields]\nname = {{ type = \"string\" }}\n\n\
+         [collections.keys_of_vault]\ndelete = \"hard\"\n\n[collections.keys_of_vault.fields]\n\
+         vault_id = {{ type = \"ref\", collection = \"vaults\", on_delete = \"cascade\" }}\n"
+    );
+    let app = TestApp::with_schema(&schema).await;
+    let vault = id_of(&app.create("vaults", &app.admin, &json!({"name": "v"})).await);
+    let key = id_of(&app.create("keys_of_vault", &app.admin, &json!({"vault_id": vault})).await);
+    let vault_path = format!("/v1/vaults/{vault}");
+    // Unheld, the dry run shows the key going with the vault.
+    let plan = app.delete(&format!("{vault_path}?dry_run=true"), &app.admin).await;
+    plan.assert_status(200);
+    assert_eq!(plan.json()["counts"], json!({"vaults": 1, "keys_of_vault": 1}));
+    hold(&app, &format!("/v1/keys_of_vault/{key}"), "CASE-K", "evidence").await;
+    app.delete(&format!("{vault_path}?dry_run=true"), &app.admin).await.assert_problem(409, "legal-hold");
+    app.delete(&vault_path, &app.admin).await.assert_problem(409, "legal-hold");
+    app.get(&vault_path, &app.admin).await.assert_status(200);
+    app.get(&format!("/v1/keys_of_vault/{key}"), &app.admin).await.assert_status(200);
 }
 
 #[tokio::test]

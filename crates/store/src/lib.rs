@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod postgres;
 pub mod priority;
+pub(crate) mod rules;
 pub mod sqlite;
 pub mod telemetry;
 
@@ -627,13 +628,18 @@ pub trait RecordStore: Send + Sync + 'static {
 /// restore as a whole, eventual cascades and the trash.
 #[async_trait]
 pub trait DeletionStore: Send + Sync + 'static {
-    /// The plan of deleting a record (`None`: no such record in the tenant; an already
-    /// deleted record plans nothing).
+    /// The dry run of deleting a record by `actor`: the plan the DELETE would carry out,
+    /// decided by the same rules (`None`: no such record in the tenant; an already deleted
+    /// record plans nothing). A restrict shows as blockers in the plan.
+    ///
+    /// # Errors
+    /// What the DELETE itself would fail with before planning, `LegalHold` among them.
     async fn plan_deletion(
         &self,
-        tenant: &str,
+        actor: &Actor,
         collection: &Arc<Collection>,
         id: &str,
+        now: Timestamp,
     ) -> Result<Option<DeletionPlan>, StoreError>;
     /// A deletion operation of the tenant.
     async fn get_deletion(

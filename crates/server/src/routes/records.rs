@@ -458,8 +458,9 @@ async fn dry_run_plan(
 ) -> Result<Response, ApiError> {
     let plan = state
         .store
-        .plan_deletion(caller.tenant(), collection, id)
-        .await?
+        .plan_deletion(&caller.actor(), collection, id, state.now())
+        .await
+        .map_err(map_not_found(collection, id))?
         .ok_or_else(|| ApiError::record_not_found(&collection.name, id))?;
     // Each list shows its first MAX_LISTED records and says how many there are in all: a
     // parent of a million children answers a page, not a million ids.

@@ -69,20 +69,10 @@ fn bind_audit(stmt: &mut rusqlite::CachedStatement<'_>, at: usize, e: &AuditEntr
     stmt.raw_bind_parameter(at + 15, &e.case)
 }
 
-/// Appends an audit entry after the current head and moves the head.
-pub(crate) fn append_audit(conn: &Connection, entry: NewAuditEntry) -> Result<AuditEntry, StoreError> {
-    let (last_seq, prev_hash) = audit_head(conn)?;
-    let sealed = seal(entry, last_seq + 1, &prev_hash);
-    let mut stmt = conn.prepare_cached(&AUDIT_ONE)?;
-    bind_audit(&mut stmt, 0, &sealed)?;
-    stmt.raw_execute()?;
-    AUDIT_HEAD.with(|h| *h.borrow_mut() = Some((sealed.seq, sealed.hash.clone())));
-    Ok(sealed)
-}
-
 /// Appends entries in order, sealed one after the other as [`append_audit`] would, with
 /// multi-row inserts.
-pub(crate) fn append_audit_many(conn: &Connection, entries: Vec<NewAuditEntry>) -> Result<(), StoreError> {
+/// Returns the seq of the last entry (the head's, when there are none).
+pub(crate) fn append_audit_many(conn: &Connection, entries: Vec<NewAuditEntry>) -> Result<i64, StoreError> {
     let (mut seq, mut prev) = audit_head(conn)?;
     let sealed: Vec<AuditEntry> = entries
         .into_iter()
@@ -109,7 +99,7 @@ pub(crate) fn append_audit_many(conn: &Connection, entries: Vec<NewAuditEntry>) 
     if let Some(last) = sealed.last() {
         AUDIT_HEAD.with(|h| *h.borrow_mut() = Some((last.seq, last.hash.clone())));
     }
-    Ok(())
+    Ok(seq)
 }
 
 std::thread_local! {
@@ -195,8 +185,9 @@ pub(crate) fn append_event(conn: &Connection, event: NewEvent) -> Result<i64, St
     Ok(seq)
 }
 
-/// Appends events in order, with multi-row inserts.
-pub(crate) fn append_events(conn: &Connection, events: Vec<NewEvent>) -> Result<(), StoreError> {
+/// Appends events in order, with multi-row inserts; returns the seq of the last one (0 for
+/// none).
+pub(crate) fn append_events(conn: &Connection, events: Vec<NewEvent>) -> Result<i64, StoreError> {
     let rows: Vec<EventRow> = events.into_iter().map(EventRow::new).collect();
     let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
     for chunk in chunks.by_ref() {
@@ -216,7 +207,7 @@ pub(crate) fn append_events(conn: &Connection, events: Vec<NewEvent>) -> Result<
         let seq = conn.last_insert_rowid();
         wrote(seq, seq);
     }
-    Ok(())
+    Ok(WRITTEN.with(std::cell::Cell::get).map_or(0, |(_, last)| last))
 }
 
 const AUDIT_COLUMNS: &str = "seq, at, tenant, actor, action, collection, record_id, version, deletion_id, reason, request_id, prev_hash, hash, hold_id, case_name";

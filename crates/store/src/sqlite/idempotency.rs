@@ -99,7 +99,7 @@ impl Claims {
     /// another process stored an answer for it first: the transaction must not commit.
     pub(crate) fn complete(
         &self,
-        tx: &Transaction<'_>,
+        tx: &rusqlite::Connection,
         key: &IdempotencyKey,
         response: &StoredResponse,
     ) -> Result<(), StoreError> {

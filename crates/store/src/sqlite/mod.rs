@@ -20,6 +20,7 @@ mod records;
 mod relations;
 mod retention;
 mod schema;
+mod tx;
 mod webhooks;
 
 use std::collections::HashMap;
@@ -32,27 +33,27 @@ use async_trait::async_trait;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
-use tombstone_domain::audit::{AuditAction, AuditEntry, ChainError, ChainVerifier, NewAuditEntry};
+use tombstone_domain::audit::{AuditEntry, ChainError, ChainVerifier};
 use tombstone_domain::config::{Collection, Schema};
-use tombstone_domain::deletion::{DeletionPlan, RecordRef};
-use tombstone_domain::events::{Event, EventType, record_event};
-use tombstone_domain::lifecycle::{
-    Actor, DeleteDecision, DeleteRequest, IfMatch, PatchDecision, RestoreDecision, decide_delete, decide_patch,
-    decide_restore,
-};
+use tombstone_domain::deletion::DeletionPlan;
+use tombstone_domain::events::Event;
+use tombstone_domain::lifecycle::{Actor, DeleteRequest, IfMatch};
 use tombstone_domain::query::ListQuery;
-use tombstone_domain::record::{Hold, Patch, Record, apply_patch};
+use tombstone_domain::record::{Hold, Patch, Record};
 use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::Timestamp;
 
 use self::records::TableSql;
+use self::tx::SqliteTx;
 use crate::CollectionCounts;
 use crate::prelude::*;
+use crate::rules;
 use crate::{
     AttemptOutcome, AuditQuery, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery, EndpointState,
     Erasure, ErasureStep, EventQuery, IdempotencyClaim, IdempotencyKey, Page, PurgeBatch, PurgeDue, RecordsPage,
     Redelivery, RestoreOutcome, StoreError, StoredKey, StoredResponse, TrashQuery, WebhookEndpoint,
 };
+use tombstone_domain::ready::now;
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -521,109 +522,6 @@ impl SqliteStore {
     }
 }
 
-fn load_active_for_write(
-    tx: &rusqlite::Transaction<'_>,
-    sql: &TableSql,
-    collection: &Collection,
-    tenant: &str,
-    id: &str,
-) -> Result<Record, StoreError> {
-    records::get(tx, sql, collection, tenant, id)?.ok_or(StoreError::NotFound)
-}
-
-/// Records a change to a record: its audit entry and, when given, its event.
-#[expect(clippy::too_many_arguments, reason = "one call site per lifecycle step, each naming every part")]
-fn record_change(
-    tx: &rusqlite::Transaction<'_>,
-    actor: &Actor,
-    action: AuditAction,
-    event: Option<EventType>,
-    collection: &Collection,
-    record: &Record,
-    reason: Option<&str>,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    changes::append_audit(
-        tx,
-        NewAuditEntry {
-            at: now,
-            tenant: record.tenant.clone(),
-            actor: actor.key_id.clone(),
-            action,
-            collection: Some(record.collection.clone()),
-            record_id: Some(record.id.clone()),
-            version: Some(record.version),
-            deletion_id: record.deletion.as_ref().map(|d| d.deletion_id.clone()),
-            reason: reason.map(str::to_string),
-            request_id: Some(actor.request_id.clone()),
-            hold_id: None,
-            case: None,
-        },
-    )?;
-    if let Some(kind) = event {
-        changes::append_event(tx, record_event(kind, collection, record, &actor.request_id, now))?;
-    }
-    Ok(())
-}
-
-/// Audits a key change. The key id goes in `record_id`, under the pseudo-collection
-/// `keys`; the secret never appears.
-fn audit_key(
-    tx: &rusqlite::Transaction<'_>,
-    actor: &Actor,
-    action: AuditAction,
-    tenant: &str,
-    key_id: &str,
-    at: Timestamp,
-) -> Result<(), StoreError> {
-    changes::append_audit(
-        tx,
-        NewAuditEntry {
-            at,
-            tenant: tenant.to_string(),
-            actor: actor.key_id.clone(),
-            action,
-            collection: Some("keys".into()),
-            record_id: Some(key_id.to_string()),
-            version: None,
-            deletion_id: None,
-            reason: None,
-            request_id: Some(actor.request_id.clone()),
-            hold_id: None,
-            case: None,
-        },
-    )?;
-    Ok(())
-}
-
-fn insert_deletion(
-    tx: &rusqlite::Transaction<'_>,
-    actor: &Actor,
-    deletion_id: &str,
-    reason: Option<&str>,
-    record: &Record,
-    now: Timestamp,
-    status: &str,
-) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "insert into deletions (id, tenant, actor, reason, request_id, created_at, root_collection, root_id, status) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        deletion_id,
-        actor.tenant,
-        actor.key_id,
-        reason,
-        actor.request_id,
-        now.as_micros(),
-        record.collection,
-        record.id,
-        status
-    ])?;
-    tx.prepare_cached("insert into deletion_records (deletion_id, collection, record_id) values (?1, ?2, ?3)")?
-        .execute(params![deletion_id, record.collection, record.id])?;
-    Ok(())
-}
-
 fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, Option<String>, String, String, i64)> {
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
 }
@@ -707,39 +605,11 @@ impl RecordStore for SqliteStore {
         record: Record,
         idempotency: Option<(IdempotencyKey, StoredResponse)>,
     ) -> Result<Record, StoreError> {
-        let sql = self.table(collection)?;
-        let collection = collection.clone();
-        let actor = actor.clone();
-        let claims = self.claims.clone();
+        let (_, tables) = self.catalog()?;
+        let (collection, actor, claims) = (collection.clone(), actor.clone(), self.claims.clone());
         self.write(move |tx| {
-            let existing: Option<String> = tx
-                .prepare_cached(&format!("select id from {} where tenant = ?1 and id = ?2", sql.table))?
-                .query_row([&record.tenant, &record.id], |r| r.get(0))
-                .optional()?;
-            if let Some(id) = existing {
-                return Err(StoreError::UniqueConflict { conflicting_id: id, fields: vec!["id".into()] });
-            }
-            relations::check_refs(tx, &collection, &record.tenant, &record.values, None)?;
-            if let Some((other, fields)) =
-                records::unique_conflict(tx, &sql, &collection, &record.tenant, &record.id, &record.values)?
-            {
-                return Err(StoreError::UniqueConflict { conflicting_id: other, fields });
-            }
-            records::insert(tx, &sql, &collection, &record)?;
-            record_change(
-                tx,
-                &actor,
-                AuditAction::Create,
-                Some(EventType::Created),
-                &collection,
-                &record,
-                None,
-                record.created_at,
-            )?;
-            if let Some((key, response)) = &idempotency {
-                claims.complete(tx, key, response)?;
-            }
-            Ok(record)
+            let mut tx = SqliteTx::new(tx, &tables, Some(&claims));
+            now(rules::records::create(&mut tx, &actor, &collection, record, idempotency.as_ref()))
         })
         .await
     }
@@ -788,31 +658,13 @@ impl RecordStore for SqliteStore {
         id: &str,
         if_match: Option<IfMatch>,
         patch: Patch,
-        now: Timestamp,
+        at: Timestamp,
     ) -> Result<Record, StoreError> {
-        let sql = self.table(collection)?;
-        let collection = collection.clone();
-        let actor = actor.clone();
-        let (tenant, id) = (actor.tenant.clone(), id.to_string());
+        let (_, tables) = self.catalog()?;
+        let (collection, actor, id) = (collection.clone(), actor.clone(), id.to_string());
         self.write(move |tx| {
-            let current = load_active_for_write(tx, &sql, &collection, &tenant, &id)?;
-            let version = match decide_patch(&current, if_match.as_ref()) {
-                PatchDecision::NotFound => return Err(StoreError::NotFound),
-                PatchDecision::PreconditionFailed { current } => {
-                    return Err(StoreError::PreconditionFailed { current });
-                }
-                PatchDecision::Apply { version } => version,
-            };
-            let values = apply_patch(&collection, &current.values, &patch).map_err(StoreError::Validation)?;
-            let changed: Vec<String> = patch.0.keys().cloned().collect();
-            relations::check_refs(tx, &collection, &tenant, &values, Some(&changed))?;
-            if let Some((other, fields)) = records::unique_conflict(tx, &sql, &collection, &tenant, &id, &values)? {
-                return Err(StoreError::UniqueConflict { conflicting_id: other, fields });
-            }
-            let updated = Record { version, updated_at: now, values, ..current };
-            records::update_values(tx, &sql, &collection, &updated)?;
-            record_change(tx, &actor, AuditAction::Update, Some(EventType::Updated), &collection, &updated, None, now)?;
-            Ok(updated)
+            let mut tx = SqliteTx::new(tx, &tables, None);
+            now(rules::records::patch(&mut tx, &actor, &collection, &id, if_match.as_ref(), &patch, at))
         })
         .await
     }
@@ -823,90 +675,13 @@ impl RecordStore for SqliteStore {
         collection: &Arc<Collection>,
         id: &str,
         request: DeleteRequest,
-        now: Timestamp,
+        at: Timestamp,
     ) -> Result<DeleteOutcome, StoreError> {
-        let sql = self.table(collection)?;
         let (schema, tables) = self.catalog()?;
-        let collection = collection.clone();
-        let actor = actor.clone();
-        let id = id.to_string();
+        let (collection, actor, id) = (collection.clone(), actor.clone(), id.to_string());
         self.write(move |tx| {
-            let current = load_active_for_write(tx, &sql, &collection, &actor.tenant, &id)?;
-            let decision = decide_delete(&collection, &current, &request, &actor, now);
-            let (deleted, hard) = match decision {
-                DeleteDecision::AlreadyDeleted { deletion_id } => {
-                    return Ok(DeleteOutcome::AlreadyDeleted { deletion_id });
-                }
-                DeleteDecision::PreconditionFailed { current } => {
-                    return Err(StoreError::PreconditionFailed { current });
-                }
-                // A held record is never purged; a hard delete is a purge.
-                DeleteDecision::HardDelete if current.legal_hold => return Err(StoreError::LegalHold),
-                DeleteDecision::HardDelete => {
-                    let mark = tombstone_domain::record::DeletionMark {
-                        deleted_at: now,
-                        deleted_by: actor.key_id.clone(),
-                        reason: request.reason.clone(),
-                        deletion_id: request.deletion_id.clone(),
-                        purge_at: now,
-                    };
-                    (Record { deletion: Some(mark), ..current }, true)
-                }
-                DeleteDecision::SoftDelete { mark, version } => {
-                    (Record { version, updated_at: now, deletion: Some(mark), ..current }, false)
-                }
-            };
-            // The blast radius, computed inside this transaction by the same code that
-            // answers dry runs; a restrict anywhere blocks everything.
-            let plan = relations::plan(tx, &schema, &actor.tenant, RecordRef::new(&collection.name, &id))?;
-            if plan.is_blocked() {
-                return Err(StoreError::Restrict { blockers: plan.blockers, total: plan.blockers_total });
-            }
-            let reason = request.reason.as_deref();
-            let status = if plan.eventual_edges.is_empty() { "done" } else { "pending" };
-            insert_deletion(tx, &actor, &request.deletion_id, reason, &deleted, now, status)?;
-            if hard {
-                records::remove(tx, &sql, &actor.tenant, &id)?;
-                record_change(
-                    tx,
-                    &actor,
-                    AuditAction::Purge,
-                    Some(EventType::Purged),
-                    &collection,
-                    &deleted,
-                    reason,
-                    now,
-                )?;
-            } else {
-                records::set_deletion(tx, &sql, &deleted)?;
-                record_change(
-                    tx,
-                    &actor,
-                    AuditAction::Delete,
-                    Some(EventType::Deleted),
-                    &collection,
-                    &deleted,
-                    reason,
-                    now,
-                )?;
-            }
-            let mark = relations::Mark {
-                deletion_id: request.deletion_id.clone(),
-                deleted_by: actor.key_id.clone(),
-                reason: request.reason.clone(),
-                at: now,
-            };
-            relations::delete_records(tx, &schema, &tables, &actor, &plan.immediate[1..], &mark)?;
-            if plan.eventual_edges.is_empty() {
-                relations::completed(tx, &request.deletion_id, &actor.request_id, now)?;
-            } else {
-                relations::enqueue(tx, &request.deletion_id, &actor.tenant, &plan.eventual_edges)?;
-            }
-            Ok(if hard {
-                DeleteOutcome::HardDeleted { deletion_id: request.deletion_id }
-            } else {
-                DeleteOutcome::SoftDeleted { deletion_id: request.deletion_id, record: Box::new(deleted) }
-            })
+            let mut tx = SqliteTx::new(tx, &tables, None);
+            now(rules::records::delete(&mut tx, &schema, &collection, &actor, &id, request, at))
         })
         .await
     }
@@ -918,46 +693,13 @@ impl RecordStore for SqliteStore {
         id: &str,
         if_match: Option<IfMatch>,
         reason: Option<String>,
-        now: Timestamp,
+        at: Timestamp,
     ) -> Result<RestoreOutcome, StoreError> {
-        let sql = self.table(collection)?;
-        let collection = collection.clone();
-        let actor = actor.clone();
-        let (tenant, id) = (actor.tenant.clone(), id.to_string());
+        let (_, tables) = self.catalog()?;
+        let (collection, actor, id) = (collection.clone(), actor.clone(), id.to_string());
         self.write(move |tx| {
-            let current = load_active_for_write(tx, &sql, &collection, &tenant, &id)?;
-            match decide_restore(&current, if_match.as_ref(), now) {
-                RestoreDecision::AlreadyActive => Ok(RestoreOutcome::AlreadyActive(current)),
-                RestoreDecision::WindowElapsed => Err(StoreError::NotFound),
-                RestoreDecision::PreconditionFailed { current } => Err(StoreError::PreconditionFailed { current }),
-                RestoreDecision::Restore { version } => {
-                    // A child whose parent is deleted cannot come back alone (orphan
-                    // relations excepted): restore the operation that deleted both.
-                    let parents = relations::inactive_parents(tx, &collection, &current)?;
-                    if !parents.is_empty() {
-                        return Err(StoreError::ParentDeleted { parents });
-                    }
-                    if let Some((other, fields)) =
-                        records::unique_conflict(tx, &sql, &collection, &tenant, &id, &current.values)?
-                    {
-                        return Err(StoreError::UniqueConflict { conflicting_id: other, fields });
-                    }
-                    let restored = Record { version, updated_at: now, deletion: None, ..current };
-                    records::set_deletion(tx, &sql, &restored)?;
-                    let reason = reason.as_deref();
-                    record_change(
-                        tx,
-                        &actor,
-                        AuditAction::Restore,
-                        Some(EventType::Restored),
-                        &collection,
-                        &restored,
-                        reason,
-                        now,
-                    )?;
-                    Ok(RestoreOutcome::Restored(restored))
-                }
-            }
+            let mut tx = SqliteTx::new(tx, &tables, None);
+            now(rules::records::restore(&mut tx, &actor, &collection, &id, if_match.as_ref(), reason.as_deref(), at))
         })
         .await
     }
@@ -1004,14 +746,20 @@ impl RecordStore for SqliteStore {
 impl DeletionStore for SqliteStore {
     async fn plan_deletion(
         &self,
-        tenant: &str,
+        actor: &Actor,
         collection: &Arc<Collection>,
         id: &str,
+        at: Timestamp,
     ) -> Result<Option<DeletionPlan>, StoreError> {
-        let sql = self.table(collection)?;
-        let (schema, _) = self.catalog()?;
-        let (collection, tenant, id) = (collection.clone(), tenant.to_string(), id.to_string());
-        self.read(move |conn| relations::dry_run(conn, &schema, &sql, &collection, &tenant, &id)).await
+        let (schema, tables) = self.catalog()?;
+        let (collection, actor, id) = (collection.clone(), actor.clone(), id.to_string());
+        // On a reader: a dry run writes nothing, so it never waits for the writer.
+        self.read(move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            let mut tx = SqliteTx::new(&tx, &tables, None);
+            now(rules::records::dry_run(&mut tx, &schema, &collection, &actor, &id, at))
+        })
+        .await
     }
 
     async fn get_deletion(
@@ -1025,13 +773,17 @@ impl DeletionStore for SqliteStore {
         self.read(move |conn| relations::get_operation(conn, &schema, &tenant, &id, &page)).await
     }
 
-    async fn restore_deletion(&self, actor: &Actor, id: &str, now: Timestamp) -> Result<Vec<Record>, StoreError> {
+    async fn restore_deletion(&self, actor: &Actor, id: &str, at: Timestamp) -> Result<Vec<Record>, StoreError> {
         let (schema, tables) = self.catalog()?;
         let (actor, id) = (actor.clone(), id.to_string());
-        self.write(move |tx| relations::restore_operation(tx, &schema, &tables, &actor, &id, now)).await
+        self.write(move |tx| {
+            let mut tx = SqliteTx::new(tx, &tables, None);
+            now(rules::deletions::restore_operation(&mut tx, &schema, &actor, &id, at))
+        })
+        .await
     }
 
-    async fn run_eventual(&self, batch: u32, now: Timestamp) -> Result<u64, StoreError> {
+    async fn run_eventual(&self, batch: u32, at: Timestamp) -> Result<u64, StoreError> {
         // Idle passes only read: a write would wake every waiter, the worker included.
         let queued: bool = self
             .read(|conn| Ok(conn.query_row("select exists (select 1 from deletion_queue)", [], |r| r.get(0))?))
@@ -1042,8 +794,12 @@ impl DeletionStore for SqliteStore {
         let mut total = 0;
         loop {
             let (schema, tables) = self.catalog()?;
-            let (deleted, more) =
-                self.write_background(move |tx| relations::eventual_step(tx, &schema, &tables, batch, now)).await?;
+            let (deleted, more) = self
+                .write_background(move |tx| {
+                    let mut tx = SqliteTx::new(tx, &tables, None);
+                    now(rules::deletions::eventual_step(&mut tx, &schema, batch, at))
+                })
+                .await?;
             total += deleted;
             if !more {
                 return Ok(total);
@@ -1087,11 +843,15 @@ impl RetentionStore for SqliteStore {
         id: &str,
         case: Option<String>,
         reason: Option<String>,
-        now: Timestamp,
+        at: Timestamp,
     ) -> Result<Hold, StoreError> {
-        let sql = self.table(collection)?;
+        let (_, tables) = self.catalog()?;
         let (collection, actor, id) = (collection.clone(), actor.clone(), id.to_string());
-        self.write(move |tx| retention::place_hold(tx, &sql, &collection, &actor, &id, case, reason, now)).await
+        self.write(move |tx| {
+            let mut tx = SqliteTx::new(tx, &tables, None);
+            now(rules::retention::place_hold(&mut tx, &actor, &collection, &id, case, reason, at))
+        })
+        .await
     }
 
     async fn release_hold(
@@ -1101,11 +861,15 @@ impl RetentionStore for SqliteStore {
         id: &str,
         hold_id: &str,
         reason: Option<String>,
-        now: Timestamp,
+        at: Timestamp,
     ) -> Result<Record, StoreError> {
-        let sql = self.table(collection)?;
+        let (_, tables) = self.catalog()?;
         let (collection, actor, id, hold_id) = (collection.clone(), actor.clone(), id.to_string(), hold_id.to_string());
-        self.write(move |tx| retention::release_hold(tx, &sql, &collection, &actor, &id, &hold_id, reason, now)).await
+        self.write(move |tx| {
+            let mut tx = SqliteTx::new(tx, &tables, None);
+            now(rules::retention::release_hold(&mut tx, &actor, &collection, &id, &hold_id, reason.as_deref(), at))
+        })
+        .await
     }
 
     async fn active_holds(
@@ -1124,11 +888,15 @@ impl RetentionStore for SqliteStore {
         collection: &Arc<Collection>,
         id: &str,
         reason: Option<String>,
-        now: Timestamp,
+        at: Timestamp,
     ) -> Result<(), StoreError> {
-        let sql = self.table(collection)?;
+        let (_, tables) = self.catalog()?;
         let (collection, actor, id) = (collection.clone(), actor.clone(), id.to_string());
-        self.write(move |tx| retention::purge_record(tx, &sql, &collection, &actor, &id, reason, now)).await
+        self.write(move |tx| {
+            let mut tx = SqliteTx::new(tx, &tables, None);
+            now(rules::retention::purge_record(&mut tx, &actor, &collection, &id, reason.as_deref(), at))
+        })
+        .await
     }
 
     async fn purge_batch(
@@ -1138,7 +906,7 @@ impl RetentionStore for SqliteStore {
         limit: u32,
         run_id: &str,
     ) -> Result<PurgeBatch, StoreError> {
-        let sql = self.table(collection)?;
+        let (_, tables) = self.catalog()?;
         let (collection, run_id) = (collection.clone(), run_id.to_string());
         let (gate, cache, feed, events) =
             (self.gate.clone(), self.cache.clone(), self.feed.clone(), self.changes.clone());
@@ -1150,7 +918,7 @@ impl RetentionStore for SqliteStore {
                 let left = limit.saturating_sub(u32::try_from(batch.purged).unwrap_or(u32::MAX));
                 let (part, yielded) =
                     transaction(conn, &gate, Lane::Background, cache.as_ref(), &feed, &events, |tx| {
-                        retention::purge_batch(tx, &sql, &collection, now, left, &run_id, &|| gate.contended())
+                        retention::purge_batch(tx, &tables, &collection, now, left, &run_id, &|| gate.contended())
                     })?;
                 batch.purged += part.purged;
                 batch.paused = part.paused;
@@ -1207,12 +975,16 @@ impl RetentionStore for SqliteStore {
         collection: &Arc<Collection>,
         id: &str,
         reason: Option<String>,
-        now: Timestamp,
+        at: Timestamp,
     ) -> Result<Erasure, StoreError> {
         let (schema, tables) = self.catalog()?;
         let (collection, actor, id) = (collection.clone(), actor.clone(), id.to_string());
-        let mut erasure =
-            self.write(move |tx| retention::erase(tx, &schema, &tables, &collection, &actor, &id, reason, now)).await?;
+        let mut erasure = self
+            .write(move |tx| {
+                let mut tx = SqliteTx::new(tx, &tables, None);
+                now(rules::retention::erase(&mut tx, &schema, &collection, &actor, &id, reason.as_deref(), at))
+            })
+            .await?;
         // The erasure is committed: what follows is its durable after-commit work, which the
         // receipt shows as pending until done. Old page images in the WAL may still hold the
         // values; copying the pages back into the database file (where secure_delete zeroed
@@ -1425,16 +1197,9 @@ impl EventStore for SqliteStore {
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn create_key(&self, key: StoredKey, actor: &Actor) -> Result<(), StoreError> {
+        let (_, tables) = self.catalog()?;
         let actor = actor.clone();
-        self.write(move |tx| {
-            let scopes = key.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-            tx.execute(
-                "insert into api_keys (id, tenant, name, scopes, secret_hash, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![key.id, key.tenant, key.name, scopes, key.secret_hash, key.created_at.as_micros()],
-            )?;
-            audit_key(tx, &actor, AuditAction::KeyCreate, &key.tenant, &key.id, key.created_at)
-        })
-        .await
+        self.write(move |tx| now(rules::keys::create(&mut SqliteTx::new(tx, &tables, None), &key, &actor))).await
     }
 
     async fn find_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
@@ -1462,17 +1227,9 @@ impl KeyStore for SqliteStore {
         .await
     }
 
-    async fn revoke_key(&self, id: &str, actor: &Actor, now: Timestamp) -> Result<bool, StoreError> {
-        let id = id.to_string();
-        let actor = actor.clone();
-        self.write(move |tx| {
-            let tenant: Option<String> =
-                tx.query_row("select tenant from api_keys where id = ?1", [&id], |r| r.get(0)).optional()?;
-            let Some(tenant) = tenant else { return Ok(false) };
-            tx.execute("delete from api_keys where id = ?1", [&id])?;
-            audit_key(tx, &actor, AuditAction::KeyRevoke, &tenant, &id, now)?;
-            Ok(true)
-        })
-        .await
+    async fn revoke_key(&self, id: &str, actor: &Actor, at: Timestamp) -> Result<bool, StoreError> {
+        let (_, tables) = self.catalog()?;
+        let (id, actor) = (id.to_string(), actor.clone());
+        self.write(move |tx| now(rules::keys::revoke(&mut SqliteTx::new(tx, &tables, None), &id, &actor, at))).await
     }
 }

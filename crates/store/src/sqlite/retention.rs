@@ -5,24 +5,14 @@ use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_iter};
-use tombstone_domain::audit::{AuditAction, NewAuditEntry};
-use tombstone_domain::config::{Collection, Schema};
-use tombstone_domain::deletion::RecordRef;
-use tombstone_domain::events::{EventType, NewEvent, record_event};
-use tombstone_domain::id::new_hold_id;
-use tombstone_domain::lifecycle::Actor;
+use tombstone_domain::config::Collection;
 use tombstone_domain::record::{Hold, Record};
 use tombstone_domain::time::Timestamp;
 
 use super::records::{self, TableSql};
-use super::{changes, relations};
+use super::tx::SqliteTx;
+use crate::rules::retention::Due;
 use crate::{CollectionCounts, Erasure, ErasureStep, PurgeBatch, PurgeDue, StoreError, TrashQuery};
-
-/// The actor of the purge worker's audit entries.
-const PURGE_ACTOR: &str = "system:purge";
-
-/// The reason of the purge worker's audit entries.
-const PURGE_REASON: &str = "recovery window elapsed";
 
 /// The meta key of the purge pause.
 pub(crate) const PURGE_PAUSED: &str = "purge.paused";
@@ -39,136 +29,6 @@ fn active_hold_clause(sql: &TableSql, collection: &str) -> String {
         "exists (select 1 from holds h where h.tenant = {t}.tenant and h.collection = '{collection}' and h.record_id = {t}.id and h.released_at is null)",
         t = sql.table
     )
-}
-
-#[expect(clippy::too_many_arguments, reason = "each argument is one part of the hold")]
-pub(crate) fn place_hold(
-    tx: &Transaction<'_>,
-    sql: &TableSql,
-    collection: &Collection,
-    actor: &Actor,
-    id: &str,
-    case: Option<String>,
-    reason: Option<String>,
-    now: Timestamp,
-) -> Result<Hold, StoreError> {
-    let record = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
-    // A hold changes the representation (legal_hold, holds), so it is a new version.
-    let record = bump_version(tx, sql, record, now)?;
-    let hold = Hold { hold_id: new_hold_id(), case, reason, actor: actor.key_id.clone(), at: now };
-    tx.prepare_cached(
-        "insert into holds (id, tenant, collection, record_id, case_name, reason, actor, at) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![hold.hold_id, actor.tenant, collection.name, id, hold.case, hold.reason, hold.actor, now.as_micros()])?;
-    held_changed(tx, sql, collection, actor, id, now)?;
-    audit(
-        tx,
-        actor,
-        AuditAction::Hold,
-        &record,
-        hold.reason.clone(),
-        HoldMembers::of(&hold.hold_id, hold.case.clone()),
-        now,
-    )?;
-    Ok(hold)
-}
-
-/// Moves a record to its next version without changing its values.
-fn bump_version(tx: &Transaction<'_>, sql: &TableSql, record: Record, now: Timestamp) -> Result<Record, StoreError> {
-    let bumped = Record { version: record.version + 1, updated_at: now, ..record };
-    tx.prepare_cached(&format!(
-        "update {} set version = ?3, updated_at = ?4 where tenant = ?1 and id = ?2",
-        sql.table
-    ))?
-    .execute(params![bumped.tenant, bumped.id, bumped.version, now.as_micros()])?;
-    Ok(bumped)
-}
-
-/// The `hold_id` and `case` members of a hold's or release's audit entry. They are members
-/// of their own (SPEC §13) so that `reason` stays exactly as given and each can be
-/// filtered and read without parsing a composed text.
-#[derive(Default)]
-struct HoldMembers {
-    hold_id: Option<String>,
-    case: Option<String>,
-}
-
-impl HoldMembers {
-    fn of(hold_id: &str, case: Option<String>) -> Self {
-        Self { hold_id: Some(hold_id.to_string()), case }
-    }
-}
-
-fn audit(
-    conn: &Connection,
-    actor: &Actor,
-    action: AuditAction,
-    record: &Record,
-    reason: Option<String>,
-    hold: HoldMembers,
-    now: Timestamp,
-) -> Result<i64, StoreError> {
-    let entry = changes::append_audit(
-        conn,
-        NewAuditEntry {
-            at: now,
-            tenant: record.tenant.clone(),
-            actor: actor.key_id.clone(),
-            action,
-            collection: Some(record.collection.clone()),
-            record_id: Some(record.id.clone()),
-            version: Some(record.version),
-            deletion_id: record.deletion.as_ref().map(|d| d.deletion_id.clone()),
-            reason,
-            request_id: Some(actor.request_id.clone()),
-            hold_id: hold.hold_id,
-            case: hold.case,
-        },
-    )?;
-    Ok(entry.seq)
-}
-
-#[expect(clippy::too_many_arguments, reason = "each argument is one part of the release")]
-pub(crate) fn release_hold(
-    tx: &Transaction<'_>,
-    sql: &TableSql,
-    collection: &Collection,
-    actor: &Actor,
-    id: &str,
-    hold_id: &str,
-    reason: Option<String>,
-    now: Timestamp,
-) -> Result<Record, StoreError> {
-    let record = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
-    let case: Option<Option<String>> = tx
-        .prepare_cached(
-            "select case_name from holds where id = ?1 and tenant = ?2 and collection = ?3 and record_id = ?4 and released_at is null",
-        )?
-        .query_row(params![hold_id, actor.tenant, collection.name, id], |r| r.get(0))
-        .optional()?;
-    let Some(case) = case else { return Err(StoreError::NotFound) };
-    let record = bump_version(tx, sql, record, now)?;
-    tx.prepare_cached("update holds set released_at = ?2, released_by = ?3, release_reason = ?4 where id = ?1")?
-        .execute(params![hold_id, now.as_micros(), actor.key_id, reason])?;
-    let current = held_changed(tx, sql, collection, actor, id, now)?;
-    audit(tx, actor, AuditAction::Release, &record, reason, HoldMembers::of(hold_id, case), now)?;
-    Ok(current)
-}
-
-/// A hold or release changed the record's representation (`legal_hold`, a new version):
-/// like every change it writes an event — `record.updated`, with the record as it now
-/// is — so subscribers see every version and other processes' caches forget the old one.
-fn held_changed(
-    tx: &Transaction<'_>,
-    sql: &TableSql,
-    collection: &Collection,
-    actor: &Actor,
-    id: &str,
-    now: Timestamp,
-) -> Result<Record, StoreError> {
-    let current = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
-    changes::append_event(tx, record_event(EventType::Updated, collection, &current, &actor.request_id, now))?;
-    Ok(current)
 }
 
 pub(crate) fn active_holds(
@@ -199,72 +59,6 @@ pub(crate) fn active_holds(
     Ok(out)
 }
 
-/// Removes one record row with its audit entry (`purge`) and event (`record.purged`).
-fn purge_row(
-    tx: &Transaction<'_>,
-    sql: &TableSql,
-    collection: &Collection,
-    actor: &Actor,
-    record: &Record,
-    reason: Option<String>,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    records::remove(tx, sql, &record.tenant, &record.id)?;
-    record_purge(tx, collection, actor, record, reason, now)
-}
-
-/// The audit entry (`purge`) and event (`record.purged`) of a removed record.
-fn record_purge(
-    tx: &Transaction<'_>,
-    collection: &Collection,
-    actor: &Actor,
-    record: &Record,
-    reason: Option<String>,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    audit(tx, actor, AuditAction::Purge, record, reason, HoldMembers::default(), now)?;
-    changes::append_event(tx, record_event(EventType::Purged, collection, record, &actor.request_id, now))?;
-    Ok(())
-}
-
-/// A row the purge worker removes: what its audit entry and event name.
-struct Due {
-    tenant: String,
-    id: String,
-    version: i64,
-    deletion_id: Option<String>,
-}
-
-/// Removes many rows with one statement per 64 of them.
-fn remove_many(tx: &Transaction<'_>, sql: &TableSql, rows: &[Due]) -> Result<(), StoreError> {
-    for chunk in rows.chunks(GIVE_WAY_EVERY as usize) {
-        let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(?{}, ?{})", 2 * i + 1, 2 * i + 2)).collect();
-        let statement = format!("delete from {} where (tenant, id) in (values {})", sql.table, pairs.join(", "));
-        let params: Vec<&str> = chunk.iter().flat_map(|r| [r.tenant.as_str(), r.id.as_str()]).collect();
-        tx.prepare_cached(&statement)?.execute(rusqlite::params_from_iter(params))?;
-    }
-    Ok(())
-}
-
-pub(crate) fn purge_record(
-    tx: &Transaction<'_>,
-    sql: &TableSql,
-    collection: &Collection,
-    actor: &Actor,
-    id: &str,
-    reason: Option<String>,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    let record = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
-    if !record.is_deleted() {
-        return Err(StoreError::NotDeleted);
-    }
-    if record.legal_hold {
-        return Err(StoreError::LegalHold);
-    }
-    purge_row(tx, sql, collection, actor, &record, reason, now)
-}
-
 fn paused(conn: &Connection) -> Result<bool, StoreError> {
     let v: Option<String> = conn
         .prepare_cached("select value from meta where key = ?1")?
@@ -275,13 +69,14 @@ fn paused(conn: &Connection) -> Result<bool, StoreError> {
 
 pub(crate) fn purge_batch(
     tx: &Transaction<'_>,
-    sql: &TableSql,
+    tables: &super::relations::Tables,
     collection: &Collection,
     now: Timestamp,
     limit: u32,
     run_id: &str,
     give_way: &dyn Fn() -> bool,
 ) -> Result<(PurgeBatch, bool), StoreError> {
+    let sql = super::relations::table(tables, &collection.name)?;
     // Checked inside the batch's transaction: once a pause commits, no batch purges.
     if paused(tx)? {
         return Ok((PurgeBatch { purged: 0, paused: true }, false));
@@ -313,7 +108,14 @@ pub(crate) fn purge_batch(
                 Ok(Due { tenant: r.get(0)?, id: r.get(1)?, version: r.get(2)?, deletion_id: r.get(3)? })
             })?
             .collect::<Result<_, _>>()?;
-        purge_rows(tx, sql, collection, &due, run_id, now)?;
+        let mut rules_tx = SqliteTx::new(tx, tables, None);
+        tombstone_domain::ready::now(crate::rules::retention::purge_rows(
+            &mut rules_tx,
+            collection,
+            &due,
+            run_id,
+            now,
+        ))?;
         let got = u32::try_from(due.len()).unwrap_or(u32::MAX);
         done += got;
         if got < want {
@@ -325,49 +127,6 @@ pub(crate) fn purge_batch(
 
 /// Rows of a purge batch processed between two looks at the write gate.
 const GIVE_WAY_EVERY: u32 = 64;
-
-/// Removes rows with set-based statements; each still gets its audit entry and event.
-fn purge_rows(
-    tx: &Transaction<'_>,
-    sql: &TableSql,
-    collection: &Collection,
-    due: &[Due],
-    run_id: &str,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    remove_many(tx, sql, due)?;
-    let mut entries = Vec::with_capacity(due.len());
-    let mut events = Vec::with_capacity(due.len());
-    for row in due {
-        entries.push(NewAuditEntry {
-            at: now,
-            tenant: row.tenant.clone(),
-            actor: PURGE_ACTOR.into(),
-            action: AuditAction::Purge,
-            collection: Some(collection.name.clone()),
-            record_id: Some(row.id.clone()),
-            version: Some(row.version),
-            deletion_id: row.deletion_id.clone(),
-            reason: Some(PURGE_REASON.into()),
-            request_id: Some(run_id.into()),
-            hold_id: None,
-            case: None,
-        });
-        events.push(NewEvent {
-            kind: EventType::Purged,
-            tenant: row.tenant.clone(),
-            collection: collection.name.clone(),
-            record_id: row.id.clone(),
-            version: Some(row.version),
-            deletion_id: row.deletion_id.clone(),
-            occurred_at: now,
-            request_id: Some(run_id.into()),
-            data: None,
-        });
-    }
-    changes::append_audit_many(tx, entries)?;
-    changes::append_events(tx, events)
-}
 
 pub(crate) fn purge_due(
     conn: &Connection,
@@ -449,143 +208,6 @@ pub(crate) fn set_paused(conn: &Connection, paused: bool) -> Result<(), StoreErr
 
 pub(crate) fn is_paused(conn: &Connection) -> Result<bool, StoreError> {
     paused(conn)
-}
-
-/// Erases a record and everything its relations take along (see
-/// `tombstone_domain::deletion::plan_erasure`), in one transaction: an active restrict
-/// child anywhere → 409 `restrict`, a hold on any of them → 409 `legal-hold`, nothing
-/// erased. Each erased record gets its `erase` audit entry, its `record.erased` event, its
-/// receipt row and the jobs of the steps that run after the commit (`search`, `wal`).
-#[expect(clippy::too_many_arguments, reason = "each argument is one part of the erasure")]
-pub(crate) fn erase(
-    tx: &Transaction<'_>,
-    schema: &Schema,
-    tables: &relations::Tables,
-    collection: &Collection,
-    actor: &Actor,
-    id: &str,
-    reason: Option<String>,
-    now: Timestamp,
-) -> Result<Erasure, StoreError> {
-    let sql = relations::table(tables, &collection.name)?;
-    let record = records::get(tx, sql, collection, &actor.tenant, id)?.ok_or(StoreError::NotFound)?;
-    let plan = relations::plan_erasure(tx, schema, &actor.tenant, RecordRef::new(&collection.name, id))?;
-    if plan.is_blocked() {
-        return Err(StoreError::Restrict { blockers: plan.blockers, total: plan.blockers_total });
-    }
-    // Every record first: a hold on any of them stops the whole erasure.
-    let mut doomed: Vec<(&Collection, Record)> = vec![(collection, record)];
-    for r in plan.immediate.iter().skip(1) {
-        let c = schema
-            .collection(&r.collection)
-            .ok_or_else(|| StoreError::Internal(format!("unknown collection {}", r.collection)))?;
-        if let Some(child) = records::get(tx, relations::table(tables, &r.collection)?, c, &actor.tenant, &r.id)? {
-            doomed.push((c, child));
-        }
-    }
-    if doomed.iter().any(|(_, r)| r.legal_hold) {
-        return Err(StoreError::LegalHold);
-    }
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for (c, _) in &doomed {
-        *counts.entry(c.name.clone()).or_insert(0) += 1;
-    }
-    let mut receipt: Option<Erasure> = None;
-    let (mut events, mut responses) = (0, 0);
-    for (c, record) in &doomed {
-        let one = erase_one(tx, relations::table(tables, &c.name)?, c, actor, record, reason.clone(), now)?;
-        events += one.events;
-        responses += one.idempotent_responses;
-        if receipt.is_none() {
-            receipt = Some(one);
-        }
-    }
-    let mut receipt = receipt.ok_or(StoreError::NotFound)?;
-    receipt.events = events;
-    receipt.idempotent_responses = responses;
-    receipt.counts = counts;
-    // The root's receipt covers the whole erasure.
-    tx.prepare_cached(
-        "update erasures set events = ?4, idempotent_responses = ?5, counts = ?6 where tenant = ?1 and collection = ?2 and record_id = ?3",
-    )?
-    .execute(params![
-        actor.tenant,
-        collection.name,
-        id,
-        i64::try_from(receipt.events).unwrap_or(i64::MAX),
-        i64::try_from(receipt.idempotent_responses).unwrap_or(i64::MAX),
-        serde_json::to_string(&receipt.counts).map_err(|e| StoreError::Internal(e.to_string()))?
-    ])?;
-    Ok(receipt)
-}
-
-/// Erases one record: scrubs its stored events and idempotent responses, removes its row,
-/// audits, announces, and leaves its receipt and its after-commit jobs.
-fn erase_one(
-    tx: &Transaction<'_>,
-    sql: &TableSql,
-    collection: &Collection,
-    actor: &Actor,
-    record: &Record,
-    reason: Option<String>,
-    now: Timestamp,
-) -> Result<Erasure, StoreError> {
-    let id = record.id.as_str();
-    let events = tx
-        .prepare_cached(
-            "update outbox set data = null where tenant = ?1 and collection = ?2 and record_id = ?3 and data is not null",
-        )?
-        .execute(params![actor.tenant, collection.name, id])?;
-    let responses = tx
-        .prepare_cached(
-            "update idempotency set body = null, headers = null, state = 'erased' where tenant = ?1 and collection = ?2 and record_id = ?3",
-        )?
-        .execute(params![actor.tenant, collection.name, id])?;
-    records::remove(tx, sql, &actor.tenant, id)?;
-    let audit_seq = audit(tx, actor, AuditAction::Erase, record, reason, HoldMembers::default(), now)?;
-    let event_seq =
-        changes::append_event(tx, record_event(EventType::Erased, collection, record, &actor.request_id, now))?;
-    tx.prepare_cached(
-        "insert into erasures (tenant, collection, record_id, erased_at, audit_seq, events, idempotent_responses, counts)
-         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         on conflict do update set erased_at = excluded.erased_at, audit_seq = excluded.audit_seq, events = excluded.events,
-         idempotent_responses = excluded.idempotent_responses, counts = excluded.counts",
-    )?
-    .execute(params![
-        actor.tenant,
-        collection.name,
-        id,
-        now.as_micros(),
-        audit_seq,
-        i64::try_from(events).unwrap_or(i64::MAX),
-        i64::try_from(responses).unwrap_or(i64::MAX),
-        serde_json::json!({ collection.name.as_str(): 1 }).to_string()
-    ])?;
-    // What is left once this commits: the index's copy (only a searchable collection has
-    // one) and the WAL's old page images.
-    let mut pending = Vec::new();
-    if collection.fields.values().any(|f| f.search) {
-        pending.push(ErasureStep::Search);
-    }
-    pending.push(ErasureStep::Wal);
-    for step in &pending {
-        tx.prepare_cached(
-            "insert into erasure_jobs (tenant, collection, record_id, step, event_seq, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)
-             on conflict do update set event_seq = excluded.event_seq, created_at = excluded.created_at",
-        )?
-        .execute(params![actor.tenant, collection.name, id, step.as_str(), event_seq, now.as_micros()])?;
-    }
-    Ok(Erasure {
-        collection: collection.name.clone(),
-        id: id.to_string(),
-        erased_at: now,
-        audit_seq,
-        versions: 0,
-        events: events as u64,
-        idempotent_responses: responses as u64,
-        counts: BTreeMap::from([(collection.name.clone(), 1)]),
-        pending,
-    })
 }
 
 /// The receipt of an erased record, with the steps still pending.
