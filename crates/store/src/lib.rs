@@ -456,6 +456,9 @@ pub enum ErasureStep {
     Search,
     /// Old page images in the WAL may still hold the values (until a truncating checkpoint).
     Wal,
+    /// PostgreSQL: the deleted and scrubbed rows stay in their tables' pages as dead tuples
+    /// (until a vacuum prunes them).
+    Vacuum,
 }
 
 impl ErasureStep {
@@ -465,6 +468,7 @@ impl ErasureStep {
         match self {
             Self::Search => "search",
             Self::Wal => "wal",
+            Self::Vacuum => "vacuum",
         }
     }
 
@@ -474,6 +478,7 @@ impl ErasureStep {
         match name {
             "search" => Some(Self::Search),
             "wal" => Some(Self::Wal),
+            "vacuum" => Some(Self::Vacuum),
             _ => None,
         }
     }

@@ -18,9 +18,11 @@
 //! until then `PgStore` implements [`KeyStore`] and offers the other areas' methods as
 //! inherent ones with the traits' signatures.
 
+mod areas;
 mod changes;
 mod error;
 mod records;
+mod rules_tx;
 mod schema;
 mod tx;
 

@@ -65,6 +65,11 @@ impl<'a> PgTx<'a> {
         &self.tx
     }
 
+    /// The seq of the last audit entry this transaction sealed (`None`: none yet).
+    pub(super) fn audit_seq(&self) -> Option<i64> {
+        self.head.as_ref().map(|(seq, _)| *seq)
+    }
+
     /// Records whose events this transaction wrote.
     #[must_use]
     pub fn changed(&self) -> &[CacheKey] {
@@ -104,7 +109,7 @@ impl<'a> PgTx<'a> {
         Ok(self.tx.rollback().await?)
     }
 
-    fn table(&self, collection: &str) -> Result<Arc<TableSql>, StoreError> {
+    pub(super) fn table(&self, collection: &str) -> Result<Arc<TableSql>, StoreError> {
         self.tables
             .get(collection)
             .cloned()
