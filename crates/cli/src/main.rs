@@ -202,15 +202,16 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 /// Opens the configured store and brings its schema up to date.
 pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store: Arc<dyn Store> = match &config.storage {
-        StorageConfig::Sqlite { path } => {
-            if config.cache.url != "memory" {
-                bail!(
-                    "cache.url: only \"memory\" is available in this build (a shared cache comes with PostgreSQL storage)"
-                );
+        StorageConfig::Sqlite { path } => match config.cache.url.as_str() {
+            "memory" => {
+                let cache = Arc::new(MemoryCache::new(config.cache.capacity, config.cache.ttl));
+                Arc::new(SqliteStore::open(path)?.with_cache(cache)?)
             }
-            let cache = Arc::new(MemoryCache::new(config.cache.capacity, config.cache.ttl));
-            Arc::new(SqliteStore::open(path)?.with_cache(cache)?)
-        }
+            "none" => Arc::new(SqliteStore::open(path)?),
+            _ => {
+                bail!("cache.url: a shared cache (redis://) is not available in this build; use \"memory\" or \"none\"")
+            }
+        },
         StorageConfig::Postgres { .. } => {
             bail!("storage.url: PostgreSQL storage is not available in this build yet; use sqlite://PATH")
         }

@@ -121,9 +121,12 @@ impl Default for ServerLimits {
 pub enum StorageConfig {
     /// An SQLite database file.
     Sqlite { path: PathBuf },
-    /// A PostgreSQL connection URL.
-    Postgres { url: String },
+    /// A PostgreSQL connection URL, and how many connections each process keeps to it.
+    Postgres { url: String, pool_size: u32 },
 }
+
+/// PostgreSQL connections per process when `storage.pool_size` is not set.
+pub const DEFAULT_POOL_SIZE: u32 = 16;
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -346,6 +349,7 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     url: Option<Spanned<String>>,
+    pool_size: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -515,17 +519,26 @@ impl Config {
             )?,
         };
 
-        let storage = match &raw.storage.url {
+        let mut storage = match &raw.storage.url {
             None => StorageConfig::Sqlite { path: base_dir.join("tombstone-data/tombstone.db") },
             Some(url) => {
                 parse_storage_url(url.get_ref(), base_dir).map_err(|reason| lines.err("storage.url", url, reason))?
             }
         };
+        // Checked whatever the store, so a bad value is found before the move to PostgreSQL.
+        let pool = positive(&lines, "storage.pool_size", raw.storage.pool_size.as_ref(), DEFAULT_POOL_SIZE)?;
+        if let StorageConfig::Postgres { pool_size, .. } = &mut storage {
+            *pool_size = pool;
+        }
 
         let cache = CacheConfig {
             url: match &raw.cache.url {
-                Some(u) if u.get_ref() == "memory" || u.get_ref().starts_with("redis://") => u.get_ref().clone(),
-                Some(u) => return Err(lines.err("cache.url", u, "must be \"memory\" or a redis:// URL")),
+                Some(u)
+                    if ["memory", "none"].contains(&u.get_ref().as_str()) || u.get_ref().starts_with("redis://") =>
+                {
+                    u.get_ref().clone()
+                }
+                Some(u) => return Err(lines.err("cache.url", u, "must be \"memory\", \"none\" or a redis:// URL")),
                 None => "memory".into(),
             },
             capacity: raw.cache.capacity.unwrap_or(100_000),
@@ -665,7 +678,7 @@ fn positive(lines: &Lines<'_>, key: &str, value: Option<&Spanned<i64>>, default:
 
 fn parse_storage_url(url: &str, base_dir: &Path) -> Result<StorageConfig, String> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(StorageConfig::Postgres { url: url.to_string() });
+        return Ok(StorageConfig::Postgres { url: url.to_string(), pool_size: DEFAULT_POOL_SIZE });
     }
     let rest = url
         .strip_prefix("sqlite://")
@@ -973,6 +986,26 @@ category_id = { type = "ref", collection = "categories", on_delete = "restrict" 
         assert_eq!(e.key, "collections.a.fields.x.max_length");
         let e = error_of("[[webhooks]]\nurl = \"http://x\"\nsecret = \"nope\"\n");
         assert_eq!(e.key, "webhooks[0].secret");
+    }
+
+    #[test]
+    fn storage_url_pool_size_and_cache_url_are_checked() {
+        let pg = parse("[storage]\nurl = \"postgres://u@db:5432/t\"\npool_size = 4\n").unwrap();
+        assert_eq!(pg.storage, StorageConfig::Postgres { url: "postgres://u@db:5432/t".into(), pool_size: 4 });
+        let pg = parse("[storage]\nurl = \"postgresql://db/t\"\n").unwrap();
+        assert_eq!(
+            pg.storage,
+            StorageConfig::Postgres { url: "postgresql://db/t".into(), pool_size: DEFAULT_POOL_SIZE }
+        );
+        for text in ["[storage]\npool_size = 0\n", "[storage]\npool_size = -3\n"] {
+            let e = error_of(text);
+            assert!(e.key == "storage.pool_size" && e.line == Some(2), "{e}");
+        }
+        let e = error_of("[storage]\nurl = \"mysql://db\"\n");
+        assert_eq!(e.key, "storage.url", "{e}");
+        assert_eq!(parse("[cache]\nurl = \"none\"\n").unwrap().cache.url, "none");
+        let e = error_of("[cache]\nurl = \"off\"\n");
+        assert!(e.key == "cache.url" && e.reason.contains("\"none\""), "{e}");
     }
 
     #[test]
