@@ -361,7 +361,7 @@ fn micros(t: Timestamp) -> i64 {
 
 #[tokio::test]
 async fn a_paused_purge_purges_nothing_until_resumed() {
-    let app = TestApp::with_schema(SCHEMA).await;
+    let app = TestApp::sqlite_with_schema(SCHEMA).await;
     let ids = load(&app, "notes", 250).await;
     app.clock.advance(2 * HOUR);
 
@@ -402,7 +402,7 @@ async fn a_paused_purge_purges_nothing_until_resumed() {
 
 #[tokio::test]
 async fn a_pause_during_the_pass_stops_it_at_a_batch_boundary() {
-    let app = TestApp::with_schema(SCHEMA).await;
+    let app = TestApp::sqlite_with_schema(SCHEMA).await;
     let ids = load(&app, "notes", 1000).await;
     app.clock.advance(2 * HOUR);
     // Another replica pauses purge while this one is in the middle of its pass.

@@ -24,6 +24,8 @@ mod error;
 mod records;
 mod rules_tx;
 mod schema;
+mod scratch;
+mod traits;
 mod tx;
 
 use std::collections::HashMap;
@@ -45,6 +47,7 @@ use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::Timestamp;
 
 use self::records::TableSql;
+pub use self::scratch::ScratchDatabase;
 pub use self::tx::PgTx;
 use crate::{AuditQuery, EventQuery, KeyStore, Page, StoreError, StoredKey};
 
