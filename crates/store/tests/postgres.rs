@@ -538,6 +538,37 @@ async fn write_primitives_read_lock_and_write_rows() {
     db.drop_db().await;
 }
 
+#[tokio::test]
+async fn names_longer_than_postgresql_keeps_stay_distinct() {
+    let Some(db) = TestDb::create("names_longer_than_postgresql_keeps_stay_distinct").await else { return };
+    let store = db.store(4).await;
+    // 63 characters each, the longest the config allows: `rec_…`, `ci_…`, the index names
+    // are longer than PostgreSQL's 63 bytes, and two fields differ only at their end.
+    let collection = format!("c{}", "x".repeat(62));
+    let (a, b) = (format!("f{}a", "y".repeat(61)), format!("f{}b", "y".repeat(61)));
+    let toml = format!(
+        "[collections.{collection}]\nunique = [[\"{a}\"], [\"{b}\"]]\n[collections.{collection}.fields]\n{a} = {{ type = \"string\", case_insensitive = true }}\n{b} = {{ type = \"string\" }}\n"
+    );
+    let long = schema(&toml);
+    store.migrate(&long).await.unwrap();
+    store.migrate(&long).await.expect("the hashed names are found again");
+    let c = coll(&long, &collection);
+    let first = record("t1", &c, "one", values(&[(a.as_str(), s("X")), (b.as_str(), s("Y"))]), at(0));
+    insert(&store, &c, &first).await.unwrap();
+    assert_eq!(store.get_record("t1", &c, "one").await.unwrap(), Some(first));
+    // "x" folds to the first record's "X" (the case-insensitive set on the first field);
+    // "Y" is the second field's value.
+    for (value_a, value_b, field) in [("x", "Z", &a), ("W", "Y", &b)] {
+        let r = record("t1", &c, "two", values(&[(a.as_str(), s(value_a)), (b.as_str(), s(value_b))]), at(1));
+        let result = insert(&store, &c, &r).await;
+        assert!(
+            matches!(&result, Err(StoreError::UniqueConflict { conflicting_id, fields }) if conflicting_id == "one" && fields == &[field.clone()]),
+            "{result:?}"
+        );
+    }
+    db.drop_db().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // The audit chain and the outbox
 
