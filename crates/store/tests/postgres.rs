@@ -562,7 +562,7 @@ async fn names_longer_than_postgresql_keeps_stay_distinct() {
         let r = record("t1", &c, "two", values(&[(a.as_str(), s(value_a)), (b.as_str(), s(value_b))]), at(1));
         let result = insert(&store, &c, &r).await;
         assert!(
-            matches!(&result, Err(StoreError::UniqueConflict { conflicting_id, fields }) if conflicting_id == "one" && fields == &[field.clone()]),
+            matches!(&result, Err(StoreError::UniqueConflict { conflicting_id, fields }) if conflicting_id == "one" && fields == std::slice::from_ref(field)),
             "{result:?}"
         );
     }
