@@ -842,6 +842,9 @@ async fn errors_are_classified_by_sqlstate() {
     let e: StoreError = other.batch_execute("select 1 / 0").await.unwrap_err().into();
     assert!(matches!(e, StoreError::Database { .. }), "{e:?}");
     assert!(e.cause_chain().contains("division by zero"), "{}", e.cause_chain());
+    // So is an error on the client's side that is not the connection's.
+    let e: StoreError = other.query_one("select 1 where false", &[]).await.unwrap_err().into();
+    assert!(matches!(e, StoreError::Database { .. }), "{e:?}");
 
     // The pool replaces the terminated connection: a use that races the connection's
     // closing may fail once more, as a storage failure, and then it is discarded.
