@@ -796,6 +796,16 @@ async fn keys_round_trip_and_are_audited() {
     assert_eq!(seen, [("key_create", Some("keys"), Some("key_abc")), ("key_revoke", Some("keys"), Some("key_abc"))]);
     assert_eq!(store.verify_audit().await.unwrap(), Ok(2));
 
+    // A write that needs its entries' seqs writes them before its commit.
+    let mut client = store.client().await.unwrap();
+    let mut tx = store.transaction(&mut client).await.unwrap();
+    assert_eq!(tx.flush_audit().await.unwrap(), None);
+    tx.append_audit(vec![entry("t1", 1), entry("t1", 2)]).await.unwrap();
+    assert_eq!(tx.flush_audit().await.unwrap(), Some((3, 4)));
+    tx.append_audit(vec![entry("t1", 3)]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.verify_audit().await.unwrap(), Ok(5));
+
     assert_eq!(store.get_meta("demo").await.unwrap(), None);
     store.set_meta("demo", "1").await.unwrap();
     store.set_meta("demo", "2").await.unwrap();
