@@ -55,12 +55,21 @@ async fn admin_client(url: &str) -> tokio_postgres::Client {
 impl TestDb {
     /// `None` (after a notice) when no test server is configured.
     async fn create(test: &str) -> Option<Self> {
+        Self::create_with(test, "").await
+    }
+
+    /// A database made with `options` after `create database <name>`.
+    async fn create_with(test: &str, options: &str) -> Option<Self> {
         let Ok(admin) = std::env::var("TOMBSTONE_TEST_POSTGRES_URL") else {
             eprintln!("{test}: TOMBSTONE_TEST_POSTGRES_URL is not set; skipping the PostgreSQL test");
             return None;
         };
         let name = format!("t_{}", uuid::Uuid::now_v7().simple());
-        admin_client(&admin).await.batch_execute(&format!("create database {name}")).await.expect("create database");
+        admin_client(&admin)
+            .await
+            .batch_execute(&format!("create database {name} {options}"))
+            .await
+            .expect("create database");
         let url = with_database(&admin, &name);
         Some(Self { admin, name, url })
     }
@@ -958,7 +967,10 @@ where
 
 #[tokio::test]
 async fn lists_answer_like_sqlite() {
-    let Some(db) = TestDb::create("lists_answer_like_sqlite").await else { return };
+    // A database whose default collation is not byte order (ICU, English): text must
+    // still sort as SQLite sorts it ("Bowl" < "Mug" < "cup"), by the columns' own "C".
+    let icu = "template template0 locale_provider icu icu_locale 'en-US' locale 'C.UTF-8'";
+    let Some(db) = TestDb::create_with("lists_answer_like_sqlite", icu).await else { return };
     let store = db.store(4).await;
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Arc::new(SqliteStore::open(&dir.path().join("parity.db")).unwrap());
