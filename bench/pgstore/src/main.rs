@@ -80,18 +80,21 @@ async fn main() {
                         let n = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&i) = order.get(n) else { break };
                         let id = format!("p{i:07}");
-                        let actor = Actor { tenant: "t1".into(), key_id: "key_bench".into(), request_id: "req_bench".into() };
+                        let actor =
+                            Actor { tenant: "t1".into(), key_id: "key_bench".into(), request_id: "req_bench".into() };
                         let started = Instant::now();
                         let mut client = store.client().await.expect("client");
                         let mut tx = store.transaction(&mut client).await.expect("tx");
                         let current = tx.get(&products, "t1", &id).await.expect("get").expect("record");
-                        let request =
-                            DeleteRequest { if_match: None, reason: Some("bench".into()), deletion_id: format!("del_{n}") };
-                        let (mark, version) =
-                            match decide_delete(&products, &current, &request, &actor, now) {
-                                DeleteDecision::SoftDelete { mark, version } => (mark, version),
-                                other => panic!("unexpected decision {other:?}"),
-                            };
+                        let request = DeleteRequest {
+                            if_match: None,
+                            reason: Some("bench".into()),
+                            deletion_id: format!("del_{n}"),
+                        };
+                        let (mark, version) = match decide_delete(&products, &current, &request, &actor, now) {
+                            DeleteDecision::SoftDelete { mark, version } => (mark, version),
+                            other => panic!("unexpected decision {other:?}"),
+                        };
                         let mut deleted = current;
                         deleted.deletion = Some(mark);
                         deleted.version = version;

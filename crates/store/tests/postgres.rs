@@ -26,7 +26,7 @@ use tombstone_store::{AuditQuery, EventQuery, PgStore, SqliteStore, StoreError, 
 // ---------------------------------------------------------------------------------------
 // A database per test
 
-/// A fresh database on the test server, dropped by [`TestDb::drop_db`].
+/// A fresh database on the test server, dropped by [`TestDb::drop_db`] (or on drop).
 struct TestDb {
     admin: String,
     name: String,
@@ -55,12 +55,21 @@ async fn admin_client(url: &str) -> tokio_postgres::Client {
 impl TestDb {
     /// `None` (after a notice) when no test server is configured.
     async fn create(test: &str) -> Option<Self> {
+        Self::create_with(test, "").await
+    }
+
+    /// A database made with `options` after `create database <name>`.
+    async fn create_with(test: &str, options: &str) -> Option<Self> {
         let Ok(admin) = std::env::var("TOMBSTONE_TEST_POSTGRES_URL") else {
             eprintln!("{test}: TOMBSTONE_TEST_POSTGRES_URL is not set; skipping the PostgreSQL test");
             return None;
         };
         let name = format!("t_{}", uuid::Uuid::now_v7().simple());
-        admin_client(&admin).await.batch_execute(&format!("create database {name}")).await.expect("create database");
+        admin_client(&admin)
+            .await
+            .batch_execute(&format!("create database {name} {options}"))
+            .await
+            .expect("create database");
         let url = with_database(&admin, &name);
         Some(Self { admin, name, url })
     }
@@ -74,12 +83,33 @@ impl TestDb {
         admin_client(&self.url).await
     }
 
-    async fn drop_db(self) {
+    async fn drop_db(mut self) {
+        let name = std::mem::take(&mut self.name);
         admin_client(&self.admin)
             .await
-            .batch_execute(&format!("drop database {} with (force)", self.name))
+            .batch_execute(&format!("drop database {name} with (force)"))
             .await
             .expect("drop database");
+    }
+}
+
+/// A test that fails before [`TestDb::drop_db`] still drops its database, from a thread
+/// of its own (the test's runtime may be the one panicking).
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        let (admin, name) = (self.admin.clone(), std::mem::take(&mut self.name));
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&admin, NoTls).await.ok()?;
+                tokio::spawn(connection);
+                client.batch_execute(&format!("drop database if exists {name} with (force)")).await.ok()
+            })
+        });
+        let _ = dropped.join();
     }
 }
 
@@ -538,6 +568,37 @@ async fn write_primitives_read_lock_and_write_rows() {
     db.drop_db().await;
 }
 
+#[tokio::test]
+async fn names_longer_than_postgresql_keeps_stay_distinct() {
+    let Some(db) = TestDb::create("names_longer_than_postgresql_keeps_stay_distinct").await else { return };
+    let store = db.store(4).await;
+    // 63 characters each, the longest the config allows: `rec_…`, `ci_…`, the index names
+    // are longer than PostgreSQL's 63 bytes, and two fields differ only at their end.
+    let collection = format!("c{}", "x".repeat(62));
+    let (a, b) = (format!("f{}a", "y".repeat(61)), format!("f{}b", "y".repeat(61)));
+    let toml = format!(
+        "[collections.{collection}]\nunique = [[\"{a}\"], [\"{b}\"]]\n[collections.{collection}.fields]\n{a} = {{ type = \"string\", case_insensitive = true }}\n{b} = {{ type = \"string\" }}\n"
+    );
+    let long = schema(&toml);
+    store.migrate(&long).await.unwrap();
+    store.migrate(&long).await.expect("the hashed names are found again");
+    let c = coll(&long, &collection);
+    let first = record("t1", &c, "one", values(&[(a.as_str(), s("X")), (b.as_str(), s("Y"))]), at(0));
+    insert(&store, &c, &first).await.unwrap();
+    assert_eq!(store.get_record("t1", &c, "one").await.unwrap(), Some(first));
+    // "x" folds to the first record's "X" (the case-insensitive set on the first field);
+    // "Y" is the second field's value.
+    for (value_a, value_b, field) in [("x", "Z", &a), ("W", "Y", &b)] {
+        let r = record("t1", &c, "two", values(&[(a.as_str(), s(value_a)), (b.as_str(), s(value_b))]), at(1));
+        let result = insert(&store, &c, &r).await;
+        assert!(
+            matches!(&result, Err(StoreError::UniqueConflict { conflicting_id, fields }) if conflicting_id == "one" && fields == std::slice::from_ref(field)),
+            "{result:?}"
+        );
+    }
+    db.drop_db().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // The audit chain and the outbox
 
@@ -765,6 +826,16 @@ async fn keys_round_trip_and_are_audited() {
     assert_eq!(seen, [("key_create", Some("keys"), Some("key_abc")), ("key_revoke", Some("keys"), Some("key_abc"))]);
     assert_eq!(store.verify_audit().await.unwrap(), Ok(2));
 
+    // A write that needs its entries' seqs writes them before its commit.
+    let mut client = store.client().await.unwrap();
+    let mut tx = store.transaction(&mut client).await.unwrap();
+    assert_eq!(tx.flush_audit().await.unwrap(), None);
+    tx.append_audit(vec![entry("t1", 1), entry("t1", 2)]).await.unwrap();
+    assert_eq!(tx.flush_audit().await.unwrap(), Some((3, 4)));
+    tx.append_audit(vec![entry("t1", 3)]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.verify_audit().await.unwrap(), Ok(5));
+
     assert_eq!(store.get_meta("demo").await.unwrap(), None);
     store.set_meta("demo", "1").await.unwrap();
     store.set_meta("demo", "2").await.unwrap();
@@ -811,6 +882,9 @@ async fn errors_are_classified_by_sqlstate() {
     let e: StoreError = other.batch_execute("select 1 / 0").await.unwrap_err().into();
     assert!(matches!(e, StoreError::Database { .. }), "{e:?}");
     assert!(e.cause_chain().contains("division by zero"), "{}", e.cause_chain());
+    // So is an error on the client's side that is not the connection's.
+    let e: StoreError = other.query_one("select 1 where false", &[]).await.unwrap_err().into();
+    assert!(matches!(e, StoreError::Database { .. }), "{e:?}");
 
     // The pool replaces the terminated connection: a use that races the connection's
     // closing may fail once more, as a storage failure, and then it is discarded.
@@ -893,7 +967,10 @@ where
 
 #[tokio::test]
 async fn lists_answer_like_sqlite() {
-    let Some(db) = TestDb::create("lists_answer_like_sqlite").await else { return };
+    // A database whose default collation is not byte order (ICU, English): text must
+    // still sort as SQLite sorts it ("Bowl" < "Mug" < "cup"), by the columns' own "C".
+    let icu = "template template0 locale_provider icu icu_locale 'en-US' locale 'C.UTF-8'";
+    let Some(db) = TestDb::create_with("lists_answer_like_sqlite", icu).await else { return };
     let store = db.store(4).await;
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Arc::new(SqliteStore::open(&dir.path().join("parity.db")).unwrap());

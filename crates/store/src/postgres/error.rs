@@ -55,13 +55,10 @@ impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         let Some(code) = e.code().cloned() else {
             // No SQLSTATE: the error happened on the client's side of the wire. A closed
-            // connection, a timeout or an I/O error (no cause, or an io::Error cause)
-            // is the database being unreachable; a conversion error has another cause
-            // and is a bug.
-            let io = match std::error::Error::source(&e) {
-                None => true,
-                Some(cause) => cause.is::<std::io::Error>(),
-            };
+            // connection or an I/O error (refused, reset, timed out) is the database
+            // being unreachable; anything else (a conversion, a statement that returned
+            // an unexpected number of rows) is a bug.
+            let io = std::error::Error::source(&e).is_some_and(|cause| cause.is::<std::io::Error>());
             return if e.is_closed() || io {
                 Self::StorageFailed { source: Arc::new(e) }
             } else {

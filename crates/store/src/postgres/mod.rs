@@ -223,8 +223,9 @@ impl PgStore {
     /// # Errors
     /// [`StoreError::StorageFailed`] when the database cannot be reached.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        // The simple query protocol: one round trip, no statement to prepare.
         let client = self.client().await?;
-        client.query_one("select 1", &[]).await?;
+        client.batch_execute("select 1").await?;
         Ok(())
     }
 

@@ -136,16 +136,15 @@ pub(crate) fn register_constraints(collection: &Collection) {
     }
 }
 
-/// The SQL type of a field's column. Strings and refs compare in byte order like SQLite;
-/// JSON is kept as the text Tombstone wrote (jsonb would reorder object members, and json
-/// has no equality for filters).
+/// The SQL type of a field's column. Text compares and sorts in byte order like SQLite,
+/// whatever the database's locale; JSON is kept as the text Tombstone wrote (jsonb would
+/// reorder object members, and json has no equality for filters).
 fn column_type(ty: &FieldType) -> &'static str {
     match ty {
         FieldType::Integer | FieldType::Timestamp => "bigint",
         FieldType::Boolean => "boolean",
         FieldType::Number => "double precision",
-        FieldType::String | FieldType::Ref { .. } => "text collate \"C\"",
-        FieldType::Json => "text",
+        FieldType::String | FieldType::Ref { .. } | FieldType::Json => "text collate \"C\"",
     }
 }
 

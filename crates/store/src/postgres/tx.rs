@@ -265,6 +265,24 @@ impl<'a> PgTx<'a> {
         Ok(())
     }
 
+    /// Writes the pending audit entries now (taking the head's lock) and returns the seqs
+    /// of the first and last (`None`: none was pending) — for a write that must record an
+    /// entry's seq in its own transaction (an erasure's receipt).
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn flush_audit(&mut self) -> Result<Option<(i64, i64)>, StoreError> {
+        if self.audit.is_empty() {
+            return Ok(None);
+        }
+        let entries = std::mem::take(&mut self.audit);
+        let count = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+        changes::append(&self.tx, &mut self.head, entries, &[]).await?;
+        // Entries are sealed one after the other from the head: the last one is the head.
+        let last = self.head.as_ref().map_or(0, |(seq, _)| *seq);
+        Ok(Some((last - count + 1, last)))
+    }
+
     /// Appends events to the outbox (with the pending audit entries, under the head's
     /// lock, so seq order is commit order); returns the first and last seq (`(0, 0)` when
     /// `events` is empty and no entry was pending).
