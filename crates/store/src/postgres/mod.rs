@@ -20,9 +20,11 @@
 
 mod changes;
 mod error;
+mod idempotency;
 mod records;
 mod schema;
 mod tx;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::str::FromStr;
