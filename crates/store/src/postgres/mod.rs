@@ -21,12 +21,14 @@
 mod areas;
 mod changes;
 mod error;
+mod idempotency;
 mod records;
 mod rules_tx;
 mod schema;
 mod scratch;
 mod traits;
 mod tx;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::str::FromStr;
