@@ -206,6 +206,26 @@ async fn blocked<T: Tx>(
     Ok(plan.blockers.iter().any(|b| !remaining.contains(b)))
 }
 
+/// Whether deleting `refs` would purge a held record: one of a hard-delete collection (a
+/// hold placed after the DELETE planned its eventual part). The eventual worker leaves such
+/// a child rather than fail its step over and over, which would stall every operation
+/// queued after it.
+async fn purges_held<T: Tx>(tx: &mut T, schema: &Schema, tenant: &str, refs: &[RecordRef]) -> Result<bool, StoreError> {
+    let mut hard: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for r in refs {
+        if schema.collection(&r.collection).is_some_and(|c| c.delete == DeleteMode::Hard) {
+            hard.entry(r.collection.as_str()).or_default().push(r.id.clone());
+        }
+    }
+    for (name, ids) in hard {
+        let collection = schema_collection(schema, name)?;
+        if tx.active_rows(collection, tenant, &ids).await?.iter().any(|r| r.legal_hold) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// One step of eventual cascades: the next batch of children of the oldest queued
 /// relation. Returns the records deleted and whether the queue has more.
 pub(crate) async fn eventual_step<T: Tx>(
@@ -237,13 +257,18 @@ pub(crate) async fn eventual_step<T: Tx>(
         let mut plan =
             tombstone_domain::deletion::plan_from_bounded(schema, &roots, &mut Finder { tx, tenant }, bound).await?;
         let mut remaining = None;
-        if blocked(tx, schema, &relation, &mut remaining, &plan).await? {
-            // Find which children a restrict holds back; they stay, the others go.
+        if blocked(tx, schema, &relation, &mut remaining, &plan).await?
+            || purges_held(tx, schema, tenant, &plan.immediate).await?
+        {
+            // Find which children a restrict or a legal hold holds back; they stay, the
+            // others go.
             let mut allowed = Vec::new();
             for root in roots {
                 let single = tombstone_domain::deletion::plan(schema, root.clone(), &mut Finder { tx, tenant }).await?;
                 if blocked(tx, schema, &relation, &mut remaining, &single).await? {
                     tracing::warn!(deletion = %relation.deletion_id, record = %root.id, "eventual cascade skipped a record held by a restrict relation");
+                } else if purges_held(tx, schema, tenant, &single.immediate).await? {
+                    tracing::warn!(deletion = %relation.deletion_id, record = %root.id, "eventual cascade skipped a record whose deletion would purge a record under a legal hold");
                 } else {
                     allowed.push(root);
                 }

@@ -145,10 +145,10 @@ pub(crate) async fn plan_delete<T: Tx>(
         }
     };
     let plan = plan(tx, schema, &actor.tenant, RecordRef::new(&collection.name, id)).await?;
-    // Cascading into a hard-delete collection purges, and held records are never purged:
-    // one held record there stops the whole delete.
+    // Cascading into a hard-delete collection purges (now, or later by the eventual worker),
+    // and held records are never purged: one held record there stops the whole delete.
     let mut hard_children: std::collections::BTreeMap<&str, Vec<String>> = std::collections::BTreeMap::new();
-    for r in &plan.immediate[1..] {
+    for r in plan.immediate[1..].iter().chain(&plan.eventual) {
         if schema.collection(&r.collection).is_some_and(|c| c.delete == DeleteMode::Hard) {
             hard_children.entry(r.collection.as_str()).or_default().push(r.id.clone());
         }
