@@ -5,7 +5,6 @@
 mod common;
 
 use std::time::Duration;
-use tombstone_store::prelude::*;
 
 use common::TestApp;
 use rusqlite::Connection;

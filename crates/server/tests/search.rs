@@ -7,7 +7,6 @@ mod common;
 use common::{TestApp, TestResponse};
 use serde_json::{Value, json};
 use tombstone_server::search::{SearchIndex, reconcile};
-use tombstone_store::prelude::*;
 
 const SCHEMA: &str = r#"
 [retention]

@@ -293,7 +293,6 @@ async fn deliveries_are_confined_to_the_tenant() {
 
 #[tokio::test]
 async fn outbox_rows_are_cleaned_up_only_after_retention_and_delivery() {
-    use tombstone_store::prelude::*;
     let (app, relay, receiver) = setup("").await;
     let p = app.create("products", &app.admin, &json!({"sku": "A", "name": "Mug"})).await;
     receiver.behaviour.lock().unwrap().script.insert(p["id"].as_str().unwrap().into(), vec![500]);
@@ -322,7 +321,6 @@ async fn outbox_rows_are_cleaned_up_only_after_retention_and_delivery() {
 
 #[tokio::test]
 async fn cleaning_the_outbox_never_hands_out_a_seq_twice() {
-    use tombstone_store::prelude::*;
     let (app, relay, _receiver) = setup("").await;
     for sku in ["A", "B", "C"] {
         app.create("products", &app.admin, &json!({"sku": sku, "name": "Mug"})).await;
@@ -428,7 +426,6 @@ async fn an_upgrade_keys_existing_lanes_by_tenant_keeps_their_order_and_hides_ol
 
 #[tokio::test]
 async fn a_delivery_whose_event_was_cleaned_up_cannot_be_redelivered() {
-    use tombstone_store::prelude::*;
     let (app, relay, _receiver) = setup("").await;
     app.create("products", &app.admin, &json!({"sku": "A", "name": "Mug"})).await;
     relay.run_once().await.unwrap();
@@ -568,7 +565,6 @@ fn gauge(text: &str, name: &str) -> f64 {
 
 #[tokio::test]
 async fn an_endpoint_removed_from_the_config_stops_pinning_the_outbox() {
-    use tombstone_store::prelude::*;
     let (receiver, url) = start_receiver().await;
     let with_hook = format!("{TEST_SCHEMA}\n[[webhooks]]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n");
     let app = TestApp::with_schema(&with_hook).await;
