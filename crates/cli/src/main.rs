@@ -213,14 +213,17 @@ pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>
             }
         },
         StorageConfig::Postgres { url, pool_size } => {
-            if config.cache.url == "memory" {
-                // Every read goes to the database: nothing another replica writes can be
-                // served stale from here.
-                tracing::info!("the PostgreSQL store keeps no read cache; cache.url = \"memory\" has no effect");
-            } else if config.cache.url != "none" {
-                bail!("cache.url: a shared cache (redis://) is not available in this build; use \"memory\" or \"none\"");
+            let store = PgStore::connect(url, *pool_size as usize).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            match config.cache.url.as_str() {
+                "memory" => {
+                    let cache = Arc::new(MemoryCache::new(config.cache.capacity, config.cache.ttl));
+                    Arc::new(store.with_cache(cache).await?)
+                }
+                "none" => Arc::new(store),
+                _ => bail!(
+                    "cache.url: a shared cache (redis://) is not available in this build; use \"memory\" or \"none\""
+                ),
             }
-            Arc::new(PgStore::connect(url, *pool_size as usize).await.map_err(|e| anyhow::anyhow!("{e}"))?)
         }
     };
     store.migrate(&config.schema).await?;

@@ -195,8 +195,7 @@ impl TestApp {
             .with_search(search.clone())
             .with_events(config.events.clone());
         let router = router(state);
-        let mut app =
-            Self { router, store, sqlite_store, database, clock, config, admin: String::new(), dir, search };
+        let mut app = Self { router, store, sqlite_store, database, clock, config, admin: String::new(), dir, search };
         app.admin = app.key("t1", "admin").await;
         app
     }

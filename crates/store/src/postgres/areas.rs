@@ -51,7 +51,11 @@ impl PgStore {
         let mut tx = self.transaction(&mut client).await?;
         match f(&mut tx).await {
             Ok(value) => {
+                let changed = tx.changed().to_vec();
                 tx.commit().await?;
+                // Before the caller hears of the commit: no answer to a change can be
+                // followed by a read of the old state from this process's cache.
+                self.invalidate(&changed);
                 Ok(value)
             }
             Err(e) => {
@@ -88,10 +92,7 @@ impl PgStore {
 
     async fn any_active_hold(&self, collection: &str) -> Result<bool, StoreError> {
         let rows = self
-            .query(
-                "select exists (select 1 from holds where collection = $1 and released_at is null)",
-                &[&collection],
-            )
+            .query("select exists (select 1 from holds where collection = $1 and released_at is null)", &[&collection])
             .await?;
         Ok(rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(false))
     }
@@ -110,9 +111,7 @@ impl PgStore {
     ) -> Result<Record, StoreError> {
         let (actor, collection) = (actor.clone(), collection.clone());
         self.write(move |tx| {
-            Box::pin(async move {
-                rules::records::create(tx, &actor, &collection, record, idempotency.as_ref()).await
-            })
+            Box::pin(async move { rules::records::create(tx, &actor, &collection, record, idempotency.as_ref()).await })
         })
         .await
     }
@@ -179,7 +178,8 @@ impl PgStore {
     ) -> Result<Vec<Record>, StoreError> {
         let sql = self.table(collection)?;
         let mut ints: Vec<Option<i64>> = vec![Some(now.as_micros())];
-        let mut clauses = vec!["t.tenant = $1".to_string(), "t.deleted_at is not null".into(), "t.purge_at > $2".into()];
+        let mut clauses =
+            vec!["t.tenant = $1".to_string(), "t.deleted_at is not null".into(), "t.purge_at > $2".into()];
         // $1 tenant, $2 now, $3 deleted_since, $4 deleted_before, $5 purge_before,
         // $6 deleted_by, $7 after.deleted_at, $8 after.id, $9 limit.
         ints.push(query.deleted_since.map(Timestamp::as_micros));
@@ -202,11 +202,8 @@ impl PgStore {
         } else {
             clauses.push("$7::bigint is null and $8::text is null".into());
         }
-        let q = format!(
-            "{} where {} order by t.deleted_at desc, t.id desc limit $9",
-            sql.select,
-            clauses.join(" and ")
-        );
+        let q =
+            format!("{} where {} order by t.deleted_at desc, t.id desc limit $9", sql.select, clauses.join(" and "));
         let limit = i64::from(query.limit);
         let rows = self
             .query(
@@ -323,12 +320,7 @@ impl DeletionStore for PgStore {
         .await
     }
 
-    async fn get_deletion(
-        &self,
-        tenant: &str,
-        id: &str,
-        page: &RecordsPage,
-    ) -> Result<Option<DeletionOp>, StoreError> {
+    async fn get_deletion(&self, tenant: &str, id: &str, page: &RecordsPage) -> Result<Option<DeletionOp>, StoreError> {
         let rows = self
             .query(
                 "select status, actor, reason, created_at, root_collection, root_id from deletions where id = $1 and tenant = $2",
@@ -391,7 +383,8 @@ impl DeletionStore for PgStore {
                 "select min(purge_at) from {} where tenant = $1 and deletion_id = $2 and deleted_at is not null",
                 table_name(name)
             );
-            let min: Option<i64> = self.query(&q, &[&tenant, &id]).await?.first().map(|r| r.try_get(0)).transpose()?.flatten();
+            let min: Option<i64> =
+                self.query(&q, &[&tenant, &id]).await?.first().map(|r| r.try_get(0)).transpose()?.flatten();
             if let Some(m) = min {
                 restorable_until = Some(restorable_until.map_or(m, |r| r.min(m)));
             }
@@ -645,8 +638,7 @@ impl RetentionStore for PgStore {
     ) -> Result<Vec<CollectionCounts>, StoreError> {
         let mut out = Vec::with_capacity(collections.len());
         for c in collections {
-            let held =
-                if self.any_active_hold(&c.name).await? { held_clause(&c.name) } else { "false".to_string() };
+            let held = if self.any_active_hold(&c.name).await? { held_clause(&c.name) } else { "false".to_string() };
             let q = format!(
                 "select count(*) filter (where t.deleted_at is null),
                         count(*) filter (where t.deleted_at is not null),

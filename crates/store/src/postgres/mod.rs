@@ -82,6 +82,10 @@ pub struct PgStore {
     tables: RwLock<Arc<Tables>>,
     schema: RwLock<Arc<Schema>>,
     changes: Arc<tokio::sync::Notify>,
+    /// The read cache in front of `get_record`, when there is one.
+    cache: Option<Arc<dyn crate::RecordCache>>,
+    /// How far the cache has followed the outbox for other processes' changes.
+    followed: Arc<tokio::sync::Mutex<i64>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -153,7 +157,49 @@ impl PgStore {
             tables: RwLock::new(Arc::new(Tables::new())),
             schema: RwLock::new(Arc::new(Schema::default())),
             changes: Arc::new(tokio::sync::Notify::new()),
+            cache: None,
+            followed: Arc::new(tokio::sync::Mutex::new(0)),
         })
+    }
+
+    /// Puts a read cache in front of `get_record`. Every write through this store
+    /// invalidates what it changed after its commit and before its caller hears of it;
+    /// what other processes (replicas, the CLI) change reaches the cache when
+    /// [`crate::Store::sync_cache`] follows the outbox, which the server does every
+    /// `events.poll_interval`.
+    ///
+    /// # Errors
+    /// The database failed (reading where the outbox ends now).
+    pub async fn with_cache(mut self, cache: Arc<dyn crate::RecordCache>) -> Result<Self, StoreError> {
+        *self.followed.lock().await = self.last_event_seq().await?;
+        self.cache = Some(cache);
+        Ok(self)
+    }
+
+    /// Forgets what a committed write changed.
+    pub(crate) fn invalidate(&self, changed: &[crate::cache::CacheKey]) {
+        if let Some(cache) = &self.cache {
+            for key in changed {
+                cache.invalidate(key);
+            }
+        }
+    }
+
+    /// Invalidates what the outbox says changed since the cache last looked; returns how
+    /// many changes it saw.
+    pub(crate) async fn follow_outbox(&self) -> Result<u64, StoreError> {
+        let Some(cache) = &self.cache else { return Ok(0) };
+        let mut followed = self.followed.lock().await;
+        let mut seen = 0;
+        loop {
+            let changes = self.changes_since(*followed, 500).await?;
+            let Some((last, _, _)) = changes.last() else { return Ok(seen) };
+            *followed = *last;
+            seen += changes.len() as u64;
+            for (_, key, _) in &changes {
+                cache.invalidate(key);
+            }
+        }
     }
 
     /// A connection from the pool.
@@ -266,11 +312,26 @@ impl PgStore {
         collection: &Arc<Collection>,
         id: &str,
     ) -> Result<Option<Record>, StoreError> {
+        let key = (tenant.to_string(), collection.name.clone(), id.to_string());
+        // A fill carries the token taken before the read: one that raced an invalidation
+        // is dropped, so a read that began before a write committed never caches the old
+        // state after it.
+        let token = match &self.cache {
+            Some(cache) => match cache.lookup(&key) {
+                Some(hit) => return Ok(hit),
+                None => Some(cache.token(&key)),
+            },
+            None => None,
+        };
         let sql = self.table(collection)?;
         let client = self.client().await?;
         let stmt = client.prepare_cached(&format!("{} where t.tenant = $1 and t.id = $2", sql.select)).await?;
         let row = client.query_opt(&stmt, &[&tenant, &id]).await?;
-        row.map(|r| records::read_record(collection, &r)).transpose()
+        let found = row.map(|r| records::read_record(collection, &r)).transpose()?;
+        if let (Some(cache), Some(token)) = (&self.cache, token) {
+            cache.fill(key, token, found.clone());
+        }
+        Ok(found)
     }
 
     /// One page of records.

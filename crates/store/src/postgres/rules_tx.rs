@@ -338,12 +338,7 @@ impl Tx for PgTx<'_> {
         let status: String = row.try_get(3)?;
         let status = DeletionStatus::parse(&status)
             .ok_or_else(|| StoreError::Internal(format!("deletion {id} has status {status:?}")))?;
-        Ok(Some(DeletionHead {
-            actor: row.try_get(0)?,
-            reason: row.try_get(1)?,
-            request_id: row.try_get(2)?,
-            status,
-        }))
+        Ok(Some(DeletionHead { actor: row.try_get(0)?, reason: row.try_get(1)?, request_id: row.try_get(2)?, status }))
     }
 
     async fn deletion_root(&mut self, id: &str) -> Result<RecordRef, StoreError> {

@@ -209,10 +209,8 @@ impl Store for PgStore {
         PgStore::ping(self).await
     }
 
-    /// This store keeps no read cache: every read goes to the database, so there is
-    /// nothing another process's writes could leave stale here.
     async fn sync_cache(&self) -> Result<u64, StoreError> {
-        Ok(0)
+        self.follow_outbox().await
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
