@@ -62,6 +62,7 @@ pub fn check_reason(reason: Option<&str>) -> Result<(), String> {
         Some(r) if r.chars().count() > MAX_REASON_CHARS => {
             Err(format!("reason is longer than {MAX_REASON_CHARS} characters"))
         }
+        Some(r) if r.contains('\0') => Err(format!("reason {}", crate::record::NUL_REFUSED)),
         _ => Ok(()),
     }
 }

@@ -186,6 +186,10 @@ fn is_system_field(name: &str) -> bool {
     RESERVED_FIELDS.contains(&name) || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
+/// Why text with U+0000 in it is refused, on every store: PostgreSQL's `text` cannot hold
+/// the character, and data one store accepts must move to the other.
+pub const NUL_REFUSED: &str = "must not contain the NUL character (U+0000)";
+
 /// Checks one JSON value against a field declaration.
 ///
 /// # Errors
@@ -197,6 +201,9 @@ pub fn parse_field_value(field: &Field, value: &Value) -> Result<FieldValue, Str
     match &field.ty {
         FieldType::String => {
             let s = value.as_str().ok_or("expected a string")?;
+            if s.contains('\0') {
+                return Err(NUL_REFUSED.into());
+            }
             if let Some(max) = field.max_length {
                 let len = s.chars().count();
                 if len > max {

@@ -76,7 +76,16 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or("");
-        Ok(Self(form_urlencoded::parse(query.as_bytes()).into_owned().collect()))
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        // No stored text can hold U+0000 (PostgreSQL's cannot, so neither store accepts it):
+        // a parameter with one is refused rather than compared.
+        if let Some((name, _)) = pairs.iter().find(|(k, v)| k.contains('\0') || v.contains('\0')) {
+            return Err(ApiError::BadParameter {
+                param: name.replace('\0', "\u{fffd}"),
+                message: tombstone_domain::record::NUL_REFUSED.into(),
+            });
+        }
+        Ok(Self(pairs))
     }
 }
 

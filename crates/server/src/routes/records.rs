@@ -633,10 +633,10 @@ fn erasure_receipt(erasure: &tombstone_store::Erasure) -> Value {
 fn optional_text(object: &serde_json::Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
     match object.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.chars().count() <= 500 => Ok(Some(s.clone())),
+        Some(Value::String(s)) if s.chars().count() <= 500 && !s.contains('\0') => Ok(Some(s.clone())),
         Some(_) => Err(ApiError::Validation(ValidationErrors(vec![FieldError {
             field: name.into(),
-            message: "must be a string of at most 500 characters".into(),
+            message: "must be a string of at most 500 characters, without U+0000".into(),
         }]))),
     }
 }
