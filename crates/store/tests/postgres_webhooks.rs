@@ -167,7 +167,7 @@ async fn endpoints_register_at_the_newest_event_leave_and_come_back() {
     assert_eq!(store.fan_out_webhooks(&[a.clone(), b.clone()], at(5 * SECOND), 10).await.unwrap(), 2);
 
     // b leaves the config: removed, its pending delivery cancelled; a's is untouched.
-    let states = store.sync_webhook_endpoints(&[a.clone()], at(6 * SECOND)).await.unwrap();
+    let states = store.sync_webhook_endpoints(std::slice::from_ref(&a), at(6 * SECOND)).await.unwrap();
     let b_state = states.iter().find(|e| e.id == "wh_b").unwrap();
     assert_eq!(b_state.removed_at, Some(at(6 * SECOND)));
     assert_eq!(states.iter().find(|e| e.id == "wh_a").unwrap().removed_at, None);
@@ -177,7 +177,7 @@ async fn endpoints_register_at_the_newest_event_leave_and_come_back() {
     assert_eq!(of("wh_b").last_error.as_deref(), Some("endpoint-removed"));
     assert_eq!(of("wh_a").status, "pending");
     // Syncing again does not move the removal time.
-    let states = store.sync_webhook_endpoints(&[a.clone()], at(7 * SECOND)).await.unwrap();
+    let states = store.sync_webhook_endpoints(std::slice::from_ref(&a), at(7 * SECOND)).await.unwrap();
     assert_eq!(states.iter().find(|e| e.id == "wh_b").unwrap().removed_at, Some(at(6 * SECOND)));
 
     // More events while b is away; b comes back with a new URL and starts after them.
@@ -203,7 +203,7 @@ async fn endpoints_register_at_the_newest_event_leave_and_come_back() {
         .await
         .unwrap();
     // A sync does not re-enable what the endpoint itself disabled.
-    let states = store.sync_webhook_endpoints(&[a.clone()], at(10 * SECOND)).await.unwrap();
+    let states = store.sync_webhook_endpoints(std::slice::from_ref(&a), at(10 * SECOND)).await.unwrap();
     assert!(states.iter().find(|e| e.id == "wh_a").unwrap().disabled_at.is_some());
     assert!(store.enable_webhook_endpoint("wh_a").await.unwrap());
     let a_state = store.webhook_endpoints().await.unwrap().into_iter().find(|e| e.id == "wh_a").unwrap();
@@ -643,7 +643,7 @@ async fn redeliver_makes_a_delivery_pending_unless_its_event_or_endpoint_is_gone
     assert_eq!(d.status, "delivered");
 
     // Its endpoint left the config.
-    store.sync_webhook_endpoints(&[a.clone()], at(103 * SECOND)).await.unwrap();
+    store.sync_webhook_endpoints(std::slice::from_ref(&a), at(103 * SECOND)).await.unwrap();
     assert_eq!(store.redeliver("t1", &b1, at(104 * SECOND)).await.unwrap(), Redelivery::EndpointRemoved);
     let d = store.list_deliveries("t1", &all()).await.unwrap().into_iter().find(|d| d.id == b1).unwrap();
     assert_eq!(d.status, "cancelled");
@@ -666,7 +666,7 @@ async fn the_backlog_counts_pending_deliveries_of_configured_endpoints() {
     store.record_attempt(&first, at(2 * SECOND), AttemptOutcome::Delivered { status: 200 }).await.unwrap();
     assert_eq!(store.webhook_backlog().await.unwrap(), 5);
     // A removed endpoint's deliveries do not count, even one left pending by hand.
-    store.sync_webhook_endpoints(&[a.clone()], at(3 * SECOND)).await.unwrap();
+    store.sync_webhook_endpoints(std::slice::from_ref(&a), at(3 * SECOND)).await.unwrap();
     db.client()
         .await
         .execute("update webhook_deliveries set status = 'pending' where endpoint_id = 'wh_b'", &[])
@@ -780,9 +780,9 @@ async fn a_redelivery_and_a_cleanup_racing_never_leave_a_pending_delivery_withou
     };
     let store = db.store(8).await;
     let a = endpoint("wh_a", &[], None);
-    store.sync_webhook_endpoints(&[a.clone()], at(0)).await.unwrap();
+    store.sync_webhook_endpoints(std::slice::from_ref(&a), at(0)).await.unwrap();
     append(&store, (1..=60).map(|n| event(EventType::Updated, "t1", &format!("r{n}"), n)).collect()).await;
-    store.fan_out_webhooks(&[a.clone()], at(SECOND), 100).await.unwrap();
+    store.fan_out_webhooks(std::slice::from_ref(&a), at(SECOND), 100).await.unwrap();
     let listed = store.list_deliveries("t1", &all()).await.unwrap();
     for d in &listed {
         store.record_attempt(&d.id, at(2 * SECOND), AttemptOutcome::Delivered { status: 200 }).await.unwrap();
