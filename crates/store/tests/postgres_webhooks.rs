@@ -1073,3 +1073,331 @@ async fn idempotency_keys_expire_after_24_hours() {
     assert_eq!(store.claim_idempotency(&old, "other", now).await.unwrap(), IdempotencyClaim::Claimed);
     db.drop_db().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Parity with SQLite's store
+
+/// One store or the other, behind the webhook methods (PostgreSQL's are inherent until its
+/// store implements the traits).
+enum Either {
+    Sqlite(tombstone_store::SqliteStore),
+    Pg(Arc<PgStore>),
+}
+
+/// A delivery without its id (each store makes its own): what must be equal.
+type Shape = (
+    String,
+    i64,
+    String,
+    String,
+    String,
+    u32,
+    Timestamp,
+    Option<u16>,
+    Option<String>,
+    Option<Timestamp>,
+    Option<Timestamp>,
+    Timestamp,
+);
+
+fn shape(d: &tombstone_store::Delivery) -> Shape {
+    (
+        d.endpoint_id.clone(),
+        d.event_seq,
+        d.event_type.clone(),
+        d.tenant.clone(),
+        d.status.clone(),
+        d.attempts,
+        d.next_attempt_at,
+        d.last_status,
+        d.last_error.clone(),
+        d.last_attempt_at,
+        d.delivered_at,
+        d.created_at,
+    )
+}
+
+impl Either {
+    async fn sync(&self, e: &[WebhookEndpoint], now: Timestamp) -> Vec<tombstone_store::EndpointState> {
+        match self {
+            Self::Sqlite(s) => tombstone_store::EventStore::sync_webhook_endpoints(s, e, now).await,
+            Self::Pg(s) => s.sync_webhook_endpoints(e, now).await,
+        }
+        .unwrap()
+    }
+
+    async fn fan_out(&self, e: &[WebhookEndpoint], now: Timestamp, batch: u32) -> u64 {
+        match self {
+            Self::Sqlite(s) => tombstone_store::EventStore::fan_out_webhooks(s, e, now, batch).await,
+            Self::Pg(s) => s.fan_out_webhooks(e, now, batch).await,
+        }
+        .unwrap()
+    }
+
+    /// Due deliveries as (shape, event seq if present), by (seq, endpoint), and their ids.
+    async fn due(&self, now: Timestamp) -> Vec<(Shape, Option<i64>, String)> {
+        let mut due = match self {
+            Self::Sqlite(s) => tombstone_store::EventStore::due_deliveries(s, now, 100).await,
+            Self::Pg(s) => s.due_deliveries(now, 100).await,
+        }
+        .unwrap()
+        .into_iter()
+        .map(|d| (shape(&d.delivery), d.event.map(|e| e.seq), d.delivery.id))
+        .collect::<Vec<_>>();
+        due.sort_by(|a, b| (a.0.1, &a.0.0).cmp(&(b.0.1, &b.0.0)));
+        due
+    }
+
+    async fn attempt(&self, id: &str, at: Timestamp, outcome: AttemptOutcome) {
+        match self {
+            Self::Sqlite(s) => tombstone_store::EventStore::record_attempt(s, id, at, outcome).await,
+            Self::Pg(s) => s.record_attempt(id, at, outcome).await,
+        }
+        .unwrap();
+    }
+
+    /// Every delivery of a tenant, with its id, by (endpoint, seq).
+    async fn deliveries(&self, tenant: &str) -> Vec<(Shape, String)> {
+        let mut rows = match self {
+            Self::Sqlite(s) => tombstone_store::EventStore::list_deliveries(s, tenant, &all()).await,
+            Self::Pg(s) => s.list_deliveries(tenant, &all()).await,
+        }
+        .unwrap()
+        .iter()
+        .map(|d| (shape(d), d.id.clone()))
+        .collect::<Vec<_>>();
+        rows.sort_by(|a, b| (&a.0.0, a.0.1).cmp(&(&b.0.0, b.0.1)));
+        rows
+    }
+
+    /// A redelivery's answer, the delivery reduced to its shape.
+    async fn redeliver(&self, tenant: &str, id: &str, now: Timestamp) -> Result<Shape, Redelivery> {
+        let r = match self {
+            Self::Sqlite(s) => tombstone_store::EventStore::redeliver(s, tenant, id, now).await,
+            Self::Pg(s) => s.redeliver(tenant, id, now).await,
+        }
+        .unwrap();
+        match r {
+            Redelivery::Pending(d) => Ok(shape(&d)),
+            other => Err(other),
+        }
+    }
+
+    async fn backlog(&self) -> u64 {
+        match self {
+            Self::Sqlite(s) => tombstone_store::EventStore::webhook_backlog(s).await,
+            Self::Pg(s) => s.webhook_backlog().await,
+        }
+        .unwrap()
+    }
+
+    async fn cleanup(&self, before: Timestamp, limit: u32) -> u64 {
+        match self {
+            Self::Sqlite(s) => tombstone_store::EventStore::cleanup_outbox(s, before, limit).await,
+            Self::Pg(s) => s.cleanup_outbox(before, limit).await,
+        }
+        .unwrap()
+    }
+
+    /// (seq, type, tenant, record id) of every event left.
+    async fn events(&self) -> Vec<(i64, String, String, String)> {
+        let q = tombstone_store::EventQuery { after: 0, limit: 1000, ..tombstone_store::EventQuery::default() };
+        match self {
+            Self::Sqlite(s) => tombstone_store::EventStore::list_all_events(s, &q).await,
+            Self::Pg(s) => s.list_all_events(&q).await,
+        }
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.seq, e.kind, e.tenant, e.record_id))
+        .collect()
+    }
+}
+
+/// The same steps on both stores, and every answer compared.
+#[tokio::test]
+async fn webhook_state_matches_sqlites_step_by_step() {
+    use tombstone_domain::config::Config;
+    use tombstone_domain::lifecycle::{Actor, DeleteRequest};
+    use tombstone_domain::record::{FieldValue, Patch, Record, Values};
+    use tombstone_store::{RecordStore, Store};
+
+    let Some(db) = TestDb::create("webhook_state_matches_sqlites_step_by_step").await else { return };
+    let pg = db.store(4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = tombstone_store::SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    let schema =
+        Config::parse("[collections.products.fields]\nname = { type = \"string\" }\n", std::path::Path::new("."))
+            .unwrap()
+            .schema;
+    sqlite.migrate(&schema).await.unwrap();
+    let products = schema.collection("products").unwrap().clone();
+    let stores = [Either::Sqlite(sqlite), Either::Pg(pg.clone())];
+
+    let ends = vec![
+        endpoint("wh_a", &[], None),
+        endpoint("wh_b", &["record.deleted", "record.created"], None),
+        endpoint("wh_c", &[], Some("t2")),
+    ];
+    let synced: Vec<_> = [stores[0].sync(&ends, at(0)).await, stores[1].sync(&ends, at(0)).await].into();
+    assert_eq!(synced[0], synced[1]);
+
+    // The writes: through SQLite's store, and the same events appended on PostgreSQL.
+    let steps: Vec<(EventType, &str, &str)> = vec![
+        (EventType::Created, "t1", "r1"),
+        (EventType::Created, "t2", "r1"),
+        (EventType::Updated, "t1", "r1"),
+        (EventType::Created, "t1", "r2"),
+        (EventType::Updated, "t2", "r1"),
+        (EventType::Deleted, "t1", "r2"),
+        (EventType::Updated, "t1", "r1"),
+        (EventType::Deleted, "t2", "r1"),
+        (EventType::Created, "t2", "r3"),
+        (EventType::Updated, "t2", "r3"),
+    ];
+    let Either::Sqlite(sqlite) = &stores[0] else { unreachable!() };
+    for (n, (kind, tenant, id)) in steps.iter().enumerate() {
+        let n = i64::try_from(n).unwrap() + 1;
+        let now = at(n * SECOND);
+        let who = Actor { tenant: (*tenant).to_string(), key_id: "key".into(), request_id: format!("req_{n}") };
+        match kind {
+            EventType::Created => {
+                let values: Values = [("name".to_string(), FieldValue::String(format!("v{n}")))].into_iter().collect();
+                let record = Record {
+                    tenant: (*tenant).to_string(),
+                    collection: "products".into(),
+                    id: (*id).to_string(),
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                    deletion: None,
+                    legal_hold: false,
+                    values,
+                };
+                sqlite.create_record(&who, &products, record, None).await.unwrap();
+            }
+            EventType::Updated => {
+                let patch = Patch(serde_json::json!({ "name": format!("v{n}") }).as_object().unwrap().clone());
+                sqlite.patch_record(&who, &products, id, None, patch, now).await.unwrap();
+            }
+            _ => {
+                let request = DeleteRequest { if_match: None, reason: None, deletion_id: format!("del_{n}") };
+                sqlite.delete_record(&who, &products, id, request, now).await.unwrap();
+            }
+        }
+    }
+    // The same events on PostgreSQL (a delete writes `deletion.completed` too).
+    let q = tombstone_store::EventQuery { after: 0, limit: 1000, ..tombstone_store::EventQuery::default() };
+    let written = tombstone_store::EventStore::list_all_events(sqlite, &q).await.unwrap();
+    let copies: Vec<NewEvent> = written
+        .into_iter()
+        .map(|e| NewEvent {
+            kind: EventType::parse(&e.kind).expect("a known event type"),
+            tenant: e.tenant,
+            collection: e.collection,
+            record_id: e.record_id,
+            version: e.version,
+            deletion_id: e.deletion_id,
+            occurred_at: e.occurred_at,
+            request_id: e.request_id,
+            data: e.data,
+        })
+        .collect();
+    append(&pg, copies).await;
+    let events = stores[0].events().await;
+    assert_eq!(events, stores[1].events().await, "the two outboxes differ before the test starts");
+    assert!(events.len() > steps.len(), "deletes write deletion.completed too");
+
+    // Fan-out in two passes, then the due deliveries.
+    for batch in [4, 100] {
+        assert_eq!(
+            stores[0].fan_out(&ends, at(20 * SECOND), batch).await,
+            stores[1].fan_out(&ends, at(20 * SECOND), batch).await
+        );
+    }
+    let shapes = |rows: &[(Shape, Option<i64>, String)]| rows.iter().map(|r| (r.0.clone(), r.1)).collect::<Vec<_>>();
+    let due = [stores[0].due(at(20 * SECOND)).await, stores[1].due(at(20 * SECOND)).await];
+    assert_eq!(shapes(&due[0]), shapes(&due[1]));
+    assert!(due[0].len() >= 5, "too few due deliveries to exercise every outcome: {}", due[0].len());
+
+    // Every outcome, on the same deliveries of both.
+    let c_index = due[0].iter().position(|r| r.0.0 == "wh_c").expect("a due delivery of wh_c");
+    let others: Vec<usize> = (0..due[0].len()).filter(|i| due[0][*i].0.0 != "wh_c").take(4).collect();
+    let outcomes = [
+        AttemptOutcome::Delivered { status: 200 },
+        AttemptOutcome::Retry { status: Some(502), error: DeliveryError::Http(502), next_attempt_at: at(90 * SECOND) },
+        AttemptOutcome::GiveUp { status: None, error: DeliveryError::Connect },
+        AttemptOutcome::Cancelled { error: DeliveryError::EventGone },
+    ];
+    for (store, rows) in stores.iter().zip(&due) {
+        for (i, outcome) in others.iter().zip(outcomes.clone()) {
+            store.attempt(&rows[*i].2, at(21 * SECOND), outcome).await;
+        }
+        store.attempt(&rows[c_index].2, at(22 * SECOND), AttemptOutcome::EndpointGone).await;
+    }
+    for tenant in ["t1", "t2"] {
+        let rows = [stores[0].deliveries(tenant).await, stores[1].deliveries(tenant).await];
+        let shapes: Vec<Vec<Shape>> = rows.iter().map(|r| r.iter().map(|x| x.0.clone()).collect()).collect();
+        assert_eq!(shapes[0], shapes[1], "deliveries of {tenant}");
+    }
+    for now in [at(30 * SECOND), at(90 * SECOND)] {
+        assert_eq!(shapes(&stores[0].due(now).await), shapes(&stores[1].due(now).await));
+    }
+    assert_eq!(stores[0].backlog().await, stores[1].backlog().await);
+    let states = [stores[0].sync(&ends, at(23 * SECOND)).await, stores[1].sync(&ends, at(23 * SECOND)).await];
+    assert_eq!(states[0], states[1]);
+
+    // A redelivery of the given-up one, of another tenant's, of an unknown one.
+    let given_up = others[2];
+    let tenant_of = due[0][given_up].0.3.clone();
+    let answers = [
+        stores[0].redeliver(&tenant_of, &due[0][given_up].2, at(40 * SECOND)).await,
+        stores[1].redeliver(&tenant_of, &due[1][given_up].2, at(40 * SECOND)).await,
+    ];
+    assert_eq!(answers[0], answers[1]);
+    assert!(answers[0].is_ok());
+    let other_tenant = if tenant_of == "t1" { "t2" } else { "t1" };
+    assert_eq!(
+        stores[0].redeliver(other_tenant, &due[0][given_up].2, at(41 * SECOND)).await,
+        Err(Redelivery::NotFound)
+    );
+    assert_eq!(
+        stores[1].redeliver(other_tenant, &due[1][given_up].2, at(41 * SECOND)).await,
+        Err(Redelivery::NotFound)
+    );
+
+    // wh_c leaves the config; clean-ups in small steps, then everything they may take.
+    let kept = &ends[..2];
+    let states = [stores[0].sync(kept, at(50 * SECOND)).await, stores[1].sync(kept, at(50 * SECOND)).await];
+    assert_eq!(states[0], states[1]);
+    assert_eq!(stores[0].backlog().await, stores[1].backlog().await);
+    // Everything never attempted is delivered; the retried one stays pending and keeps
+    // its event.
+    for store in &stores {
+        for tenant in ["t1", "t2"] {
+            for (d, id) in store.deliveries(tenant).await {
+                if d.4 == "pending" && d.5 == 0 {
+                    store.attempt(&id, at(45 * SECOND), AttemptOutcome::Delivered { status: 200 }).await;
+                }
+            }
+        }
+    }
+    for (before, limit) in [(at(5 * SECOND), 100), (at(HOUR), 2), (at(HOUR), 100)] {
+        assert_eq!(stores[0].cleanup(before, limit).await, stores[1].cleanup(before, limit).await);
+        assert_eq!(stores[0].events().await, stores[1].events().await);
+    }
+    let left = stores[0].events().await;
+    assert!(left.len() < events.len() && left.len() > 1, "the clean-ups took nothing, or everything: {left:?}");
+    // A delivery whose event is gone: EventGone on both, and due without its event.
+    let gone = |rows: &[(Shape, String)], left: &[(i64, String, String, String)]| {
+        rows.iter().find(|r| !left.iter().any(|e| e.0 == r.0.1)).map(|r| (r.0.3.clone(), r.1.clone()))
+    };
+    let both = |rows: [Vec<(Shape, String)>; 2]| rows.into_iter().flatten().collect::<Vec<_>>();
+    let rows0 = both([stores[0].deliveries("t1").await, stores[0].deliveries("t2").await]);
+    let rows1 = both([stores[1].deliveries("t1").await, stores[1].deliveries("t2").await]);
+    let (t, id0) = gone(&rows0, &left).unwrap_or_else(|| panic!("no delivery of a cleaned event: {left:?} {rows0:?}"));
+    let (_, id1) = gone(&rows1, &left).unwrap();
+    assert_eq!(stores[0].redeliver(&t, &id0, at(60 * SECOND)).await, Err(Redelivery::EventGone));
+    assert_eq!(stores[1].redeliver(&t, &id1, at(60 * SECOND)).await, Err(Redelivery::EventGone));
+    assert_eq!(shapes(&stores[0].due(at(HOUR)).await), shapes(&stores[1].due(at(HOUR)).await));
+    db.drop_db().await;
+}
