@@ -23,7 +23,7 @@ use tombstone_store::{
 // ---------------------------------------------------------------------------------------
 // A database per test
 
-/// A fresh database on the test server, dropped by [`TestDb::drop_db`].
+/// A fresh database on the test server, dropped by [`TestDb::drop_db`] (or on drop).
 struct TestDb {
     admin: String,
     name: String,
@@ -72,12 +72,33 @@ impl TestDb {
         admin_client(&self.url).await
     }
 
-    async fn drop_db(self) {
+    async fn drop_db(mut self) {
+        let name = std::mem::take(&mut self.name);
         admin_client(&self.admin)
             .await
-            .batch_execute(&format!("drop database {} with (force)", self.name))
+            .batch_execute(&format!("drop database {name} with (force)"))
             .await
             .expect("drop database");
+    }
+}
+
+/// A test that fails before [`TestDb::drop_db`] still drops its database, from a thread
+/// of its own (the test's runtime may be the one panicking).
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        let (admin, name) = (self.admin.clone(), std::mem::take(&mut self.name));
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&admin, NoTls).await.ok()?;
+                tokio::spawn(connection);
+                client.batch_execute(&format!("drop database if exists {name} with (force)")).await.ok()
+            })
+        });
+        let _ = dropped.join();
     }
 }
 
