@@ -104,7 +104,7 @@ fn assert_missing_scope(r: &TestResponse, scope: &str) {
 
 #[tokio::test]
 async fn restore_works_inside_the_window_and_not_after_purge_at() {
-    let app = TestApp::new().await;
+    let app = TestApp::new_sqlite().await;
     let a = create_deleted(&app, "products", &app.admin, &product("W-A")).await;
     let b = create_deleted(&app, "products", &app.admin, &product("W-B")).await;
     let (a_id, b_id) = (id_of(&a), id_of(&b));
@@ -716,7 +716,7 @@ async fn hold_bodies_are_validated() {
 
 #[tokio::test]
 async fn purge_hard_deletes_a_soft_deleted_record() {
-    let app = TestApp::new().await;
+    let app = TestApp::new_sqlite().await;
     let active = id_of(&app.create("products", &app.admin, &product("U-0")).await);
     let victim = create_deleted(&app, "products", &app.admin, &product("U-1")).await;
     let id = id_of(&victim);

@@ -178,12 +178,12 @@ impl TestApp {
 
     async fn open(toml: &str, dir: TempDir, database: Option<ScratchDatabase>) -> Self {
         let config = Config::parse(toml, dir.path()).expect("test schema");
+        // The production path: a read cache in front of the store.
+        let cache = Arc::new(MemoryCache::new(10_000, std::time::Duration::from_secs(300)));
         let (store, sqlite_store): (Arc<dyn Store>, _) = if let Some(database) = &database {
-            let store = Arc::new(PgStore::connect(database.url(), 8).await.expect("connect"));
-            (store, None)
+            let store = PgStore::connect(database.url(), 8).await.expect("connect");
+            (Arc::new(store.with_cache(cache).await.expect("cache")), None)
         } else {
-            // The production path: a read cache in front of the store.
-            let cache = Arc::new(MemoryCache::new(10_000, std::time::Duration::from_secs(300)));
             let store = SqliteStore::open(&dir.path().join("test.db")).expect("open store");
             let store = Arc::new(store.with_cache(cache).expect("cache"));
             (store.clone() as Arc<dyn Store>, Some(store))
