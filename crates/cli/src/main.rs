@@ -17,7 +17,7 @@ use tombstone_domain::time::{Clock, SystemClock};
 use tombstone_server::keys::{create_key, valid_tenant};
 use tombstone_server::search::SearchIndex;
 use tombstone_server::{AppState, Workers, serve};
-use tombstone_store::{MemoryCache, SqliteStore, Store};
+use tombstone_store::{MemoryCache, PgStore, SqliteStore, Store};
 
 /// Tombstone: a data API server in which delete is safe by default.
 #[derive(Parser)]
@@ -212,8 +212,18 @@ pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>
                 bail!("cache.url: a shared cache (redis://) is not available in this build; use \"memory\" or \"none\"")
             }
         },
-        StorageConfig::Postgres { .. } => {
-            bail!("storage.url: PostgreSQL storage is not available in this build yet; use sqlite://PATH")
+        StorageConfig::Postgres { url, pool_size } => {
+            let store = PgStore::connect(url, *pool_size as usize).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            match config.cache.url.as_str() {
+                "memory" => {
+                    let cache = Arc::new(MemoryCache::new(config.cache.capacity, config.cache.ttl));
+                    Arc::new(store.with_cache(cache).await?)
+                }
+                "none" => Arc::new(store),
+                _ => bail!(
+                    "cache.url: a shared cache (redis://) is not available in this build; use \"memory\" or \"none\""
+                ),
+            }
         }
     };
     store.migrate(&config.schema).await?;
@@ -339,8 +349,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load_config(config.config.as_deref())?;
             let store: Arc<dyn Store> = match &config.storage {
                 StorageConfig::Sqlite { path } => Arc::new(SqliteStore::open_read_only(path)?),
-                StorageConfig::Postgres { .. } => {
-                    bail!("storage.url: PostgreSQL storage is not available in this build yet")
+                // Reads only, in one snapshot (see `verify_audit`).
+                StorageConfig::Postgres { url, .. } => {
+                    Arc::new(PgStore::connect(url, 2).await.map_err(|e| anyhow::anyhow!("{e}"))?)
                 }
             };
             match store.verify_audit().await? {

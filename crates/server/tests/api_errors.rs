@@ -39,7 +39,10 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let app = TestApp::new().await;
+    fixture_with(TestApp::new().await).await
+}
+
+async fn fixture_with(app: TestApp) -> Fixture {
     let active = app
         .create(
             "products",
@@ -871,7 +874,7 @@ async fn the_nul_character_is_refused_everywhere_and_changes_nothing() {
 /// it — record, audit entry, event — is written.
 #[tokio::test]
 async fn a_write_blocked_by_another_process_is_a_503_busy_with_retry_after() {
-    let f = fixture().await;
+    let f = fixture_with(TestApp::new_sqlite().await).await;
     let app = &f.app;
     let before = snapshot(app).await;
     let audit_before = app.get("/v1/audit?limit=500", &app.admin).await.json()["items"].as_array().unwrap().len();

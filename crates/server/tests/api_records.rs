@@ -1477,7 +1477,7 @@ async fn a_restore_racing_a_create_of_the_same_unique_value_leaves_one_active() 
 
 #[tokio::test]
 async fn health_and_readiness_answer_200_without_a_key() {
-    let app = TestApp::new().await;
+    let app = TestApp::new_sqlite().await;
     for path in ["/healthz", "/readyz"] {
         let r = app.send(Method::GET, path, None, &[], None).await;
         r.assert_status(200);
@@ -1503,7 +1503,7 @@ async fn readyz_over(app: &TestApp, store: tombstone_store::SqliteStore) -> Test
 // need one (it used to run an empty write transaction on the live writer).
 #[tokio::test]
 async fn readiness_only_reads() {
-    let app = TestApp::new().await;
+    let app = TestApp::new_sqlite().await;
     let store = tombstone_store::SqliteStore::open_read_only(app.db_path()).unwrap();
     let r = readyz_over(&app, store).await;
     r.assert_status(200);
@@ -1514,7 +1514,7 @@ async fn readiness_only_reads() {
 // no SQLite message, no path (they go to the log).
 #[tokio::test]
 async fn unreadiness_is_a_plain_503_without_internal_text() {
-    let app = TestApp::new().await;
+    let app = TestApp::new_sqlite().await;
     // A database in rollback-journal mode that another connection holds exclusively: no
     // read can start, and after the readers' busy timeout the ping fails ("database is
     // locked").

@@ -158,7 +158,7 @@ async fn audit_and_event_pages_walk_every_entry_once() {
 
 #[tokio::test]
 async fn pii_values_never_reach_audit_or_outbox_rows() {
-    let app = TestApp::new().await;
+    let app = TestApp::new_sqlite().await;
     let marker = "pii-marker-7f3a9c@example.com";
     let c = app.create("customers", &app.admin, &json!({"email": marker, "name": "Ada"})).await;
     let id = c["id"].as_str().unwrap();

@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, HashSet};
 use common::TestApp;
 use serde_json::{Value, json};
 use tombstone_domain::time::Clock;
-use tombstone_store::prelude::*;
 
 /// A small bound, so a test needs only a few hundred records.
 const BOUND: usize = 50;

@@ -5,7 +5,6 @@
 mod common;
 
 use std::time::Duration;
-use tombstone_store::prelude::*;
 
 use common::TestApp;
 use rusqlite::Connection;
@@ -134,7 +133,7 @@ async fn the_receipt_answers_at_commit_and_the_search_step_finishes_later() {
 
 #[tokio::test]
 async fn a_crash_after_the_commit_leaves_jobs_that_finish_after_restart() {
-    let app = TestApp::with_schema(SHOP).await;
+    let app = TestApp::sqlite_with_schema(SHOP).await;
     let word = marker("crashmark");
     let customer = app
         .create("customers", &app.admin, &json!({"email": format!("{word}@example.com"), "name": format!("Bo {word}")}))
@@ -154,12 +153,7 @@ async fn a_crash_after_the_commit_leaves_jobs_that_finish_after_restart() {
 
     // The process dies before any follow-up work runs.
     drop(reader);
-    let TestApp { dir, store, router, search, .. } = app;
-    drop((router, search));
-    drop(store);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-
-    let app = TestApp::in_dir(SHOP, dir).await;
+    let app = app.restart(SHOP).await;
     let after = app.post_empty(&format!("/v1/customers/{id}:erase"), &app.admin).await.json();
     assert_eq!(pending(&after), ["search", "wal"], "the jobs survived the crash: {after}");
 

@@ -175,10 +175,10 @@ async fn read_to_end(mut body: Body) -> usize {
 
 #[tokio::test]
 async fn open_streams_share_one_reader_of_the_outbox() {
-    let app = TestApp::with_schema(&format!("{TEST_SCHEMA}{NO_POLL}")).await;
+    let app = TestApp::sqlite_with_schema(&format!("{TEST_SCHEMA}{NO_POLL}")).await;
     const STREAMS: usize = 8;
     const CREATES: usize = 20;
-    let before = app.store.event_reads();
+    let before = app.sqlite().event_reads();
     let mut readers = Vec::new();
     for _ in 0..STREAMS {
         readers.push(tokio::spawn(read_events(open(&app, &app.admin, None).await, CREATES)));
@@ -194,13 +194,13 @@ async fn open_streams_share_one_reader_of_the_outbox() {
     // Each stream reads the store once to catch up; the live events are read once for all
     // of them (at most once per commit, plus the follower's first read). Streams polling
     // on their own would read at least STREAMS × CREATES times.
-    let reads = usize::try_from(app.store.event_reads() - before).unwrap();
+    let reads = usize::try_from(app.sqlite().event_reads() - before).unwrap();
     assert!(reads <= STREAMS + CREATES + 2, "{reads} outbox reads for {STREAMS} streams and {CREATES} commits");
 }
 
 #[tokio::test]
 async fn a_stream_that_falls_behind_catches_up_without_a_gap_or_a_repeat() {
-    let app = TestApp::with_schema(&format!("{TEST_SCHEMA}{NO_POLL}")).await;
+    let app = TestApp::sqlite_with_schema(&format!("{TEST_SCHEMA}{NO_POLL}")).await;
     app.create("categories", &app.admin, &json!({"name": "before"})).await;
     // `behind` is never read while the hub broadcasts; `reader` keeps up as best it can.
     let behind = open(&app, &app.admin, None).await;
@@ -286,7 +286,7 @@ async fn revoking_a_key_through_the_api_ends_its_streams() {
 
 #[tokio::test]
 async fn revoking_a_key_in_another_process_ends_its_streams() {
-    let app = TestApp::with_schema(&format!("{TEST_SCHEMA}{NO_POLL}")).await;
+    let app = TestApp::sqlite_with_schema(&format!("{TEST_SCHEMA}{NO_POLL}")).await;
     let key = app.key("t1", "events").await;
     let body = open(&app, &key, None).await;
     let ended = tokio::spawn(read_to_end(body));

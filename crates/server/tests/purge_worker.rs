@@ -243,7 +243,7 @@ fn assert_batches_bounded(report: &PassReport) {
 
 #[tokio::test]
 async fn a_pass_purges_expired_records_in_paced_batches_and_nothing_early_or_twice() {
-    let app = TestApp::with_schema(SCHEMA).await;
+    let app = TestApp::sqlite_with_schema(SCHEMA).await;
     let early = load(&app, "notes", 2050).await;
     let memos = load(&app, "memos", 450).await;
     app.clock.advance(HOUR / 2);
@@ -361,7 +361,7 @@ fn micros(t: Timestamp) -> i64 {
 
 #[tokio::test]
 async fn a_paused_purge_purges_nothing_until_resumed() {
-    let app = TestApp::with_schema(SCHEMA).await;
+    let app = TestApp::sqlite_with_schema(SCHEMA).await;
     let ids = load(&app, "notes", 250).await;
     app.clock.advance(2 * HOUR);
 
@@ -402,7 +402,7 @@ async fn a_paused_purge_purges_nothing_until_resumed() {
 
 #[tokio::test]
 async fn a_pause_during_the_pass_stops_it_at_a_batch_boundary() {
-    let app = TestApp::with_schema(SCHEMA).await;
+    let app = TestApp::sqlite_with_schema(SCHEMA).await;
     let ids = load(&app, "notes", 1000).await;
     app.clock.advance(2 * HOUR);
     // Another replica pauses purge while this one is in the middle of its pass.
@@ -428,7 +428,7 @@ async fn a_pause_during_the_pass_stops_it_at_a_batch_boundary() {
 
 #[tokio::test]
 async fn a_pass_dropped_mid_flight_leaves_every_record_whole_and_the_next_pass_finishes() {
-    let app = TestApp::with_schema(SCHEMA).await;
+    let app = TestApp::sqlite_with_schema(SCHEMA).await;
     let ids = load(&app, "notes", 650).await;
     app.clock.advance(2 * HOUR);
     let w = worker(&app);
@@ -500,7 +500,7 @@ async fn a_hold_placed_after_the_window_still_prevents_the_purge() {
 
 #[tokio::test]
 async fn the_preview_matches_what_a_pass_purges() {
-    let app = TestApp::with_schema(SCHEMA).await;
+    let app = TestApp::sqlite_with_schema(SCHEMA).await;
     let due = load(&app, "notes", 180).await;
     let memos = load(&app, "memos", 40).await;
     // Another tenant's expired records are not this tenant's business.

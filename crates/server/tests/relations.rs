@@ -13,7 +13,6 @@ use std::time::Duration;
 use common::{TestApp, TestResponse};
 use serde_json::{Value, json};
 use tombstone_domain::time::Clock;
-use tombstone_store::prelude::*;
 
 /// Every relation the tests need, one group of collections per scenario.
 const SCHEMA: &str = r#"

@@ -19,7 +19,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use tombstone_store::prelude::*;
 
 use common::TestApp;
 use proptest::prelude::*;

@@ -104,7 +104,7 @@ fn assert_missing_scope(r: &TestResponse, scope: &str) {
 
 #[tokio::test]
 async fn restore_works_inside_the_window_and_not_after_purge_at() {
-    let app = TestApp::new().await;
+    let app = TestApp::new_sqlite().await;
     let a = create_deleted(&app, "products", &app.admin, &product("W-A")).await;
     let b = create_deleted(&app, "products", &app.admin, &product("W-B")).await;
     let (a_id, b_id) = (id_of(&a), id_of(&b));
@@ -432,7 +432,7 @@ async fn holds_stack_until_the_last_one_is_released() {
 // hold_id and case as members of their own, covered by the hash chain.
 #[tokio::test]
 async fn hold_audit_entries_keep_the_reason_as_given_with_hold_id_and_case() {
-    let app = TestApp::new().await;
+    let app = TestApp::new_sqlite().await;
     let record = app.create("products", &app.admin, &product("AUD")).await;
     let path = format!("/v1/products/{}", id_of(&record));
     let reason = "litigation: keep everything (see case=not-this)";
@@ -716,7 +716,7 @@ async fn hold_bodies_are_validated() {
 
 #[tokio::test]
 async fn purge_hard_deletes_a_soft_deleted_record() {
-    let app = TestApp::new().await;
+    let app = TestApp::new_sqlite().await;
     let active = id_of(&app.create("products", &app.admin, &product("U-0")).await);
     let victim = create_deleted(&app, "products", &app.admin, &product("U-1")).await;
     let id = id_of(&victim);
@@ -753,7 +753,7 @@ async fn purge_hard_deletes_a_soft_deleted_record() {
 
 #[tokio::test]
 async fn purge_needs_its_scope_and_ignores_the_pause() {
-    let app = TestApp::new().await;
+    let app = TestApp::new_sqlite().await;
     let a = id_of(&create_deleted(&app, "products", &app.admin, &product("V-1")).await);
     let b = id_of(&create_deleted(&app, "customers", &app.admin, &json!({"email": "v@example.com"})).await);
 
@@ -814,7 +814,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 #[tokio::test]
 async fn erase_removes_every_copy_of_the_values() {
-    let app = TestApp::new().await;
+    let app = TestApp::new_sqlite().await;
     let key = app.key("t1", "read,write,delete").await;
     // Markers that can only come from this record's values.
     let pii = format!("zq{}", uuid_like());

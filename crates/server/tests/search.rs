@@ -7,7 +7,6 @@ mod common;
 use common::{TestApp, TestResponse};
 use serde_json::{Value, json};
 use tombstone_server::search::{SearchIndex, reconcile};
-use tombstone_store::prelude::*;
 
 const SCHEMA: &str = r#"
 [retention]
@@ -126,7 +125,7 @@ async fn search_is_confined_to_the_tenant() {
 
 #[tokio::test]
 async fn the_reconciler_finds_and_repairs_a_document_of_a_deleted_record() {
-    let app = TestApp::with_schema(SCHEMA).await;
+    let app = TestApp::sqlite_with_schema(SCHEMA).await;
     let mug = product(&app, "1", "yellow mug").await;
     let cup = product(&app, "2", "yellow cup").await;
     app.index().await;

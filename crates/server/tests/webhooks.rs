@@ -89,9 +89,18 @@ async fn start_receiver() -> (Receiver, String) {
 }
 
 async fn setup(extra: &str) -> (TestApp, Relay, Receiver) {
+    setup_on(extra, false).await
+}
+
+/// [`setup`] on SQLite whatever the run (for a test that edits the database file).
+async fn setup_sqlite(extra: &str) -> (TestApp, Relay, Receiver) {
+    setup_on(extra, true).await
+}
+
+async fn setup_on(extra: &str, sqlite: bool) -> (TestApp, Relay, Receiver) {
     let (receiver, url) = start_receiver().await;
     let config = format!("{TEST_SCHEMA}\n[[webhooks]]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n{extra}\n");
-    let app = TestApp::with_schema(&config).await;
+    let app = if sqlite { TestApp::sqlite_with_schema(&config).await } else { TestApp::with_schema(&config).await };
     let relay = Relay::new(app.store.clone(), app.clock.clone(), &app.config.webhooks).unwrap();
     relay.register().await.unwrap();
     (app, relay, receiver)
@@ -284,7 +293,6 @@ async fn deliveries_are_confined_to_the_tenant() {
 
 #[tokio::test]
 async fn outbox_rows_are_cleaned_up_only_after_retention_and_delivery() {
-    use tombstone_store::prelude::*;
     let (app, relay, receiver) = setup("").await;
     let p = app.create("products", &app.admin, &json!({"sku": "A", "name": "Mug"})).await;
     receiver.behaviour.lock().unwrap().script.insert(p["id"].as_str().unwrap().into(), vec![500]);
@@ -313,7 +321,6 @@ async fn outbox_rows_are_cleaned_up_only_after_retention_and_delivery() {
 
 #[tokio::test]
 async fn cleaning_the_outbox_never_hands_out_a_seq_twice() {
-    use tombstone_store::prelude::*;
     let (app, relay, _receiver) = setup("").await;
     for sku in ["A", "B", "C"] {
         app.create("products", &app.admin, &json!({"sku": sku, "name": "Mug"})).await;
@@ -370,7 +377,7 @@ async fn a_failing_record_of_one_tenant_does_not_hold_another_tenants_record_wit
 async fn an_upgrade_keys_existing_lanes_by_tenant_keeps_their_order_and_hides_old_error_text() {
     let (receiver, url) = start_receiver().await;
     let config = format!("{TEST_SCHEMA}\n[[webhooks]]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n");
-    let app = TestApp::with_schema(&config).await;
+    let app = TestApp::sqlite_with_schema(&config).await;
     let relay = Relay::new(app.store.clone(), app.clock.clone(), &app.config.webhooks).unwrap();
     relay.register().await.unwrap();
     app.create("products", &app.admin, &json!({"id": "p1", "sku": "A", "name": "Mug"})).await;
@@ -419,7 +426,6 @@ async fn an_upgrade_keys_existing_lanes_by_tenant_keeps_their_order_and_hides_ol
 
 #[tokio::test]
 async fn a_delivery_whose_event_was_cleaned_up_cannot_be_redelivered() {
-    use tombstone_store::prelude::*;
     let (app, relay, _receiver) = setup("").await;
     app.create("products", &app.admin, &json!({"sku": "A", "name": "Mug"})).await;
     relay.run_once().await.unwrap();
@@ -444,7 +450,7 @@ async fn a_delivery_whose_event_was_cleaned_up_cannot_be_redelivered() {
 
 #[tokio::test]
 async fn a_pending_delivery_whose_event_is_gone_is_cancelled_and_frees_its_lane() {
-    let (app, relay, receiver) = setup("").await;
+    let (app, relay, receiver) = setup_sqlite("").await;
     app.create("products", &app.admin, &json!({"id": "p1", "sku": "A", "name": "Mug"})).await;
     receiver.behaviour.lock().unwrap().script.insert("p1".into(), vec![500]);
     relay.run_once().await.unwrap();
@@ -548,9 +554,7 @@ async fn transport_failures_are_classified() {
 
 /// A restart over the same database with another config (the old app is dropped first).
 async fn restart(app: TestApp, config: &str) -> TestApp {
-    let TestApp { dir, router, store, search, .. } = app;
-    drop((router, store, search));
-    TestApp::in_dir(config, dir).await
+    app.restart(config).await
 }
 
 fn gauge(text: &str, name: &str) -> f64 {
@@ -561,7 +565,6 @@ fn gauge(text: &str, name: &str) -> f64 {
 
 #[tokio::test]
 async fn an_endpoint_removed_from_the_config_stops_pinning_the_outbox() {
-    use tombstone_store::prelude::*;
     let (receiver, url) = start_receiver().await;
     let with_hook = format!("{TEST_SCHEMA}\n[[webhooks]]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n");
     let app = TestApp::with_schema(&with_hook).await;

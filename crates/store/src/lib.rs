@@ -6,6 +6,7 @@
 //! together or not at all.
 
 pub mod cache;
+pub mod postgres;
 pub mod priority;
 pub(crate) mod rules;
 pub mod sqlite;
@@ -26,6 +27,7 @@ use tombstone_domain::time::Timestamp;
 use tombstone_domain::webhook::DeliveryError;
 
 pub use cache::{MemoryCache, RecordCache};
+pub use postgres::{PgStore, ScratchDatabase};
 pub use sqlite::SqliteStore;
 
 /// Why a store call failed.
@@ -454,6 +456,9 @@ pub enum ErasureStep {
     Search,
     /// Old page images in the WAL may still hold the values (until a truncating checkpoint).
     Wal,
+    /// PostgreSQL: the deleted and scrubbed rows stay in their tables' pages as dead tuples
+    /// (until a vacuum prunes them).
+    Vacuum,
 }
 
 impl ErasureStep {
@@ -463,6 +468,7 @@ impl ErasureStep {
         match self {
             Self::Search => "search",
             Self::Wal => "wal",
+            Self::Vacuum => "vacuum",
         }
     }
 
@@ -472,6 +478,7 @@ impl ErasureStep {
         match name {
             "search" => Some(Self::Search),
             "wal" => Some(Self::Wal),
+            "vacuum" => Some(Self::Vacuum),
             _ => None,
         }
     }

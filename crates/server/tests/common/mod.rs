@@ -1,5 +1,10 @@
-//! The test harness: a [`TestApp`] with its own temporary SQLite database, a manual clock
-//! and typed request helpers. Requests go through the real router in-process.
+//! The test harness: a [`TestApp`] with its own fresh store, a manual clock and typed
+//! request helpers. Requests go through the real router in-process.
+//!
+//! The store is SQLite in a temporary directory, or — with `TOMBSTONE_TEST_STORE=postgres`
+//! — a fresh database on the server `TOMBSTONE_TEST_POSTGRES_URL` points at (`scripts/test`
+//! runs this suite both ways). A test of SQLite's own files and connections
+//! makes its app with [`TestApp::new_sqlite`], which is SQLite whatever the run.
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
 use std::path::Path;
@@ -17,7 +22,7 @@ use tombstone_domain::time::{Clock, ManualClock};
 use tombstone_server::keys::create_key;
 use tombstone_server::search::SearchIndex;
 use tombstone_server::{AppState, router};
-use tombstone_store::{MemoryCache, SqliteStore, Store};
+use tombstone_store::{MemoryCache, PgStore, ScratchDatabase, SqliteStore, Store};
 
 /// The schema most tests use.
 pub const TEST_SCHEMA: &str = r#"
@@ -64,7 +69,11 @@ title = { type = "string", required = true }
 /// A running application over a fresh database.
 pub struct TestApp {
     pub router: Router,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn Store>,
+    /// The same store when it is SQLite's.
+    pub sqlite_store: Option<Arc<SqliteStore>>,
+    /// The PostgreSQL database of this app, dropped with it.
+    pub database: Option<ScratchDatabase>,
     pub clock: Arc<ManualClock>,
     pub config: Config,
     /// An admin key of tenant `t1`.
@@ -114,6 +123,11 @@ impl TestResponse {
     }
 }
 
+/// Whether this run's stores are PostgreSQL's (`TOMBSTONE_TEST_STORE=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("TOMBSTONE_TEST_STORE").is_ok_and(|s| s == "postgres")
+}
+
 impl TestApp {
     /// An app over [`TEST_SCHEMA`].
     pub async fn new() -> Self {
@@ -126,13 +140,54 @@ impl TestApp {
         Self::in_dir(toml, dir).await
     }
 
-    /// An app over a schema, with its database in `dir`.
+    /// An app over [`TEST_SCHEMA`] on SQLite whatever the run: for a test of SQLite's own
+    /// files and connections.
+    pub async fn new_sqlite() -> Self {
+        Self::sqlite_with_schema(TEST_SCHEMA).await
+    }
+
+    /// An app over another schema on SQLite whatever the run.
+    pub async fn sqlite_with_schema(toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::build(toml, dir, false).await
+    }
+
+    /// An app over a schema, with its files in `dir`.
     pub async fn in_dir(toml: &str, dir: TempDir) -> Self {
+        Self::build(toml, dir, on_postgres()).await
+    }
+
+    async fn build(toml: &str, dir: TempDir, postgres: bool) -> Self {
+        let database = if postgres {
+            let admin = std::env::var("TOMBSTONE_TEST_POSTGRES_URL")
+                .expect("TOMBSTONE_TEST_STORE=postgres needs TOMBSTONE_TEST_POSTGRES_URL");
+            Some(ScratchDatabase::create(&admin).await.expect("create a test database"))
+        } else {
+            None
+        };
+        Self::open(toml, dir, database).await
+    }
+
+    /// The app stopped and started again over the same data (its database, its files),
+    /// with `toml` as its config: what a restart of the server sees.
+    pub async fn restart(self, toml: &str) -> Self {
+        let TestApp { dir, database, router, store, sqlite_store, search, .. } = self;
+        drop((router, store, sqlite_store, search));
+        Self::open(toml, dir, database).await
+    }
+
+    async fn open(toml: &str, dir: TempDir, database: Option<ScratchDatabase>) -> Self {
         let config = Config::parse(toml, dir.path()).expect("test schema");
         // The production path: a read cache in front of the store.
         let cache = Arc::new(MemoryCache::new(10_000, std::time::Duration::from_secs(300)));
-        let store = SqliteStore::open(&dir.path().join("test.db")).expect("open store");
-        let store = Arc::new(store.with_cache(cache).expect("cache"));
+        let (store, sqlite_store): (Arc<dyn Store>, _) = if let Some(database) = &database {
+            let store = PgStore::connect(database.url(), 8).await.expect("connect");
+            (Arc::new(store.with_cache(cache).await.expect("cache")), None)
+        } else {
+            let store = SqliteStore::open(&dir.path().join("test.db")).expect("open store");
+            let store = Arc::new(store.with_cache(cache).expect("cache"));
+            (store.clone() as Arc<dyn Store>, Some(store))
+        };
         store.migrate(&config.schema).await.expect("migrate");
         let clock = Arc::new(ManualClock::default());
         let search = Arc::new(SearchIndex::open(&dir.path().join("search"), true).expect("search index"));
@@ -140,7 +195,7 @@ impl TestApp {
             .with_search(search.clone())
             .with_events(config.events.clone());
         let router = router(state);
-        let mut app = Self { router, store, clock, config, admin: String::new(), dir, search };
+        let mut app = Self { router, store, sqlite_store, database, clock, config, admin: String::new(), dir, search };
         app.admin = app.key("t1", "admin").await;
         app
     }
@@ -150,9 +205,14 @@ impl TestApp {
         self.search.catch_up(self.store.as_ref(), &self.config.schema).await.expect("indexer")
     }
 
-    /// The database file.
+    /// The SQLite store of an app made by [`TestApp::new_sqlite`].
+    pub fn sqlite(&self) -> &Arc<SqliteStore> {
+        self.sqlite_store.as_ref().expect("an SQLite test made its app with TestApp::new_sqlite")
+    }
+
+    /// The database file of an app made by [`TestApp::new_sqlite`].
     pub fn db_path(&self) -> &Path {
-        self.store.path()
+        self.sqlite().path()
     }
 
     /// Creates a key and returns its secret.

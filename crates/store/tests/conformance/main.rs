@@ -46,7 +46,8 @@ use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::Timestamp;
 use tombstone_store::{
     AuditQuery, DeleteOutcome, EventQuery, IDEMPOTENCY_STALE_MICROS, IDEMPOTENCY_TTL_MICROS, IdempotencyClaim,
-    IdempotencyKey, MemoryCache, RestoreOutcome, SqliteStore, Store, StoreError, StoredKey, StoredResponse,
+    IdempotencyKey, MemoryCache, PgStore, RestoreOutcome, ScratchDatabase, SqliteStore, Store, StoreError, StoredKey,
+    StoredResponse,
 };
 
 /// Runs `test` once against a fresh, empty store of every backend.
@@ -58,7 +59,20 @@ where
     let dir = tempfile::tempdir().expect("temp dir");
     let sqlite = SqliteStore::open(&dir.path().join("conformance.db")).expect("open sqlite store");
     test(Arc::new(sqlite)).await;
-    // PostgreSQL: `if let Some(store) = postgres_store().await { test(store).await; }`
+    if let Some(database) = postgres_database().await {
+        let store = PgStore::connect(database.url(), 24).await.expect("connect to the test database");
+        test(Arc::new(store)).await;
+    }
+}
+
+/// A fresh database on the test server (`TOMBSTONE_TEST_POSTGRES_URL`, which
+/// `scripts/test` always sets); `None` without one, after saying so once per test.
+async fn postgres_database() -> Option<ScratchDatabase> {
+    let Ok(admin) = std::env::var("TOMBSTONE_TEST_POSTGRES_URL") else {
+        eprintln!("TOMBSTONE_TEST_POSTGRES_URL is not set: this test ran on SQLite only");
+        return None;
+    };
+    Some(ScratchDatabase::create(&admin).await.expect("create a test database"))
 }
 
 /// Runs `test` once per backend with two stores over one fresh, empty database, as two
@@ -75,7 +89,13 @@ where
     let cached = SqliteStore::open(&path).expect("open sqlite store").with_cache(cache).expect("cache");
     let plain = SqliteStore::open(&path).expect("open sqlite store again");
     test(Arc::new(cached), Arc::new(plain)).await;
-    // PostgreSQL: two stores on the same fresh database, the first with a cache.
+    if let Some(database) = postgres_database().await {
+        let cache = Arc::new(MemoryCache::new(1000, std::time::Duration::from_secs(3600)));
+        let first = PgStore::connect(database.url(), 8).await.expect("connect to the test database");
+        let first = first.with_cache(cache).await.expect("cache");
+        let second = PgStore::connect(database.url(), 8).await.expect("connect to the test database");
+        test(Arc::new(first), Arc::new(second)).await;
+    }
 }
 
 /// 2026-01-01T00:00:00Z, the start of every test's time line.
