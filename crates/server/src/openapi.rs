@@ -1252,10 +1252,12 @@ fn retention_components(components: ComponentsBuilder, schema: &Schema, names: &
                     )
                     .property(
                         "pending",
-                        array_of(string().enum_values(Some(["search", "wal"]))).description(Some(
+                        array_of(string().enum_values(Some(["search", "wal", "vacuum"]))).description(Some(
                             "Steps that run after the commit and are not done yet: `search` (the index \
-                             still holds its terms), `wal` (the write-ahead log still holds old pages). \
-                             Empty once no copy is left; a retried `:erase` shows the state now.",
+                             still holds its terms), `wal` (SQLite: the write-ahead log still holds old \
+                             pages), `vacuum` (PostgreSQL: dead row versions still hold the values until \
+                             a vacuum prunes them). Empty once no copy is left; a retried `:erase` shows \
+                             the state now.",
                         )),
                     ),
                 &["collection", "id", "erased_at", "audit_seq", "scrubbed", "counts", "pending"],
