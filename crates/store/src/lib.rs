@@ -508,6 +508,34 @@ pub struct SinkStatus {
     pub last_error: Option<String>,
 }
 
+/// Where a deletion operation stands at one webhook endpoint, from its deliveries' states
+/// (`(status, last_error)`), the operation's newest event and the endpoint's cursor: failed
+/// if any delivery failed or was cancelled; pending while one is pending or the endpoint
+/// has not fanned out the newest event yet (unless disabled or removed); done otherwise.
+/// `None` for an endpoint that left the config before the operation's events reached it:
+/// not a sink of this operation.
+pub(crate) fn sink_status(
+    states: &[(String, Option<String>)],
+    newest_event: Option<i64>,
+    cursor: i64,
+    disabled: bool,
+    removed: bool,
+) -> Option<SinkStatus> {
+    if removed && states.is_empty() {
+        return None;
+    }
+    let failed = states.iter().find(|(s, _)| s == "failed" || s == "cancelled");
+    Some(if let Some((_, error)) = failed {
+        SinkStatus { status: "failed".into(), last_error: error.clone() }
+    } else if states.iter().any(|(s, _)| s == "pending")
+        || newest_event.is_some_and(|n| n > cursor && !disabled && !removed)
+    {
+        SinkStatus { status: "pending".into(), last_error: states.iter().find_map(|(_, e)| e.clone()) }
+    } else {
+        SinkStatus { status: "done".into(), last_error: None }
+    })
+}
+
 /// A deletion operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeletionOp {

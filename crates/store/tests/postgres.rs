@@ -7,11 +7,13 @@
 //! (`scripts/test` starts a throwaway cluster and sets it); each test creates its own
 //! database and drops it at the end. Without the variable every test says so and passes.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::tokio_postgres::{self, NoTls};
+use deadpool_postgres::tokio_postgres;
 use tombstone_domain::audit::{AuditAction, NewAuditEntry};
 use tombstone_domain::config::{Collection, Config, Schema};
 use tombstone_domain::events::{EventType, NewEvent};
@@ -23,95 +25,7 @@ use tombstone_domain::time::Timestamp;
 use tombstone_store::prelude::*;
 use tombstone_store::{AuditQuery, EventQuery, PgStore, SqliteStore, StoreError, StoredKey};
 
-// ---------------------------------------------------------------------------------------
-// A database per test
-
-/// A fresh database on the test server, dropped by [`TestDb::drop_db`] (or on drop).
-struct TestDb {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-/// The URL of `admin` with another database name.
-fn with_database(admin: &str, name: &str) -> String {
-    let (base, query) = admin.split_once('?').map_or((admin, None), |(b, q)| (b, Some(q)));
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..].find('/').map_or(base.len(), |i| authority_start + i);
-    let mut url = format!("{}/{name}", &base[..path_start]);
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
-    }
-    url
-}
-
-async fn admin_client(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect to the test server");
-    tokio::spawn(connection);
-    client
-}
-
-impl TestDb {
-    /// `None` (after a notice) when no test server is configured.
-    async fn create(test: &str) -> Option<Self> {
-        Self::create_with(test, "").await
-    }
-
-    /// A database made with `options` after `create database <name>`.
-    async fn create_with(test: &str, options: &str) -> Option<Self> {
-        let Ok(admin) = std::env::var("TOMBSTONE_TEST_POSTGRES_URL") else {
-            eprintln!("{test}: TOMBSTONE_TEST_POSTGRES_URL is not set; skipping the PostgreSQL test");
-            return None;
-        };
-        let name = format!("t_{}", uuid::Uuid::now_v7().simple());
-        admin_client(&admin)
-            .await
-            .batch_execute(&format!("create database {name} {options}"))
-            .await
-            .expect("create database");
-        let url = with_database(&admin, &name);
-        Some(Self { admin, name, url })
-    }
-
-    async fn store(&self, pool_size: usize) -> Arc<PgStore> {
-        Arc::new(PgStore::connect(&self.url, pool_size).await.expect("connect"))
-    }
-
-    /// A plain connection to the test database, beside the store's pool.
-    async fn client(&self) -> tokio_postgres::Client {
-        admin_client(&self.url).await
-    }
-
-    async fn drop_db(mut self) {
-        let name = std::mem::take(&mut self.name);
-        admin_client(&self.admin)
-            .await
-            .batch_execute(&format!("drop database {name} with (force)"))
-            .await
-            .expect("drop database");
-    }
-}
-
-/// A test that fails before [`TestDb::drop_db`] still drops its database, from a thread
-/// of its own (the test's runtime may be the one panicking).
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if self.name.is_empty() {
-            return;
-        }
-        let (admin, name) = (self.admin.clone(), std::mem::take(&mut self.name));
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async {
-                let (client, connection) = tokio_postgres::connect(&admin, NoTls).await.ok()?;
-                tokio::spawn(connection);
-                client.batch_execute(&format!("drop database if exists {name} with (force)")).await.ok()
-            })
-        });
-        let _ = dropped.join();
-    }
-}
+use common::TestDb;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -229,7 +143,7 @@ name = { type = "string" }
 #[tokio::test]
 async fn replicas_starting_together_apply_each_migration_once() {
     let Some(db) = TestDb::create("replicas_starting_together_apply_each_migration_once").await else { return };
-    let url = db.url.clone();
+    let url = db.url().to_string();
     let products = schema(PRODUCTS);
     let replicas: Vec<_> = (0..4)
         .map(|_| {

@@ -19,7 +19,7 @@ use crate::rules;
 use crate::rules::retention::Due;
 use crate::{
     CollectionCounts, DeleteOutcome, DeletionOp, DeletionStore, Erasure, ErasureStep, PurgeBatch, PurgeDue,
-    RecordsPage, RestoreOutcome, RetentionStore, SinkStatus, StoreError, TrashQuery,
+    RecordsPage, RestoreOutcome, RetentionStore, StoreError, TrashQuery,
 };
 
 /// The meta key of the purge pause (the same as SQLite's).
@@ -423,21 +423,9 @@ impl DeletionStore for PgStore {
                 .iter()
                 .map(|r| Ok::<_, tokio_postgres::Error>((r.try_get(0)?, r.try_get(1)?)))
                 .collect::<Result<_, _>>()?;
-            if removed && states.is_empty() {
-                // It left the config before this operation's events reached it.
-                continue;
+            if let Some(status) = crate::sink_status(&states, newest_event, cursor, disabled_at.is_some(), removed) {
+                webhooks.insert(endpoint, status);
             }
-            let failed = states.iter().find(|(s, _)| s == "failed" || s == "cancelled");
-            let status = if let Some((_, error)) = failed {
-                SinkStatus { status: "failed".into(), last_error: error.clone() }
-            } else if states.iter().any(|(s, _)| s == "pending")
-                || newest_event.is_some_and(|n| n > cursor && disabled_at.is_none() && !removed)
-            {
-                SinkStatus { status: "pending".into(), last_error: states.iter().find_map(|(_, e)| e.clone()) }
-            } else {
-                SinkStatus { status: "done".into(), last_error: None }
-            };
-            webhooks.insert(endpoint, status);
         }
         Ok(Some(DeletionOp {
             id: id.to_string(),

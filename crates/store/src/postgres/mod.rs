@@ -39,7 +39,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
-use tombstone_domain::audit::{AuditAction, AuditEntry, ChainError, ChainVerifier, NewAuditEntry};
+use tombstone_domain::audit::{AuditEntry, ChainError, ChainVerifier};
 use tombstone_domain::config::{Collection, Schema};
 use tombstone_domain::events::Event;
 use tombstone_domain::lifecycle::Actor;
@@ -438,38 +438,6 @@ impl PgStore {
         let rows = client.query(&format!("select tenant, id from {} where deleted_at is null", sql.table), &[]).await?;
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
-
-    /// Runs `f` in one write transaction on a pooled connection, committing when it
-    /// succeeds.
-    async fn write_keys<T>(
-        &self,
-        f: impl for<'t> FnOnce(&'t mut PgTx<'_>) -> BoxFuture<'t, Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        let mut client = self.client().await?;
-        let mut tx = self.transaction(&mut client).await?;
-        let value = f(&mut tx).await?;
-        tx.commit().await?;
-        Ok(value)
-    }
-}
-
-/// Audits a key change. The key id goes in `record_id`, under the pseudo-collection
-/// `keys`; the secret never appears.
-fn key_entry(actor: &Actor, action: AuditAction, tenant: &str, key_id: &str, at: Timestamp) -> NewAuditEntry {
-    NewAuditEntry {
-        at,
-        tenant: tenant.to_string(),
-        actor: actor.key_id.clone(),
-        action,
-        collection: Some("keys".into()),
-        record_id: Some(key_id.to_string()),
-        version: None,
-        deletion_id: None,
-        reason: None,
-        request_id: Some(actor.request_id.clone()),
-        hold_id: None,
-        case: None,
-    }
 }
 
 fn read_key(row: &tokio_postgres::Row) -> Result<StoredKey, StoreError> {
@@ -489,20 +457,7 @@ fn read_key(row: &tokio_postgres::Row) -> Result<StoredKey, StoreError> {
 impl KeyStore for PgStore {
     async fn create_key(&self, key: StoredKey, actor: &Actor) -> Result<(), StoreError> {
         let actor = actor.clone();
-        self.write_keys(move |tx| {
-            Box::pin(async move {
-                let scopes = key.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-                tx.transaction()
-                    .execute(
-                        "insert into api_keys (id, tenant, name, scopes, secret_hash, created_at) values ($1, $2, $3, $4, $5, $6)",
-                        &[&key.id, &key.tenant, &key.name, &scopes, &key.secret_hash, &key.created_at.as_micros()],
-                    )
-                    .await?;
-                tx.append_audit(vec![key_entry(&actor, AuditAction::KeyCreate, &key.tenant, &key.id, key.created_at)])
-                    .await
-            })
-        })
-        .await
+        self.write(move |tx| Box::pin(async move { crate::rules::keys::create(tx, &key, &actor).await })).await
     }
 
     async fn find_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
@@ -525,16 +480,6 @@ impl KeyStore for PgStore {
 
     async fn revoke_key(&self, id: &str, actor: &Actor, now: Timestamp) -> Result<bool, StoreError> {
         let (id, actor) = (id.to_string(), actor.clone());
-        self.write_keys(move |tx| {
-            Box::pin(async move {
-                let row =
-                    tx.transaction().query_opt("delete from api_keys where id = $1 returning tenant", &[&id]).await?;
-                let Some(row) = row else { return Ok(false) };
-                let tenant: String = row.try_get(0)?;
-                tx.append_audit(vec![key_entry(&actor, AuditAction::KeyRevoke, &tenant, &id, now)]).await?;
-                Ok(true)
-            })
-        })
-        .await
+        self.write(move |tx| Box::pin(async move { crate::rules::keys::revoke(tx, &id, &actor, now).await })).await
     }
 }

@@ -42,8 +42,17 @@ impl ScratchDatabase {
     /// # Errors
     /// The server could not be reached or refused.
     pub async fn create(admin: &str) -> Result<Self, StoreError> {
+        Self::create_with(admin, "").await
+    }
+
+    /// Creates a database with `options` after `create database <name>` (a locale, a
+    /// template).
+    ///
+    /// # Errors
+    /// The server could not be reached or refused.
+    pub async fn create_with(admin: &str, options: &str) -> Result<Self, StoreError> {
         let name = format!("t_{}", uuid::Uuid::now_v7().simple());
-        run(admin, &format!("create database {name}")).await?;
+        run(admin, &format!("create database {name} {options}")).await?;
         Ok(Self { url: with_database(admin, &name), admin: admin.to_string(), name })
     }
 

@@ -123,23 +123,9 @@ pub(crate) fn get_operation(
             )?
             .query_map(params![endpoint, tenant, id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        if removed && states.is_empty() {
-            // It left the config before this operation's events reached it: not a sink of
-            // this operation.
-            continue;
+        if let Some(status) = crate::sink_status(&states, newest_event, cursor, disabled_at.is_some(), removed) {
+            webhooks.insert(endpoint, status);
         }
-        let failed = states.iter().find(|(s, _)| s == "failed" || s == "cancelled");
-        let status = if let Some((_, error)) = failed {
-            crate::SinkStatus { status: "failed".into(), last_error: error.clone() }
-        } else if states.iter().any(|(s, _)| s == "pending")
-            || newest_event.is_some_and(|n| n > cursor && disabled_at.is_none() && !removed)
-        {
-            let last_error = states.iter().find_map(|(_, e)| e.clone());
-            crate::SinkStatus { status: "pending".into(), last_error }
-        } else {
-            crate::SinkStatus { status: "done".into(), last_error: None }
-        };
-        webhooks.insert(endpoint, status);
     }
     Ok(Some(crate::DeletionOp {
         id: id.to_string(),
