@@ -12,6 +12,11 @@
 #                              thread, the load generator's too, to CPU 0 (an experiment: can
 #                              a dedicated core hide the pass from reads?)
 #   bench/http/run.sh interference   the same read load alone and beside an idle-class spin loop
+#   bench/http/run.sh stores   SQLite and PostgreSQL in one run, N=100000 records each: GET by id
+#                              (cache warm, no cache) beside the bare endpoint, then DELETE (soft:
+#                              row, audit entry, outbox event) at 1, 8 and 32 connections, and on
+#                              PostgreSQL pgbench's read-write test at the same client counts on the
+#                              same durable cluster; STORES="sqlite" or "postgres" runs one
 #   bench/http/run.sh events   latency from a DELETE's 204 to its event on an open SSE stream and at a
 #                              webhook receiver, N=1000 sequential deletes (p50/p99)
 # Needs wrk (apt-get install wrk). Prints figures; nothing is asserted.
@@ -139,6 +144,65 @@ events)
   "$tomb" migrate --config "$work/e/tombstone.toml" > /dev/null
   start "$work/e" 9107; k=$(key "$work/e")
   "$bins/eventlat" http://127.0.0.1:9107 "$k" "${N:-1000}" 127.0.0.1:9108
+  ;;
+stores)
+  n=${N:-100000}
+  stores=${STORES:-sqlite postgres}
+  pg_url=""
+  if [[ " $stores " == *" postgres "* ]]; then
+    "$root/scripts/postgres" start --durable "$work/pg" > "$work/pg.url"
+    trap '"$root/scripts/postgres" stop "$work/pg"; kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+    pg_url=$(cat "$work/pg.url")
+    pgbin=$(cat "$work/pg/bindir")
+    psql "$pg_url" -qc "create database bench" -c "create database pgbench"
+    "$pgbin/pgbench" -i -s 10 -q "${pg_url%/postgres}/pgbench" > /dev/null 2>&1
+  fi
+  "$bins/bare" 127.0.0.1:9101 2> /dev/null & sleep 0.5
+  port=9110
+  for store in $stores; do
+    for mode in warm cold; do
+      d="$work/$store-$mode"; mkdir -p "$d"
+      cache=""; [ "$mode" = cold ] && cache=$'[cache]\nurl = "none"'
+      config "$d" "$cache"
+      if [ "$store" = postgres ]; then
+        sed -i "s|^url = \"sqlite://data/t.db\"|url = \"${pg_url%/postgres}/bench\"\npool_size = 32|" "$d/tombstone.toml"
+      fi
+    done
+    d="$work/$store-warm"
+    "$tomb" migrate --config "$d/tombstone.toml" > /dev/null
+    if [ "$store" = postgres ]; then
+      db="${pg_url%/postgres}/bench"
+      psql "$db" -qc "insert into rec_products (tenant, id, version, created_at, updated_at, f_sku, f_name)
+        select 'bench', 'p' || lpad(i::text, 8, '0'), 1, 0, 0, 'SKU-' || lpad(i::text, 8, '0'), 'Product ' || i
+        from generate_series(1, $n) i" -c "vacuum analyze rec_products"
+      psql "$db" -Atc "select id from rec_products order by random()" > "$work/$store.ids"
+    else
+      "$bins/seed" "$d/data/t.db" bench "$n" 0 > /dev/null
+      mkdir -p "$work/$store-cold/data"; cp "$d/data/t.db" "$work/$store-cold/data/t.db"
+      "$bins/idlist" "$d/data/t.db" "$n" | shuf > "$work/$store.ids"
+    fi
+    "$tomb" reindex --config "$d/tombstone.toml" > /dev/null
+    head -10000 "$work/$store.ids" > "$work/$store.get-ids"
+    for mode in warm cold; do
+      port=$((port + 1)); start "$work/$store-$mode" $port; k=$(key "$work/$store-$mode")
+      IDS="$work/$store.get-ids" wrk -t1 -c4 -d3s -s "$here/random_get.lua" -H "Authorization: Bearer $k" http://127.0.0.1:$port > /dev/null
+      wrk_run "bare axum JSON endpoint" "http://127.0.0.1:9101/v1/products/x"
+      IDS="$work/$store.get-ids" wrk_run "$store GET, cache $mode" -s "$here/random_get.lua" -H "Authorization: Bearer $k" http://127.0.0.1:$port
+      kill "$(jobs -p | tail -1)" 2>/dev/null || true; sleep 1
+    done
+    port=$((port + 1)); start "$work/$store-warm" $port; k=$(key "$work/$store-warm")
+    from=10001
+    for c in 1 8 32; do
+      t=$(( c < 2 ? 1 : 2 ))
+      tail -n +$from "$work/$store.ids" | head -25000 > "$work/del.ids"; from=$((from + 25000))
+      conns=$c threads=$t IDS="$work/del.ids" THREADS=$t wrk_run "$store DELETE, $c conn" -s "$here/delete.lua" -H "Authorization: Bearer $k" http://127.0.0.1:$port
+      if [ "$store" = postgres ]; then
+        out=$("$pgbin/pgbench" -c $c -j $t -T "$secs" -n "${pg_url%/postgres}/pgbench" 2>/dev/null | awk '/^tps/ {print $3}')
+        printf "%-34s %10s tps\n" "pgbench read-write, $c clients" "$out"
+      fi
+    done
+    kill "$(jobs -p | tail -1)" 2>/dev/null || true; sleep 1
+  done
   ;;
 interference)
   # What any busy thread in the idle CPU class costs live reads on this machine: the same

@@ -1,5 +1,7 @@
-//! Tombstone's storage layer: the [`Store`] trait every backend implements, and the
-//! embedded SQLite backend.
+//! Tombstone's storage layer: the store traits by area ([`RecordStore`], [`DeletionStore`],
+//! [`RetentionStore`], [`EventStore`], [`KeyStore`], and [`Store`] over them), the write
+//! rules every store shares (`rules`, over the transaction interface `rules::Tx`), and
+//! two stores: embedded SQLite ([`SqliteStore`]) and PostgreSQL ([`PgStore`]).
 //!
 //! A store executes decisions the domain made (see `tombstone_domain::lifecycle`); it
 //! owns transactions, so that a state change and everything that must accompany it commit
