@@ -12,7 +12,7 @@
 #                              thread, the load generator's too, to CPU 0 (an experiment: can
 #                              a dedicated core hide the pass from reads?)
 #   bench/http/run.sh interference   the same read load alone and beside an idle-class spin loop
-#   bench/http/run.sh stores   SQLite and PostgreSQL in one run, N=100000 records each: GET by id
+#   bench/http/run.sh stores   SQLite and PostgreSQL in one run, N=300000 records each: GET by id
 #                              (cache warm, no cache) beside the bare endpoint, then DELETE (soft:
 #                              row, audit entry, outbox event) at 1, 8 and 32 connections, and on
 #                              PostgreSQL pgbench's read-write test at the same client counts on the
@@ -50,6 +50,7 @@ TOML
 }
 
 start() { # $1 = dir, $2 = port
+  : > "$1/server.log"  # a restart must not find the last start's line
   "$tomb" serve --config "$1/tombstone.toml" --listen "127.0.0.1:$2" --log-format json 2> "$1/server.log" &
   for _ in $(seq 1 100); do grep -q "listening on" "$1/server.log" 2>/dev/null && return; sleep 0.1; done
   echo "server did not start"; cat "$1/server.log"; exit 1
@@ -146,14 +147,15 @@ events)
   "$bins/eventlat" http://127.0.0.1:9107 "$k" "${N:-1000}" 127.0.0.1:9108
   ;;
 stores)
-  n=${N:-100000}
+  n=${N:-300000}
   stores=${STORES:-sqlite postgres}
   pg_url=""
   if [[ " $stores " == *" postgres "* ]]; then
-    "$root/scripts/postgres" start --durable "$work/pg" > "$work/pg.url"
-    trap '"$root/scripts/postgres" stop "$work/pg"; kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+    pg_dir=$(mktemp -d)  # not under $work: the cluster's user must reach it
+    "$root/scripts/postgres" start --durable "$pg_dir" > "$work/pg.url"
+    trap '"$root/scripts/postgres" stop "$pg_dir"; kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
     pg_url=$(cat "$work/pg.url")
-    pgbin=$(cat "$work/pg/bindir")
+    pgbin=$(cat "$pg_dir/bindir")
     psql "$pg_url" -qc "create database bench" -c "create database pgbench"
     "$pgbin/pgbench" -i -s 10 -q "${pg_url%/postgres}/pgbench" > /dev/null 2>&1
   fi
@@ -162,7 +164,7 @@ stores)
   for store in $stores; do
     for mode in warm cold; do
       d="$work/$store-$mode"; mkdir -p "$d"
-      cache=""; [ "$mode" = cold ] && cache=$'[cache]\nurl = "none"'
+      cache=""; [ "$mode" = cold ] && cache=$'[cache]\ncapacity = 0'
       config "$d" "$cache"
       if [ "$store" = postgres ]; then
         sed -i "s|^url = \"sqlite://data/t.db\"|url = \"${pg_url%/postgres}/bench\"\npool_size = 32|" "$d/tombstone.toml"
@@ -181,8 +183,7 @@ stores)
       mkdir -p "$work/$store-cold/data"; cp "$d/data/t.db" "$work/$store-cold/data/t.db"
       "$bins/idlist" "$d/data/t.db" "$n" | shuf > "$work/$store.ids"
     fi
-    "$tomb" reindex --config "$d/tombstone.toml" > /dev/null
-    head -10000 "$work/$store.ids" > "$work/$store.get-ids"
+    sed -n 1,10000p "$work/$store.ids" > "$work/$store.get-ids"
     for mode in warm cold; do
       port=$((port + 1)); start "$work/$store-$mode" $port; k=$(key "$work/$store-$mode")
       IDS="$work/$store.get-ids" wrk -t1 -c4 -d3s -s "$here/random_get.lua" -H "Authorization: Bearer $k" http://127.0.0.1:$port > /dev/null
@@ -191,10 +192,10 @@ stores)
       kill "$(jobs -p | tail -1)" 2>/dev/null || true; sleep 1
     done
     port=$((port + 1)); start "$work/$store-warm" $port; k=$(key "$work/$store-warm")
-    from=10001
+    from=10001; slice=$(( (n - 10000) / 3 ))
     for c in 1 8 32; do
       t=$(( c < 2 ? 1 : 2 ))
-      tail -n +$from "$work/$store.ids" | head -25000 > "$work/del.ids"; from=$((from + 25000))
+      sed -n "${from},$((from + slice - 1))p" "$work/$store.ids" > "$work/del.ids"; from=$((from + slice))
       conns=$c threads=$t IDS="$work/del.ids" THREADS=$t wrk_run "$store DELETE, $c conn" -s "$here/delete.lua" -H "Authorization: Bearer $k" http://127.0.0.1:$port
       if [ "$store" = postgres ]; then
         out=$("$pgbin/pgbench" -c $c -j $t -T "$secs" -n "${pg_url%/postgres}/pgbench" 2>/dev/null | awk '/^tps/ {print $3}')
