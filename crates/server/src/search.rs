@@ -284,11 +284,9 @@ impl SearchIndex {
     /// terms of removed documents are gone from disk (erasure); segments without deletions
     /// are left as they are.
     fn compact_deleted(&self, writer: &mut IndexWriter) -> Result<(), SearchError> {
-        let segments: Vec<_> =
-            self.index.searchable_segment_metas()?.iter().filter(|m| m.has_deletes()).map(|m| m.id()).collect();
-        if !segments.is_empty() {
-            writer.merge(&segments).wait()?;
-        }
+        self.merge_now(writer, |index| {
+            Ok(index.searchable_segment_metas()?.iter().filter(|m| m.has_deletes()).map(|m| m.id()).collect())
+        })?;
         self.reader.reload()?;
         writer.garbage_collect_files().wait()?;
         Ok(())
@@ -314,10 +312,7 @@ impl SearchIndex {
     fn compact(&self, writer: &mut IndexWriter) -> Result<(), SearchError> {
         self.unless_lost()?;
         let result = (|| {
-            let segments = self.index.searchable_segment_ids()?;
-            if !segments.is_empty() {
-                writer.merge(&segments).wait()?;
-            }
+            self.merge_now(writer, Index::searchable_segment_ids)?;
             self.reader.reload()?;
             writer.garbage_collect_files().wait()?;
             Ok(())
@@ -326,6 +321,33 @@ impl SearchIndex {
             self.roll_back(writer, e);
         }
         result
+    }
+
+    /// Merges the segments `pick` chooses into one, now. A merge the writer's merge policy
+    /// started by itself after a commit may have taken some of them first; tantivy then
+    /// refuses this one (`InvalidArgument`: "the segments that were merged could not be
+    /// found"), which is no failure: wait a moment for that merge and choose again.
+    /// (`tombstone reindex` of 300,000 records met it on every run.)
+    fn merge_now(
+        &self,
+        writer: &mut IndexWriter,
+        pick: impl Fn(&Index) -> tantivy::Result<Vec<tantivy::index::SegmentId>>,
+    ) -> Result<(), SearchError> {
+        const ATTEMPTS: u32 = 50;
+        for attempt in 1.. {
+            let segments = pick(&self.index)?;
+            if segments.is_empty() {
+                return Ok(());
+            }
+            match writer.merge(&segments).wait() {
+                Ok(_) => return Ok(()),
+                Err(tantivy::TantivyError::InvalidArgument(_)) if attempt < ATTEMPTS => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// After a failed commit or merge (a full disk, an I/O error) the writer cannot be
