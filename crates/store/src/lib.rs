@@ -510,6 +510,19 @@ pub struct SinkStatus {
     pub last_error: Option<String>,
 }
 
+/// Where a trash record sorts: newest first over (deleted_at, collection, id).
+fn trash_key(r: &Record) -> (Option<Timestamp>, &str, &str) {
+    (r.deletion.as_ref().map(|d| d.deleted_at), &r.collection, &r.id)
+}
+
+/// One trash page from the pages each collection gave (`limit` each at most): newest first
+/// over (deleted_at, collection, id), at most `limit` in all.
+pub(crate) fn merge_trash(mut all: Vec<Record>, limit: u32) -> Vec<Record> {
+    all.sort_by(|a, b| trash_key(b).cmp(&trash_key(a)));
+    all.truncate(limit as usize);
+    all
+}
+
 /// Where a deletion operation stands at one webhook endpoint, from its deliveries' states
 /// (`(status, last_error)`), the operation's newest event and the endpoint's cursor: failed
 /// if any delivery failed or was cancelled; pending while one is pending or the endpoint

@@ -492,13 +492,7 @@ impl DeletionStore for PgStore {
         for c in collections {
             all.extend(self.trash(c, tenant, query, now).await?);
         }
-        // Newest first over (deleted_at, collection, id).
-        all.sort_by(|a, b| {
-            let key = |r: &Record| (r.deletion.as_ref().map(|d| d.deleted_at), r.collection.clone(), r.id.clone());
-            key(b).cmp(&key(a))
-        });
-        all.truncate(query.limit as usize);
-        Ok(all)
+        Ok(crate::merge_trash(all, query.limit))
     }
 }
 

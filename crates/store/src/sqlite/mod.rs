@@ -822,13 +822,7 @@ impl DeletionStore for SqliteStore {
             for (c, sql) in &tables {
                 all.extend(retention::trash(conn, sql, c, &tenant, &query, now)?);
             }
-            // Newest first over (deleted_at, collection, id).
-            all.sort_by(|a, b| {
-                let key = |r: &Record| (r.deletion.as_ref().map(|d| d.deleted_at), r.collection.clone(), r.id.clone());
-                key(b).cmp(&key(a))
-            });
-            all.truncate(query.limit as usize);
-            Ok(all)
+            Ok(crate::merge_trash(all, query.limit))
         })
         .await
     }
