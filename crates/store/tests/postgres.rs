@@ -9,15 +9,14 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::tokio_postgres;
 use tombstone_domain::audit::{AuditAction, NewAuditEntry};
-use tombstone_domain::config::{Collection, Config, Schema};
+use tombstone_domain::config::Collection;
 use tombstone_domain::events::{EventType, NewEvent};
-use tombstone_domain::lifecycle::{Actor, DeleteRequest};
+use tombstone_domain::lifecycle::DeleteRequest;
 use tombstone_domain::query::{DeletedScope, FieldFilter, ListQuery, Position, Sort, SortKey};
 use tombstone_domain::record::{DeletionMark, FieldValue, Record, Values, fold_case};
 use tombstone_domain::scope::parse_scopes;
@@ -25,51 +24,10 @@ use tombstone_domain::time::Timestamp;
 use tombstone_store::prelude::*;
 use tombstone_store::{AuditQuery, EventQuery, PgStore, SqliteStore, StoreError, StoredKey};
 
-use common::TestDb;
+use common::{SECOND, TestDb, actor, at, coll, new_record, s, schema, values};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
-
-const T0: i64 = 1_767_225_600_000_000;
-const SECOND: i64 = 1_000_000;
-
-fn at(offset_micros: i64) -> Timestamp {
-    Timestamp::from_micros(T0 + offset_micros)
-}
-
-fn schema(toml: &str) -> Arc<Schema> {
-    Config::parse(toml, Path::new(".")).expect("test schema").schema
-}
-
-fn coll(schema: &Schema, name: &str) -> Arc<Collection> {
-    schema.collection(name).unwrap_or_else(|| panic!("no collection {name}")).clone()
-}
-
-fn s(v: &str) -> FieldValue {
-    FieldValue::String(v.to_string())
-}
-
-fn values(pairs: &[(&str, FieldValue)]) -> Values {
-    pairs.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect()
-}
-
-fn record(tenant: &str, collection: &Collection, id: &str, vals: Values, now: Timestamp) -> Record {
-    Record {
-        tenant: tenant.to_string(),
-        collection: collection.name.clone(),
-        id: id.to_string(),
-        version: 1,
-        created_at: now,
-        updated_at: now,
-        deletion: None,
-        legal_hold: false,
-        values: vals,
-    }
-}
-
-fn actor(tenant: &str) -> Actor {
-    Actor { tenant: tenant.to_string(), key_id: format!("key_{tenant}"), request_id: "req_test".into() }
-}
 
 fn entry(tenant: &str, n: i64) -> NewAuditEntry {
     NewAuditEntry {
@@ -182,8 +140,8 @@ async fn migrating_again_keeps_rows_and_refuses_what_sqlite_refuses() {
     let v1 = schema(PRODUCTS);
     store.migrate(&v1).await.unwrap();
     let p1 = coll(&v1, "products");
-    let a = record("t1", &p1, "a", values(&[("sku", s("A")), ("name", s("Mug"))]), at(0));
-    let b = record("t1", &p1, "b", values(&[("sku", s("B")), ("name", s("Mug"))]), at(1));
+    let a = new_record("t1", &p1, "a", values(&[("sku", s("A")), ("name", s("Mug"))]), at(0));
+    let b = new_record("t1", &p1, "b", values(&[("sku", s("B")), ("name", s("Mug"))]), at(1));
     insert(&store, &p1, &a).await.unwrap();
     insert(&store, &p1, &b).await.unwrap();
     store.migrate(&v1).await.expect("the same schema again");
@@ -203,7 +161,7 @@ async fn migrating_again_keeps_rows_and_refuses_what_sqlite_refuses() {
     sqlite.migrate(&v2).await.unwrap();
     let mut sqlite_b = b.clone();
     sqlite_b.values.insert("qty".into(), FieldValue::Integer(1));
-    sqlite.create_record(&actor("t1"), &p2, record("t1", &p2, "a", a.values.clone(), at(0)), None).await.unwrap();
+    sqlite.create_record(&actor("t1"), &p2, new_record("t1", &p2, "a", a.values.clone(), at(0)), None).await.unwrap();
     sqlite.create_record(&actor("t1"), &p2, sqlite_b, None).await.unwrap();
     let retyped = schema(
         &PRODUCTS.replace("name = { type = \"string\" }", "name = { type = \"string\" }\nqty = { type = \"string\" }"),
@@ -256,7 +214,7 @@ async fn concurrent_inserts_of_one_unique_value_have_one_winner() {
             tokio::spawn(async move {
                 let mut client = store.client().await.unwrap();
                 let mut tx = store.transaction(&mut client).await.unwrap();
-                let r = record("t1", &p, &format!("r{i:02}"), values(&[("sku", s("SAME"))]), at(i));
+                let r = new_record("t1", &p, &format!("r{i:02}"), values(&[("sku", s("SAME"))]), at(i));
                 start.wait().await;
                 let result = tx.insert(&p, &r).await;
                 tx.commit().await.unwrap();
@@ -283,12 +241,12 @@ async fn concurrent_inserts_of_one_unique_value_have_one_winner() {
     // A duplicate id is a conflict on "id", deleted or not; the transaction goes on.
     let mut client = store.client().await.unwrap();
     let mut tx = store.transaction(&mut client).await.unwrap();
-    let dup = tx.insert(&p, &record("t1", &p, &winner, values(&[("sku", s("OTHER"))]), at(30))).await;
+    let dup = tx.insert(&p, &new_record("t1", &p, &winner, values(&[("sku", s("OTHER"))]), at(30))).await;
     assert!(
         matches!(&dup, Err(StoreError::UniqueConflict { conflicting_id, fields }) if *conflicting_id == winner && fields == &["id"]),
         "{dup:?}"
     );
-    tx.insert(&p, &record("t1", &p, "after", values(&[("sku", s("AFTER"))]), at(31))).await.unwrap();
+    tx.insert(&p, &new_record("t1", &p, "after", values(&[("sku", s("AFTER"))]), at(31))).await.unwrap();
     tx.commit().await.unwrap();
     assert!(store.get_record("t1", &p, "after").await.unwrap().is_some(), "a conflict leaves the transaction usable");
 
@@ -297,9 +255,9 @@ async fn concurrent_inserts_of_one_unique_value_have_one_winner() {
     first.version += 1;
     first.deletion = Some(mark("del_1", at(40)));
     set_deletion(&store, &p, &first).await.unwrap();
-    insert(&store, &p, &record("t1", &p, "second", values(&[("sku", s("SAME"))]), at(41))).await.unwrap();
+    insert(&store, &p, &new_record("t1", &p, "second", values(&[("sku", s("SAME"))]), at(41))).await.unwrap();
     // Another tenant's value never collides.
-    insert(&store, &p, &record("t2", &p, "elsewhere", values(&[("sku", s("SAME"))]), at(42))).await.unwrap();
+    insert(&store, &p, &new_record("t2", &p, "elsewhere", values(&[("sku", s("SAME"))]), at(42))).await.unwrap();
 
     // Restoring the first brings its value back into the index: refused, naming "second".
     let mut restored = first.clone();
@@ -338,16 +296,16 @@ async fn case_insensitive_sets_fold_like_the_domain() {
     );
     store.migrate(&people).await.unwrap();
     let p = coll(&people, "people");
-    insert(&store, &p, &record("t1", &p, "a", values(&[("email", s("Ann@Example.COM"))]), at(0))).await.unwrap();
-    let dup = insert(&store, &p, &record("t1", &p, "b", values(&[("email", s("ann@example.com"))]), at(1))).await;
+    insert(&store, &p, &new_record("t1", &p, "a", values(&[("email", s("Ann@Example.COM"))]), at(0))).await.unwrap();
+    let dup = insert(&store, &p, &new_record("t1", &p, "b", values(&[("email", s("ann@example.com"))]), at(1))).await;
     assert!(matches!(&dup, Err(StoreError::UniqueConflict { conflicting_id, .. }) if conflicting_id == "a"), "{dup:?}");
 
     // Rust's Unicode lower-casing, which PostgreSQL's lower() does not match (it gives
     // "οδοσ" for "ΟΔΟΣ", or leaves it as is under the C locale): the index must fold like
     // the domain, or these two would both be active.
     assert_eq!(fold_case("ΟΔΟΣ"), "οδος");
-    insert(&store, &p, &record("t1", &p, "c", values(&[("email", s("ΟΔΟΣ"))]), at(2))).await.unwrap();
-    let dup = insert(&store, &p, &record("t1", &p, "d", values(&[("email", s("οδος"))]), at(3))).await;
+    insert(&store, &p, &new_record("t1", &p, "c", values(&[("email", s("ΟΔΟΣ"))]), at(2))).await.unwrap();
+    let dup = insert(&store, &p, &new_record("t1", &p, "d", values(&[("email", s("οδος"))]), at(3))).await;
     assert!(matches!(&dup, Err(StoreError::UniqueConflict { conflicting_id, .. }) if conflicting_id == "c"), "{dup:?}");
 
     // A filter takes the folded value, as the domain parses it.
@@ -384,16 +342,16 @@ async fn write_primitives_read_lock_and_write_rows() {
     let family = schema(FAMILY);
     store.migrate(&family).await.unwrap();
     let (parents, children) = (coll(&family, "parents"), coll(&family, "children"));
-    let p1 = record("t1", &parents, "p1", values(&[("code", s("A"))]), at(0));
-    let p2 = record("t1", &parents, "p2", values(&[("code", s("B"))]), at(1));
+    let p1 = new_record("t1", &parents, "p1", values(&[("code", s("A"))]), at(0));
+    let p2 = new_record("t1", &parents, "p2", values(&[("code", s("B"))]), at(1));
     insert(&store, &parents, &p1).await.unwrap();
     insert(&store, &parents, &p2).await.unwrap();
     for (id, parent) in [("c1", "p1"), ("c2", "p1"), ("c3", "p2"), ("c4", "p9")] {
-        let r = record("t1", &children, id, values(&[("parent", FieldValue::Ref(parent.into()))]), at(2));
+        let r = new_record("t1", &children, id, values(&[("parent", FieldValue::Ref(parent.into()))]), at(2));
         insert(&store, &children, &r).await.unwrap();
     }
     // Another tenant's child of a parent with the same id is not a child.
-    let other = record("t2", &children, "c5", values(&[("parent", FieldValue::Ref("p1".into()))]), at(2));
+    let other = new_record("t2", &children, "c5", values(&[("parent", FieldValue::Ref("p1".into()))]), at(2));
     insert(&store, &children, &other).await.unwrap();
 
     let mut client = store.client().await.unwrap();
@@ -497,13 +455,13 @@ async fn names_longer_than_postgresql_keeps_stay_distinct() {
     store.migrate(&long).await.unwrap();
     store.migrate(&long).await.expect("the hashed names are found again");
     let c = coll(&long, &collection);
-    let first = record("t1", &c, "one", values(&[(a.as_str(), s("X")), (b.as_str(), s("Y"))]), at(0));
+    let first = new_record("t1", &c, "one", values(&[(a.as_str(), s("X")), (b.as_str(), s("Y"))]), at(0));
     insert(&store, &c, &first).await.unwrap();
     assert_eq!(store.get_record("t1", &c, "one").await.unwrap(), Some(first));
     // "x" folds to the first record's "X" (the case-insensitive set on the first field);
     // "Y" is the second field's value.
     for (value_a, value_b, field) in [("x", "Z", &a), ("W", "Y", &b)] {
-        let r = record("t1", &c, "two", values(&[(a.as_str(), s(value_a)), (b.as_str(), s(value_b))]), at(1));
+        let r = new_record("t1", &c, "two", values(&[(a.as_str(), s(value_a)), (b.as_str(), s(value_b))]), at(1));
         let result = insert(&store, &c, &r).await;
         assert!(
             matches!(&result, Err(StoreError::UniqueConflict { conflicting_id, fields }) if conflicting_id == "one" && fields == std::slice::from_ref(field)),
@@ -897,7 +855,7 @@ async fn lists_answer_like_sqlite() {
     // resulting rows are written to PostgreSQL as they are.
     for i in 0..13 {
         let tenant = if i == 12 { "t2" } else { "t1" };
-        let r = record(tenant, &items, &format!("id-{:02}", (i * 5) % 13), catalog_values(i), at(i * SECOND));
+        let r = new_record(tenant, &items, &format!("id-{:02}", (i * 5) % 13), catalog_values(i), at(i * SECOND));
         sqlite.create_record(&actor(tenant), &items, r.clone(), None).await.unwrap();
         insert(&store, &items, &r).await.unwrap();
     }

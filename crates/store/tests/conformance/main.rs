@@ -18,6 +18,8 @@
 //! - `properties`: random sequences of writes against a model;
 //! - `store`: health, metadata and the read cache (`Store`).
 
+#[path = "../common/mod.rs"]
+mod common;
 mod concurrency;
 mod deletions;
 mod events;
@@ -30,13 +32,13 @@ mod retention;
 mod store;
 mod webhooks;
 
+use common::{HOUR, SECOND, actor, at, coll, new_record, s, schema, values};
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::json;
 use tombstone_domain::audit::AuditEntry;
-use tombstone_domain::config::{Collection, Config, Schema};
+use tombstone_domain::config::{Collection, Schema};
 use tombstone_domain::deletion::RecordRef;
 use tombstone_domain::events::Event;
 use tombstone_domain::lifecycle::{Actor, DeleteRequest, IfMatch};
@@ -96,49 +98,6 @@ where
         let second = PgStore::connect(database.url(), 8).await.expect("connect to the test database");
         test(Arc::new(first), Arc::new(second)).await;
     }
-}
-
-/// 2026-01-01T00:00:00Z, the start of every test's time line.
-const T0: i64 = 1_767_225_600_000_000;
-const SECOND: i64 = 1_000_000;
-const HOUR: i64 = 3600 * SECOND;
-
-fn at(offset_micros: i64) -> Timestamp {
-    Timestamp::from_micros(T0 + offset_micros)
-}
-
-fn schema(toml: &str) -> Arc<Schema> {
-    Config::parse(toml, Path::new(".")).expect("test schema").schema
-}
-
-fn coll(schema: &Schema, name: &str) -> Arc<Collection> {
-    schema.collection(name).unwrap_or_else(|| panic!("no collection {name}")).clone()
-}
-
-fn s(v: &str) -> FieldValue {
-    FieldValue::String(v.to_string())
-}
-
-fn values(pairs: &[(&str, FieldValue)]) -> Values {
-    pairs.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect()
-}
-
-fn new_record(tenant: &str, collection: &Collection, id: &str, vals: Values, now: Timestamp) -> Record {
-    Record {
-        tenant: tenant.to_string(),
-        collection: collection.name.clone(),
-        id: id.to_string(),
-        version: 1,
-        created_at: now,
-        updated_at: now,
-        deletion: None,
-        legal_hold: false,
-        values: vals,
-    }
-}
-
-fn actor(tenant: &str) -> Actor {
-    Actor { tenant: tenant.to_string(), key_id: format!("key_{tenant}"), request_id: "req_test".into() }
 }
 
 fn delete_req(deletion_id: &str) -> DeleteRequest {
