@@ -29,7 +29,7 @@ use tombstone_domain::time::Timestamp;
 use tombstone_domain::webhook::DeliveryError;
 
 pub use cache::{MemoryCache, RecordCache};
-pub use postgres::{PgStore, ScratchDatabase};
+pub use postgres::{GroupStats, PgStore, ScratchDatabase};
 pub use sqlite::SqliteStore;
 
 /// Why a store call failed.

@@ -970,3 +970,173 @@ async fn lists_answer_like_sqlite() {
     assert_eq!(page.items.iter().filter(|r| r.deletion.is_some()).count(), 4);
     db.drop_db().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Group commit
+
+/// Waits until `n` writes wait for the next group.
+async fn until_queued(store: &PgStore, n: usize) {
+    for _ in 0..500 {
+        if store.waiting_writes() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the writes never queued");
+}
+
+/// A grouped write that appends `entries` audit entries and one event for `record`, then
+/// fails with `fail` if given.
+fn grouped_write(
+    store: &Arc<PgStore>,
+    record: &str,
+    entries: i64,
+    fail: Option<StoreError>,
+) -> tokio::task::JoinHandle<Result<String, StoreError>> {
+    let (store, record) = (store.clone(), record.to_string());
+    tokio::spawn(async move {
+        store
+            .grouped(move |tx| {
+                Box::pin(async move {
+                    let n = record.trim_start_matches('r').parse::<i64>().unwrap_or(0);
+                    tx.append_audit((0..entries).map(|i| entry("t1", n * 10 + i)).collect()).await?;
+                    if record != "audit-only" {
+                        tx.append_events(vec![event("t1", &record, n)]).await?;
+                    }
+                    match fail {
+                        Some(e) => Err(e),
+                        None => Ok(record),
+                    }
+                })
+            })
+            .await
+    })
+}
+
+#[tokio::test]
+async fn writes_arriving_together_share_one_commit_and_fail_alone() {
+    let Some(db) = TestDb::create("writes_arriving_together_share_one_commit_and_fail_alone").await else { return };
+    let store = db.store(8).await;
+    let client = db.client().await;
+
+    // Another transaction holds the audit head: the first write's group waits on it, and
+    // the writes sent meanwhile gather into the next group.
+    let mut holder = db.client().await;
+    let holding = holder.transaction().await.unwrap();
+    holding.batch_execute("select * from audit_head for update").await.unwrap();
+    let first = grouped_write(&store, "r0", 1, None);
+    until_waiting_on_locks(&client, 1).await;
+
+    // The next group: a failure after its appends as the group's first write (it took the
+    // head's lock inside its savepoint, and its rollback gave it back), writes with and
+    // without events, a failure in the middle, a write whose caller stopped waiting.
+    let fails = || Some(StoreError::NotFound);
+    let mut next = vec![
+        ("r1", grouped_write(&store, "r1", 2, fails())),
+        ("r2", grouped_write(&store, "r2", 1, None)),
+        ("audit-only", grouped_write(&store, "audit-only", 2, None)),
+    ];
+    until_queued(&store, 3).await;
+    let gone = grouped_write(&store, "r9", 1, None);
+    until_queued(&store, 4).await;
+    gone.abort();
+    next.push(("r3", grouped_write(&store, "r3", 1, fails())));
+    next.push(("r4", grouped_write(&store, "r4", 3, None)));
+    until_queued(&store, 6).await;
+    holding.commit().await.unwrap();
+
+    assert_eq!(first.await.unwrap().unwrap(), "r0");
+    for (record, write) in next {
+        let answer = write.await.unwrap();
+        match record {
+            "r1" | "r3" => assert!(matches!(answer, Err(StoreError::NotFound)), "{record}: {answer:?}"),
+            _ => assert_eq!(answer.unwrap(), record),
+        }
+    }
+    assert_eq!(store.group_stats(), tombstone_store::GroupStats { commits: 2, writes: 4 });
+
+    // Only the writes that succeeded left rows; the chain is whole and gapless.
+    assert_eq!(store.verify_audit().await.unwrap(), Ok(1 + 1 + 2 + 3));
+    let reasons: Vec<String> =
+        client.query("select reason from audit order by seq", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(reasons, ["reason 0", "reason 20", "reason 0", "reason 1", "reason 40", "reason 41", "reason 42"]);
+    let events: Vec<String> = client
+        .query("select record_id from outbox order by seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(events, ["r0", "r2", "r4"], "in arrival order; nothing of the failed or abandoned writes");
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_through_the_rules_are_grouped_and_each_answered() {
+    let Some(db) = TestDb::create("concurrent_requests_through_the_rules_are_grouped_and_each_answered").await else {
+        return;
+    };
+    let store = db.store(8).await;
+    let products = schema(PRODUCTS);
+    store.migrate(&products).await.unwrap();
+    let p = coll(&products, "products");
+    let who = actor("t1");
+    for i in 0..40 {
+        let r = new_record("t1", &p, &format!("p{i:02}"), values(&[("sku", s(&format!("S{i}")))]), at(i));
+        store.create_record(&who, &p, r, None).await.unwrap();
+    }
+    let before = store.group_stats();
+
+    // 40 at once: deletes of half, patches of the rest (every fourth with a stale
+    // If-Match), and creates of which one reuses an active SKU.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (store, p, who) = (store.clone(), p.clone(), who.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = format!("p{i:02}");
+            if i % 2 == 0 {
+                let request = DeleteRequest { if_match: None, reason: None, deletion_id: format!("del_{i}") };
+                store.delete_record(&who, &p, &id, request, at(100 + i)).await.map(|_| "deleted")
+            } else {
+                let if_match = (i % 4 == 1).then(|| tombstone_domain::lifecycle::IfMatch::Tags(vec![Some(7)]));
+                let mut body = serde_json::Map::new();
+                body.insert("name".into(), serde_json::json!("renamed"));
+                let patch = tombstone_domain::record::Patch(body);
+                store.patch_record(&who, &p, &id, if_match, patch, at(100 + i)).await.map(|_| "patched")
+            }
+        }));
+    }
+    for i in 0..2 {
+        let (store, p, who) = (store.clone(), p.clone(), who.clone());
+        tasks.push(tokio::spawn(async move {
+            let sku = if i == 0 { "S1".to_string() } else { "NEW".to_string() };
+            let r = new_record("t1", &p, &format!("n{i}"), values(&[("sku", s(&sku))]), at(200));
+            store.create_record(&who, &p, r, None).await.map(|_| "created")
+        }));
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    for task in tasks {
+        let answer = match task.await.unwrap() {
+            Ok(what) => what.to_string(),
+            Err(StoreError::PreconditionFailed { current }) => format!("412 at {current}"),
+            Err(StoreError::UniqueConflict { conflicting_id, .. }) => format!("409 {conflicting_id}"),
+            Err(e) => panic!("unexpected: {e:?}"),
+        };
+        *answers.entry(answer).or_insert(0) += 1;
+    }
+    let expected: std::collections::BTreeMap<String, i32> =
+        [("deleted", 20), ("patched", 10), ("412 at 1", 10), ("409 p01", 1), ("created", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+    assert_eq!(answers, expected);
+
+    let after = store.group_stats();
+    assert_eq!(after.writes - before.writes, 31, "every write that succeeded committed in a group");
+    assert!(after.commits - before.commits < 31, "writes that arrived together shared commits: {after:?}");
+    assert_eq!(store.verify_audit().await.unwrap(), Ok(40 + 31));
+    let events = store.list_all_events(&EventQuery { after: 0, limit: 500, ..EventQuery::default() }).await.unwrap();
+    // A delete announces the record and its completed deletion operation.
+    assert_eq!(events.len(), 40 + 31 + 20, "the events of every write that succeeded, and none more");
+    db.drop_db().await;
+}

@@ -67,6 +67,33 @@ impl PgStore {
         }
     }
 
+    /// Runs `f` in the next group of writes (see the `group` module): a request's
+    /// single-record write, which shares its commit with the writes arriving beside it.
+    /// It answers after that commit, or at once with `f`'s error, in which case only
+    /// `f`'s own writes were rolled back (to a savepoint).
+    ///
+    /// # Errors
+    /// `f`'s error; the database's when the group could not begin or commit.
+    pub async fn grouped<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'t, 'c> FnOnce(&'t mut PgTx<'c>) -> BoxFuture<'t, Result<T, StoreError>> + Send + 'static,
+    {
+        self.group.write(self.tables()?, f).await
+    }
+
+    /// How many groups of writes committed, carrying how many writes.
+    #[must_use]
+    pub fn group_stats(&self) -> super::GroupStats {
+        self.group.stats()
+    }
+
+    /// Writes waiting for the next group.
+    #[must_use]
+    pub fn waiting_writes(&self) -> usize {
+        self.group.waiting()
+    }
+
     /// Runs `f` in a transaction that is always rolled back: a dry run takes the same
     /// locks as the write it previews, for the moment it runs, and changes nothing.
     async fn preview<T>(
@@ -110,7 +137,7 @@ impl PgStore {
         idempotency: Option<(crate::IdempotencyKey, crate::StoredResponse)>,
     ) -> Result<Record, StoreError> {
         let (actor, collection) = (actor.clone(), collection.clone());
-        self.write(move |tx| {
+        self.grouped(move |tx| {
             Box::pin(async move { rules::records::create(tx, &actor, &collection, record, idempotency.as_ref()).await })
         })
         .await
@@ -126,7 +153,7 @@ impl PgStore {
         now: Timestamp,
     ) -> Result<Record, StoreError> {
         let (actor, collection, id) = (actor.clone(), collection.clone(), id.to_string());
-        self.write(move |tx| {
+        self.grouped(move |tx| {
             Box::pin(async move {
                 rules::records::patch(tx, &actor, &collection, &id, if_match.as_ref(), &patch, now).await
             })
@@ -144,7 +171,7 @@ impl PgStore {
     ) -> Result<DeleteOutcome, StoreError> {
         let schema = self.schema()?;
         let (actor, collection, id) = (actor.clone(), collection.clone(), id.to_string());
-        self.write(move |tx| {
+        self.grouped(move |tx| {
             Box::pin(async move { rules::records::delete(tx, &schema, &collection, &actor, &id, request, now).await })
         })
         .await
@@ -160,7 +187,7 @@ impl PgStore {
         now: Timestamp,
     ) -> Result<RestoreOutcome, StoreError> {
         let (actor, collection, id) = (actor.clone(), collection.clone(), id.to_string());
-        self.write(move |tx| {
+        self.grouped(move |tx| {
             Box::pin(async move {
                 rules::records::restore(tx, &actor, &collection, &id, if_match.as_ref(), reason.as_deref(), now).await
             })

@@ -54,7 +54,31 @@ impl std::fmt::Debug for PgTx<'_> {
     }
 }
 
+/// What a [`PgTx`] knows of its own writes at one point: what [`PgTx::reset`] returns to
+/// after the writes since were rolled back to a savepoint.
+pub(super) struct Mark {
+    changed: usize,
+    written: Option<(i64, i64)>,
+    head: Option<(i64, String)>,
+    audit: usize,
+}
+
 impl<'a> PgTx<'a> {
+    /// Where this transaction's bookkeeping stands now.
+    pub(super) fn mark(&self) -> Mark {
+        Mark { changed: self.changed.len(), written: self.written, head: self.head.clone(), audit: self.audit.len() }
+    }
+
+    /// Forgets the writes since `mark`, after the transaction was rolled back to a savepoint
+    /// taken then. The audit head goes back too: if its lock was first taken after `mark`,
+    /// the rollback released it, and the next append takes it again.
+    pub(super) fn reset(&mut self, mark: Mark) {
+        self.changed.truncate(mark.changed);
+        self.written = mark.written;
+        self.head = mark.head;
+        self.audit.truncate(mark.audit);
+    }
+
     pub(crate) fn new(tx: Transaction<'a>, tables: Arc<Tables>, notify: Arc<tokio::sync::Notify>) -> Self {
         Self { tx, tables, notify, changed: Vec::new(), written: None, head: None, audit: Vec::new() }
     }
