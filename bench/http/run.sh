@@ -17,6 +17,11 @@
 #                              row, audit entry, outbox event) at 1, 8 and 32 connections, and on
 #                              PostgreSQL pgbench's read-write test at the same client counts on the
 #                              same durable cluster; STORES="sqlite" or "postgres" runs one
+#   bench/http/run.sh cost     what a request costs the server in CPU time (and instructions where the
+#                              machine has hardware counters): perf stat on the server process while
+#                              wrk runs, which a shared machine's load moves far less than req/s: GET warm and DELETE at 32
+#                              connections on SQLite, N=100000 records, for each build in
+#                              BINS="label=path …" (default: this tree's release build)
 #   bench/http/run.sh events   latency from a DELETE's 204 to its event on an open SSE stream and at a
 #                              webhook receiver, N=1000 sequential deletes (p50/p99)
 # Needs wrk (apt-get install wrk). Prints figures; nothing is asserted.
@@ -203,6 +208,37 @@ stores)
       fi
     done
     kill "$(jobs -p | tail -1)" 2>/dev/null || true; sleep 1
+  done
+  ;;
+cost)
+  n=${N:-100000}
+  port=9130
+  for entry in ${BINS:-current=$tomb}; do  # a label may repeat: runs alternate between builds
+    label=${entry%%=*}; tomb=${entry#*=}
+    d="$work/cost-$port"; mkdir -p "$d"; config "$d" ""
+    "$tomb" migrate --config "$d/tombstone.toml" > /dev/null
+    "$bins/seed" "$d/data/t.db" bench "$n" 0 > /dev/null
+    "$bins/idlist" "$d/data/t.db" "$n" | shuf --random-source=<(yes) > "$d/ids"
+    sed -n 1,10000p "$d/ids" > "$d/get-ids"; sed -n '10001,$p' "$d/ids" > "$d/del-ids"
+    port=$((port + 1)); start "$d" $port; k=$(key "$d"); pid=$(jobs -p | tail -1)
+    IDS="$d/get-ids" wrk -t1 -c4 -d3s -s "$here/random_get.lua" -H "Authorization: Bearer $k" http://127.0.0.1:$port > /dev/null
+    for what in GET DELETE; do
+      script=random_get.lua; ids="$d/get-ids"
+      [ "$what" = DELETE ] && { script=delete.lua; ids="$d/del-ids"; }
+      perf stat -x, -e instructions:u,task-clock -p "$pid" -o "$d/perf" &
+      perf_pid=$!; sleep 0.2
+      out=$(THREADS=2 IDS="$ids" wrk -t2 -c32 -d${secs}s -s "$here/$script" -H "Authorization: Bearer $k" http://127.0.0.1:$port)
+      kill -INT $perf_pid; wait $perf_pid 2>/dev/null || true
+      reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+      instr=$(awk -F, '/instructions/ {print $1}' "$d/perf")
+      clock=$(awk -F, '/task-clock/ {print $1}' "$d/perf")
+      # A virtual machine often has no hardware counters: then CPU time alone.
+      awk -v l="$label $what" -v r="$reqs" -v i="$instr" -v c="$clock" -v s="$secs" 'BEGIN {
+        printf "%-22s %9d req  %7.0f req/s  %6.1f us CPU/req", l, r, r/s, 1000*c/r
+        if (i ~ /^[0-9]+$/) printf "  %9.0f instructions/req", i/r
+        printf "\n" }'
+    done
+    kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; sleep 1
   done
   ;;
 interference)
