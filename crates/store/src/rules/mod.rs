@@ -311,9 +311,22 @@ pub(crate) async fn complete_deletion<T: Tx>(
 ) -> Result<(), StoreError> {
     let root = tx.deletion_root(deletion_id).await?;
     let counts = tx.deletion_counts(deletion_id).await?;
-    let total: u64 = counts.values().sum();
     tx.set_deletion_status(deletion_id, DeletionStatus::Done).await?;
-    tx.append_events(vec![NewEvent {
+    tx.append_events(vec![completion_event(deletion_id, tenant, request_id, now, root, &counts)]).await.map(|_| ())
+}
+
+/// The `deletion.completed` event of an operation whose records are `counts` per
+/// collection.
+pub(crate) fn completion_event(
+    deletion_id: &str,
+    tenant: &str,
+    request_id: &str,
+    now: Timestamp,
+    root: RecordRef,
+    counts: &BTreeMap<String, u64>,
+) -> NewEvent {
+    let total: u64 = counts.values().sum();
+    NewEvent {
         kind: EventType::DeletionCompleted,
         tenant: tenant.to_string(),
         collection: root.collection,
@@ -323,7 +336,5 @@ pub(crate) async fn complete_deletion<T: Tx>(
         occurred_at: now,
         request_id: Some(request_id.to_string()),
         data: Some(serde_json::json!({"status": DeletionStatus::Done.as_str(), "records": total, "counts": counts})),
-    }])
-    .await
-    .map(|_| ())
+    }
 }
