@@ -3,9 +3,14 @@
 //!
 //! The store is SQLite in a temporary directory, or — with `TOMBSTONE_TEST_STORE=postgres`
 //! — a fresh database on the server `TOMBSTONE_TEST_POSTGRES_URL` points at (`scripts/test`
-//! runs this suite both ways). A test of SQLite's own files and connections
-//! makes its app with [`TestApp::new_sqlite`], which is SQLite whatever the run.
+//! runs this suite both ways). A test that must look beneath the `Store` trait (raw
+//! rows, another connection, the bytes an erasure leaves) does it through [`raw`], whose
+//! helpers have one implementation per store, so the test is written once for both. Only a
+//! test of a mechanism SQLite alone has (its read-only store, its file locks) makes its app
+//! with [`TestApp::new_sqlite`], which is SQLite whatever the run.
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+
+pub mod raw;
 
 use std::path::Path;
 use std::sync::Arc;
