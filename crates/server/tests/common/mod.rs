@@ -77,6 +77,8 @@ pub struct TestApp {
     pub store: Arc<dyn Store>,
     /// The same store when it is SQLite's.
     pub sqlite_store: Option<Arc<SqliteStore>>,
+    /// The same store when it is PostgreSQL's.
+    pub pg_store: Option<Arc<PgStore>>,
     /// The PostgreSQL database of this app, dropped with it.
     pub database: Option<ScratchDatabase>,
     pub clock: Arc<ManualClock>,
@@ -176,8 +178,8 @@ impl TestApp {
     /// The app stopped and started again over the same data (its database, its files),
     /// with `toml` as its config: what a restart of the server sees.
     pub async fn restart(self, toml: &str) -> Self {
-        let TestApp { dir, database, router, store, sqlite_store, search, .. } = self;
-        drop((router, store, sqlite_store, search));
+        let TestApp { dir, database, router, store, sqlite_store, pg_store, search, .. } = self;
+        drop((router, store, sqlite_store, pg_store, search));
         Self::open(toml, dir, database).await
     }
 
@@ -185,13 +187,14 @@ impl TestApp {
         let config = Config::parse(toml, dir.path()).expect("test schema");
         // The production path: a read cache in front of the store.
         let cache = Arc::new(MemoryCache::new(10_000, std::time::Duration::from_secs(300)));
-        let (store, sqlite_store): (Arc<dyn Store>, _) = if let Some(database) = &database {
+        let (store, sqlite_store, pg_store): (Arc<dyn Store>, _, _) = if let Some(database) = &database {
             let store = PgStore::connect(database.url(), 8).await.expect("connect");
-            (Arc::new(store.with_cache(cache).await.expect("cache")), None)
+            let store = Arc::new(store.with_cache(cache).await.expect("cache"));
+            (store.clone() as Arc<dyn Store>, None, Some(store))
         } else {
             let store = SqliteStore::open(&dir.path().join("test.db")).expect("open store");
             let store = Arc::new(store.with_cache(cache).expect("cache"));
-            (store.clone() as Arc<dyn Store>, Some(store))
+            (store.clone() as Arc<dyn Store>, Some(store), None)
         };
         store.migrate(&config.schema).await.expect("migrate");
         let clock = Arc::new(ManualClock::default());
@@ -200,7 +203,8 @@ impl TestApp {
             .with_search(search.clone())
             .with_events(config.events.clone());
         let router = router(state);
-        let mut app = Self { router, store, sqlite_store, database, clock, config, admin: String::new(), dir, search };
+        let mut app =
+            Self { router, store, sqlite_store, pg_store, database, clock, config, admin: String::new(), dir, search };
         app.admin = app.key("t1", "admin").await;
         app
     }
@@ -213,6 +217,15 @@ impl TestApp {
     /// The SQLite store of an app made by [`TestApp::new_sqlite`].
     pub fn sqlite(&self) -> &Arc<SqliteStore> {
         self.sqlite_store.as_ref().expect("an SQLite test made its app with TestApp::new_sqlite")
+    }
+
+    /// How many times the store's event feed read the outbox (either store).
+    pub fn event_reads(&self) -> u64 {
+        match (&self.sqlite_store, &self.pg_store) {
+            (Some(store), _) => store.event_reads(),
+            (_, Some(store)) => store.event_reads(),
+            (None, None) => unreachable!("an app has one store"),
+        }
     }
 
     /// The database file of an app made by [`TestApp::new_sqlite`].

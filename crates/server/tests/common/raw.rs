@@ -269,3 +269,28 @@ impl TestApp {
         panic!("the vacuum step never finished: {receipt}");
     }
 }
+
+impl TestApp {
+    /// Writes `n` `record.created` events of tenant t1 into the outbox in one transaction of
+    /// another connection (as another process committing a large batch would), for records
+    /// `{collection}-000001`… with data `{"name": "seeded 1"}`…; the app hears of them
+    /// only when its own next commit wakes its followers.
+    pub async fn seed_created_events(&self, collection: &str, n: usize) {
+        let sql = if self.database.is_some() {
+            format!(
+                "insert into outbox (id, type, tenant, collection, record_id, version, occurred_at, data)
+                 select 'evt_seeded_' || lpad(i::text, 6, '0'), 'record.created', 't1', '{collection}',
+                        '{collection}-' || lpad(i::text, 6, '0'), 1, 0, json_build_object('name', 'seeded ' || i)
+                 from generate_series(1, {n}) as i"
+            )
+        } else {
+            format!(
+                "with recursive k(i) as (select 1 union all select i + 1 from k where i < {n})
+                 insert into outbox (id, type, tenant, collection, record_id, version, occurred_at, data)
+                 select printf('evt_seeded_%06d', i), 'record.created', 't1', '{collection}',
+                        printf('{collection}-%06d', i), 1, 0, json_object('name', printf('seeded %d', i)) from k"
+            )
+        };
+        self.raw_execute(&sql).await;
+    }
+}
