@@ -164,14 +164,26 @@ impl TestApp {
         Self::build(toml, dir, on_postgres()).await
     }
 
+    /// An app whose PostgreSQL connections start with these server settings (the URL's
+    /// `options`, as an operator would put them in `storage.url`: `-c lock_timeout=300`);
+    /// on SQLite, [`TestApp::with_schema`].
+    pub async fn with_postgres_options(toml: &str, options: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let database = Self::scratch_database(on_postgres()).await;
+        Self::open_with(toml, dir, database, Some(options)).await
+    }
+
+    async fn scratch_database(postgres: bool) -> Option<ScratchDatabase> {
+        if !postgres {
+            return None;
+        }
+        let admin = std::env::var("TOMBSTONE_TEST_POSTGRES_URL")
+            .expect("TOMBSTONE_TEST_STORE=postgres needs TOMBSTONE_TEST_POSTGRES_URL");
+        Some(ScratchDatabase::create(&admin).await.expect("create a test database"))
+    }
+
     async fn build(toml: &str, dir: TempDir, postgres: bool) -> Self {
-        let database = if postgres {
-            let admin = std::env::var("TOMBSTONE_TEST_POSTGRES_URL")
-                .expect("TOMBSTONE_TEST_STORE=postgres needs TOMBSTONE_TEST_POSTGRES_URL");
-            Some(ScratchDatabase::create(&admin).await.expect("create a test database"))
-        } else {
-            None
-        };
+        let database = Self::scratch_database(postgres).await;
         Self::open(toml, dir, database).await
     }
 
@@ -184,11 +196,23 @@ impl TestApp {
     }
 
     async fn open(toml: &str, dir: TempDir, database: Option<ScratchDatabase>) -> Self {
+        Self::open_with(toml, dir, database, None).await
+    }
+
+    async fn open_with(toml: &str, dir: TempDir, database: Option<ScratchDatabase>, options: Option<&str>) -> Self {
         let config = Config::parse(toml, dir.path()).expect("test schema");
         // The production path: a read cache in front of the store.
         let cache = Arc::new(MemoryCache::new(10_000, std::time::Duration::from_secs(300)));
         let (store, sqlite_store, pg_store): (Arc<dyn Store>, _, _) = if let Some(database) = &database {
-            let store = PgStore::connect(database.url(), 8).await.expect("connect");
+            let url = match options {
+                Some(options) => {
+                    let separator = if database.url().contains('?') { '&' } else { '?' };
+                    let encoded = options.replace('%', "%25").replace(' ', "%20").replace('=', "%3D");
+                    format!("{}{separator}options={encoded}", database.url())
+                }
+                None => database.url().to_string(),
+            };
+            let store = PgStore::connect(&url, 8).await.expect("connect");
             let store = Arc::new(store.with_cache(cache).await.expect("cache"));
             (store.clone() as Arc<dyn Store>, None, Some(store))
         } else {

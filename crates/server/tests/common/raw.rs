@@ -85,6 +85,16 @@ impl RawConnection {
         }
     }
 
+    /// Takes the database's write lock and keeps it until [`RawConnection::execute`]`("rollback")`
+    /// or [`RawConnection::close`] (SQLite: `begin immediate`, the one writer's lock;
+    /// PostgreSQL: the audit chain's head row, which every write locks before it commits).
+    pub async fn hold_write_lock(&self) {
+        match self {
+            Self::Sqlite(_) => self.execute("begin immediate").await,
+            Self::Postgres { .. } => self.execute("begin; select seq from audit_head for update;").await,
+        }
+    }
+
     /// Ends the connection, and with it any transaction it held, and returns once the
     /// database knows (PostgreSQL: the backend is gone from `pg_stat_activity`).
     pub async fn close(self) {
@@ -292,5 +302,37 @@ impl TestApp {
             )
         };
         self.raw_execute(&sql).await;
+    }
+}
+
+/// A store that does not answer, and what keeps it from answering (drop it last).
+pub struct Unanswering {
+    pub store: Arc<dyn Store>,
+    /// SQLite: the connection holding the file exclusively.
+    pub blocker: Option<rusqlite::Connection>,
+}
+
+impl TestApp {
+    /// A store whose database does not answer: on SQLite, a read-only store over a file in
+    /// rollback-journal mode that another connection holds exclusively (no read can start;
+    /// after the readers' busy timeout, "database is locked"); on PostgreSQL, a store
+    /// whose database was dropped under it (its connections are ended, and new ones are
+    /// refused: "database does not exist").
+    pub async fn unanswering_store(&self) -> Unanswering {
+        if self.database.is_some() {
+            let admin = std::env::var("TOMBSTONE_TEST_POSTGRES_URL").expect("TOMBSTONE_TEST_POSTGRES_URL");
+            let doomed = tombstone_store::ScratchDatabase::create(&admin).await.expect("a database to drop");
+            let store = PgStore::connect(doomed.url(), 2).await.expect("connect");
+            store.ping().await.expect("it answers before its database is dropped");
+            drop(doomed);
+            Unanswering { store: Arc::new(store), blocker: None }
+        } else {
+            let path = self.dir.path().join("locked.db");
+            let blocker = rusqlite::Connection::open(&path).unwrap();
+            blocker.execute_batch("create table t (x integer)").unwrap();
+            let store = SqliteStore::open_read_only(&path).unwrap();
+            blocker.execute_batch("begin exclusive; insert into t values (1);").unwrap();
+            Unanswering { store: Arc::new(store), blocker: Some(blocker) }
+        }
     }
 }
