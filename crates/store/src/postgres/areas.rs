@@ -749,23 +749,36 @@ impl RetentionStore for PgStore {
     /// files, so the pages hold only live rows. It takes each table's exclusive lock while
     /// it copies: under `lock_timeout` it gives way to long-running work (the job stays
     /// pending and the worker tries again) rather than queueing every request behind it.
-    async fn finish_erasure_wal(&self, _wait: std::time::Duration) -> Result<u64, StoreError> {
-        // The jobs whose erasing transaction no open snapshot here may still see: every
-        // other backend's xmin is newer than the job row's (age counts back from now).
-        let jobs = self
-            .query(
-                "select j.tenant, j.collection, j.record_id, e.counts from erasure_jobs j
-                 left join erasures e
-                   on e.tenant = j.tenant and e.collection = j.collection and e.record_id = j.record_id
-                 where j.step = 'vacuum'
-                   and age(j.xmin) > age(xid(pg_snapshot_xmin(pg_current_snapshot())))
-                   and not exists (
-                       select 1 from pg_stat_activity a
-                       where a.pid <> pg_backend_pid()
-                         and age(a.backend_xmin) >= age(j.xmin))",
-                &[],
-            )
-            .await?;
+    async fn finish_erasure_wal(&self, wait: std::time::Duration) -> Result<u64, StoreError> {
+        // Jobs that are not ready yet wait up to `wait` for the transactions holding them
+        // back to end, looking again every 50 ms (as SQLite's step waits for its readers).
+        let deadline = std::time::Instant::now() + wait;
+        let jobs = loop {
+            // The jobs whose erasing transaction (the job row's xmin; age counts back from
+            // now) is older than every running transaction and every backend's snapshot.
+            let jobs = self
+                .query(
+                    "select j.tenant, j.collection, j.record_id, e.counts,
+                            age(j.xmin) > age(xid(pg_snapshot_xmin(pg_current_snapshot())))
+                            and not exists (
+                                select 1 from pg_stat_activity a
+                                where a.pid <> pg_backend_pid() and age(a.backend_xmin) >= age(j.xmin))
+                     from erasure_jobs j
+                     left join erasures e
+                       on e.tenant = j.tenant and e.collection = j.collection and e.record_id = j.record_id
+                     where j.step = 'vacuum'",
+                    &[],
+                )
+                .await?;
+            if jobs.is_empty() {
+                return Ok(0);
+            }
+            let ready: Vec<_> = jobs.into_iter().filter(|j| j.try_get::<_, bool>(4).unwrap_or(false)).collect();
+            if !ready.is_empty() || std::time::Instant::now() >= deadline {
+                break ready;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
         if jobs.is_empty() {
             return Ok(0);
         }
