@@ -6,6 +6,9 @@
 //! purges exactly what was due; a paused purge purges nothing and says so; a pass killed
 //! with SIGKILL leaves every removed row with exactly one audit entry and one event, and
 //! the next pass purges the rest, each row once.
+//!
+//! Each test runs on each store: SQLite's file, then a fresh PostgreSQL database when
+//! `TOMBSTONE_TEST_POSTGRES_URL` is set (`common::db`).
 
 mod common;
 
@@ -13,9 +16,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::db::{TestDb, each_store};
 use common::{Output, Server, Workspace, create_key, run_bounded};
 use reqwest::StatusCode;
-use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,14 +56,6 @@ text = { type = "string" }
 impl Workspace {
     fn config(&self) -> String {
         self.config_dir.join("tombstone.toml").to_str().expect("utf-8 path").to_string()
-    }
-
-    fn db(&self) -> Connection {
-        let conn =
-            Connection::open_with_flags(self.config_dir.join("data/tombstone.db"), OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .expect("open database");
-        conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
-        conn
     }
 
     /// Runs a one-shot command.
@@ -170,8 +165,8 @@ fn due_lines(stdout: &str) -> (BTreeMap<String, u64>, Vec<String>) {
 }
 
 /// Row counts that any purge would change.
-fn fingerprint(conn: &Connection) -> (i64, i64, i64, i64) {
-    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap_or_else(|e| panic!("{sql}: {e}"));
+fn fingerprint(db: &TestDb) -> (i64, i64, i64, i64) {
+    let count = |sql: &str| db.int(sql);
     (
         count("select count(*) from rec_notes"),
         count("select count(*) from rec_memos"),
@@ -194,7 +189,14 @@ fn ids_of(values: &Value) -> HashSet<String> {
 
 #[test]
 fn dry_run_matches_the_preview_and_changes_nothing_then_purge_purges() {
-    let ws = Workspace::with_config(CONFIG);
+    for db in each_store("tombstone.db") {
+        dry_run_matches_the_preview_and_changes_nothing_then_purge_purges_on(db);
+    }
+}
+
+fn dry_run_matches_the_preview_and_changes_nothing_then_purge_purges_on(db: TestDb) {
+    let ws = Workspace::with_config(&db.config(CONFIG));
+    let db = db.in_config_dir(&ws.config_dir);
     let key = ws.admin_key();
     let server = ws.serve();
     let notes: Vec<String> = (0..5).map(|i| server.create("notes", &key, &format!("note {i}"))).collect();
@@ -216,7 +218,7 @@ fn dry_run_matches_the_preview_and_changes_nothing_then_purge_purges() {
     assert_eq!(preview["collections"]["memos"]["due_next_7_days"], 2);
     let due_ids: HashSet<String> = notes[..3].iter().cloned().collect();
     assert_eq!(ids_of(&preview["collections"]["notes"]["sample"]), due_ids);
-    let before = fingerprint(&ws.db());
+    let before = fingerprint(&db);
 
     // The text dry run: one line per collection, the preview's counts.
     let out = ws.purge(&["--dry-run"]);
@@ -243,7 +245,7 @@ fn dry_run_matches_the_preview_and_changes_nothing_then_purge_purges() {
     assert_eq!(due_lines(&out.stdout).0, BTreeMap::from([("memos".to_string(), 0)]), "{}", out.stdout);
 
     // None of that changed anything.
-    assert_eq!(fingerprint(&ws.db()), before);
+    assert_eq!(fingerprint(&db), before);
     assert_eq!(server.preview(&key)["collections"]["notes"]["count"], 3);
 
     // The server reads (and caches) one of them before another process purges it.
@@ -256,7 +258,7 @@ fn dry_run_matches_the_preview_and_changes_nothing_then_purge_purges() {
     assert!(summary.starts_with("purged 3 records"), "{summary}");
     assert!(summary.contains("notes: 3"), "{summary}");
     assert!(!summary.contains("memos"), "nothing was purged from memos: {summary}");
-    let after = fingerprint(&ws.db());
+    let after = fingerprint(&db);
     assert_eq!((after.0, after.1), (before.0 - 3, before.1));
     assert_eq!(after.2, before.2 + 3, "one audit entry per purged record");
     assert_eq!(after.3, before.3 + 3, "one event per purged record");
@@ -296,12 +298,19 @@ fn dry_run_matches_the_preview_and_changes_nothing_then_purge_purges() {
         (json["purged"].clone(), json["paused"].clone(), json["errors"].clone()),
         (json!(0), json!(false), json!(0))
     );
-    assert_eq!(fingerprint(&ws.db()), after);
+    assert_eq!(fingerprint(&db), after);
 }
 
 #[test]
 fn a_paused_purge_purges_nothing_says_so_and_stays_paused_across_restarts() {
-    let ws = Workspace::with_config(CONFIG);
+    for db in each_store("tombstone.db") {
+        a_paused_purge_purges_nothing_says_so_and_stays_paused_across_restarts_on(db);
+    }
+}
+
+fn a_paused_purge_purges_nothing_says_so_and_stays_paused_across_restarts_on(db: TestDb) {
+    let ws = Workspace::with_config(&db.config(CONFIG));
+    let db = db.in_config_dir(&ws.config_dir);
     let key = ws.admin_key();
     let server = ws.serve();
     let ids: Vec<String> = (0..2).map(|i| server.create("notes", &key, &format!("note {i}"))).collect();
@@ -311,7 +320,7 @@ fn a_paused_purge_purges_nothing_says_so_and_stays_paused_across_restarts() {
     server.wait_until_due(&key, "notes", 2);
     let paused = server.expect(reqwest::Method::POST, "/v1/purge:pause", &key, None, 200);
     assert_eq!(paused["paused"], true);
-    let before = fingerprint(&ws.db());
+    let before = fingerprint(&db);
 
     let out = ws.purge(&[]);
     assert!(out.stdout.contains("paused"), "the command says why nothing happened: {}", out.stdout);
@@ -322,7 +331,7 @@ fn a_paused_purge_purges_nothing_says_so_and_stays_paused_across_restarts() {
     assert_eq!(due["notes"], 2, "the dry run still shows what is due");
     assert_eq!(notes.len(), 1, "and says the pause would stop it");
     assert_eq!(ws.purge(&["--dry-run", "--json"]).json()["paused"], true);
-    assert_eq!(fingerprint(&ws.db()), before, "nothing purged while paused");
+    assert_eq!(fingerprint(&db), before, "nothing purged while paused");
 
     // The pause lives in the database: a restarted server still reports it.
     drop(server);
@@ -373,44 +382,20 @@ max_rows_per_second = 10000000
 text = { type = "string" }
 "#;
 
-/// A migrated workspace with the [`FAST_PURGE`] config and `n` notes due for purging.
-fn expired_notes(n: usize) -> (Workspace, HashSet<String>) {
-    let ws = Workspace::with_config(FAST_PURGE);
+/// A migrated workspace with the [`FAST_PURGE`] config over `db` and `n` notes due for
+/// purging, written straight into the table (the API would take minutes for this many).
+fn expired_notes(db: TestDb, n: usize) -> (Workspace, TestDb, HashSet<String>) {
+    let ws = Workspace::with_config(&db.config(FAST_PURGE));
+    let db = db.in_config_dir(&ws.config_dir);
     ws.run(&["migrate", "--config", &ws.config()]).assert_success();
-    let seeded = seed_expired(&ws, n);
-    (ws, seeded)
-}
-
-/// Writes `n` soft-deleted notes whose window ended long ago straight into the table (the
-/// API would take minutes for this many).
-fn seed_expired(ws: &Workspace, n: usize) -> HashSet<String> {
-    let mut conn = Connection::open(ws.config_dir.join("data/tombstone.db")).expect("open database");
-    let tx = conn.transaction().expect("transaction");
-    let mut ids = HashSet::with_capacity(n);
-    {
-        let mut insert = tx
-            .prepare(
-                "insert into rec_notes (tenant, id, version, created_at, updated_at, deleted_at, deleted_by, deletion_id, purge_at, f_text)
-                 values ('t1', ?1, 2, 1000, 2000, 2000, 'key_seed', 'del_' || ?1, 3000 + ?2, 'note')",
-            )
-            .expect("prepare");
-        for i in 0..n {
-            let id = format!("n{i:07}");
-            insert.execute(rusqlite::params![id, i64::try_from(i).unwrap()]).expect("insert");
-            ids.insert(id);
-        }
-    }
-    tx.commit().expect("commit");
-    ids
+    let seeded = db.seed_expired_notes(n).into_iter().collect();
+    (ws, db, seeded)
 }
 
 /// What the database says was purged: ids gone from the table, and the ids of every
 /// `purge` audit entry and `record.purged` event (with repeats, if any).
-fn purged_traces(ws: &Workspace, seeded: &HashSet<String>) -> (HashSet<String>, Vec<String>, Vec<String>) {
-    let conn = ws.db();
-    let column = |sql: &str| -> Vec<String> {
-        conn.prepare(sql).unwrap().query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
-    };
+fn purged_traces(db: &TestDb, seeded: &HashSet<String>) -> (HashSet<String>, Vec<String>, Vec<String>) {
+    let column = |sql: &str| db.column(sql);
     let present: HashSet<String> = column("select id from rec_notes").into_iter().collect();
     let gone = seeded.difference(&present).cloned().collect();
     let audited = column("select record_id from audit where action = 'purge'");
@@ -431,7 +416,13 @@ fn assert_traces_match(gone: &HashSet<String>, audited: &[String], announced: &[
 
 #[test]
 fn a_purge_killed_mid_pass_loses_nothing_and_the_next_pass_finishes() {
-    let (ws, seeded) = expired_notes(50_000);
+    for db in each_store("tombstone.db") {
+        a_purge_killed_mid_pass_loses_nothing_and_the_next_pass_finishes_on(db);
+    }
+}
+
+fn a_purge_killed_mid_pass_loses_nothing_and_the_next_pass_finishes_on(db: TestDb) {
+    let (ws, db, seeded) = expired_notes(db, 50_000);
     let config = ws.config();
 
     let mut child = std::process::Command::new(common::BIN)
@@ -445,8 +436,7 @@ fn a_purge_killed_mid_pass_loses_nothing_and_the_next_pass_finishes() {
     // Kill it (SIGKILL) once some batches have committed, well before the pass is done.
     let deadline = Instant::now() + COMMAND_TIMEOUT;
     loop {
-        let audited: i64 =
-            ws.db().query_row("select count(*) from audit where action = 'purge'", [], |r| r.get(0)).unwrap_or(0);
+        let audited = db.int("select count(*) from audit where action = 'purge'");
         if audited >= 2_000 {
             break;
         }
@@ -458,7 +448,7 @@ fn a_purge_killed_mid_pass_loses_nothing_and_the_next_pass_finishes() {
     let status = child.wait().expect("wait");
     assert!(!status.success(), "the pass was killed, not finished");
 
-    let (gone, audited, announced) = purged_traces(&ws, &seeded);
+    let (gone, audited, announced) = purged_traces(&db, &seeded);
     assert!(
         !gone.is_empty() && gone.len() < seeded.len(),
         "killed mid-pass: {} of {} purged",
@@ -471,7 +461,7 @@ fn a_purge_killed_mid_pass_loses_nothing_and_the_next_pass_finishes() {
     // The next pass purges the rest, each row once.
     let out = ws.purge(&["--json"]);
     assert_eq!(out.json()["purged"].as_u64(), Some((seeded.len() - gone.len()) as u64), "{}", out.stdout);
-    let (gone, audited, announced) = purged_traces(&ws, &seeded);
+    let (gone, audited, announced) = purged_traces(&db, &seeded);
     assert_eq!(gone, seeded);
     assert_traces_match(&gone, &audited, &announced);
     let verified = ws.run(&["audit", "verify", "--config", &config]);
@@ -481,7 +471,13 @@ fn a_purge_killed_mid_pass_loses_nothing_and_the_next_pass_finishes() {
 
 #[test]
 fn the_backlog_gauge_counts_what_is_due_from_the_start() {
-    let (ws, seeded) = expired_notes(1_234);
+    for db in each_store("tombstone.db") {
+        the_backlog_gauge_counts_what_is_due_from_the_start_on(db);
+    }
+}
+
+fn the_backlog_gauge_counts_what_is_due_from_the_start_on(db: TestDb) {
+    let (ws, _db, seeded) = expired_notes(db, 1_234);
     // The first pass is an hour away; the gauge must not wait for it.
     let server = ws.serve();
     let deadline = Instant::now() + CACHE_SYNC_TIMEOUT;

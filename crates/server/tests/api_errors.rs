@@ -4,7 +4,7 @@
 mod common;
 
 use axum::http::Method;
-use common::{TestApp, TestResponse};
+use common::{TEST_SCHEMA, TestApp, TestResponse};
 use serde_json::{Value, json};
 
 const COLLECTIONS: [&str; 5] = ["products", "categories", "customers", "secrets", "contracts"];
@@ -869,25 +869,28 @@ async fn the_nul_character_is_refused_everywhere_and_changes_nothing() {
 // Storage that refuses a write
 // ---------------------------------------------------------------------------------------
 
-/// Another process (`tombstone purge`, a backup) holds the database's write lock past the
-/// busy timeout: the write is a 503 `busy` with `Retry-After`, not a 500, and nothing of
-/// it — record, audit entry, event — is written.
+/// Another process (`tombstone purge`, a backup, a long transaction) holds the database's
+/// write lock past the time a write may wait for it — SQLite's busy timeout, PostgreSQL's
+/// `lock_timeout` (here 300 ms, set in the URL as an operator would) — so the write is a
+/// 503 `busy` with `Retry-After`, not a 500, and nothing of it — record, audit entry,
+/// event — is written.
 #[tokio::test]
 async fn a_write_blocked_by_another_process_is_a_503_busy_with_retry_after() {
-    let f = fixture_with(TestApp::new_sqlite().await).await;
+    let f = fixture_with(TestApp::with_postgres_options(TEST_SCHEMA, "-c lock_timeout=300").await).await;
     let app = &f.app;
     let before = snapshot(app).await;
     let audit_before = app.get("/v1/audit?limit=500", &app.admin).await.json()["items"].as_array().unwrap().len();
 
-    let other = rusqlite::Connection::open(app.db_path()).expect("second connection");
-    other.execute_batch("begin immediate").expect("take the write lock");
+    let other = app.raw().await;
+    other.hold_write_lock().await;
     let r = app.post("/v1/products", &app.admin, &json!({"id": "p_busy", "sku": "B", "name": "Busy"})).await;
     let problem = r.assert_problem(503, "busy");
     assert_eq!(r.header("retry-after"), Some("1"), "{problem}");
-    assert!(!r.text.contains("locked"), "the cause stays in the log: {}", r.text);
+    assert!(!r.text.contains("lock"), "the cause stays in the log: {}", r.text);
     let r = app.delete(&format!("/v1/products/{}", f.active), &app.admin).await;
     r.assert_problem(503, "busy");
-    other.execute_batch("rollback").expect("release the lock");
+    other.execute("rollback").await;
+    other.close().await;
 
     assert_eq!(snapshot(app).await, before, "a refused write changed nothing");
     let audit = app.get("/v1/audit?limit=500", &app.admin).await.json();

@@ -1477,7 +1477,7 @@ async fn a_restore_racing_a_create_of_the_same_unique_value_leaves_one_active() 
 
 #[tokio::test]
 async fn health_and_readiness_answer_200_without_a_key() {
-    let app = TestApp::new_sqlite().await;
+    let app = TestApp::new().await;
     for path in ["/healthz", "/readyz"] {
         let r = app.send(Method::GET, path, None, &[], None).await;
         r.assert_status(200);
@@ -1488,10 +1488,10 @@ async fn health_and_readiness_answer_200_without_a_key() {
 }
 
 /// `/readyz` of a router over `store`, without a key.
-async fn readyz_over(app: &TestApp, store: tombstone_store::SqliteStore) -> TestResponse {
+async fn readyz_over(app: &TestApp, store: std::sync::Arc<dyn tombstone_store::Store>) -> TestResponse {
     use http_body_util::BodyExt;
     let clock: std::sync::Arc<dyn tombstone_domain::time::Clock> = app.clock.clone();
-    let state = tombstone_server::AppState::new(app.config.schema.clone(), std::sync::Arc::new(store), clock);
+    let state = tombstone_server::AppState::new(app.config.schema.clone(), store, clock);
     let request = axum::http::Request::get("/readyz").body(axum::body::Body::empty()).unwrap();
     let response = tower::ServiceExt::oneshot(tombstone_server::router(state), request).await.unwrap();
     let (status, headers) = (response.status(), response.headers().clone());
@@ -1500,38 +1500,33 @@ async fn readyz_over(app: &TestApp, store: tombstone_store::SqliteStore) -> Test
 }
 
 // A store opened read-only has no writer at all: every write fails. Readiness must not
-// need one (it used to run an empty write transaction on the live writer).
+// need one (it used to run an empty write transaction on the live writer). SQLite only:
+// the read-only store is SQLite's (`tombstone audit verify` opens one); PostgreSQL's
+// readiness is one `select 1` on a pooled connection (docs/OPERATIONS.md).
 #[tokio::test]
 async fn readiness_only_reads() {
     let app = TestApp::new_sqlite().await;
     let store = tombstone_store::SqliteStore::open_read_only(app.db_path()).unwrap();
-    let r = readyz_over(&app, store).await;
+    let r = readyz_over(&app, std::sync::Arc::new(store)).await;
     r.assert_status(200);
     assert_eq!(r.json()["status"], "ready");
 }
 
 // When the database does not answer, the unauthenticated probe says so with a plain 503:
-// no SQLite message, no path (they go to the log).
+// no SQLite or PostgreSQL message, no path, no database name (they go to the log).
 #[tokio::test]
 async fn unreadiness_is_a_plain_503_without_internal_text() {
-    let app = TestApp::new_sqlite().await;
-    // A database in rollback-journal mode that another connection holds exclusively: no
-    // read can start, and after the readers' busy timeout the ping fails ("database is
-    // locked").
-    let path = app.dir.path().join("locked.db");
-    let blocker = rusqlite::Connection::open(&path).unwrap();
-    blocker.execute_batch("create table t (x integer)").unwrap();
-    let store = tombstone_store::SqliteStore::open_read_only(&path).unwrap();
-    blocker.execute_batch("begin exclusive; insert into t values (1);").unwrap();
-    let r = readyz_over(&app, store).await;
+    let app = TestApp::new().await;
+    let unanswering = app.unanswering_store().await;
+    let r = readyz_over(&app, unanswering.store.clone()).await;
     let problem = r.assert_problem(503, "unavailable");
     let detail = problem["detail"].as_str().unwrap();
     assert_eq!(detail, "the database does not answer", "{problem}");
     let dir = app.dir.path().to_string_lossy().to_string();
-    for leak in ["locked", "sqlite", "busy", dir.as_str()] {
+    for leak in ["locked", "sqlite", "busy", "postgres", "does not exist", "t_0", dir.as_str()] {
         assert!(!r.text.to_lowercase().contains(leak), "{leak:?} leaked: {}", r.text);
     }
-    blocker.execute_batch("rollback").unwrap();
+    drop(unanswering);
 }
 
 #[tokio::test]

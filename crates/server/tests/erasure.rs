@@ -1,13 +1,12 @@
 //! Erasure (SPEC §6.11): the receipt answers once the database part is committed, the
-//! steps after the commit (search index, WAL) are durable jobs that finish later — also
+//! steps after the commit (search index; SQLite's WAL, PostgreSQL's dead rows) are durable jobs that finish later — also
 //! after a crash — and an erasure follows the relation policies of the schema.
 
 mod common;
 
 use std::time::Duration;
 
-use common::TestApp;
-use rusqlite::Connection;
+use common::{TestApp, on_postgres};
 use serde_json::{Value, json};
 
 /// The demo shop's relations, with searchable text.
@@ -52,26 +51,10 @@ fn marker(prefix: &str) -> String {
     format!("{prefix}{:x}", std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_nanos())
 }
 
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
-/// Every file below `dir`.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(d) = pending.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() { pending.push(path) } else { out.push(path) }
-        }
-    }
-    out
-}
-
-/// Whether any file the app keeps (database, WAL, search index) holds `needle`.
-fn on_disk(app: &TestApp, needle: &str) -> bool {
-    files_under(app.dir.path()).iter().any(|f| contains(&std::fs::read(f).unwrap_or_default(), needle))
+/// Whether anything the app keeps (database file and WAL, or PostgreSQL's pages; the
+/// search index) holds `needle`.
+async fn on_disk(app: &TestApp, needle: &str) -> bool {
+    !app.bytes_holding(needle).await.is_empty()
 }
 
 fn pending(receipt: &Value) -> Vec<String> {
@@ -98,7 +81,7 @@ async fn the_receipt_answers_at_commit_and_the_search_step_finishes_later() {
     // wait for it, and says what is left.
     let r = app.post_empty(&format!("/v1/customers/{id}:erase"), &app.admin).await;
     r.assert_status(200);
-    let receipt = r.json();
+    let receipt = app.erasure_settled(&format!("/v1/customers/{id}"), r.json()).await;
     assert_eq!(pending(&receipt), ["search"], "{receipt}");
     assert_eq!(receipt["scrubbed"]["search"], false, "{receipt}");
     assert_eq!(receipt["counts"], json!({"customers": 1}));
@@ -119,7 +102,7 @@ async fn the_receipt_answers_at_commit_and_the_search_step_finishes_later() {
     // The indexer's pass finishes the step: no term of it is left in any segment or file.
     app.index().await;
     assert!(!app.search.holds_term(&word).unwrap(), "the erased term is gone from the index");
-    assert!(!on_disk(&app, &word), "no file holds the erased value");
+    assert!(!on_disk(&app, &word).await, "no file holds the erased value");
     let done = app.post_empty(&format!("/v1/customers/{id}:erase"), &app.admin).await.json();
     assert_eq!(pending(&done), Vec::<String>::new(), "{done}");
     assert_eq!(done["scrubbed"]["search"], true);
@@ -133,38 +116,42 @@ async fn the_receipt_answers_at_commit_and_the_search_step_finishes_later() {
 
 #[tokio::test]
 async fn a_crash_after_the_commit_leaves_jobs_that_finish_after_restart() {
-    let app = TestApp::sqlite_with_schema(SHOP).await;
+    let app = TestApp::with_schema(SHOP).await;
     let word = marker("crashmark");
     let customer = app
         .create("customers", &app.admin, &json!({"email": format!("{word}@example.com"), "name": format!("Bo {word}")}))
         .await;
     let id = id_of(&customer);
+    let path = format!("/v1/customers/{id}");
     app.index().await;
+    // The store's own step after the commit: SQLite truncates its WAL, PostgreSQL vacuums
+    // the dead rows out of the pages.
+    let storage = if on_postgres() { "vacuum" } else { "wal" };
 
-    // A reader on an older snapshot keeps the WAL from being truncated: the request cannot
-    // finish that step (it waits only a moment) and leaves it as a job.
-    let reader = Connection::open(app.db_path()).unwrap();
-    reader.execute_batch("begin").unwrap();
-    let _: i64 = reader.query_row("select count(*) from outbox", [], |r| r.get(0)).unwrap();
-    let receipt = app.post_empty(&format!("/v1/customers/{id}:erase"), &app.admin).await;
+    // A reader on an older snapshot keeps the WAL from being truncated (SQLite) or the dead
+    // rows from being removed (PostgreSQL): the request cannot finish that step (it waits
+    // only a moment) and leaves it as a job.
+    let reader = app.raw().await;
+    reader.hold_snapshot().await;
+    let receipt = app.post_empty(&format!("{path}:erase"), &app.admin).await;
     receipt.assert_status(200);
-    assert_eq!(pending(&receipt.json()), ["search", "wal"], "{}", receipt.text);
-    assert!(on_disk(&app, &word), "the old copies are still there, so the pending steps are real");
+    assert_eq!(pending(&receipt.json()), ["search", storage], "{}", receipt.text);
+    assert!(on_disk(&app, &word).await, "the old copies are still there, so the pending steps are real");
 
     // The process dies before any follow-up work runs.
-    drop(reader);
+    reader.close().await;
     let app = app.restart(SHOP).await;
-    let after = app.post_empty(&format!("/v1/customers/{id}:erase"), &app.admin).await.json();
-    assert_eq!(pending(&after), ["search", "wal"], "the jobs survived the crash: {after}");
+    let after = app.post_empty(&format!("{path}:erase"), &app.admin).await.json();
+    assert_eq!(pending(&after), ["search", storage], "the jobs survived the crash: {after}");
 
-    // What the server's workers run after start: the indexer's pass and the WAL step.
+    // What the server's workers run after start: the indexer's pass and the storage step.
     app.index().await;
-    let finished = app.store.finish_erasure_wal(Duration::from_secs(5)).await.unwrap();
-    assert!(finished >= 1);
-    let done = app.post_empty(&format!("/v1/customers/{id}:erase"), &app.admin).await.json();
+    app.store.finish_erasure_wal(Duration::from_secs(5)).await.unwrap();
+    let done = app.post_empty(&format!("{path}:erase"), &app.admin).await.json();
+    let done = app.erasure_settled(&path, done).await;
     assert_eq!(pending(&done), Vec::<String>::new(), "{done}");
     assert!(!app.search.holds_term(&word).unwrap());
-    assert!(!on_disk(&app, &word), "no file holds the erased value after the jobs ran");
+    assert!(!on_disk(&app, &word).await, "nothing the app keeps holds the erased value after the jobs ran");
     assert_eq!(audit(&app, &format!("?record_id={id}&action=erase")).await.len(), 1, "erased once");
 }
 
@@ -214,7 +201,7 @@ async fn cascade_and_eventual_children_are_erased_with_the_customer_and_orders_s
 
     let r = app.post_empty(&format!("/v1/customers/{ann}:erase?reason=gdpr"), &app.admin).await;
     r.assert_status(200);
-    let receipt = r.json();
+    let receipt = app.erasure_settled(&format!("/v1/customers/{ann}"), r.json()).await;
     assert_eq!(receipt["counts"], json!({"customers": 1, "cart_items": 2, "page_views": 1}), "{receipt}");
 
     // Cascade (active and trashed) and eventual children: erased at once, each audited and
@@ -246,7 +233,7 @@ async fn cascade_and_eventual_children_are_erased_with_the_customer_and_orders_s
 
     app.index().await;
     assert!(!app.search.holds_term(&word).unwrap(), "the children's terms left the index too");
-    assert!(!on_disk(&app, &word), "no file holds a child's value");
+    assert!(!on_disk(&app, &word).await, "no file holds a child's value");
     let verified = app.store.verify_audit().await.unwrap();
     assert!(verified.is_ok(), "{verified:?}");
 }

@@ -11,7 +11,6 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tombstone_store::prelude::*;
 
 use axum::body::Body;
 use axum::http::Request;
@@ -23,7 +22,6 @@ use tombstone_domain::time::Clock;
 use tombstone_server::hub::BROADCAST_CAPACITY;
 use tombstone_server::keys::key_id_of;
 use tombstone_server::{AppState, Workers, serve};
-use tombstone_store::SqliteStore;
 
 /// Long enough that a test passing within [`DEADLINE`] was not helped by the poll.
 const NO_POLL: &str = "\n[events]\npoll_interval = \"1h\"\n";
@@ -175,10 +173,10 @@ async fn read_to_end(mut body: Body) -> usize {
 
 #[tokio::test]
 async fn open_streams_share_one_reader_of_the_outbox() {
-    let app = TestApp::sqlite_with_schema(&format!("{TEST_SCHEMA}{NO_POLL}")).await;
+    let app = TestApp::with_schema(&format!("{TEST_SCHEMA}{NO_POLL}")).await;
     const STREAMS: usize = 8;
     const CREATES: usize = 20;
-    let before = app.sqlite().event_reads();
+    let before = app.event_reads();
     let mut readers = Vec::new();
     for _ in 0..STREAMS {
         readers.push(tokio::spawn(read_events(open(&app, &app.admin, None).await, CREATES)));
@@ -194,13 +192,13 @@ async fn open_streams_share_one_reader_of_the_outbox() {
     // Each stream reads the store once to catch up; the live events are read once for all
     // of them (at most once per commit, plus the follower's first read). Streams polling
     // on their own would read at least STREAMS × CREATES times.
-    let reads = usize::try_from(app.sqlite().event_reads() - before).unwrap();
+    let reads = usize::try_from(app.event_reads() - before).unwrap();
     assert!(reads <= STREAMS + CREATES + 2, "{reads} outbox reads for {STREAMS} streams and {CREATES} commits");
 }
 
 #[tokio::test]
 async fn a_stream_that_falls_behind_catches_up_without_a_gap_or_a_repeat() {
-    let app = TestApp::sqlite_with_schema(&format!("{TEST_SCHEMA}{NO_POLL}")).await;
+    let app = TestApp::with_schema(&format!("{TEST_SCHEMA}{NO_POLL}")).await;
     app.create("categories", &app.admin, &json!({"name": "before"})).await;
     // `behind` is never read while the hub broadcasts; `reader` keeps up as best it can.
     let behind = open(&app, &app.admin, None).await;
@@ -208,15 +206,7 @@ async fn a_stream_that_falls_behind_catches_up_without_a_gap_or_a_repeat() {
     let reader = tokio::spawn(read_events(open(&app, &app.admin, None).await, seeded + 1));
     // More events than a stream may leave unread, committed by another process in one
     // transaction (faster than as many requests)...
-    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
-    conn.execute(
-        "with recursive k(i) as (select 1 union all select i + 1 from k where i < ?1)
-         insert into outbox (id, type, tenant, collection, record_id, version, occurred_at, data)
-         select printf('evt_seeded_%06d', i), 'record.created', 't1', 'categories', printf('cat-%06d', i), 1, 0,
-                json_object('name', printf('seeded %d', i)) from k",
-        [i64::try_from(seeded).unwrap()],
-    )
-    .unwrap();
+    app.seed_created_events("categories", seeded).await;
     // ...then one through this process, whose commit wakes the hub.
     app.create("categories", &app.admin, &json!({"name": "after"})).await;
 
@@ -286,12 +276,12 @@ async fn revoking_a_key_through_the_api_ends_its_streams() {
 
 #[tokio::test]
 async fn revoking_a_key_in_another_process_ends_its_streams() {
-    let app = TestApp::sqlite_with_schema(&format!("{TEST_SCHEMA}{NO_POLL}")).await;
+    let app = TestApp::with_schema(&format!("{TEST_SCHEMA}{NO_POLL}")).await;
     let key = app.key("t1", "events").await;
     let body = open(&app, &key, None).await;
     let ended = tokio::spawn(read_to_end(body));
-    // As `tombstone keys revoke` does: its own store on the same database file.
-    let cli = SqliteStore::open(app.db_path()).unwrap();
+    // As `tombstone keys revoke` does: its own store on the same database.
+    let cli = app.another_store().await;
     let actor = Actor { tenant: "t1".into(), key_id: "cli".into(), request_id: "req-cli".into() };
     let id = key_id_of(&key).unwrap();
     assert!(cli.revoke_key(id, &actor, Clock::now(app.clock.as_ref())).await.unwrap());

@@ -2,7 +2,8 @@
 //! erasure and the Prometheus metrics that count them.
 //!
 //! Time only moves when a test advances the manual clock, so "after the window" is exact
-//! and nothing sleeps. Raw SQLite checks open the test database read-only beside the store.
+//! and nothing sleeps. Raw checks of the database go through the harness's `raw`
+//! helpers, so they run on both stores.
 
 mod common;
 
@@ -13,7 +14,6 @@ use tombstone_store::prelude::*;
 
 use axum::http::Method;
 use common::{TEST_SCHEMA, TestApp, TestResponse};
-use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 use tombstone_domain::time::{Clock, ManualClock, Timestamp};
 use tombstone_server::purge::{Pacer, PurgeWorker};
@@ -77,17 +77,6 @@ async fn events(app: &TestApp, query: &str) -> Vec<Value> {
     r.json()["items"].as_array().expect("items").clone()
 }
 
-/// A read-only connection to the test database.
-fn raw(app: &TestApp) -> Connection {
-    let conn = Connection::open_with_flags(app.db_path(), OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open raw");
-    conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
-    conn
-}
-
-fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> i64 {
-    conn.query_row(sql, params, |r| r.get(0)).unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
 /// The key id (`key_…`) a record was deleted by, as the API shows it.
 fn deleted_by(record: &Value) -> String {
     record["deleted_by"].as_str().unwrap_or_else(|| panic!("deleted_by: {record}")).to_string()
@@ -104,7 +93,7 @@ fn assert_missing_scope(r: &TestResponse, scope: &str) {
 
 #[tokio::test]
 async fn restore_works_inside_the_window_and_not_after_purge_at() {
-    let app = TestApp::new_sqlite().await;
+    let app = TestApp::new().await;
     let a = create_deleted(&app, "products", &app.admin, &product("W-A")).await;
     let b = create_deleted(&app, "products", &app.admin, &product("W-B")).await;
     let (a_id, b_id) = (id_of(&a), id_of(&b));
@@ -137,8 +126,11 @@ async fn restore_works_inside_the_window_and_not_after_purge_at() {
     // ... and it has left the trash.
     let (items, _) = trash_page(&app, &app.admin, "").await;
     assert!(!items.iter().any(|i| i["id"] == b_id.as_str()), "expired records are not in the trash: {items:?}");
-    let raw = raw(&app);
-    assert_eq!(count(&raw, "select count(*) from rec_products where id = ?1", [&b_id]), 1, "no purge has run");
+    assert_eq!(
+        app.raw_int(&format!("select count(*) from rec_products where id = '{b_id}'")).await,
+        1,
+        "no purge has run"
+    );
 }
 
 #[tokio::test]
@@ -432,7 +424,7 @@ async fn holds_stack_until_the_last_one_is_released() {
 // hold_id and case as members of their own, covered by the hash chain.
 #[tokio::test]
 async fn hold_audit_entries_keep_the_reason_as_given_with_hold_id_and_case() {
-    let app = TestApp::new_sqlite().await;
+    let app = TestApp::new().await;
     let record = app.create("products", &app.admin, &product("AUD")).await;
     let path = format!("/v1/products/{}", id_of(&record));
     let reason = "litigation: keep everything (see case=not-this)";
@@ -468,14 +460,13 @@ async fn hold_audit_entries_keep_the_reason_as_given_with_hold_id_and_case() {
 
     // The chain covers them: it verifies as written, and an edited case is caught.
     assert_eq!(app.store.verify_audit().await.unwrap(), Ok(audit(&app, "?limit=500").await.len() as u64));
-    let conn = Connection::open(app.db_path()).unwrap();
-    conn.execute("update audit set case_name = 'CASE-43' where seq = ?1", [seq]).unwrap();
+    app.raw_execute(&format!("update audit set case_name = 'CASE-43' where seq = {seq}")).await;
     assert_eq!(
         app.store.verify_audit().await.unwrap(),
         Err(tombstone_domain::audit::ChainError::BadHash { seq }),
         "an edited case breaks the chain"
     );
-    conn.execute("update audit set case_name = 'CASE-42', hold_id = 'hold_other' where seq = ?1", [seq]).unwrap();
+    app.raw_execute(&format!("update audit set case_name = 'CASE-42', hold_id = 'hold_other' where seq = {seq}")).await;
     assert_eq!(app.store.verify_audit().await.unwrap(), Err(tombstone_domain::audit::ChainError::BadHash { seq }));
 }
 
@@ -716,7 +707,7 @@ async fn hold_bodies_are_validated() {
 
 #[tokio::test]
 async fn purge_hard_deletes_a_soft_deleted_record() {
-    let app = TestApp::new_sqlite().await;
+    let app = TestApp::new().await;
     let active = id_of(&app.create("products", &app.admin, &product("U-0")).await);
     let victim = create_deleted(&app, "products", &app.admin, &product("U-1")).await;
     let id = id_of(&victim);
@@ -738,7 +729,7 @@ async fn purge_hard_deletes_a_soft_deleted_record() {
     let listed = app.get("/v1/products?include=deleted", &app.admin).await.json();
     assert!(!listed["items"].as_array().unwrap().iter().any(|i| i["id"] == id.as_str()));
     assert!(trash_page(&app, &app.admin, "").await.0.is_empty());
-    assert_eq!(count(&raw(&app), "select count(*) from rec_products where id = ?1", [&id]), 0);
+    assert_eq!(app.raw_int(&format!("select count(*) from rec_products where id = '{id}'")).await, 0);
 
     let entries = audit(&app, &format!("?record_id={id}&action=purge")).await;
     assert_eq!(entries.len(), 1, "{entries:?}");
@@ -753,7 +744,7 @@ async fn purge_hard_deletes_a_soft_deleted_record() {
 
 #[tokio::test]
 async fn purge_needs_its_scope_and_ignores_the_pause() {
-    let app = TestApp::new_sqlite().await;
+    let app = TestApp::new().await;
     let a = id_of(&create_deleted(&app, "products", &app.admin, &product("V-1")).await);
     let b = id_of(&create_deleted(&app, "customers", &app.admin, &json!({"email": "v@example.com"})).await);
 
@@ -780,41 +771,9 @@ async fn purge_needs_its_scope_and_ignores_the_pause() {
 // ---------------------------------------------------------------------------------------
 // Erasure
 
-/// Every text and blob value in every table, with the table it came from.
-fn all_stored_text(conn: &Connection) -> Vec<(String, String)> {
-    let tables: Vec<String> = conn
-        .prepare("select name from sqlite_master where type = 'table'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let mut out = Vec::new();
-    for table in tables {
-        let mut stmt = conn.prepare(&format!("select * from \"{table}\"")).unwrap();
-        let columns = stmt.column_count();
-        let mut rows = stmt.query([]).unwrap();
-        while let Some(row) = rows.next().unwrap() {
-            for i in 0..columns {
-                match row.get_ref(i).unwrap() {
-                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                        out.push((table.clone(), String::from_utf8_lossy(t).into_owned()));
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    out
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
 #[tokio::test]
 async fn erase_removes_every_copy_of_the_values() {
-    let app = TestApp::new_sqlite().await;
+    let app = TestApp::new().await;
     let key = app.key("t1", "read,write,delete").await;
     // Markers that can only come from this record's values.
     let pii = format!("zq{}", uuid_like());
@@ -834,21 +793,17 @@ async fn erase_removes_every_copy_of_the_values() {
     let bystander = app.create("customers", &key, &json!({"email": "keep@example.com", "name": "Keeper"})).await;
 
     // What is there to scrub, counted before the erasure.
-    let conn = raw(&app);
-    let with_data = count(
-        &conn,
-        "select count(*) from outbox where tenant = 't1' and collection = 'customers' and record_id = ?1 and data is not null",
-        [&id],
-    );
+    let with_data = app
+        .raw_int(&format!(
+            "select count(*) from outbox where tenant = 't1' and collection = 'customers' and record_id = '{id}' and data is not null"
+        ))
+        .await;
     assert!(with_data >= 3, "created, updated and deleted events carry data: {with_data}");
-    let responses = count(&conn, "select count(*) from idempotency where record_id = ?1", [&id]);
+    let responses = app.raw_int(&format!("select count(*) from idempotency where record_id = '{id}'")).await;
     assert_eq!(responses, 1);
     let audit_before = audit(&app, &format!("?record_id={id}")).await.len();
-    let db_before = std::fs::read(app.db_path()).unwrap();
-    let wal = app.db_path().with_file_name(format!("{}-wal", app.db_path().file_name().unwrap().to_str().unwrap()));
-    let wal_before = std::fs::read(&wal).unwrap_or_default();
     assert!(
-        contains(&db_before, &pii) || contains(&wal_before, &pii),
+        !app.bytes_holding(&pii).await.is_empty(),
         "the marker is stored before the erasure (otherwise the check below proves nothing)"
     );
 
@@ -859,7 +814,7 @@ async fn erase_removes_every_copy_of_the_values() {
 
     let erasure = app.post_empty(&format!("{path}:erase?reason=gdpr%20art.%2017"), &app.admin).await;
     erasure.assert_status(200);
-    let receipt = erasure.json();
+    let receipt = app.erasure_settled(&path, erasure.json()).await;
     assert_eq!(receipt["collection"], "customers");
     assert_eq!(receipt["id"], id.as_str());
     ts(&receipt["erased_at"]);
@@ -869,7 +824,7 @@ async fn erase_removes_every_copy_of_the_values() {
     assert!(receipt["scrubbed"]["versions"].as_u64().is_some(), "{receipt}");
     assert_eq!(receipt["scrubbed"]["search"], true);
     assert_eq!(receipt["scrubbed"]["cache"], true);
-    assert_eq!(receipt["pending"], json!([]), "no reader held the WAL: every step is done");
+    assert_eq!(receipt["pending"], json!([]), "no reader held the WAL or the dead rows: every step is done");
 
     // Every endpoint answers 404.
     for (method, target) in [
@@ -920,34 +875,19 @@ async fn erase_removes_every_copy_of_the_values() {
     assert!(feed.iter().any(|e| e["record_id"] == id_of(&bystander).as_str() && !e["data"].is_null()));
 
     // Nowhere in any row ...
-    for (table, text) in all_stored_text(&raw(&app)) {
+    let stored = app.stored_text().await;
+    for (table, text) in &stored {
         assert!(!text.contains(&pii) && !text.contains(&plain), "{table} still holds a value: {text}");
     }
-    // ... nor in the bytes of the database file and its WAL.
-    let db = std::fs::read(app.db_path()).unwrap();
-    assert!(!contains(&db, &pii), "the pii value is still in the database file");
-    assert!(!contains(&db, &plain), "a value is still in the database file");
-    let wal_bytes = std::fs::read(&wal).unwrap_or_default();
-    assert!(!contains(&wal_bytes, &pii) && !contains(&wal_bytes, &plain), "a value is still in the WAL");
-    assert!(contains(&db, "keep@example.com") || contains(&wal_bytes, "keep@example.com"), "the bystander stays");
-    // ... nor in any other file the app keeps (search index, shared memory, journals).
-    for file in files_under(app.dir.path()) {
-        let bytes = std::fs::read(&file).unwrap_or_default();
-        assert!(!contains(&bytes, &pii) && !contains(&bytes, &plain), "{} still holds a value", file.display());
+    assert!(stored.iter().any(|(_, text)| text.contains("keep@example.com")), "the bystander stays");
+    // ... nor in the bytes the database keeps — SQLite's file and WAL; PostgreSQL's pages
+    // of every table, TOAST table and index, dead tuples included — nor in any other file
+    // the app keeps (search index, shared memory, journals).
+    for marker in [&pii, &plain] {
+        let found = app.bytes_holding(marker).await;
+        assert!(found.is_empty(), "a value is still stored in {found:?}");
     }
-}
-
-/// Every file below `dir`.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(d) = pending.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() { pending.push(path) } else { out.push(path) }
-        }
-    }
-    out
+    assert!(!app.bytes_holding("keep@example.com").await.is_empty(), "the bystander's bytes stay");
 }
 
 fn uuid_like() -> String {

@@ -125,19 +125,16 @@ async fn search_is_confined_to_the_tenant() {
 
 #[tokio::test]
 async fn the_reconciler_finds_and_repairs_a_document_of_a_deleted_record() {
-    let app = TestApp::sqlite_with_schema(SCHEMA).await;
+    let app = TestApp::with_schema(SCHEMA).await;
     let mug = product(&app, "1", "yellow mug").await;
     let cup = product(&app, "2", "yellow cup").await;
     app.index().await;
     // Drift the events cannot explain: the row is marked deleted behind the server's back
     // (no outbox event), and another record's document never got indexed.
-    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
-    conn.execute(
-        "update rec_products set deleted_at = 1, purge_at = 9e15, deletion_id = 'del_x' where id = ?1",
-        [&mug],
-    )
-    .unwrap();
-    drop(conn);
+    app.raw_execute(&format!(
+        "update rec_products set deleted_at = 1, purge_at = 9000000000000000, deletion_id = 'del_x' where id = '{mug}'"
+    ))
+    .await;
     let found = reconcile(&app.search, app.store.as_ref(), &app.config.schema, false).await.unwrap();
     assert_eq!(found.stale_documents.len(), 1, "{found:?}");
     assert_eq!(found.stale_documents[0].2, mug);

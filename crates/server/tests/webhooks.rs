@@ -89,18 +89,9 @@ async fn start_receiver() -> (Receiver, String) {
 }
 
 async fn setup(extra: &str) -> (TestApp, Relay, Receiver) {
-    setup_on(extra, false).await
-}
-
-/// [`setup`] on SQLite whatever the run (for a test that edits the database file).
-async fn setup_sqlite(extra: &str) -> (TestApp, Relay, Receiver) {
-    setup_on(extra, true).await
-}
-
-async fn setup_on(extra: &str, sqlite: bool) -> (TestApp, Relay, Receiver) {
     let (receiver, url) = start_receiver().await;
     let config = format!("{TEST_SCHEMA}\n[[webhooks]]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n{extra}\n");
-    let app = if sqlite { TestApp::sqlite_with_schema(&config).await } else { TestApp::with_schema(&config).await };
+    let app = TestApp::with_schema(&config).await;
     let relay = Relay::new(app.store.clone(), app.clock.clone(), &app.config.webhooks).unwrap();
     relay.register().await.unwrap();
     (app, relay, receiver)
@@ -341,13 +332,6 @@ async fn cleaning_the_outbox_never_hands_out_a_seq_twice() {
     assert!(items[0]["seq"].as_i64().unwrap() > last_seen);
 }
 
-/// Opens the database file beside the store, as another process would.
-fn raw_db(app: &TestApp) -> rusqlite::Connection {
-    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn
-}
-
 fn items(v: &Value) -> Vec<Value> {
     v["items"].as_array().unwrap().clone()
 }
@@ -377,6 +361,9 @@ async fn a_failing_record_of_one_tenant_does_not_hold_another_tenants_record_wit
 async fn an_upgrade_keys_existing_lanes_by_tenant_keeps_their_order_and_hides_old_error_text() {
     let (receiver, url) = start_receiver().await;
     let config = format!("{TEST_SCHEMA}\n[[webhooks]]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n");
+    // SQLite only: the upgrade is SQLite's migration 0007_webhook_lanes over the layout an
+    // earlier version of its store wrote. PostgreSQL's store was born with tenant lanes
+    // (its 0004_webhooks), so it has no older layout to upgrade from.
     let app = TestApp::sqlite_with_schema(&config).await;
     let relay = Relay::new(app.store.clone(), app.clock.clone(), &app.config.webhooks).unwrap();
     relay.register().await.unwrap();
@@ -386,19 +373,11 @@ async fn an_upgrade_keys_existing_lanes_by_tenant_keeps_their_order_and_hides_ol
     app.patch("/v1/products/p1", &app.admin, &json!({"name": "Cup"})).await.assert_status(200);
     relay.run_once().await.unwrap();
     drop(relay);
-    let conn = raw_db(&app);
-    let keys = |conn: &rusqlite::Connection| -> Vec<String> {
-        conn.prepare("select record_key from webhook_deliveries order by event_seq")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
-    assert_eq!(keys(&conn), ["t1/products/p1", "t1/products/p1"], "lanes carry the tenant");
+    let keys = "select record_key from webhook_deliveries order by event_seq";
+    assert_eq!(app.raw().await.column(keys).await, ["t1/products/p1", "t1/products/p1"], "lanes carry the tenant");
     // Put the database back as the previous version left it: lanes without the tenant, raw
     // transport text, no removed_at column, and the lane migration not applied.
-    conn.execute_batch(&format!(
+    app.raw_execute(&format!(
         "update webhook_deliveries set record_key = substr(record_key, length(tenant) + 2);
          update webhook_deliveries set last_error = 'request failed: error sending request for url ({url}?token={TOKEN})'
              where last_error is not null;
@@ -406,13 +385,15 @@ async fn an_upgrade_keys_existing_lanes_by_tenant_keeps_their_order_and_hides_ol
          alter table webhook_endpoints drop column tenant;
          delete from _migrations where name = '0007_webhook_lanes';"
     ))
-    .unwrap();
-    assert_eq!(keys(&conn), ["products/p1", "products/p1"]);
-    drop(conn);
+    .await;
+    assert_eq!(app.raw().await.column(keys).await, ["products/p1", "products/p1"]);
 
     let app = restart(app, &config).await;
-    let conn = raw_db(&app);
-    assert_eq!(keys(&conn), ["t1/products/p1", "t1/products/p1"], "the upgrade keyed the lanes by tenant");
+    assert_eq!(
+        app.raw().await.column(keys).await,
+        ["t1/products/p1", "t1/products/p1"],
+        "the upgrade keyed the lanes by tenant"
+    );
     let list = app.get("/v1/webhooks/deliveries", &app.admin).await;
     assert!(!list.text.contains(TOKEN), "{}", list.text);
     assert_eq!(list.json()["items"][0]["last_error"], "request");
@@ -450,7 +431,7 @@ async fn a_delivery_whose_event_was_cleaned_up_cannot_be_redelivered() {
 
 #[tokio::test]
 async fn a_pending_delivery_whose_event_is_gone_is_cancelled_and_frees_its_lane() {
-    let (app, relay, receiver) = setup_sqlite("").await;
+    let (app, relay, receiver) = setup("").await;
     app.create("products", &app.admin, &json!({"id": "p1", "sku": "A", "name": "Mug"})).await;
     receiver.behaviour.lock().unwrap().script.insert("p1".into(), vec![500]);
     relay.run_once().await.unwrap();
@@ -458,13 +439,9 @@ async fn a_pending_delivery_whose_event_is_gone_is_cancelled_and_frees_its_lane(
     relay.run_once().await.unwrap();
     // The failing delivery's event disappears from under it (an older version's clean-up,
     // a hand-edited database): nothing can send it any more.
-    let conn = raw_db(&app);
-    let gone: i64 = conn
-        .query_row("select event_seq from webhook_deliveries where status = 'pending' and attempts = 1", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert_eq!(conn.execute("delete from outbox where seq = ?1", [gone]).unwrap(), 1);
+    let gone = app.raw_int("select event_seq from webhook_deliveries where status = 'pending' and attempts = 1").await;
+    app.raw_execute(&format!("delete from outbox where seq = {gone}")).await;
+    assert_eq!(app.raw_int(&format!("select count(*) from outbox where seq = {gone}")).await, 0);
     app.clock.advance(Duration::from_secs(10));
     relay.run_once().await.unwrap();
     let sent: Vec<String> = got(&receiver).iter().map(|r| r.body["type"].as_str().unwrap().to_string()).collect();

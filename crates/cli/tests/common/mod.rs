@@ -3,6 +3,8 @@
 //! and small response helpers.
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
+pub mod db;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -3,9 +3,14 @@
 //!
 //! The store is SQLite in a temporary directory, or — with `TOMBSTONE_TEST_STORE=postgres`
 //! — a fresh database on the server `TOMBSTONE_TEST_POSTGRES_URL` points at (`scripts/test`
-//! runs this suite both ways). A test of SQLite's own files and connections
-//! makes its app with [`TestApp::new_sqlite`], which is SQLite whatever the run.
+//! runs this suite both ways). A test that must look beneath the `Store` trait (raw
+//! rows, another connection, the bytes an erasure leaves) does it through [`raw`], whose
+//! helpers have one implementation per store, so the test is written once for both. Only a
+//! test of a mechanism SQLite alone has (its read-only store, its file locks) makes its app
+//! with [`TestApp::new_sqlite`], which is SQLite whatever the run.
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+
+pub mod raw;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -72,6 +77,8 @@ pub struct TestApp {
     pub store: Arc<dyn Store>,
     /// The same store when it is SQLite's.
     pub sqlite_store: Option<Arc<SqliteStore>>,
+    /// The same store when it is PostgreSQL's.
+    pub pg_store: Option<Arc<PgStore>>,
     /// The PostgreSQL database of this app, dropped with it.
     pub database: Option<ScratchDatabase>,
     pub clock: Arc<ManualClock>,
@@ -157,36 +164,61 @@ impl TestApp {
         Self::build(toml, dir, on_postgres()).await
     }
 
+    /// An app whose PostgreSQL connections start with these server settings (the URL's
+    /// `options`, as an operator would put them in `storage.url`: `-c lock_timeout=300`);
+    /// on SQLite, [`TestApp::with_schema`].
+    pub async fn with_postgres_options(toml: &str, options: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let database = Self::scratch_database(on_postgres()).await;
+        Self::open_with(toml, dir, database, Some(options)).await
+    }
+
+    async fn scratch_database(postgres: bool) -> Option<ScratchDatabase> {
+        if !postgres {
+            return None;
+        }
+        let admin = std::env::var("TOMBSTONE_TEST_POSTGRES_URL")
+            .expect("TOMBSTONE_TEST_STORE=postgres needs TOMBSTONE_TEST_POSTGRES_URL");
+        Some(ScratchDatabase::create(&admin).await.expect("create a test database"))
+    }
+
     async fn build(toml: &str, dir: TempDir, postgres: bool) -> Self {
-        let database = if postgres {
-            let admin = std::env::var("TOMBSTONE_TEST_POSTGRES_URL")
-                .expect("TOMBSTONE_TEST_STORE=postgres needs TOMBSTONE_TEST_POSTGRES_URL");
-            Some(ScratchDatabase::create(&admin).await.expect("create a test database"))
-        } else {
-            None
-        };
+        let database = Self::scratch_database(postgres).await;
         Self::open(toml, dir, database).await
     }
 
     /// The app stopped and started again over the same data (its database, its files),
     /// with `toml` as its config: what a restart of the server sees.
     pub async fn restart(self, toml: &str) -> Self {
-        let TestApp { dir, database, router, store, sqlite_store, search, .. } = self;
-        drop((router, store, sqlite_store, search));
+        let TestApp { dir, database, router, store, sqlite_store, pg_store, search, .. } = self;
+        drop((router, store, sqlite_store, pg_store, search));
         Self::open(toml, dir, database).await
     }
 
     async fn open(toml: &str, dir: TempDir, database: Option<ScratchDatabase>) -> Self {
+        Self::open_with(toml, dir, database, None).await
+    }
+
+    async fn open_with(toml: &str, dir: TempDir, database: Option<ScratchDatabase>, options: Option<&str>) -> Self {
         let config = Config::parse(toml, dir.path()).expect("test schema");
         // The production path: a read cache in front of the store.
         let cache = Arc::new(MemoryCache::new(10_000, std::time::Duration::from_secs(300)));
-        let (store, sqlite_store): (Arc<dyn Store>, _) = if let Some(database) = &database {
-            let store = PgStore::connect(database.url(), 8).await.expect("connect");
-            (Arc::new(store.with_cache(cache).await.expect("cache")), None)
+        let (store, sqlite_store, pg_store): (Arc<dyn Store>, _, _) = if let Some(database) = &database {
+            let url = match options {
+                Some(options) => {
+                    let separator = if database.url().contains('?') { '&' } else { '?' };
+                    let encoded = options.replace('%', "%25").replace(' ', "%20").replace('=', "%3D");
+                    format!("{}{separator}options={encoded}", database.url())
+                }
+                None => database.url().to_string(),
+            };
+            let store = PgStore::connect(&url, 8).await.expect("connect");
+            let store = Arc::new(store.with_cache(cache).await.expect("cache"));
+            (store.clone() as Arc<dyn Store>, None, Some(store))
         } else {
             let store = SqliteStore::open(&dir.path().join("test.db")).expect("open store");
             let store = Arc::new(store.with_cache(cache).expect("cache"));
-            (store.clone() as Arc<dyn Store>, Some(store))
+            (store.clone() as Arc<dyn Store>, Some(store), None)
         };
         store.migrate(&config.schema).await.expect("migrate");
         let clock = Arc::new(ManualClock::default());
@@ -195,7 +227,8 @@ impl TestApp {
             .with_search(search.clone())
             .with_events(config.events.clone());
         let router = router(state);
-        let mut app = Self { router, store, sqlite_store, database, clock, config, admin: String::new(), dir, search };
+        let mut app =
+            Self { router, store, sqlite_store, pg_store, database, clock, config, admin: String::new(), dir, search };
         app.admin = app.key("t1", "admin").await;
         app
     }
@@ -208,6 +241,15 @@ impl TestApp {
     /// The SQLite store of an app made by [`TestApp::new_sqlite`].
     pub fn sqlite(&self) -> &Arc<SqliteStore> {
         self.sqlite_store.as_ref().expect("an SQLite test made its app with TestApp::new_sqlite")
+    }
+
+    /// How many times the store's event feed read the outbox (either store).
+    pub fn event_reads(&self) -> u64 {
+        match (&self.sqlite_store, &self.pg_store) {
+            (Some(store), _) => store.event_reads(),
+            (_, Some(store)) => store.event_reads(),
+            (None, None) => unreachable!("an app has one store"),
+        }
     }
 
     /// The database file of an app made by [`TestApp::new_sqlite`].

@@ -761,50 +761,79 @@ impl RetentionStore for PgStore {
 
     /// PostgreSQL's storage step is a vacuum: the erased rows, and the scrubbed versions of
     /// outbox and idempotency rows, stay in their tables' pages as dead tuples until one
-    /// prunes them — and a vacuum cannot prune a tuple that a transaction older than the
-    /// erasure may still see. So a job is done only when its vacuum ran after every
-    /// transaction older than the job had ended; otherwise it waits for the next pass.
-    async fn finish_erasure_wal(&self, _wait: std::time::Duration) -> Result<u64, StoreError> {
-        let jobs = self
-            .query("select tenant, collection, record_id, created_at from erasure_jobs where step = 'vacuum'", &[])
-            .await?;
+    /// prunes them — and a vacuum keeps every tuple deleted by a transaction that is not
+    /// older than the oldest snapshot xmin of the database's backends, the vacuum's own
+    /// included. A snapshot's xmin is the oldest transaction running anywhere in the
+    /// cluster when it was taken, so a write still open in another database holds the
+    /// tuples back as well. So a job is ready only when the erasing transaction (the `xmin`
+    /// of its job row) is older than every transaction still running in the cluster (a
+    /// fresh snapshot's xmin) and than every snapshot a backend holds; a job that is not
+    /// waits for the next pass.
+    ///
+    /// A plain `VACUUM` would not do: it marks the dead tuples' space free but leaves their
+    /// bytes in the page until new rows happen to overwrite them (`get_raw_page` still
+    /// shows the erased value). `VACUUM FULL` rewrites each table and its indexes into new
+    /// files, so the pages hold only live rows. It takes each table's exclusive lock while
+    /// it copies: under `lock_timeout` it gives way to long-running work (the job stays
+    /// pending and the worker tries again) rather than queueing every request behind it.
+    async fn finish_erasure_wal(&self, wait: std::time::Duration) -> Result<u64, StoreError> {
+        // Jobs that are not ready yet wait up to `wait` for the transactions holding them
+        // back to end, looking again every 50 ms (as SQLite's step waits for its readers).
+        let deadline = std::time::Instant::now() + wait;
+        let jobs = loop {
+            // The jobs whose erasing transaction (the job row's xmin; age counts back from
+            // now) is older than every running transaction and every backend's snapshot.
+            let jobs = self
+                .query(
+                    "select j.tenant, j.collection, j.record_id, e.counts,
+                            age(j.xmin) > age(xid(pg_snapshot_xmin(pg_current_snapshot())))
+                            and not exists (
+                                select 1 from pg_stat_activity a
+                                where a.pid <> pg_backend_pid() and age(a.backend_xmin) >= age(j.xmin))
+                     from erasure_jobs j
+                     left join erasures e
+                       on e.tenant = j.tenant and e.collection = j.collection and e.record_id = j.record_id
+                     where j.step = 'vacuum'",
+                    &[],
+                )
+                .await?;
+            if jobs.is_empty() {
+                return Ok(0);
+            }
+            let ready: Vec<_> = jobs.into_iter().filter(|j| j.try_get::<_, bool>(4).unwrap_or(false)).collect();
+            if !ready.is_empty() || std::time::Instant::now() >= deadline {
+                break ready;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
         if jobs.is_empty() {
             return Ok(0);
         }
-        // The oldest transaction still open anywhere but here (its start, in micros).
-        let oldest: Option<i64> = self
-            .query(
-                "select (extract(epoch from min(xact_start)) * 1000000)::bigint from pg_stat_activity
-                 where xact_start is not null and pid <> pg_backend_pid() and datname = current_database()",
-                &[],
-            )
-            .await?
-            .first()
-            .map(|r| r.try_get(0))
-            .transpose()?
-            .flatten();
+        let schema = self.schema()?;
         let mut tables: Vec<String> = Vec::new();
         let mut ready = Vec::new();
         for job in &jobs {
-            let created_at: i64 = job.try_get(3)?;
-            if oldest.is_some_and(|o| o <= created_at) {
-                continue;
-            }
             let collection: String = job.try_get(1)?;
-            if self.schema()?.collection(&collection).is_some() {
-                tables.push(table_name(&collection));
-            }
+            // The erased record's collection and those of the children erased with it.
+            let counts: Option<String> = job.try_get(3)?;
+            let mut erased: Vec<String> = counts
+                .and_then(|c| serde_json::from_str::<BTreeMap<String, u64>>(&c).ok())
+                .map(|c| c.into_keys().collect())
+                .unwrap_or_default();
+            erased.push(collection.clone());
+            tables.extend(erased.iter().filter(|c| schema.collection(c).is_some()).map(|c| table_name(c)));
             ready.push((job.try_get::<_, String>(0)?, collection, job.try_get::<_, String>(2)?));
-        }
-        if ready.is_empty() {
-            return Ok(0);
         }
         tables.sort();
         tables.dedup();
         tables.extend(["outbox".to_string(), "idempotency".to_string()]);
-        // VACUUM cannot run inside a transaction block: a plain statement on its own.
+        // VACUUM cannot run inside a transaction block: plain statements on their own.
         let client = self.client().await?;
-        client.batch_execute(&format!("vacuum {}", tables.join(", "))).await?;
+        client.batch_execute("set lock_timeout = '2s'").await?;
+        let vacuumed = client.batch_execute(&format!("vacuum full {}", tables.join(", "))).await;
+        let reset = client.batch_execute("reset lock_timeout").await;
+        vacuumed?;
+        reset?;
         let (tenants, rest): (Vec<String>, Vec<(String, String)>) =
             ready.into_iter().map(|(t, c, i)| (t, (c, i))).unzip();
         let (collections, ids): (Vec<String>, Vec<String>) = rest.into_iter().unzip();

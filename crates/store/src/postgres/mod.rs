@@ -88,6 +88,9 @@ pub struct PgStore {
     followed: Arc<tokio::sync::Mutex<i64>>,
     /// The group committer of the requests' single-record writes.
     group: Arc<group::Group>,
+
+    /// Event-feed reads of the outbox so far (see [`PgStore::event_reads`]).
+    event_reads: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -163,7 +166,15 @@ impl PgStore {
             changes,
             cache: None,
             followed: Arc::new(tokio::sync::Mutex::new(0)),
+            event_reads: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// How many times the event feed (`list_events`, `list_all_events`) read the outbox:
+    /// lets a test see that open streams share one follower instead of each polling.
+    #[must_use]
+    pub fn event_reads(&self) -> u64 {
+        self.event_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Puts a read cache in front of `get_record`. Every write through this store
@@ -391,6 +402,7 @@ impl PgStore {
     /// # Errors
     /// The database failed.
     pub async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        self.event_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let client = self.client().await?;
         changes::select_events(&client, Some(tenant), query).await
     }
@@ -400,6 +412,7 @@ impl PgStore {
     /// # Errors
     /// The database failed.
     pub async fn list_all_events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        self.event_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let client = self.client().await?;
         changes::select_events(&client, None, query).await
     }
