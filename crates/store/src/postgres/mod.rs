@@ -88,7 +88,6 @@ pub struct PgStore {
     followed: Arc<tokio::sync::Mutex<i64>>,
     /// The group committer of the requests' single-record writes.
     group: Arc<group::Group>,
-
     /// Event-feed reads of the outbox so far (see [`PgStore::event_reads`]).
     event_reads: std::sync::atomic::AtomicU64,
 }
