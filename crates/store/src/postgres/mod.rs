@@ -22,6 +22,7 @@ mod areas;
 mod changes;
 mod error;
 mod idempotency;
+mod leases;
 mod records;
 mod rules_tx;
 mod schema;
