@@ -973,6 +973,20 @@ category_id = { type = "ref", collection = "categories", on_delete = "restrict" 
         assert_eq!(e.key, "server.header_read_timeout", "{e}");
     }
 
+    #[test]
+    fn the_nats_relay_takes_a_nats_url_and_a_stream_name() {
+        let defaults = parse("").unwrap().events;
+        assert_eq!((defaults.nats, defaults.nats_stream.as_str()), (None, DEFAULT_NATS_STREAM));
+        let events = parse("[events]\nnats = \"nats://n:4222\"\nnats_stream = \"shop-events_1\"\n").unwrap().events;
+        assert_eq!((events.nats.as_deref(), events.nats_stream.as_str()), (Some("nats://n:4222"), "shop-events_1"));
+        let e = error_of("[events]\nnats = \"tls://n:4222\"\n");
+        assert!(e.key == "events.nats" && e.line == Some(2), "{e}");
+        for bad in ["a.b", "a b", "a>", "", "x/y"] {
+            let e = error_of(&format!("[events]\nnats_stream = \"{bad}\"\n"));
+            assert!(e.key == "events.nats_stream" && e.line == Some(2), "{bad}: {e}");
+        }
+    }
+
     fn error_of(text: &str) -> ConfigError {
         parse(text).expect_err("config should be refused")
     }
