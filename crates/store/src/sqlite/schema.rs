@@ -329,7 +329,8 @@ create table leases (
 
 -- How far each relay to an outside sink has delivered the outbox: every event up to seq
 -- is delivered. Written only by the holder of the lease of the same name, never backwards.
--- The outbox clean-up keeps every event past the smallest position.
+-- The outbox clean-up keeps every event past the position of a relay whose lease was
+-- held within the outbox retention (a release only expires the lease, for that reason).
 create table relay_positions (
     name       text primary key,
     seq        integer not null
