@@ -74,6 +74,10 @@ pub struct NatsRelay {
     poll: Duration,
     /// The connection, once made (async-nats reconnects it by itself after that).
     jetstream: tokio::sync::Mutex<Option<jetstream::Context>>,
+    /// Until when this replica's lease runs, as of its last claim: a pass within the first
+    /// third of it publishes without claiming again (the stored position is fenced by the
+    /// lease anyway), so a busy relay does not write the lease row on every commit.
+    held_until: std::sync::Mutex<Option<tombstone_domain::time::Timestamp>>,
 }
 
 impl NatsRelay {
@@ -91,6 +95,7 @@ impl NatsRelay {
             lease_ttl: LEASE_TTL,
             poll: tombstone_domain::config::DEFAULT_EVENTS_POLL,
             jetstream: tokio::sync::Mutex::new(None),
+            held_until: std::sync::Mutex::new(None),
         }
     }
 
@@ -188,6 +193,7 @@ impl NatsRelay {
                     // Another replica took over (this one stalled past its lease): it
                     // resumes from the stored position; JetStream drops what both sent.
                     tracing::warn!(holder = %self.holder, "NATS relay lost its lease; stopping");
+                    *self.held_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
                     pass.held = false;
                     return Ok(pass);
                 }
@@ -210,11 +216,23 @@ impl NatsRelay {
         Ok(pass)
     }
 
-    /// Claims or renews the lease; whether this replica holds it.
+    /// Claims or renews the lease (unless a claim made less than a third of its time to
+    /// live ago still runs); whether this replica holds it.
     async fn claim(&self) -> Result<bool, StoreError> {
         let now = self.clock.now();
+        let fresh = self.lease_ttl.saturating_sub(self.lease_ttl / 3);
+        if self
+            .held_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|until| now.saturating_add(fresh) < until)
+        {
+            return Ok(true);
+        }
         let lease = self.store.claim_lease(RELAY, &self.holder, now, self.lease_ttl).await?;
-        Ok(lease.is_held_by(&self.holder, now))
+        let held = lease.is_held_by(&self.holder, now);
+        *self.held_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = held.then_some(lease.expires_at);
+        Ok(held)
     }
 
     /// Sets the backlog gauge from `position` and the newest event.
