@@ -257,10 +257,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 load_config(config.config.as_deref())?
             };
-            if config.events.nats.is_some() {
-                // A configured sink that silently received nothing would be worse than a refusal.
-                bail!("events.nats: the NATS JetStream relay is not available in this build; remove the setting");
-            }
             let store = open_store(&config).await?;
             let addr = listen.unwrap_or(config.server.listen);
             let listener =
@@ -276,6 +272,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_events(config.events.clone());
             let workers = Workers::new(&state, &config.webhooks, config.purge.clone(), config.events.retention)?;
             workers.relay.register().await?;
+            if let (Some(url), Some(relay)) = (&config.events.nats, &workers.nats) {
+                // The relay connects by itself (and again after an outage): a NATS server
+                // that is down at start delays events, it does not stop the API.
+                eprintln!(
+                    "relaying events to NATS JetStream at {url}, stream {} (replica {})",
+                    config.events.nats_stream,
+                    relay.holder()
+                );
+            }
             eprintln!("listening on http://{local}");
             serve(state, workers, listener, shutdown_signal()).await.context("server failed")?;
             Ok(())

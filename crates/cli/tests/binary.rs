@@ -436,9 +436,13 @@ fn demo_prints_an_admin_key_once_and_later_says_how_to_make_one() {
 }
 
 #[test]
-fn a_nats_relay_that_does_not_exist_is_refused_at_start() {
+fn a_nats_relay_needs_a_nats_url() {
     let ws = Workspace::new();
-    let config = ws.write_config(&format!("[events]\nnats = \"nats://127.0.0.1:4222\"\n{SCHEMA}"));
+    let config = ws.write_config(&format!("[events]\nnats = \"http://127.0.0.1:4222\"\n{SCHEMA}"));
     let line = ws.run(&["serve", "--config", path_str(&config), "--listen", "127.0.0.1:0"]).assert_one_line_failure();
-    assert!(line.contains("events.nats"), "{line}");
+    assert!(line.contains("events.nats") && line.contains("nats://"), "{line}");
+    let config =
+        ws.write_config(&format!("[events]\nnats = \"nats://127.0.0.1:4222\"\nnats_stream = \"a.b\"\n{SCHEMA}"));
+    let line = ws.run(&["serve", "--config", path_str(&config), "--listen", "127.0.0.1:0"]).assert_one_line_failure();
+    assert!(line.contains("events.nats_stream"), "{line}");
 }

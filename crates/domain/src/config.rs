@@ -142,7 +142,11 @@ pub struct SearchConfig {
 
 #[derive(Debug, Clone)]
 pub struct EventsConfig {
+    /// The NATS server of the JetStream relay (`nats://…`); none: no relay.
     pub nats: Option<String>,
+    /// The JetStream stream the relay publishes to (created if missing, subjects
+    /// `tombstone.>`).
+    pub nats_stream: String,
     pub retention: Duration,
     /// The safety-net poll of every outbox follower (SSE hub, webhook relay, search
     /// indexer, eventual cascades): commits of this process wake them at once, commits of
@@ -154,6 +158,8 @@ pub struct EventsConfig {
     pub max_streams_per_tenant: u32,
 }
 
+/// Default of `events.nats_stream`.
+pub const DEFAULT_NATS_STREAM: &str = "TOMBSTONE";
 /// Default of `events.poll_interval`.
 pub const DEFAULT_EVENTS_POLL: Duration = Duration::from_secs(1);
 /// Default of `events.max_streams`.
@@ -165,6 +171,7 @@ impl Default for EventsConfig {
     fn default() -> Self {
         Self {
             nats: None,
+            nats_stream: DEFAULT_NATS_STREAM.into(),
             retention: Duration::from_secs(7 * 86_400),
             poll_interval: DEFAULT_EVENTS_POLL,
             max_streams: DEFAULT_MAX_STREAMS,
@@ -370,6 +377,7 @@ struct RawSearch {
 #[serde(deny_unknown_fields)]
 struct RawEvents {
     nats: Option<Spanned<String>>,
+    nats_stream: Option<Spanned<String>>,
     retention: Option<Spanned<String>>,
     poll_interval: Option<Spanned<String>>,
     max_streams: Option<Spanned<i64>>,
@@ -556,6 +564,24 @@ impl Config {
                 Some(n) if n.get_ref().starts_with("nats://") => Some(n.get_ref().clone()),
                 Some(n) => return Err(lines.err("events.nats", n, "must be a nats:// URL")),
                 None => None,
+            },
+            nats_stream: match &raw.events.nats_stream {
+                // JetStream stream names: no whitespace, `.`, `*`, `>`, path separators.
+                Some(n)
+                    if !n.get_ref().is_empty()
+                        && n.get_ref().len() <= 255
+                        && n.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+                {
+                    n.get_ref().clone()
+                }
+                Some(n) => {
+                    return Err(lines.err(
+                        "events.nats_stream",
+                        n,
+                        "must be letters, digits, `_` or `-` (a JetStream stream name)",
+                    ));
+                }
+                None => DEFAULT_NATS_STREAM.into(),
             },
             retention: match &raw.events.retention {
                 Some(t) => parse_duration(t.get_ref()).map_err(|r| lines.err("events.retention", t, r))?,
@@ -945,6 +971,20 @@ category_id = { type = "ref", collection = "categories", on_delete = "restrict" 
         assert!(e.key == "server.max_connections" && e.line == Some(2), "{e}");
         let e = error_of("[server]\nheader_read_timeout = \"soon\"\n");
         assert_eq!(e.key, "server.header_read_timeout", "{e}");
+    }
+
+    #[test]
+    fn the_nats_relay_takes_a_nats_url_and_a_stream_name() {
+        let defaults = parse("").unwrap().events;
+        assert_eq!((defaults.nats, defaults.nats_stream.as_str()), (None, DEFAULT_NATS_STREAM));
+        let events = parse("[events]\nnats = \"nats://n:4222\"\nnats_stream = \"shop-events_1\"\n").unwrap().events;
+        assert_eq!((events.nats.as_deref(), events.nats_stream.as_str()), (Some("nats://n:4222"), "shop-events_1"));
+        let e = error_of("[events]\nnats = \"tls://n:4222\"\n");
+        assert!(e.key == "events.nats" && e.line == Some(2), "{e}");
+        for bad in ["a.b", "a b", "a>", "", "x/y"] {
+            let e = error_of(&format!("[events]\nnats_stream = \"{bad}\"\n"));
+            assert!(e.key == "events.nats_stream" && e.line == Some(2), "{bad}: {e}");
+        }
     }
 
     fn error_of(text: &str) -> ConfigError {

@@ -137,6 +137,8 @@ pub fn router(state: AppState) -> Router {
 pub struct Workers {
     /// The webhook relay (it does nothing without endpoints).
     pub relay: Relay,
+    /// The NATS JetStream relay, when `events.nats` is set.
+    pub nats: Option<Arc<crate::nats::NatsRelay>>,
     /// The purge worker.
     pub purge: PurgeWorker,
     /// How long outbox rows are kept once every sink has them.
@@ -157,6 +159,17 @@ impl Workers {
         Ok(Self {
             relay: Relay::new(state.store.clone(), state.clock.clone(), webhooks)?
                 .with_poll(state.events.poll_interval),
+            nats: state.events.nats.as_ref().map(|url| {
+                Arc::new(
+                    crate::nats::NatsRelay::new(
+                        state.store.clone(),
+                        state.clock.clone(),
+                        url,
+                        &state.events.nats_stream,
+                    )
+                    .with_poll(state.events.poll_interval),
+                )
+            }),
             purge: PurgeWorker::new(state.store.clone(), state.clock.clone(), state.schema.clone(), purge),
             outbox_retention,
         })
@@ -183,6 +196,10 @@ pub async fn serve(
     tasks.spawn(supervise("housekeeping", backoff, rx(), move || housekeeping(s.clone(), retention, c.clone())));
     let (relay, c) = (workers.relay, rx());
     tasks.spawn(supervise("relay", backoff, rx(), move || relay.clone().run(c.clone())));
+    if let Some(nats) = workers.nats {
+        let c = rx();
+        tasks.spawn(supervise("nats_relay", backoff, rx(), move || nats.clone().run(c.clone())));
+    }
     let (purge, c) = (workers.purge, rx());
     tasks.spawn(supervise("purge", backoff, rx(), move || purge.clone().run(c.clone())));
     let (s, c) = (state.clone(), rx());

@@ -615,8 +615,8 @@ fn fixed_components() -> ComponentsBuilder {
                     "propagation",
                     ObjectBuilder::new()
                         .description(Some(
-                            "Per sink (outbox, cache, search, webhooks by endpoint id): `status` (done, pending or \
-                             failed) and `last_error`, a class such as `timeout`, `connect` or `http 500`; never a URL.",
+                            "Per sink (outbox, cache, search, webhooks by endpoint id, nats when configured): `status` \
+                             (done, pending or failed) and `last_error`, a class such as `timeout`, `connect` or `http 500`; never a URL.",
                         ))
                         .additional_properties(Some(ObjectBuilder::new())),
                 )

@@ -62,6 +62,9 @@ pub(crate) async fn metrics_endpoint(State(state): State<AppState>) -> Response 
         #[expect(clippy::cast_precision_loss, reason = "a gauge")]
         metrics::gauge!("tombstone_outbox_backlog").set(backlog as f64);
     }
+    if state.events.nats.is_some() {
+        crate::nats::refresh_backlog(state.store.as_ref()).await;
+    }
     let body = handle().map(PrometheusHandle::render).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -1,5 +1,5 @@
 //! Tombstone's storage layer: the store traits by area ([`RecordStore`], [`DeletionStore`],
-//! [`RetentionStore`], [`EventStore`], [`KeyStore`], and [`Store`] over them), the write
+//! [`RetentionStore`], [`EventStore`], [`KeyStore`], [`WorkerStore`], and [`Store`] over them), the write
 //! rules every store shares (`rules`, over the transaction interface `rules::Tx`), and
 //! two stores: embedded SQLite ([`SqliteStore`]) and PostgreSQL ([`PgStore`]).
 //!
@@ -868,8 +868,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Pending deliveries of endpoints still configured.
     async fn webhook_backlog(&self) -> Result<u64, StoreError>;
     /// Deletes outbox rows older than `before` that every enabled, still configured
-    /// endpoint has fanned out and no pending delivery needs, at most `limit`; returns how
-    /// many.
+    /// endpoint has fanned out, no pending delivery needs and every relay has passed, at
+    /// most `limit`; returns how many. A relay counts while its lease (of the relay's
+    /// name, see [`WorkerStore`]) was held at `before` or later: a relay that left every
+    /// replica's config for longer than the retention no longer holds the outbox back.
     async fn cleanup_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
 }
 
@@ -886,11 +888,65 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn revoke_key(&self, id: &str, actor: &Actor, now: Timestamp) -> Result<bool, StoreError>;
 }
 
+/// Who holds a lease, and until when (see [`WorkerStore::claim_lease`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    pub expires_at: Timestamp,
+}
+
+impl Lease {
+    /// Whether `holder` holds it at `now`.
+    #[must_use]
+    pub fn is_held_by(&self, holder: &str, now: Timestamp) -> bool {
+        self.holder == holder && self.expires_at > now
+    }
+}
+
+/// Background work shared by the replicas of a deployment: leases (one holder at a time,
+/// with an expiry, so a killed replica's work is taken over) and the stored positions of
+/// the relays that follow the outbox to an outside sink (NATS JetStream).
+///
+/// Times are the caller's clock: replicas' clocks must agree to well within a lease's
+/// time to live.
+#[async_trait]
+pub trait WorkerStore: Send + Sync + 'static {
+    /// Claims the lease `name` for `holder` until `now + ttl`, or renews it: granted when
+    /// nobody holds it, when its holder's lease expired at or before `now`, or when `holder`
+    /// holds it already. Returns the lease as it stands afterwards: held by `holder` when
+    /// granted, by the other holder otherwise. Two claims racing for a free lease have one
+    /// winner.
+    async fn claim_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<Lease, StoreError>;
+    /// Gives the lease `name` up if `holder` holds it: it expires at `now`, so any claim
+    /// gets it at once. `false` when `holder` did not hold it. (The row stays: see
+    /// [`EventStore::cleanup_outbox`].)
+    async fn release_lease(&self, name: &str, holder: &str, now: Timestamp) -> Result<bool, StoreError>;
+    /// The stored position (an outbox seq: everything up to it is delivered) of the relay
+    /// `name`; `None` when it has none yet.
+    async fn relay_position(&self, name: &str) -> Result<Option<i64>, StoreError>;
+    /// Stores `seq` as the position of the relay `name`, fenced by the lease of the same
+    /// name: only while `holder` holds it at `now`, and never backwards. `false` (nothing
+    /// written) when the lease is not `holder`'s: another replica may have taken over.
+    async fn store_relay_position(
+        &self,
+        name: &str,
+        holder: &str,
+        seq: i64,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+}
+
 /// A whole store: every area above, plus its schema, its health and its metadata. Code that
 /// needs a store takes `Arc<dyn Store>` and brings the areas it calls into scope
 /// (`use tombstone_store::prelude::*`).
 #[async_trait]
-pub trait Store: RecordStore + DeletionStore + RetentionStore + EventStore + KeyStore {
+pub trait Store: RecordStore + DeletionStore + RetentionStore + EventStore + KeyStore + WorkerStore {
     /// Creates or updates the tables and indexes the schema needs, keeping every row.
     ///
     /// # Errors
@@ -912,5 +968,5 @@ pub trait Store: RecordStore + DeletionStore + RetentionStore + EventStore + Key
 
 /// The store traits, to bring every area's methods into scope at once.
 pub mod prelude {
-    pub use crate::{DeletionStore, EventStore, KeyStore, RecordStore, RetentionStore, Store};
+    pub use crate::{DeletionStore, EventStore, KeyStore, RecordStore, RetentionStore, Store, WorkerStore};
 }

@@ -72,6 +72,19 @@ async fn get_deletion(
         .ok_or_else(|| ApiError::NotFound(format!("no deletion operation {id}")))?;
     // Reading an operation shows deleted records' ids: read_deleted on its root's collection.
     caller.require(Permission::ReadDeleted, Some(&op.root.collection))?;
+    let mut propagation = json!({
+        // Events are committed with the deletion itself.
+        "outbox": {"status": "done"},
+        // Cache entries are invalidated in the deletion's commit, before it answers.
+        "cache": {"status": "done"},
+        "search": search_status(&state, op.last_event_seq),
+        "webhooks": op.webhooks,
+    });
+    if state.events.nats.is_some() {
+        // Done once the relay's stored position (acked by JetStream) is past its events.
+        let status = crate::nats::propagation(state.store.as_ref(), op.last_event_seq).await?;
+        propagation["nats"] = json!({"status": status});
+    }
     Ok(axum::Json(json!({
         "id": op.id,
         "status": op.status,
@@ -85,14 +98,7 @@ async fn get_deletion(
         "pending_relations": op.pending_relations,
         "counts": op.counts,
         "restorable_until": op.restorable_until.map(|t| t.to_rfc3339()),
-        "propagation": {
-            // Events are committed with the deletion itself.
-            "outbox": {"status": "done"},
-            // Cache entries are invalidated in the deletion's commit, before it answers.
-            "cache": {"status": "done"},
-            "search": search_status(&state, op.last_event_seq),
-            "webhooks": op.webhooks,
-        },
+        "propagation": propagation,
     }))
     .into_response())
 }

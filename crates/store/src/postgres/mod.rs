@@ -21,6 +21,7 @@ mod changes;
 mod error;
 mod group;
 mod idempotency;
+mod leases;
 mod records;
 mod rules_tx;
 mod schema;

@@ -38,6 +38,7 @@ const SYSTEM_MIGRATIONS: &[(&str, &str)] = &[
     ("0003_outbox", include_str!("migrations/0003_outbox.sql")),
     ("0004_webhooks", include_str!("migrations/0004_webhooks.sql")),
     ("0005_retention", include_str!("migrations/0005_retention.sql")),
+    ("0007_nats", include_str!("migrations/0007_nats.sql")),
 ];
 
 /// The advisory lock every schema change takes (`pg_advisory_xact_lock`): replicas that

@@ -516,11 +516,17 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // Endpoints that left the config, or were disabled, do not count: their cursor
-        // does not move until they come back.
+        // does not move until they come back. Relays to outside sinks (NATS) keep what
+        // they have not delivered yet: an outage longer than the retention delays the
+        // clean-up instead of losing events. A relay whose lease nobody held since
+        // `before` left the config: it holds nothing back.
         let min_cursor: Option<i64> = tx
             .query_one(
-                "select min(cursor) from webhook_endpoints where disabled_at is null and removed_at is null",
-                &[],
+                "select min(c) from (
+                    select min(cursor) as c from webhook_endpoints where disabled_at is null and removed_at is null
+                    union all select min(p.seq) from relay_positions p join leases l on l.name = p.name
+                              where l.expires_at >= $1) m",
+                &[&before.as_micros()],
             )
             .await?
             .try_get(0)?;

@@ -16,6 +16,7 @@
 
 mod changes;
 mod idempotency;
+mod leases;
 mod records;
 mod relations;
 mod retention;

@@ -315,6 +315,28 @@ alter table audit add column hold_id text;
 alter table audit add column case_name text;
 ",
     ),
+    (
+        "0010_nats",
+        r"
+-- Leases: one holder at a time for work shared by processes on this database (the NATS
+-- relay first). A holder renews its lease while it runs; once expires_at (µs since the
+-- epoch) has passed, another process may claim it and take the work over.
+create table leases (
+    name       text primary key,
+    holder     text not null,
+    expires_at integer not null
+) without rowid;
+
+-- How far each relay to an outside sink has delivered the outbox: every event up to seq
+-- is delivered. Written only by the holder of the lease of the same name, never backwards.
+-- The outbox clean-up keeps every event past the position of a relay whose lease was
+-- held within the outbox retention (a release only expires the lease, for that reason).
+create table relay_positions (
+    name       text primary key,
+    seq        integer not null
+) without rowid;
+",
+    ),
 ];
 
 /// Connection settings for the one writer. WAL lets readers run beside it;

@@ -286,9 +286,15 @@ pub(crate) fn cleanup_outbox(conn: &Connection, before: Timestamp, limit: u32) -
     // never the newest one: seq is the rowid, and an empty table would hand out seqs again
     // that consumers (feeds, SSE clients, the indexer, the cache) have already passed.
     // Endpoints that left the config do not count: their cursor never moves again.
+    // Relays to outside sinks (NATS) keep what they have not delivered yet: an outage
+    // longer than the retention delays the clean-up instead of losing events. A relay
+    // whose lease nobody held since `before` left the config: it holds nothing back.
     let min_cursor: Option<i64> = conn.query_row(
-        "select min(cursor) from webhook_endpoints where disabled_at is null and removed_at is null",
-        [],
+        "select min(c) from (
+            select min(cursor) as c from webhook_endpoints where disabled_at is null and removed_at is null
+            union all select min(p.seq) from relay_positions p join leases l on l.name = p.name
+                      where l.expires_at >= ?1)",
+        [before.as_micros()],
         |r| r.get(0),
     )?;
     let n = conn.execute(

@@ -16,7 +16,8 @@
 //! - `idempotency`: idempotency keys (`RecordStore`);
 //! - `concurrency`: races that must have exactly one winner;
 //! - `properties`: random sequences of writes against a model;
-//! - `store`: health, metadata and the read cache (`Store`).
+//! - `store`: health, metadata and the read cache (`Store`);
+//! - `workers`: leases and relay positions (`WorkerStore`).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -31,6 +32,7 @@ mod records;
 mod retention;
 mod store;
 mod webhooks;
+mod workers;
 
 use common::{HOUR, SECOND, actor, at, coll, new_record, s, schema, values};
 use std::future::Future;
