@@ -89,7 +89,7 @@ pub(crate) async fn run(
     if json {
         println!(
             "{}",
-            json!({"paused": report.paused, "purged": report.purged, "errors": report.errors, "collections": per, "seconds": secs})
+            json!({"paused": report.paused, "purged": report.purged, "archived": report.archived, "errors": report.errors, "collections": per, "seconds": secs})
         );
     } else {
         let parts: Vec<String> = per.iter().map(|(c, n)| format!("{c}: {n}")).collect();
@@ -100,6 +100,9 @@ pub(crate) async fn run(
             if parts.is_empty() { String::new() } else { format!(" ({})", parts.join(", ")) },
             if report.paused { "; stopped: purge was paused" } else { "" }
         );
+        if report.archived > 0 {
+            println!("archived {} records (archive_after)", report.archived);
+        }
     }
     if report.errors > 0 {
         bail!("{} batches failed; they are retried on the next pass", report.errors);

@@ -37,6 +37,7 @@ fn note(c: &Collection, id: &str) -> Record {
         created_at: now,
         updated_at: now,
         deletion: None,
+        archive: None,
         legal_hold: false,
         values,
     }

@@ -90,6 +90,7 @@ async fn list_collections(
             let mut v = describe(c);
             v["counts"] = json!({
                 "active": read.then_some(n.active),
+                "archived": read.then_some(n.archived),
                 "deleted": deleted.then_some(n.deleted),
                 "expiring_7d": deleted.then_some(n.expiring),
                 "held": deleted.then_some(n.held),
