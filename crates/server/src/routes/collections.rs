@@ -58,6 +58,7 @@ fn describe(c: &Collection) -> Value {
         "delete": match c.delete { DeleteMode::Soft => "soft", DeleteMode::Hard => "hard" },
         "retention_seconds": c.retention.as_secs(),
         "require_if_match": c.require_if_match,
+        "archive_after_seconds": c.archive_after.map(|d| d.as_secs()),
         "unique": c.unique,
         "fields": fields,
     })
