@@ -10,6 +10,8 @@
 //! - `records`: create, get, list, patch, delete, restore, tenants (`RecordStore`);
 //! - `deletions`: plans, cascades, operations, eventual cascades, the trash (`DeletionStore`);
 //! - `retention`: holds, purge, erasure, counts (`RetentionStore`);
+//! - `archive`: archive and unarchive, archived records in lists and counts, the
+//!   `archive_after` batches (`RecordStore`, `RetentionStore`);
 //! - `events`: the outbox, its followers and the audit chain (`EventStore`);
 //! - `webhooks`: endpoints, fan-out, deliveries, clean-up (`EventStore`);
 //! - `keys`: API keys (`KeyStore`);
@@ -18,6 +20,7 @@
 //! - `properties`: random sequences of writes against a model;
 //! - `store`: health, metadata and the read cache (`Store`).
 
+mod archive;
 #[path = "../common/mod.rs"]
 mod common;
 mod concurrency;
