@@ -146,7 +146,7 @@ async fn lists_and_counts_see_archived_records_only_when_asked_and_delete_keeps_
         assert_eq!(listed(&store, &orders, All, Include).await, ["a", "b", "c", "d"]);
         assert_eq!(listed(&store, &orders, Deleted, Only).await, ["c"]);
 
-        let counts = store.collection_counts("t1", &[orders.clone()], at(HOUR * 24)).await.unwrap();
+        let counts = store.collection_counts("t1", std::slice::from_ref(&orders), at(HOUR * 24)).await.unwrap();
         assert_eq!((counts[0].active, counts[0].archived, counts[0].deleted), (1, 1, 2));
 
         // Deleted and restored, it comes back archived; its unique value stayed taken.
