@@ -125,6 +125,7 @@ async fn populate(store: &Arc<SqliteStore>, config: &Config, children: usize) ->
             created_at: now,
             updated_at: now,
             deletion: None,
+            archive: None,
             legal_hold: false,
             values: values.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         }

@@ -58,6 +58,7 @@ async fn main() {
                 created_at: now,
                 updated_at: now,
                 deletion: None,
+                archive: None,
                 legal_hold: false,
                 values,
             };

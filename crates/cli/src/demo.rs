@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde_json::{Value, json};
 use tombstone_domain::config::Config;
-use tombstone_domain::lifecycle::Actor;
+use tombstone_domain::lifecycle::{Actor, ArchiveRequest};
 use tombstone_domain::record::parse_create;
 use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::Clock;
@@ -117,6 +117,20 @@ async fn seed(config: &Config, store: &Arc<dyn Store>, clock: &dyn Clock) -> any
         json!({"customer_id": alan, "total_cents": 500, "status": "shipped", "placed_at": "2026-11-03T15:30:00Z"}),
     )
     .await?;
+    // An order long delivered, archived as `archive_after` would: out of the order list
+    // (`GET /v1/orders?filter[archived]=true` shows it), still readable by id.
+    let old = insert(
+        config,
+        store,
+        clock,
+        "orders",
+        json!({"customer_id": ada, "total_cents": 2400, "status": "delivered", "placed_at": "2026-05-02T09:15:00Z"}),
+    )
+    .await?;
+    let orders = config.schema.collection("orders").context("demo collection orders")?;
+    let actor = Actor { tenant: DEMO_TENANT.into(), key_id: "system".into(), request_id: "demo-seed".into() };
+    let request = ArchiveRequest::Archive { reason: Some("delivered long ago".into()) };
+    store.archive_record(&actor, orders, &old, request, None, clock.now()).await?;
     insert(config, store, clock, "cart_items", json!({"product_id": products[0], "customer_id": ada, "quantity": 2}))
         .await?;
     insert(config, store, clock, "cart_items", json!({"product_id": products[3], "customer_id": alan, "quantity": 1}))

@@ -1,5 +1,6 @@
 //! `tombstone purge`: one pass now, with a progress bar on a terminal (rows/s and ETA)
-//! and a summary otherwise; `--dry-run` reports what is due and changes nothing.
+//! and a summary otherwise; `--dry-run` reports what is due and changes nothing. The same pass
+//! archives what `archive_after` says is due (§17), paused purge or not.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -48,7 +49,10 @@ pub(crate) async fn run(
         }
         return Ok(());
     }
-    if paused {
+    // A pause stops purging, not archiving (archive removes nothing): with `archive_after`
+    // somewhere, the pass still runs, purges nothing and archives what is due.
+    let archives = collections.iter().any(|c| c.archive_after.is_some());
+    if paused && !archives {
         if json {
             println!("{}", json!({"paused": true, "purged": 0}));
         } else {
@@ -89,7 +93,7 @@ pub(crate) async fn run(
     if json {
         println!(
             "{}",
-            json!({"paused": report.paused, "purged": report.purged, "errors": report.errors, "collections": per, "seconds": secs})
+            json!({"paused": report.paused, "purged": report.purged, "archived": report.archived, "errors": report.errors, "collections": per, "seconds": secs})
         );
     } else {
         let parts: Vec<String> = per.iter().map(|(c, n)| format!("{c}: {n}")).collect();
@@ -100,6 +104,9 @@ pub(crate) async fn run(
             if parts.is_empty() { String::new() } else { format!(" ({})", parts.join(", ")) },
             if report.paused { "; stopped: purge was paused" } else { "" }
         );
+        if report.archived > 0 {
+            println!("archived {} records (archive_after)", report.archived);
+        }
     }
     if report.errors > 0 {
         bail!("{} batches failed; they are retried on the next pass", report.errors);

@@ -1,7 +1,8 @@
 //! The dashboard (`/ui/`) in a real headless Chromium, driven over WebDriver
 //! (chromedriver + fantoccini) against the real binary serving the demo shop: sign in,
 //! delete with the blast radius and Undo, find and restore in Recently deleted, a unique
-//! conflict explained with its link, a hold that makes purge refuse, erasure behind a typed
+//! conflict explained with its link, a hold that makes purge refuse, archive and unarchive
+//! with the Archived view, erasure behind a typed
 //! confirmation, a read-only key and another tenant's key. Every page is checked with
 //! axe-core (vendored in `tests/fixtures/axe.min.js`, MPL-2.0): no serious or critical
 //! violation.
@@ -448,6 +449,48 @@ async fn a_hold_makes_purge_refuse(ui: &Ui) -> Result {
     })
 }
 
+async fn archives_and_unarchives_in_the_archived_view(ui: &Ui) -> Result {
+    // The demo seeds one order archived; the collections page counts it apart.
+    ui.open("/").await?;
+    let (_, active) = ui.get("/v1/orders?count=true&limit=1").await;
+    let row = ui.text("#collections tr[data-collection=orders]").await?;
+    check(row.starts_with(&format!("orders {} 1 ", active["total"])), || format!("orders row: {row:?}"))?;
+
+    let paid = ui.first_id("/v1/orders?filter[status]=paid").await;
+    ui.open(&format!("/c/orders/{paid}")).await?;
+    ui.click("#archive").await?;
+    ui.type_into("#archive-confirm input[name=archive-reason]", "closed").await?;
+    ui.axe("archive confirm").await?;
+    ui.click("#confirm-archive").await?;
+    ui.until("document.querySelector('#archived-banner')").await?;
+    let banner = ui.text("#archived-banner").await?;
+    check(banner.contains("closed") && banner.contains("you"), || format!("the archived banner: {banner:?}"))?;
+    let (_, record) = ui.get(&format!("/v1/orders/{paid}")).await;
+    check(record["archived"] == true && record["archive_reason"] == "closed", || format!("archived: {record}"))?;
+    check(ui.js("return !!document.querySelector('#unarchive');").await? == json!(true), || {
+        "an archived record offers Unarchive".into()
+    })?;
+    ui.axe("archived record").await?;
+
+    // The Archived view lists both, each with Unarchive; the plain list has neither.
+    ui.open("/c/orders?archived=1").await?;
+    ui.until("document.querySelectorAll('#records tbody tr').length === 2").await?;
+    ui.axe("archived view").await?;
+    ui.shot("archived").await?;
+    ui.click(&format!("#records tr[data-id='{paid}'] button.unarchive")).await?;
+    ui.until(&format!("!document.querySelector(\"#records tr[data-id='{paid}']\")")).await?;
+    let (_, record) = ui.get(&format!("/v1/orders/{paid}")).await;
+    check(record["archived"] == false, || format!("unarchived from the archived view: {record}"))?;
+    ui.open("/c/orders").await?;
+    ui.until(&format!("document.querySelector(\"#records tr[data-id='{paid}']\")")).await?;
+    let states = ui
+        .js("return [...document.querySelectorAll('#records tbody tr td:last-child')].map(td => td.textContent);")
+        .await?;
+    check(states.as_array().is_some_and(|s| s.iter().all(|t| t != "archived")), || {
+        format!("plain list states: {states}")
+    })
+}
+
 async fn erases_after_typing_the_id(ui: &Ui) -> Result {
     let ada = ui.first_id("/v1/customers?filter[email]=ada@example.com").await;
     ui.open(&format!("/c/customers/{ada}")).await?;
@@ -603,6 +646,7 @@ fn the_dashboard_in_a_real_browser() {
         scenario(&ui, "recently_deleted_restore", finds_and_restores_in_recently_deleted(&ui)).await;
         scenario(&ui, "unique_conflict", explains_a_unique_conflict_with_a_link(&ui)).await;
         scenario(&ui, "hold_refuses_purge", a_hold_makes_purge_refuse(&ui)).await;
+        scenario(&ui, "archive", archives_and_unarchives_in_the_archived_view(&ui)).await;
         scenario(&ui, "erase", erases_after_typing_the_id(&ui)).await;
         scenario(&ui, "other_pages", every_other_page_passes_axe(&ui)).await;
         scenario(&ui, "read_only_key", a_read_only_key_sees_no_delete_buttons(&ui, &reader)).await;

@@ -35,12 +35,14 @@ pub enum AuditAction {
     Erase,
     Hold,
     Release,
+    Archive,
+    Unarchive,
     KeyCreate,
     KeyRevoke,
 }
 
 impl AuditAction {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::Create,
         Self::Update,
         Self::Delete,
@@ -50,6 +52,8 @@ impl AuditAction {
         Self::Erase,
         Self::Hold,
         Self::Release,
+        Self::Archive,
+        Self::Unarchive,
         Self::KeyCreate,
         Self::KeyRevoke,
     ];
@@ -67,6 +71,8 @@ impl AuditAction {
             Self::Erase => "erase",
             Self::Hold => "hold",
             Self::Release => "release",
+            Self::Archive => "archive",
+            Self::Unarchive => "unarchive",
             Self::KeyCreate => "key_create",
             Self::KeyRevoke => "key_revoke",
         }

@@ -32,10 +32,12 @@ pub const RESERVED_COLLECTIONS: &[&str] = &[
 ];
 
 /// Field names used by the record representation itself.
-pub const RESERVED_FIELDS: &[&str] = &["id", "collection", "version", "created_at", "updated_at", "holds"];
+pub const RESERVED_FIELDS: &[&str] =
+    &["id", "collection", "version", "created_at", "updated_at", "holds", "archive_reason"];
 
-/// Prefixes that are reserved for system fields (`deleted_at`, `purge_at`, `legal_hold`, …).
-pub const RESERVED_PREFIXES: &[&str] = &["deleted", "purge", "legal_hold"];
+/// Prefixes that are reserved for system fields (`deleted_at`, `purge_at`, `legal_hold`,
+/// `archived_at`, …).
+pub const RESERVED_PREFIXES: &[&str] = &["deleted", "purge", "legal_hold", "archived"];
 
 /// Event types a webhook may subscribe to.
 pub const EVENT_TYPES: &[&str] = &[
@@ -45,6 +47,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "record.restored",
     "record.purged",
     "record.erased",
+    "record.archived",
+    "record.unarchived",
     "deletion.completed",
 ];
 
@@ -247,6 +251,9 @@ pub struct Collection {
     pub fields: IndexMap<String, Field>,
     /// Each entry a set of field names, unique among the active records of a tenant.
     pub unique: Vec<Vec<String>>,
+    /// Records not updated for this long are archived by the purge worker (§17); `None`:
+    /// never automatically.
+    pub archive_after: Option<Duration>,
 }
 
 impl Collection {
@@ -421,6 +428,7 @@ struct RawCollection {
     delete: Option<Spanned<String>>,
     #[serde(default)]
     require_if_match: bool,
+    archive_after: Option<Spanned<String>>,
     #[serde(default)]
     unique: Vec<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
@@ -474,6 +482,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("bad duration {text:?}: must be greater than zero"));
     }
     Ok(parsed)
+}
+
+/// Writes a duration the way a config gives it: the largest unit that divides it exactly
+/// (`90d`, `36h`, `50ms`).
+#[must_use]
+pub fn format_duration(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
 }
 
 fn valid_name(name: &str) -> bool {
@@ -740,6 +761,10 @@ fn build_schema(
             Some(t) => parse_duration(t.get_ref()).map_err(|r| lines.err(format!("{key}.retention"), t, r))?,
             None => default_retention,
         };
+        let archive_after = match &c.archive_after {
+            Some(t) => Some(parse_duration(t.get_ref()).map_err(|r| lines.err(format!("{key}.archive_after"), t, r))?),
+            None => None,
+        };
         let delete = match c.delete.as_ref().map(|d| (d, d.get_ref().as_str())) {
             None | Some((_, "soft")) => DeleteMode::Soft,
             Some((_, "hard")) => DeleteMode::Hard,
@@ -894,6 +919,7 @@ fn build_schema(
                 require_if_match: c.require_if_match,
                 fields,
                 unique,
+                archive_after,
             }),
         );
     }
@@ -1014,6 +1040,13 @@ category_id = { type = "ref", collection = "categories", on_delete = "restrict" 
         assert!(e.reason.contains("reserved"));
         let e = error_of("[collections.a]\nretention = \"forever\"\n");
         assert_eq!(e.key, "collections.a.retention");
+        assert_eq!(format_duration(parse_duration("90d").unwrap()), "90d");
+        assert_eq!(format_duration(parse_duration("36h").unwrap()), "36h");
+        assert_eq!(format_duration(parse_duration("1500ms").unwrap()), "1500ms");
+        let e = error_of("[collections.a]\narchive_after = \"ninety days\"\n");
+        assert_eq!(e.key, "collections.a.archive_after");
+        let e = error_of("[collections.a.fields]\narchived = { type = \"boolean\" }\n");
+        assert!(e.reason.contains("reserved"));
         let e = error_of("[retention]\ndefault = \"0s\"\n");
         assert_eq!(e.key, "retention.default");
         let e = error_of("[collections.keys.fields]\nx = { type = \"string\" }\n");

@@ -19,17 +19,21 @@ pub enum EventType {
     Restored,
     Purged,
     Erased,
+    Archived,
+    Unarchived,
     DeletionCompleted,
 }
 
 impl EventType {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::Created,
         Self::Updated,
         Self::Deleted,
         Self::Restored,
         Self::Purged,
         Self::Erased,
+        Self::Archived,
+        Self::Unarchived,
         Self::DeletionCompleted,
     ];
 
@@ -43,6 +47,8 @@ impl EventType {
             Self::Restored => "record.restored",
             Self::Purged => "record.purged",
             Self::Erased => "record.erased",
+            Self::Archived => "record.archived",
+            Self::Unarchived => "record.unarchived",
             Self::DeletionCompleted => "deletion.completed",
         }
     }

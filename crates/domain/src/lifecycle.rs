@@ -5,7 +5,7 @@
 //! PostgreSQL, the API and the workers all follow the same rules.
 
 use crate::config::{Collection, DeleteMode};
-use crate::record::{DeletionMark, Record};
+use crate::record::{ArchiveMark, DeletionMark, Record};
 use crate::time::Timestamp;
 
 /// The longest accepted `reason`, in characters.
@@ -170,6 +170,8 @@ pub fn decide_restore(record: &Record, if_match: Option<&IfMatch>, now: Timestam
 pub enum PatchDecision {
     /// Deleted records cannot be patched: 404.
     NotFound,
+    /// Archived records are read-only: 409 `archived` (unarchive first).
+    Archived,
     PreconditionFailed {
         current: i64,
     },
@@ -189,7 +191,62 @@ pub fn decide_patch(record: &Record, if_match: Option<&IfMatch>) -> PatchDecisio
     {
         return PatchDecision::PreconditionFailed { current: record.version };
     }
+    if record.is_archived() {
+        return PatchDecision::Archived;
+    }
     PatchDecision::Apply { version: record.version + 1 }
+}
+
+/// An `:archive` (with its reason) or an `:unarchive`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveRequest {
+    Archive { reason: Option<String> },
+    Unarchive,
+}
+
+/// What an `:archive` or `:unarchive` does (§17).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveDecision {
+    /// Deleted records take no writes: 404.
+    NotFound,
+    /// The record is already as asked: answer 200 with it, change nothing (no version,
+    /// audit entry or event), whatever its `If-Match` — like a repeated DELETE.
+    Unchanged,
+    /// Stale `If-Match`.
+    PreconditionFailed { current: i64 },
+    /// Set (or clear) the archive mark at this new version.
+    Apply { archive: Option<ArchiveMark>, version: i64 },
+}
+
+/// Decides an `:archive` or `:unarchive` by `actor_id` (a key id, or `system` for the
+/// purge worker's `archive_after`).
+#[must_use]
+pub fn decide_archive(
+    record: &Record,
+    request: &ArchiveRequest,
+    if_match: Option<&IfMatch>,
+    actor_id: &str,
+    now: Timestamp,
+) -> ArchiveDecision {
+    if record.is_deleted() {
+        return ArchiveDecision::NotFound;
+    }
+    let wanted = matches!(request, ArchiveRequest::Archive { .. });
+    if record.is_archived() == wanted {
+        return ArchiveDecision::Unchanged;
+    }
+    if let Some(cond) = if_match
+        && !cond.matches(record.version)
+    {
+        return ArchiveDecision::PreconditionFailed { current: record.version };
+    }
+    let archive = match request {
+        ArchiveRequest::Archive { reason } => {
+            Some(ArchiveMark { archived_at: now, archived_by: actor_id.to_string(), reason: reason.clone() })
+        }
+        ArchiveRequest::Unarchive => None,
+    };
+    ArchiveDecision::Apply { archive, version: record.version + 1 }
 }
 
 #[cfg(test)]
@@ -208,6 +265,7 @@ mod tests {
             created_at: Timestamp::from_micros(0),
             updated_at: Timestamp::from_micros(0),
             deletion: deleted,
+            archive: None,
             legal_hold: false,
             values: Values::new(),
         }
@@ -221,6 +279,7 @@ mod tests {
             require_if_match: false,
             fields: Default::default(),
             unique: vec![],
+            archive_after: None,
         }
     }
 
@@ -293,6 +352,40 @@ mod tests {
         assert_eq!(decide_restore(&active, None, now), RestoreDecision::AlreadyActive);
         assert_eq!(decide_patch(&deleted, None), PatchDecision::NotFound);
         assert!(check_reason(Some(&"x".repeat(500))).is_ok());
+        assert_eq!(decide_archive(&deleted, &ArchiveRequest::Unarchive, None, "k", now), ArchiveDecision::NotFound);
         assert!(check_reason(Some(&"x".repeat(501))).is_err());
+    }
+
+    #[test]
+    fn archive_rules() {
+        let now = Timestamp::from_micros(1_000_000);
+        let active = record(None);
+        let archive = ArchiveRequest::Archive { reason: Some("done".into()) };
+        let ArchiveDecision::Apply { archive: Some(mark), version } =
+            decide_archive(&active, &archive, None, "key_1", now)
+        else {
+            panic!("an active record is archived");
+        };
+        assert_eq!((version, mark.archived_by.as_str(), mark.reason.as_deref()), (4, "key_1", Some("done")));
+        assert_eq!(
+            decide_archive(&active, &archive, Some(&IfMatch::parse("\"v2\"")), "key_1", now),
+            ArchiveDecision::PreconditionFailed { current: 3 }
+        );
+        assert_eq!(decide_archive(&active, &ArchiveRequest::Unarchive, None, "k", now), ArchiveDecision::Unchanged);
+        let archived = Record { archive: Some(mark), ..active };
+        // Idempotent whatever the If-Match, as a repeated DELETE.
+        assert_eq!(
+            decide_archive(&archived, &archive, Some(&IfMatch::parse("\"v1\"")), "k", now),
+            ArchiveDecision::Unchanged
+        );
+        assert_eq!(
+            decide_archive(&archived, &ArchiveRequest::Unarchive, None, "k", now),
+            ArchiveDecision::Apply { archive: None, version: 4 }
+        );
+        assert_eq!(decide_patch(&archived, None), PatchDecision::Archived);
+        assert_eq!(
+            decide_patch(&archived, Some(&IfMatch::parse("\"v1\""))),
+            PatchDecision::PreconditionFailed { current: 3 }
+        );
     }
 }

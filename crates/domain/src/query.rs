@@ -29,6 +29,18 @@ pub enum DeletedScope {
     Deleted,
 }
 
+/// Whether a list covers archived records (§17), beside its [`DeletedScope`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArchivedScope {
+    /// Not archived only (the default).
+    #[default]
+    Exclude,
+    /// Archived or not (`include=archived`).
+    Include,
+    /// Archived only (`filter[archived]=true`).
+    Only,
+}
+
 /// What a list is ordered by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SortKey {
@@ -96,6 +108,7 @@ pub struct FieldFilter {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListQuery {
     pub scope: DeletedScope,
+    pub archived: ArchivedScope,
     pub filters: Vec<FieldFilter>,
     pub deleted_since: Option<Timestamp>,
     pub deleted_before: Option<Timestamp>,
@@ -115,6 +128,7 @@ impl Default for ListQuery {
     fn default() -> Self {
         Self {
             scope: DeletedScope::Active,
+            archived: ArchivedScope::Exclude,
             filters: Vec::new(),
             deleted_since: None,
             deleted_before: None,
@@ -186,7 +200,9 @@ impl ListQuery {
         let mut seen = std::collections::HashSet::new();
         let mut cursor = None;
         let mut include_deleted = false;
+        let mut include_archived = false;
         let mut only_deleted = None;
+        let mut only_archived = None;
         for (name, value) in pairs {
             if !seen.insert(name.as_str()) {
                 return Err(qerr(name, "given more than once"));
@@ -197,10 +213,15 @@ impl ListQuery {
                 // document send `cursor=` for "no cursor yet", and the document allows it.
                 "cursor" => cursor = Some(value.as_str()).filter(|c| !c.is_empty()),
                 "count" => q.count = parse_bool(name, value)?,
-                "include" => match value.as_str() {
-                    "deleted" => include_deleted = true,
-                    _ => return Err(qerr(name, "the only supported value is \"deleted\"")),
-                },
+                "include" => {
+                    for part in value.split(',') {
+                        match part.trim() {
+                            "deleted" => include_deleted = true,
+                            "archived" => include_archived = true,
+                            _ => return Err(qerr(name, "supported values are \"deleted\" and \"archived\"")),
+                        }
+                    }
+                }
                 "sort" => q.sort = parse_sort(collection, value)?,
                 "q" => {
                     if !collection.fields.values().any(|f| f.search) {
@@ -218,6 +239,7 @@ impl ListQuery {
                     };
                     match inner {
                         "deleted" => only_deleted = Some(parse_bool(name, value)?),
+                        "archived" => only_archived = Some(parse_bool(name, value)?),
                         "deleted_since" => q.deleted_since = Some(parse_time_param(name, value)?),
                         "deleted_before" => q.deleted_before = Some(parse_time_param(name, value)?),
                         "deleted_by" => q.deleted_by = Some(value.clone()),
@@ -239,6 +261,11 @@ impl ListQuery {
             (Some(false), _, false) => DeletedScope::Active,
             (None, true, false) => DeletedScope::All,
             (None, false, false) => DeletedScope::Active,
+        };
+        q.archived = match (only_archived, include_archived) {
+            (Some(true), _) => ArchivedScope::Only,
+            (Some(false), _) | (None, false) => ArchivedScope::Exclude,
+            (None, true) => ArchivedScope::Include,
         };
         if let Some(c) = cursor {
             q.after = Some(decode_cursor(&q.sort, c)?);
@@ -343,6 +370,12 @@ mod tests {
         assert!(!q.reads_deleted());
         let q = ListQuery::parse(&c, &pairs(&[("include", "deleted")])).unwrap();
         assert_eq!(q.scope, DeletedScope::All);
+        assert_eq!(q.archived, ArchivedScope::Exclude);
+        let q = ListQuery::parse(&c, &pairs(&[("include", "archived,deleted")])).unwrap();
+        assert_eq!((q.scope, q.archived), (DeletedScope::All, ArchivedScope::Include));
+        let q = ListQuery::parse(&c, &pairs(&[("filter[archived]", "true")])).unwrap();
+        assert_eq!((q.scope, q.archived), (DeletedScope::Active, ArchivedScope::Only));
+        assert!(ListQuery::parse(&c, &pairs(&[("include", "archived,nope")])).is_err());
         let q = ListQuery::parse(&c, &pairs(&[("filter[deleted_by]", "key_1")])).unwrap();
         assert_eq!(q.scope, DeletedScope::Deleted);
     }

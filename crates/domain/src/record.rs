@@ -58,6 +58,16 @@ pub struct DeletionMark {
     pub purge_at: Timestamp,
 }
 
+/// What an archive recorded on the record (§17): a flag beside the deletion mark, with no
+/// window and no purge clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveMark {
+    pub archived_at: Timestamp,
+    /// The key id, or `system` for the purge worker's `archive_after`.
+    pub archived_by: String,
+    pub reason: Option<String>,
+}
+
 /// A legal hold as shown on a record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Hold {
@@ -78,6 +88,8 @@ pub struct Record {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub deletion: Option<DeletionMark>,
+    /// Set while the record is archived, deleted or not.
+    pub archive: Option<ArchiveMark>,
     pub legal_hold: bool,
     pub values: Values,
 }
@@ -87,6 +99,12 @@ impl Record {
     #[must_use]
     pub fn is_deleted(&self) -> bool {
         self.deletion.is_some()
+    }
+
+    /// Whether the record is archived.
+    #[must_use]
+    pub fn is_archived(&self) -> bool {
+        self.archive.is_some()
     }
 
     /// The `ETag` value: `"v<version>"`.
@@ -141,7 +159,8 @@ impl Serialize for RecordView<'_> {
         use serde::ser::SerializeMap;
         let r = self.record;
         let d = r.deletion.as_ref();
-        let mut map = s.serialize_map(Some(12 + usize::from(self.holds.is_some()) + self.collection.fields.len()))?;
+        let a = r.archive.as_ref();
+        let mut map = s.serialize_map(Some(16 + usize::from(self.holds.is_some()) + self.collection.fields.len()))?;
         map.serialize_entry("id", &r.id)?;
         map.serialize_entry("collection", &r.collection)?;
         map.serialize_entry("version", &r.version)?;
@@ -153,6 +172,10 @@ impl Serialize for RecordView<'_> {
         map.serialize_entry("delete_reason", &d.and_then(|d| d.reason.as_ref()))?;
         map.serialize_entry("deletion_id", &d.map(|d| &d.deletion_id))?;
         map.serialize_entry("purge_at", &d.map(|d| d.purge_at))?;
+        map.serialize_entry("archived", &a.is_some())?;
+        map.serialize_entry("archived_at", &a.map(|a| a.archived_at))?;
+        map.serialize_entry("archived_by", &a.map(|a| &a.archived_by))?;
+        map.serialize_entry("archive_reason", &a.and_then(|a| a.reason.as_ref()))?;
         map.serialize_entry("legal_hold", &r.legal_hold)?;
         if let Some(holds) = self.holds {
             map.serialize_entry("holds", holds)?;
@@ -255,6 +278,7 @@ impl NewRecordBody {
             created_at: now,
             updated_at: now,
             deletion: None,
+            archive: None,
             legal_hold: false,
             values: self.values,
         }

@@ -47,7 +47,9 @@ pub enum ApiError {
     #[error("method not allowed")]
     MethodNotAllowed { allow: Option<&'static str> },
     /// 405 for a POST to a record URL without an action: `Allow` is [`RECORD_METHODS`].
-    #[error("POST needs an action: /v1/{{collection}}/{{id}}:restore, :purge, :erase, :hold or :release")]
+    #[error(
+        "POST needs an action: /v1/{{collection}}/{{id}}:restore, :purge, :erase, :hold, :release, :archive or :unarchive"
+    )]
     RecordMethodNotAllowed,
     /// 409 `unique-conflict`: an active record holds the value (`conflicting_id`).
     #[error("an active record already has this value of {}", fields.join(", "))]
@@ -58,6 +60,9 @@ pub enum ApiError {
     /// 409 `legal-hold`: the record is held, so it cannot be purged or erased.
     #[error("the record is under a legal hold")]
     LegalHold,
+    /// 409 `archived`: the record is archived, so it is read-only (§17); unarchive it first.
+    #[error("the record is archived and read-only; unarchive it first")]
+    Archived,
     /// 409 `restrict`: active children refer to the record (`blockers`, `blockers_total`).
     #[error("{total} active records refer to this one through restrict relations; delete or re-point them first")]
     Restrict { blockers: Vec<RecordRef>, total: u64 },
@@ -166,6 +171,7 @@ impl ApiError {
             Self::ParentDeleted { .. } => (StatusCode::CONFLICT, "parent-deleted"),
             Self::RestoreConflicts(_) => (StatusCode::CONFLICT, "restore-conflict"),
             Self::LegalHold => (StatusCode::CONFLICT, "legal-hold"),
+            Self::Archived => (StatusCode::CONFLICT, "archived"),
             Self::EventGone(_) => (StatusCode::CONFLICT, "event-gone"),
             Self::EndpointRemoved(_) => (StatusCode::CONFLICT, "endpoint-removed"),
             Self::Erased => (StatusCode::GONE, "erased"),
@@ -317,6 +323,7 @@ impl From<StoreError> for ApiError {
             StoreError::ParentDeleted { parents } => Self::ParentDeleted { parents },
             StoreError::RestoreConflicts(c) => Self::RestoreConflicts(c),
             StoreError::LegalHold => Self::LegalHold,
+            StoreError::Archived => Self::Archived,
             StoreError::IdempotencyConflict => Self::IdempotencyConflict,
             StoreError::Migration(m) | StoreError::Internal(m) => Self::Internal(m),
             StoreError::Constraint { fields, source } => Self::UniqueViolation { fields, cause: source.to_string() },

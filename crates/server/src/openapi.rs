@@ -65,6 +65,7 @@ const FIXED_SCHEMAS: &[&str] = &[
     "WebhookEndpointList",
     "WebhookEndpointEnabled",
     "HoldRequest",
+    "ArchiveRequest",
     "ErasureReceipt",
     "TrashList",
     "PurgePreview",
@@ -83,6 +84,7 @@ const PROBLEM_TYPES: &[&str] = &[
     "restrict",
     "parent-deleted",
     "legal-hold",
+    "archived",
     "not-deleted",
     "idempotency-conflict",
     "event-gone",
@@ -136,7 +138,12 @@ pub fn openapi(schema: &Schema) -> OpenApi {
             .path(format!("{item}:purge"), PathItem::new(HttpMethod::Post, purge_operation(collection)))
             .path(format!("{item}:erase"), PathItem::new(HttpMethod::Post, erase_operation(collection)))
             .path(format!("{item}:hold"), PathItem::new(HttpMethod::Post, hold_operation(collection)))
-            .path(format!("{item}:release"), PathItem::new(HttpMethod::Post, release_operation(collection, n)));
+            .path(format!("{item}:release"), PathItem::new(HttpMethod::Post, release_operation(collection, n)))
+            .path(format!("{item}:archive"), PathItem::new(HttpMethod::Post, archive_operation(collection, n, true)))
+            .path(
+                format!("{item}:unarchive"),
+                PathItem::new(HttpMethod::Post, archive_operation(collection, n, false)),
+            );
     }
 
     paths = retention_paths(paths, schema);
@@ -421,6 +428,15 @@ fn record_schema(collection: &Collection) -> ObjectBuilder {
         .property("delete_reason", string().schema_type(nullable(Type::String)).max_length(Some(500)))
         .property("deletion_id", string().schema_type(nullable(Type::String)))
         .property("purge_at", nullable_time().description(Some("End of the recovery window: restorable until then.")))
+        .property("archived", boolean().description(Some("Archived (§17): out of lists unless asked, read-only.")))
+        .property("archived_at", nullable_time())
+        .property(
+            "archived_by",
+            string()
+                .schema_type(nullable(Type::String))
+                .description(Some("The archiving key's id, or `system` for `archive_after`.")),
+        )
+        .property("archive_reason", string().schema_type(nullable(Type::String)).max_length(Some(500)))
         .property("legal_hold", boolean())
         .property(
             "holds",
@@ -438,6 +454,10 @@ fn record_schema(collection: &Collection) -> ObjectBuilder {
         "delete_reason",
         "deletion_id",
         "purge_at",
+        "archived",
+        "archived_at",
+        "archived_by",
+        "archive_reason",
         "legal_hold",
     ] {
         object = object.required(name);
@@ -869,10 +889,11 @@ fn list_operation(collection: &Collection, names: &CollectionNames) -> Operation
         cursor_param(opaque_cursor(), "The `next_cursor` of the previous page (same `sort`)."),
         query(
             "include",
-            string().enum_values(Some(["deleted"])),
-            "`deleted`: soft-deleted records too. Needs `read_deleted`.",
+            string().enum_values(Some(["deleted", "archived", "archived,deleted", "deleted,archived"])),
+            "`deleted`: soft-deleted records too (needs `read_deleted`); `archived`: archived records too.",
         ),
         query("filter[deleted]", boolean(), &format!("`true`: soft-deleted records only. {deleted_note}")),
+        query("filter[archived]", boolean(), "`true`: archived records only; `false`: not archived (the default)."),
         query("filter[deleted_since]", date_time(), &format!("Deleted at or after. {deleted_note}")),
         query("filter[deleted_before]", date_time(), &format!("Deleted before. {deleted_note}")),
         query("filter[deleted_by]", string(), &format!("Deleted by this key id. {deleted_note}")),
@@ -985,9 +1006,15 @@ fn update_operation(collection: &Collection, names: &CollectionNames) -> Operati
         .response("404", problem("`not-found`: no such record, or it is deleted."))
         .response("412", problem("`precondition-failed`: `If-Match` is stale (`current_etag`)."))
         .response("422", problem("`validation`: wrong types, unknown fields, a required field removed, a bad parent."));
-    if !collection.unique.is_empty() {
-        op = op.response("409", problem("`unique-conflict`: an active record holds the value (`conflicting_id`)."));
-    }
+    op = op.response(
+        "409",
+        problem(if collection.unique.is_empty() {
+            "`archived`: the record is archived and read-only; unarchive it first."
+        } else {
+            "`unique-conflict`: an active record holds the value (`conflicting_id`); `archived`: the record is \
+             archived and read-only, unarchive it first."
+        }),
+    );
     if collection.require_if_match {
         op = op.response("428", problem("`precondition-required`: this collection requires `If-Match`."));
     }
@@ -1173,6 +1200,42 @@ fn hold_operation(collection: &Collection) -> Operation {
     authenticated(body_errors(op), "hold").build()
 }
 
+/// `:archive` (`archive`) or `:unarchive` (§17).
+fn archive_operation(collection: &Collection, names: &CollectionNames, archive: bool) -> Operation {
+    let c = &collection.name;
+    let (verb, action) = if archive { ("archive", "Archive") } else { ("unarchive", "Unarchive") };
+    let mut op = operation(format!("{verb}_{c}"), c, &format!("{action} a record of {c}"))
+        .description(Some(if archive {
+            "Out of lists, counts and search unless asked (`include=archived`), read-only, never purged by age; \
+             still readable by id. Audited as `archive`, event `record.archived`. Archiving an archived record \
+             answers 200 and changes nothing."
+        } else {
+            "Back in lists and writable. Audited as `unarchive`, event `record.unarchived`. Unarchiving a record \
+             that is not archived answers 200 and changes nothing."
+        }))
+        .parameter(id_param("The record id."))
+        .parameter(if_match_param(collection, if archive { "archived" } else { "unarchived" }));
+    if archive {
+        let body = RequestBodyBuilder::new()
+            .required(Some(Required::False))
+            .description(Some("Optional: the reason."))
+            .content("application/json", ContentBuilder::new().schema(Some(schema_ref("ArchiveRequest"))).build())
+            .build();
+        op = op
+            .request_body(Some(body))
+            .response("422", problem("`validation`: unknown members, or `reason` not a string of at most 500."));
+    }
+    op = op
+        .response("200", json_response("The record.", schema_ref(&names.record)).header("ETag", etag_header()))
+        .response("400", problem("`malformed`: not JSON; `invalid-parameter`: a query parameter."))
+        .response("404", problem("`not-found`: no such record, or it is deleted."))
+        .response("412", problem("`precondition-failed`: `If-Match` is stale (`current_etag`)."));
+    if collection.require_if_match {
+        op = op.response("428", problem("`precondition-required`: this collection requires `If-Match`."));
+    }
+    authenticated(body_errors(op), "write").build()
+}
+
 fn release_operation(collection: &Collection, names: &CollectionNames) -> Operation {
     let c = &collection.name;
     let op = operation(format!("release_{c}"), c, &format!("Release a legal hold on a record of {c}"))
@@ -1226,6 +1289,11 @@ fn retention_components(components: ComponentsBuilder, schema: &Schema, names: &
         &["count", "sample", "due_next_7_days"],
     );
     components
+        .schema(
+            "ArchiveRequest",
+            closed(ObjectBuilder::new())
+                .property("reason", string().schema_type(nullable(Type::String)).max_length(Some(500))),
+        )
         .schema(
             "HoldRequest",
             closed(ObjectBuilder::new())
@@ -1833,7 +1901,8 @@ fn dashboard_paths(paths: PathsBuilder) -> PathsBuilder {
     let count = || ObjectBuilder::new().schema_type(nullable(Type::Integer)).minimum(Some(0));
     let counts = closed(
         ObjectBuilder::new()
-            .property("active", count().description(Some("Not deleted (`null` without `read`).")))
+            .property("active", count().description(Some("Neither deleted nor archived (`null` without `read`).")))
+            .property("archived", count().description(Some("Archived, not deleted (`null` without `read`).")))
             .property("deleted", count().description(Some("In the trash (`null` without `read_deleted`).")))
             .property(
                 "expiring_7d",
@@ -1842,6 +1911,7 @@ fn dashboard_paths(paths: PathsBuilder) -> PathsBuilder {
             )
             .property("held", count().description(Some("Under a legal hold (`null` without `read_deleted`).")))
             .required("active")
+            .required("archived")
             .required("deleted")
             .required("expiring_7d")
             .required("held"),
@@ -1862,6 +1932,12 @@ fn dashboard_paths(paths: PathsBuilder) -> PathsBuilder {
             .property("name", string())
             .property("delete", string().description(Some("`soft` or `hard`.")))
             .property("retention_seconds", integer())
+            .property(
+                "archive_after_seconds",
+                integer()
+                    .schema_type(nullable(Type::Integer))
+                    .description(Some("Records not updated for this long are archived (§17); null: never.")),
+            )
             .property("require_if_match", boolean())
             .property("unique", array_of(array_of(string())))
             .property("fields", array_of(field))

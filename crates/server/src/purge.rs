@@ -3,6 +3,10 @@
 //! between batches and never exceeding `max_rows_per_second` per collection — so live
 //! traffic keeps its latency.
 //!
+//! The same pass archives, at the same pacing, the records of collections with
+//! `archive_after` that were not updated for that long (§17), as the actor `system`; a
+//! pause of purge does not stop it (archive removes nothing).
+//!
 //! Each batch is one transaction (rows, audit entries, `record.purged` events), so a crash
 //! mid-pass loses nothing and purges nothing twice: the rolled-back batch is simply due
 //! again on the next pass. The pause flag is read inside each batch's transaction.
@@ -50,6 +54,10 @@ pub struct BatchReport {
 pub struct PassReport {
     pub batches: Vec<BatchReport>,
     pub purged: u64,
+    /// Records archived by `archive_after`.
+    pub archived: u64,
+    /// The batches of the archive part of the pass.
+    pub archive_batches: Vec<BatchReport>,
     /// Failed batches (retried on the next pass).
     pub errors: u64,
     /// Purge was paused (before or during the pass).
@@ -126,13 +134,15 @@ impl PurgeWorker {
                 pacer.wait(waited).await;
             }
         }
+        self.archive_pass(pacer, only, &run_id, &mut report).await;
         let seconds = started.elapsed().as_secs_f64();
         metrics::histogram!("tombstone_purge_job_runtime_seconds").record(seconds);
-        if report.purged > 0 || report.errors > 0 {
+        if report.purged > 0 || report.archived > 0 || report.errors > 0 {
             #[expect(clippy::cast_precision_loss, reason = "a rate for the log")]
             let rows_per_second = (report.purged as f64 / seconds.max(1e-6)).round();
             tracing::info!(
                 purged = report.purged,
+                archived = report.archived,
                 errors = report.errors,
                 seconds,
                 rows_per_second,
@@ -141,6 +151,51 @@ impl PurgeWorker {
             );
         }
         report
+    }
+
+    /// Archives, collection by collection, what `archive_after` says is due: records not
+    /// updated since `now - archive_after`, in batches of `batch_size` at the purge pacing
+    /// (the pause between batches, stretched by the rate cap).
+    async fn archive_pass(&self, pacer: &dyn Pacer, only: Option<&str>, run_id: &str, report: &mut PassReport) {
+        let cap = f64::from(self.config.max_rows_per_second);
+        for collection in self.collections(only) {
+            let Some(after) = collection.archive_after else { continue };
+            loop {
+                let batch_start = self.clock.now();
+                let micros = i64::try_from(after.as_micros()).unwrap_or(i64::MAX);
+                let cutoff = Timestamp::from_micros(batch_start.as_micros().saturating_sub(micros));
+                let archived = match self
+                    .store
+                    .archive_batch(&collection, cutoff, batch_start, self.config.batch_size, run_id)
+                    .await
+                {
+                    Ok(n) => n,
+                    Err(e) => {
+                        report.errors += 1;
+                        metrics::counter!("tombstone_purge_job_errors_total", "collection" => collection.name.clone())
+                            .increment(1);
+                        tracing::warn!(collection = %collection.name, error = %e, "archive batch failed; it is retried on the next pass");
+                        break;
+                    }
+                };
+                if archived == 0 {
+                    break;
+                }
+                metrics::counter!("tombstone_archive_rows_total", "collection" => collection.name.clone())
+                    .increment(archived);
+                report.archived += archived;
+                #[expect(clippy::cast_precision_loss, reason = "batch sizes are far below 2^52")]
+                let minimum = Duration::from_secs_f64(archived as f64 / cap);
+                let spent = elapsed(batch_start, self.clock.now());
+                let waited = self.config.pause.max(minimum.saturating_sub(spent));
+                let b = BatchReport { collection: collection.name.clone(), rows: archived, waited };
+                report.archive_batches.push(b);
+                if archived < u64::from(self.config.batch_size) {
+                    break;
+                }
+                pacer.wait(waited).await;
+            }
+        }
     }
 
     /// Updates the backlog gauge: records due now, per collection.

@@ -74,9 +74,18 @@ async fn collections_count_active_trash_expiring_and_held_records_of_the_callers
     let body = list.json();
     assert!(body["next_cursor"].is_null());
     let by_name = |name: &str| body["items"].as_array().unwrap().iter().find(|c| c["name"] == name).cloned().unwrap();
-    assert_eq!(by_name("products")["counts"], json!({"active": 2, "deleted": 1, "expiring_7d": 0, "held": 1}));
-    assert_eq!(by_name("customers")["counts"], json!({"active": 0, "deleted": 2, "expiring_7d": 1, "held": 1}));
-    assert_eq!(by_name("categories")["counts"], json!({"active": 0, "deleted": 0, "expiring_7d": 0, "held": 0}));
+    assert_eq!(
+        by_name("products")["counts"],
+        json!({"active": 2, "archived": 0, "deleted": 1, "expiring_7d": 0, "held": 1})
+    );
+    assert_eq!(
+        by_name("customers")["counts"],
+        json!({"active": 0, "archived": 0, "deleted": 2, "expiring_7d": 1, "held": 1})
+    );
+    assert_eq!(
+        by_name("categories")["counts"],
+        json!({"active": 0, "archived": 0, "deleted": 0, "expiring_7d": 0, "held": 0})
+    );
     let products = by_name("products");
     assert_eq!(products["unique"], json!([["sku"]]));
     assert_eq!(products["delete"], "soft");
@@ -89,7 +98,7 @@ async fn collections_count_active_trash_expiring_and_held_records_of_the_callers
 
     let t2 = app.get("/v1/collections", &other).await.json();
     let t2_products = t2["items"].as_array().unwrap().iter().find(|c| c["name"] == "products").cloned().unwrap();
-    assert_eq!(t2_products["counts"], json!({"active": 1, "deleted": 0, "expiring_7d": 0, "held": 0}));
+    assert_eq!(t2_products["counts"], json!({"active": 1, "archived": 0, "deleted": 0, "expiring_7d": 0, "held": 0}));
 }
 
 #[tokio::test]
@@ -100,7 +109,10 @@ async fn collections_follow_the_keys_scopes() {
     let reader = app.key("t1", "read").await;
     let body = app.get("/v1/collections", &reader).await.json();
     let products = body["items"].as_array().unwrap().iter().find(|c| c["name"] == "products").cloned().unwrap();
-    assert_eq!(products["counts"], json!({"active": 1, "deleted": null, "expiring_7d": null, "held": null}));
+    assert_eq!(
+        products["counts"],
+        json!({"active": 1, "archived": 0, "deleted": null, "expiring_7d": null, "held": null})
+    );
 
     // Narrowed to one collection: only that one is listed.
     let narrow = app.key("t1", "read_deleted:products").await;

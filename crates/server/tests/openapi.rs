@@ -506,6 +506,29 @@ async fn record_lifecycle_answers_are_documented() {
         ("/v1/events", "get", app.get("/v1/events?limit=5", &app.admin).await),
     ];
     check_documented(&doc, steps, &["201", "200", "204", "200", "200", "204", "200", "200", "200"]);
+
+    // Archive (§17): both actions, the read-only refusal, the lists that ask for archived.
+    let kept = app.create("products", &app.admin, &json!({"sku": "S-3", "name": "Jug"})).await;
+    let kept = format!("/v1/products/{}", kept["id"].as_str().unwrap());
+    let steps: Vec<(&str, &str, common::TestResponse)> = vec![
+        (
+            "/v1/products/{id}:archive",
+            "post",
+            app.post(&format!("{kept}:archive"), &app.admin, &json!({"reason": "discontinued"})).await,
+        ),
+        ("/v1/products/{id}:archive", "post", app.post(&format!("{kept}:archive"), &app.admin, &json!({"x": 1})).await),
+        ("/v1/products/{id}", "patch", app.patch(&kept, &app.admin, &json!({"name": "Jar"})).await),
+        ("/v1/products", "get", app.get("/v1/products?filter[archived]=true&count=true", &app.admin).await),
+        ("/v1/products", "get", app.get("/v1/products?include=archived,deleted", &app.admin).await),
+        ("/v1/products/{id}:unarchive", "post", app.post_empty(&format!("{kept}:unarchive"), &app.admin).await),
+        (
+            "/v1/products/{id}:unarchive",
+            "post",
+            app.send(Method::POST, &format!("{kept}:unarchive"), Some(&app.admin), &[("if-match", "\"v1\"")], None)
+                .await,
+        ),
+    ];
+    check_documented(&doc, steps, &["200", "422", "409", "200", "200", "200", "200"]);
 }
 
 fn check_documented(doc: &Value, steps: Vec<(&str, &str, common::TestResponse)>, expected: &[&str]) {

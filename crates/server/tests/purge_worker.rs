@@ -135,6 +135,7 @@ async fn load(app: &TestApp, name: &str, n: usize) -> Vec<String> {
                 created_at: now,
                 updated_at: now,
                 deletion: None,
+                archive: None,
                 legal_hold: false,
                 values,
             };

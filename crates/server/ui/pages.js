@@ -1,5 +1,5 @@
-// The pages of the dashboard: collections, browsing, a record, the trash ("Recently
-// deleted") and a deletion operation. Each page is `async (view, args, query)`: it reads
+// The pages of the dashboard: collections, browsing (and its Archived view), a record,
+// the trash ("Recently deleted") and a deletion operation. Each page is `async (view, args, query)`: it reads
 // the API, then builds its DOM once (a page of 50 records is one DocumentFragment).
 
 import { api, ApiProblem, get, recordPath } from './api.js';
@@ -8,7 +8,8 @@ import { field, h, link, plural, put, recordRoute, show, timeLeft, when } from '
 import { erasePanel, holdsPanel } from './retention.js';
 
 const SYSTEM = new Set(['id', 'collection', 'version', 'created_at', 'updated_at', 'deleted', 'deleted_at',
-  'deleted_by', 'delete_reason', 'deletion_id', 'purge_at', 'legal_hold', 'holds']);
+  'deleted_by', 'delete_reason', 'deletion_id', 'purge_at', 'archived', 'archived_at', 'archived_by', 'archive_reason',
+  'legal_hold', 'holds']);
 
 /** A readable name for a record: its `name`/`title`/`sku`/`email`, else its id. */
 export function label(record) {
@@ -31,6 +32,7 @@ export function problem(e) {
   let text = b.detail || b.title || e.message;
   if (e.type === 'forbidden') text = `This key lacks the ${b.missing_scope} scope for that.`;
   if (e.type === 'legal-hold') text = 'Refused: the record is under a legal hold. Release the hold first.';
+  if (e.type === 'archived') text = 'Refused: the record is archived (read-only). Unarchive it first.';
   return h('p', { class: 'error', role: 'alert' }, text,
     b.request_id ? h('span', { class: 'muted' }, ` (request ${b.request_id})`) : null);
 }
@@ -50,7 +52,7 @@ export async function collections(view) {
     const cell = (v, cls) => h('td', { class: 'num' + (cls && v ? ' ' + cls : '') }, v === null ? h('span', { class: 'muted', title: 'needs read_deleted' }, '—') : String(v));
     return h('tr', { dataset: { collection: c.name } },
       h('th', { scope: 'row' }, n.active === null ? c.name : link(`/c/${c.name}`, c.name)),
-      cell(n.active), cell(n.deleted), cell(n.expiring_7d, 'soon'), cell(n.held),
+      cell(n.active), cell(n.archived), cell(n.deleted), cell(n.expiring_7d, 'soon'), cell(n.held),
       h('td', null, n.deleted === null ? '' : link(`/trash/${c.name}`, 'Recently deleted', { 'aria-label': `Recently deleted in ${c.name}` })));
   });
   put(view,
@@ -59,7 +61,7 @@ export async function collections(view) {
       h('table', { id: 'collections' },
         h('caption', { class: 'sr-only' }, 'Collections with their counts'),
         h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Collection'), h('th', { scope: 'col' }, 'Active'),
-          h('th', { scope: 'col' }, 'In the trash'), h('th', { scope: 'col' }, 'Expiring within 7 days'),
+          h('th', { scope: 'col' }, 'Archived'), h('th', { scope: 'col' }, 'In the trash'), h('th', { scope: 'col' }, 'Expiring within 7 days'),
           h('th', { scope: 'col' }, 'Held'), h('th', { scope: 'col' }, 'Trash'))),
         h('tbody', null, rows))));
 }
@@ -90,7 +92,7 @@ export function recordRows(c, items, columns) {
       tr.appendChild(td);
     }
     const status = document.createElement('td');
-    status.textContent = r.deleted ? 'deleted' : r.legal_hold ? 'held' : 'active';
+    status.textContent = r.deleted ? 'deleted' : r.archived ? 'archived' : r.legal_hold ? 'held' : 'active';
     if (r.deleted) status.className = 'badge-deleted';
     tr.appendChild(status);
     frag.appendChild(tr);
@@ -111,6 +113,9 @@ export async function browse(view, [name], query) {
   if (ff && fv) params[`filter[${ff}]`] = fv;
   const deletedToo = query.get('deleted') === '1' && can('read_deleted', name);
   if (deletedToo) params.include = 'deleted';
+  // The Archived view: archived records only, each with Unarchive.
+  const archivedOnly = query.get('archived') === '1';
+  if (archivedOnly) params['filter[archived]'] = 'true';
   const searchable = c.fields.some((f) => f.search);
 
   let page = null;
@@ -139,6 +144,7 @@ export async function browse(view, [name], query) {
     if (sort.value) p.set('sort', sort.value);
     if (ffSel.value && fvIn.value) { p.set('ff', ffSel.value); p.set('fv', fvIn.value); }
     if (del && del.checked) p.set('deleted', '1');
+    if (archivedOnly) p.set('archived', '1');
     go(`/c/${name}${p.toString() ? '?' + p : ''}`);
   } },
   field('Search', q, searchable ? null : 'no searchable field'),
@@ -155,6 +161,26 @@ export async function browse(view, [name], query) {
   } else {
     const tbody = h('tbody');
     tbody.appendChild(recordRows(c, page.items, columns));
+    if (archivedOnly) {
+      const writable = can('write', name);
+      for (const tr of tbody.querySelectorAll('tr')) {
+        const r = page.items.find((x) => x.id === tr.dataset.id);
+        tr.appendChild(h('td', null, writable && r && !r.deleted ? h('button', {
+          type: 'button', class: 'unarchive', 'aria-label': `Unarchive ${label(r)}`,
+          onclick: async (e) => {
+            e.target.disabled = true;
+            try {
+              await api('POST', recordPath(name, r.id, ':unarchive'), { headers: { 'If-Match': `"v${r.version}"` } });
+              toast(`Unarchived ${name} “${label(r)}”.`, null, 6000);
+              session.collections = null;
+              render();
+            } catch (err) {
+              e.target.disabled = false;
+              toast(problem(err).textContent);
+            }
+          } }, 'Unarchive') : ''));
+      }
+    }
     const next = new URLSearchParams(query);
     next.set('cursor', page.next_cursor || '');
     const first = new URLSearchParams(query);
@@ -164,7 +190,7 @@ export async function browse(view, [name], query) {
       h('div', { class: 'scroll' }, h('table', { id: 'records' },
         h('caption', { class: 'sr-only' }, `Records of ${name}`),
         h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'id'), columns.map((f) => h('th', { scope: 'col' }, f)),
-          h('th', { scope: 'col' }, 'state'))),
+          h('th', { scope: 'col' }, 'state'), archivedOnly ? h('th', { scope: 'col' }, 'action') : null)),
         tbody)),
       h('nav', { class: 'pager', 'aria-label': 'Pages' },
         query.get('cursor') ? link(`/c/${name}?${first}`, 'First page') : null,
@@ -172,7 +198,9 @@ export async function browse(view, [name], query) {
     ];
   }
   put(view,
-    pageHeader(name, can('read_deleted', name) ? link(`/trash/${name}`, 'Recently deleted') : null),
+    pageHeader(archivedOnly ? `${name}: archived` : name,
+      archivedOnly ? link(`/c/${name}`, `Back to ${name}`, { id: 'not-archived-link' }) : link(`/c/${name}?archived=1`, 'Archived', { id: 'archived-link' }),
+      can('read_deleted', name) ? link(`/trash/${name}`, 'Recently deleted') : null),
     form, body);
 }
 
@@ -262,6 +290,11 @@ export async function record(view, [name, id]) {
   const actions = h('div', { class: 'actions', id: 'actions' });
   const panel = h('div', { id: 'panel' });
   const missing = [];
+  if (!r.deleted && can('write', name)) {
+    actions.appendChild(r.archived
+      ? h('button', { type: 'button', id: 'unarchive', onclick: () => archiveRecord(panel, c, r, false) }, 'Unarchive')
+      : h('button', { type: 'button', id: 'archive', onclick: () => archivePanel(panel, c, r) }, 'Archive…'));
+  }
   if (!r.deleted) {
     if (can('delete', name)) actions.appendChild(h('button', { type: 'button', id: 'delete', class: 'danger', onclick: () => deletePanel(panel, c, r) }, 'Delete…'));
     else missing.push('delete');
@@ -283,6 +316,9 @@ export async function record(view, [name, id]) {
       r.delete_reason ? [': “', r.delete_reason, '”'] : null, '. ',
       h('span', { class: t.soon ? 'soon' : '' }, `Purge: ${t.text}.`), ' ',
       r.deletion_id && can('read_deleted') ? link(`/deletions/${r.deletion_id}`, 'Deleted together') : null) : null,
+    r.archived ? h('p', { class: 'banner archived', id: 'archived-banner' },
+      h('strong', null, 'Archived (read-only). '), 'Archived ', when(r.archived_at), ' by ', actor(r.archived_by),
+      r.archive_reason ? [': “', r.archive_reason, '”'] : null, '. It is out of lists and search until unarchived.') : null,
     r.legal_hold ? h('p', { class: 'banner held', id: 'held-banner' }, 'Under legal hold: it cannot be purged or erased until every hold is released.') : null,
     actions,
     missing.length ? h('p', { class: 'muted', id: 'not-offered' }, `Not offered with this key: ${missing.map((s) => `${s} (needs the ${s} scope)`).join(', ')}.`) : null,
@@ -293,6 +329,37 @@ export async function record(view, [name, id]) {
     h('section', { 'aria-labelledby': 'h-history' }, h('h2', { id: 'h-history' }, 'History (audit trail)'), trail),
     h('section', { 'aria-labelledby': 'h-retention', id: 'retention' }, h('h2', { id: 'h-retention' }, 'Legal holds and erasure'),
       holdsPanel(c, r), erasePanel(c, r)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Archive: out of the way, kept, read-only (§17).
+
+function archivePanel(panel, c, r) {
+  const reason = h('input', { type: 'text', name: 'archive-reason', maxlength: 500 });
+  const errors = h('div');
+  put(panel, h('section', { class: 'card', id: 'archive-confirm', 'aria-labelledby': 'h-archive' },
+    h('h2', { id: 'h-archive' }, 'Archive this record'),
+    h('p', null, 'It leaves lists, counts and search, stays readable here, becomes read-only, and is never purged for it. Unarchive brings it back.'),
+    field('Reason (optional)', reason),
+    h('div', { class: 'actions' },
+      h('button', { type: 'button', id: 'confirm-archive', onclick: () => archiveRecord(errors, c, r, true, reason.value) }, 'Archive'),
+      h('button', { type: 'button', onclick: () => put(panel) }, 'Cancel')),
+    errors));
+  reason.focus();
+}
+
+async function archiveRecord(panel, c, r, archive, reason) {
+  try {
+    await api('POST', recordPath(c.name, r.id, archive ? ':archive' : ':unarchive'), {
+      body: archive ? { reason: reason || null } : undefined,
+      headers: { 'If-Match': `"v${r.version}"` },
+    });
+    toast(`${archive ? 'Archived' : 'Unarchived'} ${c.name} “${label(r)}”.`, null, 6000);
+    session.collections = null;
+    render();
+  } catch (e) {
+    put(panel, problem(e));
+  }
 }
 
 // ---------------------------------------------------------------------------------------

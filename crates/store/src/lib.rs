@@ -21,7 +21,7 @@ use tombstone_domain::audit::{AuditEntry, ChainError};
 use tombstone_domain::config::{Collection, Schema};
 use tombstone_domain::deletion::{DeletionPlan, RecordRef};
 use tombstone_domain::events::Event;
-use tombstone_domain::lifecycle::{Actor, DeleteRequest, IfMatch};
+use tombstone_domain::lifecycle::{Actor, ArchiveRequest, DeleteRequest, IfMatch};
 use tombstone_domain::query::{ListQuery, Position};
 use tombstone_domain::record::{Hold, Patch, Record, ValidationErrors};
 use tombstone_domain::scope::Scope;
@@ -51,6 +51,9 @@ pub enum StoreError {
     /// The record is under a legal hold.
     #[error("the record is under a legal hold")]
     LegalHold,
+    /// The record is archived, and archived records are read-only (§17).
+    #[error("the record is archived; unarchive it first")]
+    Archived,
     /// Active `restrict` children block the delete.
     #[error("{total} active records refer to it through restrict relations")]
     Restrict { blockers: Vec<RecordRef>, total: u64 },
@@ -421,8 +424,10 @@ pub struct PurgeDue {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CollectionCounts {
     pub collection: String,
-    /// Not deleted.
+    /// Neither deleted nor archived.
     pub active: u64,
+    /// Archived and not deleted (§17).
+    pub archived: u64,
     /// Soft-deleted and not purged yet (the trash).
     pub deleted: u64,
     /// Soft-deleted, not held, and due for purge before the horizon.
@@ -654,6 +659,21 @@ pub trait RecordStore: Send + Sync + 'static {
         reason: Option<String>,
         now: Timestamp,
     ) -> Result<RestoreOutcome, StoreError>;
+
+    /// Archives or unarchives a record (§17): the record afterwards, unchanged when it was
+    /// already as asked.
+    ///
+    /// # Errors
+    /// `NotFound` (absent or deleted), `PreconditionFailed`.
+    async fn archive_record(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        request: ArchiveRequest,
+        if_match: Option<IfMatch>,
+        now: Timestamp,
+    ) -> Result<Record, StoreError>;
     /// `(tenant, id)` of every active record of a collection.
     async fn active_ids(&self, collection: &Arc<Collection>) -> Result<Vec<(String, String)>, StoreError>;
 
@@ -762,6 +782,17 @@ pub trait RetentionStore: Send + Sync + 'static {
         limit: u32,
         run_id: &str,
     ) -> Result<PurgeBatch, StoreError>;
+    /// Archives up to `limit` active, unarchived records of a collection last updated at or
+    /// before `cutoff` (its `archive_after`), oldest first, in one transaction, each as the
+    /// actor `system` with its audit entry and `record.archived` event; how many.
+    async fn archive_batch(
+        &self,
+        collection: &Arc<Collection>,
+        cutoff: Timestamp,
+        now: Timestamp,
+        limit: u32,
+        run_id: &str,
+    ) -> Result<u64, StoreError>;
     /// What is due now and within `horizon` after `now`, per collection (one tenant, or all).
     async fn purge_due(
         &self,

@@ -120,7 +120,7 @@ async fn replicas_starting_together_apply_each_migration_once() {
     let applied: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(
         applied,
-        ["0001_system", "0002_audit", "0003_outbox", "0004_webhooks", "0005_retention", "0007_nats"]
+        ["0001_system", "0002_audit", "0003_outbox", "0004_webhooks", "0005_retention", "0006_nats"]
             .map(|n| (n.to_string(), 1))
             .to_vec()
     );
@@ -191,6 +191,48 @@ async fn migrating_again_keeps_rows_and_refuses_what_sqlite_refuses() {
     deleted_b.deletion = Some(mark("del_b", at(2)));
     set_deletion(&store, &p2, &deleted_b).await.unwrap();
     store.migrate(&names_unique).await.expect("the set holds among active records");
+    db.drop_db().await;
+}
+
+/// A table as it was before archive (§17): no `archived_*` columns, the old default-list
+/// index. Migrating adds the columns (empty), replaces the index and keeps every row.
+#[tokio::test]
+async fn a_table_from_before_archive_gains_its_columns_and_keeps_its_rows() {
+    let Some(db) = TestDb::create("a_table_from_before_archive_gains_its_columns").await else { return };
+    let store = db.store(4).await;
+    let v1 = schema(PRODUCTS);
+    store.migrate(&v1).await.unwrap();
+    let p1 = coll(&v1, "products");
+    let a = new_record("t1", &p1, "a", values(&[("sku", s("A")), ("name", s("Mug"))]), at(0));
+    insert(&store, &p1, &a).await.unwrap();
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "drop index ix_products_current; drop index ix_products_archived;
+             alter table rec_products drop column archived_at, drop column archived_by, drop column archive_reason;
+             create index ix_products_active on rec_products (tenant, id) where deleted_at is null;",
+        )
+        .await
+        .expect("make the table as it was");
+    let again = db.store(4).await;
+    again.migrate(&v1).await.expect("migrate an old table");
+    let indexes: Vec<String> = client
+        .query(
+            "select indexname::text from pg_indexes where tablename = 'rec_products' and indexname like 'ix_%' order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(indexes, ["ix_products_archived", "ix_products_current", "ix_products_deleted", "ix_products_purge"]);
+    assert_eq!(again.get_record("t1", &p1, "a").await.unwrap(), Some(a));
+    let request = tombstone_domain::lifecycle::ArchiveRequest::Archive { reason: None };
+    assert!(again.archive_record(&actor("t1"), &p1, "a", request, None, at(SECOND)).await.unwrap().is_archived());
+    assert!(again.list_records("t1", &p1, &ListQuery::default()).await.unwrap().items.is_empty());
+    drop(again);
+    drop(store);
     db.drop_db().await;
 }
 

@@ -1212,6 +1212,7 @@ async fn webhook_state_matches_sqlites_step_by_step() {
                     created_at: now,
                     updated_at: now,
                     deletion: None,
+                    archive: None,
                     legal_hold: false,
                     values,
                 };

@@ -40,6 +40,7 @@ fn note(c: &Collection, id: &str) -> Record {
         created_at: at(0),
         updated_at: at(0),
         deletion: None,
+        archive: None,
         legal_hold: false,
         values,
     }

@@ -1,6 +1,7 @@
 //! The SQLite store's writers: background work (purge batches) gives way to live writes
 //! without losing or repeating a row, runs in the idle CPU class, and the read cache
-//! follows from the outbox only what other processes wrote.
+//! follows from the outbox only what other processes wrote. (And a collection table from
+//! before archive gains its columns and indexes, rows kept.)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ fn note(c: &Collection, id: &str) -> Record {
         created_at: now,
         updated_at: now,
         deletion: None,
+        archive: None,
         legal_hold: false,
         values,
     }
@@ -238,4 +240,48 @@ async fn every_commit_that_writes_events_wakes_the_followers_before_it_answers()
     let woken = changes.notified();
     assert_eq!(store.purge_batch(&c, Timestamp::from_micros(10), 100, "purge_run").await.unwrap().purged, 0);
     assert!(!is_woken(woken));
+}
+
+/// A table as it was before archive (§17): no `archived_*` columns, the old default-list
+/// index. Migrating adds the columns (empty), replaces the index, keeps every row, and the
+/// store reads, lists and archives them.
+#[tokio::test]
+async fn a_table_from_before_archive_gains_its_columns_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("old.db");
+    let sch = schema();
+    let c = notes(&sch);
+    {
+        let store = SqliteStore::open(&path).expect("open");
+        store.migrate(&sch).await.expect("migrate");
+        store.create_record(&actor(), &c, note(&c, "n1"), None).await.expect("create");
+    }
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "drop index ix_notes_current; drop index ix_notes_archived;
+             alter table rec_notes drop column archived_at; alter table rec_notes drop column archived_by;
+             alter table rec_notes drop column archive_reason;
+             create index ix_notes_active on rec_notes (tenant, id) where deleted_at is null;",
+        )
+        .expect("make the table as it was");
+    }
+    let store = SqliteStore::open(&path).expect("open");
+    store.migrate(&sch).await.expect("migrate an old table");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let indexes: Vec<String> = conn
+        .prepare("select name from sqlite_master where type = 'index' and tbl_name = 'rec_notes' and sql is not null order by name")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("indexes")
+        .collect::<Result<_, _>>()
+        .expect("indexes");
+    assert_eq!(indexes, ["ix_notes_archived", "ix_notes_current", "ix_notes_deleted", "ix_notes_purge"]);
+    let n1 = store.get_record("t1", &c, "n1").await.expect("get").expect("kept");
+    assert_eq!((n1.archive.clone(), n1.values.get("text")), (None, Some(&FieldValue::String("note n1".into()))));
+    let request = tombstone_domain::lifecycle::ArchiveRequest::Archive { reason: None };
+    let archived = store.archive_record(&actor(), &c, "n1", request, None, Timestamp::from_micros(2_000)).await;
+    assert!(archived.expect("archive").is_archived());
+    let page = store.list_records("t1", &c, &tombstone_domain::query::ListQuery::default()).await.expect("list");
+    assert!(page.items.is_empty(), "an archived record leaves the default list");
 }

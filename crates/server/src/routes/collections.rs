@@ -58,6 +58,7 @@ fn describe(c: &Collection) -> Value {
         "delete": match c.delete { DeleteMode::Soft => "soft", DeleteMode::Hard => "hard" },
         "retention_seconds": c.retention.as_secs(),
         "require_if_match": c.require_if_match,
+        "archive_after_seconds": c.archive_after.map(|d| d.as_secs()),
         "unique": c.unique,
         "fields": fields,
     })
@@ -90,6 +91,7 @@ async fn list_collections(
             let mut v = describe(c);
             v["counts"] = json!({
                 "active": read.then_some(n.active),
+                "archived": read.then_some(n.archived),
                 "deleted": deleted.then_some(n.deleted),
                 "expiring_7d": deleted.then_some(n.expiring),
                 "held": deleted.then_some(n.held),

@@ -1,4 +1,4 @@
-//! The record endpoints: create, get, list, patch, delete (and its dry run), restore.
+//! The record endpoints: create, get, list, patch, delete (and its dry run), restore, archive.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tombstone_domain::config::Collection;
 use tombstone_domain::deletion::{MAX_LISTED, RecordRef};
 use tombstone_domain::id::{is_valid_record_id, new_deletion_id};
-use tombstone_domain::lifecycle::{DeleteRequest, IfMatch, check_reason, if_none_match};
+use tombstone_domain::lifecycle::{ArchiveRequest, DeleteRequest, IfMatch, check_reason, if_none_match};
 use tombstone_domain::query::{ListQuery, encode_cursor};
 use tombstone_domain::record::{FieldError, Hold, Record, RecordView, ValidationErrors, parse_create, parse_patch};
 use tombstone_domain::scope::Permission;
@@ -43,7 +43,7 @@ pub(crate) fn router() -> Router<AppState> {
 }
 
 /// The actions of a record (`POST /v1/{c}/{id}:action`).
-const RECORD_ACTIONS: &[&str] = &["restore", "purge", "erase", "hold", "release"];
+const RECORD_ACTIONS: &[&str] = &["restore", "purge", "erase", "hold", "release", "archive", "unarchive"];
 
 fn collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
     state.schema.collection(name).cloned().ok_or_else(|| ApiError::NotFound(format!("no collection {name:?}")))
@@ -503,8 +503,60 @@ async fn record_action(
         "erase" => erase_record(&state, &caller, &collection, id, &query).await,
         "hold" => hold_record(&state, &caller, &collection, id, &query, body).await,
         "release" => release_hold(&state, &caller, &collection, id, &query).await,
+        "archive" => archive_record(&state, &caller, &collection, id, &headers, &query, Some(body)).await,
+        "unarchive" => archive_record(&state, &caller, &collection, id, &headers, &query, None).await,
         other => Err(ApiError::NotFound(format!("no action {other:?} on records"))),
     }
+}
+
+/// `:archive` (with its optional body `{"reason"}`) and `:unarchive` (`body` is `None`)
+/// (§17): 200 with the record, whether it changed or already was as asked.
+async fn archive_record(
+    state: &AppState,
+    caller: &Caller,
+    collection: &Arc<Collection>,
+    id: &str,
+    headers: &HeaderMap,
+    query: &QueryPairs,
+    body: Option<Bytes>,
+) -> Result<Response, ApiError> {
+    caller.require(Permission::Write, Some(&collection.name))?;
+    query.only(&[])?;
+    let id = checked_id(collection, id)?;
+    let cond = write_precondition(collection, headers)?;
+    let request = match body {
+        Some(body) => {
+            let value: Value = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { parse_json(&body)? };
+            let Some(object) = value.as_object() else {
+                return Err(ApiError::Validation(ValidationErrors(vec![FieldError {
+                    field: String::new(),
+                    message: "the body must be a JSON object {\"reason\"}".into(),
+                }])));
+            };
+            if let Some(unknown) = object.keys().find(|k| *k != "reason") {
+                return Err(ApiError::Validation(ValidationErrors(vec![FieldError {
+                    field: unknown.clone(),
+                    message: "is not an archive field (reason)".into(),
+                }])));
+            }
+            ArchiveRequest::Archive { reason: optional_text(object, "reason")? }
+        }
+        None => ArchiveRequest::Unarchive,
+    };
+    let before = state.now();
+    let record = state
+        .store
+        .archive_record(&caller.actor(), collection, id, request.clone(), cond, before)
+        .await
+        .map_err(map_not_found(collection, id))?;
+    if record.updated_at == before {
+        let (action, reason) = match &request {
+            ArchiveRequest::Archive { reason } => ("archived", reason.as_deref()),
+            ArchiveRequest::Unarchive => ("unarchived", None),
+        };
+        log_action(caller, collection, id, reason, action);
+    }
+    record_response(state, StatusCode::OK, caller, collection, &record).await
 }
 
 async fn restore_record(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tombstone_domain::config::Collection;
 use tombstone_domain::deletion::{DeletionPlan, RecordRef};
-use tombstone_domain::lifecycle::{Actor, DeleteRequest, IfMatch};
+use tombstone_domain::lifecycle::{Actor, ArchiveRequest, DeleteRequest, IfMatch};
 use tombstone_domain::record::{Hold, Patch, Record};
 use tombstone_domain::time::Timestamp;
 
@@ -190,6 +190,25 @@ impl PgStore {
         self.grouped(move |tx| {
             Box::pin(async move {
                 rules::records::restore(tx, &actor, &collection, &id, if_match.as_ref(), reason.as_deref(), now).await
+            })
+        })
+        .await
+    }
+
+    /// Archives or unarchives a record through the shared rules (§17).
+    pub(crate) async fn archive_with_rules(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        request: ArchiveRequest,
+        if_match: Option<IfMatch>,
+        now: Timestamp,
+    ) -> Result<Record, StoreError> {
+        let (actor, collection, id) = (actor.clone(), collection.clone(), id.to_string());
+        self.write(move |tx| {
+            Box::pin(async move {
+                rules::records::archive(tx, &actor, &collection, &id, &request, if_match.as_ref(), now).await
             })
         })
         .await
@@ -625,6 +644,35 @@ impl RetentionStore for PgStore {
         Ok(batch)
     }
 
+    async fn archive_batch(
+        &self,
+        collection: &Arc<Collection>,
+        cutoff: Timestamp,
+        now: Timestamp,
+        limit: u32,
+        run_id: &str,
+    ) -> Result<u64, StoreError> {
+        // In chunks, each its own transaction, as purge batches: a batch never holds many
+        // row locks, or the audit head, for long.
+        let mut archived = 0;
+        while archived < u64::from(limit) {
+            let want = (limit - u32::try_from(archived).unwrap_or(limit)).min(PURGE_CHUNK);
+            let (collection, run_id) = (collection.clone(), run_id.to_string());
+            let part = self
+                .write(move |tx| {
+                    Box::pin(async move {
+                        rules::retention::archive_stale(tx, &collection, cutoff, want, &run_id, now).await
+                    })
+                })
+                .await?;
+            archived += part;
+            if part < u64::from(want) {
+                break;
+            }
+        }
+        Ok(archived)
+    }
+
     async fn purge_due(
         &self,
         tenant: Option<&str>,
@@ -649,9 +697,10 @@ impl RetentionStore for PgStore {
         for c in collections {
             let held = if self.any_active_hold(&c.name).await? { held_clause(&c.name) } else { "false".to_string() };
             let q = format!(
-                "select count(*) filter (where t.deleted_at is null),
+                "select count(*) filter (where t.deleted_at is null and t.archived_at is null),
                         count(*) filter (where t.deleted_at is not null),
-                        count(*) filter (where t.deleted_at is not null and t.purge_at <= $2 and not {held})
+                        count(*) filter (where t.deleted_at is not null and t.purge_at <= $2 and not {held}),
+                        count(*) filter (where t.deleted_at is null and t.archived_at is not null)
                  from {} t where t.tenant = $1",
                 table_name(&c.name)
             );
@@ -670,6 +719,7 @@ impl RetentionStore for PgStore {
             out.push(CollectionCounts {
                 collection: c.name.clone(),
                 active: count(row.try_get(0)?),
+                archived: count(row.try_get(3)?),
                 deleted: count(row.try_get(1)?),
                 expiring: count(row.try_get(2)?),
                 held: count(held_count),

@@ -8,15 +8,15 @@ use bytes::BytesMut;
 use tokio_postgres::Row;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tombstone_domain::config::{Collection, FieldType};
-use tombstone_domain::query::{DeletedScope, ListQuery, Position, SortKey, SortValue};
-use tombstone_domain::record::{DeletionMark, FieldValue, Record, Values, fold_case};
+use tombstone_domain::query::{ArchivedScope, DeletedScope, ListQuery, Position, SortKey, SortValue};
+use tombstone_domain::record::{ArchiveMark, DeletionMark, FieldValue, Record, Values, fold_case};
 use tombstone_domain::time::Timestamp;
 
 use super::schema::{compare_column, field_column, folded_column, table_name};
 use crate::{Page, StoreError};
 
-const SYSTEM_COLUMNS: &str = "t.tenant, t.id, t.version, t.created_at, t.updated_at, t.deleted_at, t.deleted_by, t.delete_reason, t.deletion_id, t.purge_at";
-const SYSTEM_COUNT: usize = 10;
+const SYSTEM_COLUMNS: &str = "t.tenant, t.id, t.version, t.created_at, t.updated_at, t.deleted_at, t.deleted_by, t.delete_reason, t.deletion_id, t.purge_at, t.archived_at, t.archived_by, t.archive_reason";
+const SYSTEM_COUNT: usize = 13;
 
 /// A statement parameter of the type of the column it is bound to (tokio-postgres checks
 /// each parameter's Rust type against the column's, nulls included).
@@ -115,6 +115,7 @@ pub(crate) struct TableSql {
     pub insert: String,
     pub update_values: String,
     pub set_deletion: String,
+    pub set_archive: String,
     pub remove: String,
 }
 
@@ -154,8 +155,11 @@ impl TableSql {
         let set_deletion = format!(
             "update {table} set version = $3, updated_at = $4, deleted_at = $5, deleted_by = $6, delete_reason = $7, deletion_id = $8, purge_at = $9 where tenant = $1 and id = $2"
         );
+        let set_archive = format!(
+            "update {table} set version = $3, updated_at = $4, archived_at = $5, archived_by = $6, archive_reason = $7 where tenant = $1 and id = $2"
+        );
         let remove = format!("delete from {table} where tenant = $1 and id = $2");
-        Self { table, select, insert, update_values, set_deletion, remove }
+        Self { table, select, insert, update_values, set_deletion, set_archive, remove }
     }
 }
 
@@ -169,6 +173,14 @@ pub(crate) fn read_record(collection: &Collection, row: &Row) -> Result<Record, 
             reason: row.try_get(7)?,
             deletion_id: row.try_get::<_, Option<String>>(8)?.unwrap_or_default(),
             purge_at: Timestamp::from_micros(row.try_get::<_, Option<i64>>(9)?.unwrap_or(i64::MAX)),
+        }),
+        None => None,
+    };
+    let archive = match row.try_get::<_, Option<i64>>(10)? {
+        Some(at) => Some(ArchiveMark {
+            archived_at: Timestamp::from_micros(at),
+            archived_by: row.try_get::<_, Option<String>>(11)?.unwrap_or_default(),
+            reason: row.try_get(12)?,
         }),
         None => None,
     };
@@ -187,6 +199,7 @@ pub(crate) fn read_record(collection: &Collection, row: &Row) -> Result<Record, 
         created_at: Timestamp::from_micros(row.try_get(3)?),
         updated_at: Timestamp::from_micros(row.try_get(4)?),
         deletion,
+        archive,
         legal_hold: row.try_get(SYSTEM_COUNT + collection.fields.len())?,
         values,
     })
@@ -243,6 +256,20 @@ pub(crate) fn deletion_params(record: &Record) -> Vec<Param> {
         Param::Text(d.and_then(|d| d.reason.clone())),
         Param::Text(d.map(|d| d.deletion_id.clone())),
         Param::Int(d.map(|d| d.purge_at.as_micros())),
+    ]
+}
+
+/// The parameters of [`TableSql::set_archive`]: the mark, or nulls for an unarchive.
+pub(crate) fn archive_params(record: &Record) -> Vec<Param> {
+    let a = record.archive.as_ref();
+    vec![
+        Param::Text(Some(record.tenant.clone())),
+        Param::Text(Some(record.id.clone())),
+        Param::Int(Some(record.version)),
+        Param::Int(Some(record.updated_at.as_micros())),
+        Param::Int(a.map(|a| a.archived_at.as_micros())),
+        Param::Text(a.map(|a| a.archived_by.clone())),
+        Param::Text(a.and_then(|a| a.reason.clone())),
     ]
 }
 
@@ -350,6 +377,12 @@ fn filter_clause(collection: &Collection, tenant: &str, query: &ListQuery, param
         DeletedScope::Active => clauses.push("t.deleted_at is null".into()),
         DeletedScope::Deleted => clauses.push("t.deleted_at is not null".into()),
         DeletedScope::All => {}
+    }
+    // Beside the deletion predicate, so that the partial indexes over both serve lists.
+    match query.archived {
+        ArchivedScope::Exclude => clauses.push("t.archived_at is null".into()),
+        ArchivedScope::Only => clauses.push("t.archived_at is not null".into()),
+        ArchivedScope::Include => {}
     }
     for filter in &query.filters {
         // The value of a case-insensitive filter is folded already.

@@ -76,6 +76,27 @@ impl Tx for PgTx<'_> {
         PgTx::set_deletion(self, collection, record).await
     }
 
+    async fn set_archive(&mut self, collection: &Collection, record: &Record) -> Result<(), StoreError> {
+        PgTx::set_archive(self, collection, record).await
+    }
+
+    async fn stale_rows(
+        &mut self,
+        collection: &Collection,
+        cutoff: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        // Locked for this transaction; rows another pass or a request holds are left for
+        // the next batch.
+        let q = format!(
+            "select tenant, id from {} where deleted_at is null and archived_at is null and updated_at <= $1
+             order by updated_at limit $2 for update skip locked",
+            table_name(&collection.name)
+        );
+        let rows = self.rows(&q, &[&cutoff.as_micros(), &i64::from(limit)]).await?;
+        Ok(rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, tokio_postgres::Error>>()?)
+    }
+
     async fn touch(&mut self, collection: &Collection, record: &Record) -> Result<(), StoreError> {
         let sql = format!(
             "update {} set version = $3, updated_at = $4 where tenant = $1 and id = $2",

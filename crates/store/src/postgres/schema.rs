@@ -38,7 +38,7 @@ const SYSTEM_MIGRATIONS: &[(&str, &str)] = &[
     ("0003_outbox", include_str!("migrations/0003_outbox.sql")),
     ("0004_webhooks", include_str!("migrations/0004_webhooks.sql")),
     ("0005_retention", include_str!("migrations/0005_retention.sql")),
-    ("0007_nats", include_str!("migrations/0007_nats.sql")),
+    ("0006_nats", include_str!("migrations/0006_nats.sql")),
 ];
 
 /// The advisory lock every schema change takes (`pg_advisory_xact_lock`): replicas that
@@ -188,6 +188,9 @@ pub(crate) async fn migrate_collection(tx: &Transaction<'_>, collection: &Collec
             delete_reason text,
             deletion_id   text,
             purge_at      bigint,
+            archived_at   bigint,
+            archived_by   text,
+            archive_reason text,
             constraint \"{pk}\" primary key (tenant, id)
         )"
     ))
@@ -203,6 +206,14 @@ pub(crate) async fn migrate_collection(tx: &Transaction<'_>, collection: &Collec
         .iter()
         .map(|r| r.get(0))
         .collect();
+    // Archive (§17) came after the first tables: older ones gain its columns, empty.
+    for (col, ty) in [("archived_at", "bigint"), ("archived_by", "text"), ("archive_reason", "text")] {
+        if !existing.iter().any(|c| c == col) {
+            tx.batch_execute(&format!("alter table {table} add column {col} {ty}"))
+                .await
+                .map_err(|e| err("add column", &e))?;
+        }
+    }
     for field in collection.fields.values() {
         let col = ident(&format!("f_{}", field.name));
         if !existing.contains(&col) {
@@ -225,17 +236,42 @@ pub(crate) async fn migrate_collection(tx: &Transaction<'_>, collection: &Collec
     }
 
     // Indexes: the ones this config wants, by deterministic names; stale ones of ours go.
-    let active = ident(&format!("ix_{name}_active"));
+    // Lists by default cover records neither deleted nor archived, and that index covers
+    // exactly them (`ix_{name}_active`, over every undeleted record, came before archive and
+    // goes); archived ones have their own, so neither list grows with the other's rows.
+    let current = ident(&format!("ix_{name}_current"));
+    let archived = ident(&format!("ix_{name}_archived"));
     let deleted = ident(&format!("ix_{name}_deleted"));
     let purge = ident(&format!("ix_{name}_purge"));
     let mut wanted: Vec<(String, String)> = vec![
-        (active.clone(), format!("create index \"{active}\" on {table} (tenant, id) where deleted_at is null")),
+        (
+            current.clone(),
+            format!(
+                "create index \"{current}\" on {table} (tenant, id) where deleted_at is null and archived_at is null"
+            ),
+        ),
+        (
+            archived.clone(),
+            format!(
+                "create index \"{archived}\" on {table} (tenant, id) where deleted_at is null and archived_at is not null"
+            ),
+        ),
         (
             deleted.clone(),
             format!("create index \"{deleted}\" on {table} (tenant, deleted_at, id) where deleted_at is not null"),
         ),
         (purge.clone(), format!("create index \"{purge}\" on {table} (purge_at) where deleted_at is not null")),
     ];
+    if collection.archive_after.is_some() {
+        // The `archive_after` pass: the oldest records still current, first.
+        let stale = ident(&format!("ix_{name}_stale"));
+        wanted.push((
+            stale.clone(),
+            format!(
+                "create index \"{stale}\" on {table} (updated_at) where deleted_at is null and archived_at is null"
+            ),
+        ));
+    }
     let uniques = unique_indexes(collection);
     for (idx, _, cols) in &uniques {
         wanted.push((

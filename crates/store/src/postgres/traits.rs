@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tombstone_domain::audit::{AuditEntry, ChainError};
 use tombstone_domain::config::{Collection, Schema};
 use tombstone_domain::events::Event;
-use tombstone_domain::lifecycle::{Actor, DeleteRequest, IfMatch};
+use tombstone_domain::lifecycle::{Actor, ArchiveRequest, DeleteRequest, IfMatch};
 use tombstone_domain::query::ListQuery;
 use tombstone_domain::record::{Patch, Record};
 use tombstone_domain::time::Timestamp;
@@ -82,6 +82,18 @@ impl RecordStore for PgStore {
         now: Timestamp,
     ) -> Result<RestoreOutcome, StoreError> {
         self.restore_with_rules(actor, collection, id, if_match, reason, now).await
+    }
+
+    async fn archive_record(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        request: ArchiveRequest,
+        if_match: Option<IfMatch>,
+        now: Timestamp,
+    ) -> Result<Record, StoreError> {
+        self.archive_with_rules(actor, collection, id, request, if_match, now).await
     }
 
     async fn active_ids(&self, collection: &Arc<Collection>) -> Result<Vec<(String, String)>, StoreError> {

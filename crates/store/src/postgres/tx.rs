@@ -18,7 +18,7 @@ use tombstone_domain::record::{Record, Values};
 use super::Tables;
 use super::changes;
 use super::records::{
-    Param, TableSql, conflict_query, deletion_params, insert_params, read_record, refs, update_params,
+    Param, TableSql, archive_params, conflict_query, deletion_params, insert_params, read_record, refs, update_params,
 };
 use super::schema::{primary_key_name, table_name, unique_indexes};
 use crate::StoreError;
@@ -212,6 +212,16 @@ impl<'a> PgTx<'a> {
         } else {
             self.guarded(&sql.set_deletion, &params, c, &r.tenant, &r.id, &r.values).await
         }
+    }
+
+    /// Writes a record's archive mark (cleared for an unarchive), version and `updated_at`.
+    /// Archived records keep their unique values, so no index is entered or left.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn set_archive(&mut self, c: &Collection, r: &Record) -> Result<(), StoreError> {
+        let sql = self.table(&c.name)?;
+        self.plain(&sql.set_archive, &archive_params(r)).await
     }
 
     /// Removes a record row.

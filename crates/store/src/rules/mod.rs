@@ -85,6 +85,17 @@ pub(crate) trait Tx {
     /// Writes the record's deletion mark (cleared when it has none: a restore), version
     /// and `updated_at`.
     async fn set_deletion(&mut self, collection: &Collection, record: &Record) -> Result<(), StoreError>;
+    /// Writes the record's archive mark (cleared when it has none: an unarchive), version
+    /// and `updated_at`.
+    async fn set_archive(&mut self, collection: &Collection, record: &Record) -> Result<(), StoreError>;
+    /// `(tenant, id)` of up to `limit` records neither deleted nor archived whose
+    /// `updated_at` is at or before `cutoff`, oldest first (the `archive_after` pass).
+    async fn stale_rows(
+        &mut self,
+        collection: &Collection,
+        cutoff: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError>;
     /// Moves the record to its version and `updated_at` without other changes (a hold).
     async fn touch(&mut self, collection: &Collection, record: &Record) -> Result<(), StoreError>;
     /// Removes the record row.

@@ -6,8 +6,8 @@ use tombstone_domain::config::{Collection, DeleteMode, FieldType, OnDelete, Sche
 use tombstone_domain::deletion::{DeletionPlan, DeletionStatus, RecordRef};
 use tombstone_domain::events::EventType;
 use tombstone_domain::lifecycle::{
-    Actor, DeleteDecision, DeleteRequest, IfMatch, PatchDecision, RestoreDecision, decide_delete, decide_patch,
-    decide_restore,
+    Actor, ArchiveDecision, ArchiveRequest, DeleteDecision, DeleteRequest, IfMatch, PatchDecision, RestoreDecision,
+    decide_archive, decide_delete, decide_patch, decide_restore,
 };
 use tombstone_domain::record::{FieldError, FieldValue, Patch, Record, ValidationErrors, Values, apply_patch};
 use tombstone_domain::time::Timestamp;
@@ -98,6 +98,7 @@ pub(crate) async fn patch<T: Tx>(
     let current = tx.get(collection, &actor.tenant, id).await?.ok_or(StoreError::NotFound)?;
     let version = match decide_patch(&current, if_match) {
         PatchDecision::NotFound => return Err(StoreError::NotFound),
+        PatchDecision::Archived => return Err(StoreError::Archived),
         PatchDecision::PreconditionFailed { current } => return Err(StoreError::PreconditionFailed { current }),
         PatchDecision::Apply { version } => version,
     };
@@ -300,6 +301,38 @@ pub(crate) async fn restore<T: Tx>(
             record_change(tx, actor, (AuditAction::Restore, EventType::Restored), collection, &restored, reason, now)
                 .await?;
             Ok(RestoreOutcome::Restored(restored))
+        }
+    }
+}
+
+/// Archives or unarchives a record (§17) at its next version, with its audit entry and
+/// event; an archive or unarchive that finds the record already as asked changes nothing.
+/// `actor_id` is the key id, or `system` for the `archive_after` pass.
+pub(crate) async fn archive<T: Tx>(
+    tx: &mut T,
+    actor: &Actor,
+    collection: &Collection,
+    id: &str,
+    request: &ArchiveRequest,
+    if_match: Option<&IfMatch>,
+    now: Timestamp,
+) -> Result<Record, StoreError> {
+    let current = tx.get(collection, &actor.tenant, id).await?.ok_or(StoreError::NotFound)?;
+    match decide_archive(&current, request, if_match, &actor.key_id, now) {
+        ArchiveDecision::NotFound => Err(StoreError::NotFound),
+        ArchiveDecision::Unchanged => Ok(current),
+        ArchiveDecision::PreconditionFailed { current } => Err(StoreError::PreconditionFailed { current }),
+        ArchiveDecision::Apply { archive, version } => {
+            let reason = archive.as_ref().and_then(|a| a.reason.clone());
+            let kinds = if archive.is_some() {
+                (AuditAction::Archive, EventType::Archived)
+            } else {
+                (AuditAction::Unarchive, EventType::Unarchived)
+            };
+            let changed = Record { version, updated_at: now, archive, ..current };
+            tx.set_archive(collection, &changed).await?;
+            record_change(tx, actor, kinds, collection, &changed, reason.as_deref(), now).await?;
+            Ok(changed)
         }
     }
 }

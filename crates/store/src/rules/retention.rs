@@ -7,7 +7,7 @@ use tombstone_domain::config::{Collection, Schema};
 use tombstone_domain::deletion::{DeletionPlan, RecordRef};
 use tombstone_domain::events::{EventType, NewEvent, record_event};
 use tombstone_domain::id::new_hold_id;
-use tombstone_domain::lifecycle::Actor;
+use tombstone_domain::lifecycle::{Actor, ArchiveRequest};
 use tombstone_domain::record::{Hold, Record};
 use tombstone_domain::time::Timestamp;
 
@@ -99,6 +99,34 @@ pub(crate) async fn purge_record<T: Tx>(
     }
     tx.remove(collection, &actor.tenant, id).await?;
     record_change(tx, actor, (AuditAction::Purge, EventType::Purged), collection, &record, reason, now).await
+}
+
+/// The actor of the `archive_after` pass (§17).
+pub(crate) const ARCHIVE_ACTOR: &str = "system";
+
+/// Archives the records of a collection not updated since `cutoff` (its `archive_after`),
+/// up to `limit`, oldest first: each through the same rule as `:archive`, as the actor
+/// `system` with the reason `archive_after <duration>`, audited and announced. Returns how
+/// many.
+pub(crate) async fn archive_stale<T: Tx>(
+    tx: &mut T,
+    collection: &Collection,
+    cutoff: Timestamp,
+    limit: u32,
+    run_id: &str,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let Some(after) = collection.archive_after else { return Ok(0) };
+    let reason = format!("archive_after {}", tombstone_domain::config::format_duration(after));
+    let request = ArchiveRequest::Archive { reason: Some(reason) };
+    // The rows are this transaction's (locked, or the single writer's) until it ends: each
+    // one is archived now.
+    let rows = tx.stale_rows(collection, cutoff, limit).await?;
+    for (tenant, id) in &rows {
+        let actor = Actor { tenant: tenant.clone(), key_id: ARCHIVE_ACTOR.into(), request_id: run_id.to_string() };
+        super::records::archive(tx, &actor, collection, id, &request, None, now).await?;
+    }
+    Ok(rows.len() as u64)
 }
 
 /// The actor of the purge worker's audit entries.

@@ -38,7 +38,7 @@ use tombstone_domain::audit::{AuditEntry, ChainError, ChainVerifier};
 use tombstone_domain::config::{Collection, Schema};
 use tombstone_domain::deletion::DeletionPlan;
 use tombstone_domain::events::Event;
-use tombstone_domain::lifecycle::{Actor, DeleteRequest, IfMatch};
+use tombstone_domain::lifecycle::{Actor, ArchiveRequest, DeleteRequest, IfMatch};
 use tombstone_domain::query::ListQuery;
 use tombstone_domain::record::{Hold, Patch, Record};
 use tombstone_domain::scope::parse_scopes;
@@ -705,6 +705,24 @@ impl RecordStore for SqliteStore {
         .await
     }
 
+    async fn archive_record(
+        &self,
+        actor: &Actor,
+        collection: &Arc<Collection>,
+        id: &str,
+        request: ArchiveRequest,
+        if_match: Option<IfMatch>,
+        at: Timestamp,
+    ) -> Result<Record, StoreError> {
+        let (_, tables) = self.catalog()?;
+        let (collection, actor, id) = (collection.clone(), actor.clone(), id.to_string());
+        self.write(move |tx| {
+            let mut tx = SqliteTx::new(tx, &tables, None);
+            now(rules::records::archive(&mut tx, &actor, &collection, &id, &request, if_match.as_ref(), at))
+        })
+        .await
+    }
+
     async fn active_ids(&self, collection: &Arc<Collection>) -> Result<Vec<(String, String)>, StoreError> {
         let sql = self.table(collection)?;
         self.read(move |conn| {
@@ -921,6 +939,24 @@ impl RetentionStore for SqliteStore {
                     return Ok(batch);
                 }
             }
+        })
+        .await
+    }
+
+    async fn archive_batch(
+        &self,
+        collection: &Arc<Collection>,
+        cutoff: Timestamp,
+        at: Timestamp,
+        limit: u32,
+        run_id: &str,
+    ) -> Result<u64, StoreError> {
+        let (_, tables) = self.catalog()?;
+        let (collection, run_id) = (collection.clone(), run_id.to_string());
+        // Bulk work: on the background writer, like purge batches.
+        self.write_background(move |tx| {
+            let mut tx = SqliteTx::new(tx, &tables, None);
+            now(rules::retention::archive_stale(&mut tx, &collection, cutoff, limit, &run_id, at))
         })
         .await
     }

@@ -4,16 +4,15 @@
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
 use tombstone_domain::config::{Collection, FieldType};
-use tombstone_domain::query::{DeletedScope, ListQuery, Position, SortKey, SortValue};
-use tombstone_domain::record::{DeletionMark, FieldValue, Record, Values, fold_case};
+use tombstone_domain::query::{ArchivedScope, DeletedScope, ListQuery, Position, SortKey, SortValue};
+use tombstone_domain::record::{ArchiveMark, DeletionMark, FieldValue, Record, Values, fold_case};
 use tombstone_domain::time::Timestamp;
 
 use super::schema::{compare_column, table_name};
 use crate::{Page, StoreError};
 
-const SYSTEM_COLUMNS: &str =
-    "tenant, id, version, created_at, updated_at, deleted_at, deleted_by, delete_reason, deletion_id, purge_at";
-const SYSTEM_COUNT: usize = 10;
+const SYSTEM_COLUMNS: &str = "tenant, id, version, created_at, updated_at, deleted_at, deleted_by, delete_reason, deletion_id, purge_at, archived_at, archived_by, archive_reason";
+const SYSTEM_COUNT: usize = 13;
 
 /// The statements of one collection, built once.
 #[derive(Debug)]
@@ -111,6 +110,14 @@ pub(crate) fn read_record(collection: &Collection, row: &Row<'_>) -> rusqlite::R
         }),
         None => None,
     };
+    let archive = match row.get::<_, Option<i64>>(10)? {
+        Some(at) => Some(ArchiveMark {
+            archived_at: Timestamp::from_micros(at),
+            archived_by: row.get::<_, Option<String>>(11)?.unwrap_or_default(),
+            reason: row.get(12)?,
+        }),
+        None => None,
+    };
     let mut values = Values::new();
     for (i, f) in collection.fields.values().enumerate() {
         let v = from_sql(&f.ty, row.get_ref(SYSTEM_COUNT + i)?);
@@ -126,6 +133,7 @@ pub(crate) fn read_record(collection: &Collection, row: &Row<'_>) -> rusqlite::R
         created_at: Timestamp::from_micros(row.get(3)?),
         updated_at: Timestamp::from_micros(row.get(4)?),
         deletion,
+        archive,
         legal_hold: row.get(SYSTEM_COUNT + collection.fields.len())?,
         values,
     })
@@ -214,6 +222,42 @@ pub(crate) fn set_deletion(conn: &Connection, sql: &TableSql, record: &Record) -
         d.map(|d| d.purge_at.as_micros()),
     ])?;
     Ok(())
+}
+
+/// Writes a record's archive state (set or cleared) at a new version.
+pub(crate) fn set_archive(conn: &Connection, sql: &TableSql, record: &Record) -> Result<(), StoreError> {
+    let a = record.archive.as_ref();
+    let mut stmt = conn.prepare_cached(&format!(
+        "update {} set version = ?3, updated_at = ?4, archived_at = ?5, archived_by = ?6, archive_reason = ?7 where tenant = ?1 and id = ?2",
+        sql.table
+    ))?;
+    stmt.execute(rusqlite::params![
+        record.tenant,
+        record.id,
+        record.version,
+        record.updated_at.as_micros(),
+        a.map(|a| a.archived_at.as_micros()),
+        a.map(|a| a.archived_by.as_str()),
+        a.and_then(|a| a.reason.as_deref()),
+    ])?;
+    Ok(())
+}
+
+/// `(tenant, id)` of up to `limit` records neither deleted nor archived, last updated at
+/// or before `cutoff`, oldest first.
+pub(crate) fn stale_rows(
+    conn: &Connection,
+    sql: &TableSql,
+    cutoff: Timestamp,
+    limit: u32,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "select tenant, id from {} where deleted_at is null and archived_at is null and updated_at <= ?1 order by updated_at limit ?2",
+        sql.table
+    ))?;
+    Ok(stmt
+        .query_map(rusqlite::params![cutoff.as_micros(), limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?)
 }
 
 /// Removes a record row.
@@ -306,6 +350,12 @@ fn filter_clause(collection: &Collection, tenant: &str, query: &ListQuery, param
         DeletedScope::Active => clauses.push("deleted_at is null".into()),
         DeletedScope::Deleted => clauses.push("deleted_at is not null".into()),
         DeletedScope::All => {}
+    }
+    // Beside the deletion predicate, so that the partial indexes over both serve lists.
+    match query.archived {
+        ArchivedScope::Exclude => clauses.push("archived_at is null".into()),
+        ArchivedScope::Only => clauses.push("archived_at is not null".into()),
+        ArchivedScope::Include => {}
     }
     for filter in &query.filters {
         params.push(to_sql(&filter.value));

@@ -191,7 +191,8 @@ pub(crate) fn collection_counts(
         .query_row(params![tenant, collection.name], |r| r.get(0))?;
     Ok(CollectionCounts {
         collection: collection.name.clone(),
-        active: count("deleted_at is null")?,
+        active: count("deleted_at is null and archived_at is null")?,
+        archived: count("deleted_at is null and archived_at is not null")?,
         deleted: count("deleted_at is not null")?,
         expiring: count(&format!("deleted_at is not null and purge_at <= ?2 and not {held_clause}"))?,
         held: u64::try_from(held).unwrap_or(0),

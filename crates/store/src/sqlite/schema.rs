@@ -433,6 +433,9 @@ pub(crate) fn migrate_collection(tx: &Transaction<'_>, collection: &Collection) 
             delete_reason text,
             deletion_id   text,
             purge_at      integer,
+            archived_at   integer,
+            archived_by   text,
+            archive_reason text,
             primary key (tenant, id)
         ) without rowid;"
     ))
@@ -442,6 +445,13 @@ pub(crate) fn migrate_collection(tx: &Transaction<'_>, collection: &Collection) 
         let mut stmt = tx.prepare(&format!("select name from pragma_table_info('rec_{name}')"))?;
         stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<_, _>>()?
     };
+    // Archive (§17) came after the first tables: older ones gain its columns, empty.
+    for (col, ty) in [("archived_at", "integer"), ("archived_by", "text"), ("archive_reason", "text")] {
+        if !existing.iter().any(|c| c.eq_ignore_ascii_case(col)) {
+            tx.execute_batch(&format!("alter table {table} add column {col} {ty}"))
+                .map_err(|e| err("add column", e))?;
+        }
+    }
     for field in collection.fields.values() {
         let col = format!("f_{}", field.name);
         if !existing.iter().any(|c| c.eq_ignore_ascii_case(&col)) {
@@ -462,10 +472,21 @@ pub(crate) fn migrate_collection(tx: &Transaction<'_>, collection: &Collection) 
     }
 
     // Indexes: the ones this config wants, by deterministic names; stale ones of ours go.
+    // Lists by default cover records neither deleted nor archived, and that index covers
+    // exactly them (`ix_{name}_active`, over every undeleted record, came before archive and
+    // goes); archived ones have their own, so neither list grows with the other's rows.
     let mut wanted: Vec<(String, String)> = vec![
         (
-            format!("ix_{name}_active"),
-            format!("create index \"ix_{name}_active\" on {table} (tenant, id) where deleted_at is null"),
+            format!("ix_{name}_current"),
+            format!(
+                "create index \"ix_{name}_current\" on {table} (tenant, id) where deleted_at is null and archived_at is null"
+            ),
+        ),
+        (
+            format!("ix_{name}_archived"),
+            format!(
+                "create index \"ix_{name}_archived\" on {table} (tenant, id) where deleted_at is null and archived_at is not null"
+            ),
         ),
         (
             format!("ix_{name}_deleted"),
@@ -478,6 +499,15 @@ pub(crate) fn migrate_collection(tx: &Transaction<'_>, collection: &Collection) 
             format!("create index \"ix_{name}_purge\" on {table} (purge_at) where deleted_at is not null"),
         ),
     ];
+    if collection.archive_after.is_some() {
+        // The `archive_after` pass: the oldest records still current, first.
+        wanted.push((
+            format!("ix_{name}_stale"),
+            format!(
+                "create index \"ix_{name}_stale\" on {table} (updated_at) where deleted_at is null and archived_at is null"
+            ),
+        ));
+    }
     for set in &collection.unique {
         let cols: Vec<String> =
             set.iter().map(|f| compare_column(f, collection.field(f).is_some_and(|d| d.case_insensitive))).collect();

@@ -131,6 +131,19 @@ impl Tx for SqliteTx<'_> {
         records::set_deletion(self.conn, self.table(&collection.name)?, record)
     }
 
+    async fn set_archive(&mut self, collection: &Collection, record: &Record) -> Result<(), StoreError> {
+        records::set_archive(self.conn, self.table(&collection.name)?, record)
+    }
+
+    async fn stale_rows(
+        &mut self,
+        collection: &Collection,
+        cutoff: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        records::stale_rows(self.conn, self.table(&collection.name)?, cutoff, limit)
+    }
+
     async fn touch(&mut self, collection: &Collection, record: &Record) -> Result<(), StoreError> {
         let sql = self.table(&collection.name)?;
         self.conn

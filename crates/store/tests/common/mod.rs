@@ -90,6 +90,7 @@ pub fn new_record(tenant: &str, collection: &Collection, id: &str, vals: Values,
         created_at: now,
         updated_at: now,
         deletion: None,
+        archive: None,
         legal_hold: false,
         values: vals,
     }

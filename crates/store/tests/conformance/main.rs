@@ -10,6 +10,8 @@
 //! - `records`: create, get, list, patch, delete, restore, tenants (`RecordStore`);
 //! - `deletions`: plans, cascades, operations, eventual cascades, the trash (`DeletionStore`);
 //! - `retention`: holds, purge, erasure, counts (`RetentionStore`);
+//! - `archive`: archive and unarchive, archived records in lists and counts, the
+//!   `archive_after` batches (`RecordStore`, `RetentionStore`);
 //! - `events`: the outbox, its followers and the audit chain (`EventStore`);
 //! - `webhooks`: endpoints, fan-out, deliveries, clean-up (`EventStore`);
 //! - `keys`: API keys (`KeyStore`);
@@ -19,6 +21,7 @@
 //! - `store`: health, metadata and the read cache (`Store`);
 //! - `workers`: leases and relay positions (`WorkerStore`).
 
+mod archive;
 #[path = "../common/mod.rs"]
 mod common;
 mod concurrency;

@@ -181,7 +181,7 @@ async fn purge_batches_take_due_unheld_records_oldest_first_and_obey_the_pause()
         let counts = store.collection_counts("t1", std::slice::from_ref(&notes), now).await.unwrap();
         assert_eq!(
             counts,
-            [CollectionCounts { collection: "notes".into(), active: 1, deleted: 5, expiring: 3, held: 1 }]
+            [CollectionCounts { collection: "notes".into(), active: 1, archived: 0, deleted: 5, expiring: 3, held: 1 }]
         );
 
         // Paused: nothing goes.
@@ -259,8 +259,22 @@ async fn collection_counts_are_per_tenant_and_per_collection() {
         assert_eq!(
             got,
             [
-                CollectionCounts { collection: "notes".into(), active: 2, deleted: 1, expiring: 1, held: 0 },
-                CollectionCounts { collection: "docs".into(), active: 1, deleted: 2, expiring: 0, held: 1 },
+                CollectionCounts {
+                    collection: "notes".into(),
+                    active: 2,
+                    archived: 0,
+                    deleted: 1,
+                    expiring: 1,
+                    held: 0
+                },
+                CollectionCounts {
+                    collection: "docs".into(),
+                    active: 1,
+                    archived: 0,
+                    deleted: 2,
+                    expiring: 0,
+                    held: 1
+                },
             ]
         );
         let got = store.collection_counts("t2", &[notes, docs], at(0)).await.unwrap();
