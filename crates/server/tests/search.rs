@@ -174,7 +174,14 @@ async fn erasure_leaves_no_marker_bytes_in_the_index_directory() {
     receipt.assert_status(200);
     // The request never touches the index: the step is the indexer's, and pending until done.
     assert_eq!(receipt.json()["scrubbed"]["search"], false);
-    assert_eq!(receipt.json()["pending"], json!(["search"]));
+    // Besides the index, the store's own storage step may still be pending (PostgreSQL's
+    // vacuum waits for every older snapshot in the cluster, which other tests may hold).
+    let pending = receipt.json()["pending"].as_array().cloned().unwrap_or_default();
+    assert!(pending.contains(&json!("search")), "{pending:?}");
+    assert!(
+        pending.iter().all(|step| ["search", "wal", "vacuum"].contains(&step.as_str().unwrap_or(""))),
+        "{pending:?}"
+    );
     app.index().await;
     assert!(!app.search.holds_term(marker).unwrap(), "erased terms must be gone from every segment");
     assert!(!bytes_hold_marker());
