@@ -186,7 +186,8 @@ async fn erasure_leaves_no_marker_bytes_in_the_index_directory() {
     assert!(!app.search.holds_term(marker).unwrap(), "erased terms must be gone from every segment");
     assert!(!bytes_hold_marker());
     let done = app.post_empty(&format!("/v1/people/{id}:erase"), &app.admin).await.json();
-    assert_eq!((done["scrubbed"]["search"].clone(), done["pending"].clone()), (json!(true), json!([])));
+    assert_eq!(done["scrubbed"]["search"], json!(true));
+    assert!(!done["pending"].as_array().is_some_and(|p| p.contains(&json!("search"))), "{done}");
     app.index().await;
     assert!(!app.search.holds_term(marker).unwrap());
     assert!(!bytes_hold_marker());
