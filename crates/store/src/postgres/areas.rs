@@ -206,7 +206,7 @@ impl PgStore {
         now: Timestamp,
     ) -> Result<Record, StoreError> {
         let (actor, collection, id) = (actor.clone(), collection.clone(), id.to_string());
-        self.write(move |tx| {
+        self.grouped(move |tx| {
             Box::pin(async move {
                 rules::records::archive(tx, &actor, &collection, &id, &request, if_match.as_ref(), now).await
             })

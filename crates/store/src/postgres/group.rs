@@ -1,5 +1,6 @@
-//! Group commit: the single-record writes of requests (create, patch, delete, restore) that
-//! arrive together share one transaction, and so one commit and one flush of the WAL.
+//! Group commit: the single-record writes of requests (create, patch, delete, restore,
+//! archive) that arrive together share one transaction, and so one commit and one flush of
+//! the WAL.
 //!
 //! Each write keeps its own decision, audit entry, event and answer: it runs in a savepoint
 //! of the shared transaction, and a write that fails is rolled back to its savepoint alone
