@@ -26,18 +26,17 @@ mod records;
 mod rules_tx;
 mod schema;
 mod scratch;
+mod tls;
 mod traits;
 mod tx;
 mod webhooks;
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 use tombstone_domain::audit::{AuditEntry, ChainError, ChainVerifier};
 use tombstone_domain::config::{Collection, Schema};
@@ -128,12 +127,11 @@ impl PgStore {
     /// # Errors
     /// [`StoreError::StorageFailed`] with a [`ConnectError`] when the database cannot be
     /// reached (its text is one line: the host and the cause); [`StoreError::Internal`]
-    /// for a URL that does not parse; [`StoreError::Migration`] when a system migration
-    /// fails.
+    /// for a URL that does not parse or TLS settings that cannot be honoured (see the
+    /// `tls` module for `sslmode` and `sslrootcert`); [`StoreError::Migration`] when a
+    /// system migration fails.
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
-            StoreError::Internal(format!("storage.url is not a PostgreSQL URL: {}", one_line(&e.to_string())))
-        })?;
+        let tls::Connection { mut config, tls } = tls::connection(url).map_err(StoreError::Internal)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -141,7 +139,7 @@ impl PgStore {
             config.application_name("tombstone");
         }
         let host = describe_hosts(&config);
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
             .runtime(Runtime::Tokio1)
