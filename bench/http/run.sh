@@ -22,6 +22,10 @@
 #                              wrk runs, which a shared machine's load moves far less than req/s: GET warm and DELETE at 32
 #                              connections on SQLite, N=100000 records, for each build in
 #                              BINS="label=path …" (default: this tree's release build)
+#   bench/http/run.sh profile  where a request's CPU goes: perf record (cpu-clock samples, all of the
+#                              server's threads) while wrk runs WHAT=DELETE (or GET) at 32 connections
+#                              on SQLite, N=100000 records; prints the top symbols and the share of
+#                              each thread (writer, indexer, runtime workers)
 #   bench/http/run.sh events   latency from a DELETE's 204 to its event on an open SSE stream and at a
 #                              webhook receiver, N=1000 sequential deletes (p50/p99)
 # Needs wrk (apt-get install wrk). Prints figures; nothing is asserted.
@@ -240,6 +244,30 @@ cost)
     done
     kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; sleep 1
   done
+  ;;
+profile)
+  n=${N:-100000}; what=${WHAT:-DELETE}
+  d="$work/profile"; mkdir -p "$d"; config "$d" ""
+  "$tomb" migrate --config "$d/tombstone.toml" > /dev/null
+  "$bins/seed" "$d/data/t.db" bench "$n" 0 > /dev/null
+  "$bins/idlist" "$d/data/t.db" "$n" | shuf --random-source=<(yes) > "$d/ids"
+  script=random_get.lua; [ "$what" = DELETE ] && script=delete.lua
+  start "$d" 9140; k=$(key "$d"); pid=$(jobs -p | tail -1)
+  if [ -n "${CALLERS:-}" ]; then  # CALLERS=symbol: who calls it (dwarf call graphs, fewer samples)
+    perf record -F 199 --call-graph dwarf,16384 -p "$pid" -o "$d/perf.data" 2> /dev/null &
+  else
+    perf record -F 999 -p "$pid" -o "$d/perf.data" 2> /dev/null &
+  fi
+  perf_pid=$!; sleep 0.3
+  THREADS=2 IDS="$d/ids" wrk -t2 -c32 -d${secs}s -s "$here/$script" -H "Authorization: Bearer $k" http://127.0.0.1:9140 | grep -E "Requests/sec|99%"
+  kill -INT $perf_pid; wait $perf_pid 2>/dev/null || true
+  echo "-- by thread"; perf report -i "$d/perf.data" --sort comm,dso --stdio 2> /dev/null | grep -E '^ +[0-9]' | head -16 || true
+  echo "-- by symbol"; perf report -i "$d/perf.data" --sort comm,symbol --stdio 2> /dev/null | sed "s/  *-  *-  *$//" | grep -E '^ +[0-9]' | head -${TOP:-60} || true
+  if [ -n "${CALLERS:-}" ]; then
+    echo "-- callers of $CALLERS"
+    perf report -i "$d/perf.data" --no-children -g callee -S "$CALLERS" --stdio 2> /dev/null | grep -v "^$" | head -${TOP:-60} || true
+  fi
+  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
   ;;
 interference)
   # What any busy thread in the idle CPU class costs live reads on this machine: the same

@@ -112,6 +112,17 @@ pub(crate) fn reset_audit_head() {
     AUDIT_HEAD.with(|h| *h.borrow_mut() = None);
 }
 
+/// The in-transaction audit head, to put back if the write about to run is rolled back
+/// to its savepoint (group commit).
+pub(crate) fn audit_head_mark() -> Option<(i64, String)> {
+    AUDIT_HEAD.with(|h| h.borrow().clone())
+}
+
+/// Puts back a head taken by [`audit_head_mark`].
+pub(crate) fn restore_audit_head(mark: Option<(i64, String)>) {
+    AUDIT_HEAD.with(|h| *h.borrow_mut() = mark);
+}
+
 /// Writes the moved audit head, inside the transaction, right before it commits.
 pub(crate) fn flush_audit_head(conn: &Connection) -> Result<(), StoreError> {
     if let Some((seq, hash)) = AUDIT_HEAD.with(|h| h.borrow().clone()) {

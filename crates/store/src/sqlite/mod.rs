@@ -15,6 +15,7 @@
 //! PostgreSQL's autovacuum gives way to a conflicting lock request).
 
 mod changes;
+mod group;
 mod idempotency;
 mod leases;
 mod records;
@@ -56,7 +57,13 @@ use crate::{
 };
 use tombstone_domain::ready::now;
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// What a writer thread runs.
+enum Job {
+    /// A job with the connection to itself (background work, checkpoints).
+    Alone(Box<dyn FnOnce(&mut Connection) + Send>),
+    /// A live write that may share its transaction with others queued beside it.
+    Grouped(group::Context, Box<dyn group::Write>),
+}
 
 /// Takes the two writer threads in turn through SQLite's single write lock.
 #[derive(Debug, Default)]
@@ -64,6 +71,10 @@ struct WriteGate {
     lock: parking_lot::Mutex<()>,
     /// Live writes waiting for their turn: background work gives way to them.
     waiting: AtomicUsize,
+    /// Set by the checkpointer when the WAL has grown past [`WAL_RESTART_FRAMES`]: the
+    /// next writer finishes the checkpoint between two transactions (see
+    /// [`finish_checkpoint`]).
+    restart_wal: std::sync::atomic::AtomicBool,
 }
 
 impl WriteGate {
@@ -155,32 +166,36 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 /// The longest pause between two checkpoints while they fail (a full disk).
 const CHECKPOINT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// WAL frames after which the checkpointer asks the writer to let the WAL start over.
+///
+/// A checkpointer beside a writer that never pauses cannot catch up: new frames arrive
+/// while it copies, so the WAL is never fully copied when a transaction begins, SQLite
+/// never rewinds it, and it grows until the backstop below (1 GB) — every commit then
+/// appends to a growing file, paying the file system's block allocation and page zeroing
+/// (a third of the writer's CPU under a steady delete load). So past this size the writer
+/// copies the few frames written since the checkpointer's last pass before its next
+/// transaction; that transaction then starts the WAL over, and the file's pages are
+/// reused instead of allocated.
+const WAL_RESTART_FRAMES: i64 = 4096;
+
 /// WAL pages after which the live writer's commit checkpoints by itself: only a backstop
 /// for a WAL growing without bound (the checkpointer starved of CPU for a long time), so a
 /// request's commit practically never pays for a checkpoint. The background writer never
 /// does: its commit runs during its turn at the gate, which live writes would wait out.
 const CHECKPOINT_BACKSTOP_PAGES: u32 = 250_000;
 
-/// Runs `f` inside one `BEGIN IMMEDIATE` transaction on `conn` during the lane's turn at
-/// the gate: it commits when `f` succeeds and rolls back when it fails. The records it
-/// changed leave the cache before this returns, so before the caller hears of the commit;
-/// when it wrote outbox rows, the followers (`changes`) are woken once it has committed.
+/// Runs `f` inside one `BEGIN IMMEDIATE` transaction on `conn` during the background
+/// writer's turn at the gate: it commits when `f` succeeds and rolls back when it fails.
+/// The records it changed leave the cache before this returns, so before the caller hears
+/// of the commit; when it wrote outbox rows, the followers (`changes`) are woken once it
+/// has committed. (Live writes go through the `group` module instead.)
 fn transaction<T>(
     conn: &mut Connection,
-    gate: &WriteGate,
-    lane: Lane,
-    cache: Option<&Arc<dyn crate::RecordCache>>,
-    feed: &CacheFeed,
-    changed_events: &tokio::sync::Notify,
+    ctx: &group::Context,
     f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    let turn = match lane {
-        Lane::Live => gate.enter_live(),
-        Lane::Background => gate.lock.lock(),
-    };
-    changes::CHANGED.with(|c| c.borrow_mut().clear());
-    changes::WRITTEN.with(|w| w.set(None));
-    changes::reset_audit_head();
+    let turn = ctx.gate.lock.lock();
+    group::begin();
     let result = (|| {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
@@ -188,30 +203,22 @@ fn transaction<T>(
         tx.commit()?;
         Ok(value)
     })();
-    changes::reset_audit_head();
     // The database is done: hand the lock straight to a waiting writer rather than racing
     // it for the next turn.
     parking_lot::MutexGuard::unlock_fair(turn);
-    // Invalidate before the caller hears of the commit: no response to a change can be
-    // followed by a read of the old state from the cache.
-    let changed = changes::CHANGED.with(|c| std::mem::take(&mut *c.borrow_mut()));
-    let written = changes::WRITTEN.with(std::cell::Cell::take);
-    if let (Some(cache), true) = (cache, result.is_ok()) {
-        for key in &changed {
-            cache.invalidate(key);
-        }
-        if let Some(range) = written {
-            feed.note_own(range);
-        }
-    }
-    // Only once the commit has returned (WAL, `synchronous = normal`: durable against a
-    // process crash), so a woken follower always finds the rows; a rolled-back write wakes
-    // nobody. `notify_waiters` reaches every `Notified` created before this call, polled
-    // or not, on any runtime: followers create theirs before looking for work.
-    if result.is_ok() && written.is_some() {
-        changed_events.notify_waiters();
-    }
+    group::settle(ctx, result.is_ok());
     result
+}
+
+/// Copies into the database file what the WAL holds beyond the checkpointer's last pass,
+/// between two transactions of the writer: nothing can be appended meanwhile, so unless an
+/// older reader still needs a frame the WAL is then fully copied, and the next transaction
+/// rewinds it (see [`WAL_RESTART_FRAMES`]). Passive: it never waits — a checkpoint in
+/// progress elsewhere or an old reader just leaves it for the next time.
+fn finish_checkpoint(conn: &Connection) {
+    if let Err(e) = conn.query_row("pragma wal_checkpoint(passive)", [], |_| Ok(())) {
+        tracing::debug!(error = %e, "the writer's checkpoint did not run; the checkpointer retries");
+    }
 }
 
 /// Starts a writer thread that runs the jobs sent to it on `conn`; the background one
@@ -233,11 +240,34 @@ fn spawn_writer(lane: Lane, mut conn: Connection) -> Result<mpsc::Sender<Job>, S
             if lane == Lane::Background {
                 crate::priority::lower_current_thread();
             }
-            while let Ok(job) = rx.recv() {
-                // A panicking job must not take the writer down with it; its transaction
-                // rolls back when dropped during unwinding.
-                if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
-                    tracing::error!("a write job panicked; its transaction was rolled back");
+            let mut next = None;
+            while let Some(job) = next.take().or_else(|| rx.recv().ok()) {
+                match job {
+                    // A panicking job must not take the writer down with it; its
+                    // transaction rolls back when dropped during unwinding.
+                    Job::Alone(job) => {
+                        if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
+                            tracing::error!("a write job panicked; its transaction was rolled back");
+                        }
+                    }
+                    // Every write already queued joins this one's transaction, up to the
+                    // group's bound; a job that must run alone waits for the group.
+                    Job::Grouped(ctx, write) => {
+                        let mut writes = vec![write];
+                        while writes.len() < group::MAX_GROUP {
+                            match rx.try_recv() {
+                                Ok(Job::Grouped(_, write)) => writes.push(write),
+                                Ok(alone) => {
+                                    next = Some(alone);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        crate::telemetry::histogram("tombstone_write_group_size", &[("store", "sqlite")])
+                            .record(writes.len() as f64);
+                        group::run(&mut conn, &ctx, writes);
+                    }
                 }
             }
         })
@@ -252,6 +282,7 @@ fn spawn_checkpointer(
     conn: Connection,
     stop: mpsc::Receiver<()>,
     passes: Arc<parking_lot::Mutex<()>>,
+    gate: Arc<WriteGate>,
 ) -> Result<(), StoreError> {
     std::thread::Builder::new()
         .name("tombstone-checkpointer".into())
@@ -264,8 +295,11 @@ fn spawn_checkpointer(
                 // nothing new. Under `passes`, so a truncating checkpoint (erasure) waits for
                 // this pass instead of failing on SQLite's checkpoint lock.
                 let _pass = passes.lock();
-                match conn.query_row("pragma wal_checkpoint(passive)", [], |r| r.get::<_, i64>(0)) {
-                    Ok(_) => {
+                match conn.query_row("pragma wal_checkpoint(passive)", [], |r| r.get::<_, i64>(1)) {
+                    Ok(frames) => {
+                        if frames >= WAL_RESTART_FRAMES {
+                            gate.restart_wal.store(true, Ordering::Relaxed);
+                        }
                         if failing {
                             tracing::info!("WAL checkpoints work again");
                         }
@@ -309,6 +343,7 @@ pub struct SqliteStore {
     claims: Arc<idempotency::Claims>,
     /// Event-feed reads of the outbox so far (see [`SqliteStore::event_reads`]).
     event_reads: std::sync::atomic::AtomicU64,
+    group_stats: Arc<group::Stats>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -344,7 +379,8 @@ impl SqliteStore {
         let background = spawn_writer(Lane::Background, open()?)?;
         let (checkpointer, stop) = mpsc::channel();
         let checkpoints = Arc::new(parking_lot::Mutex::new(()));
-        spawn_checkpointer(open()?, stop, checkpoints.clone())?;
+        let gate = Arc::new(WriteGate::default());
+        spawn_checkpointer(open()?, stop, checkpoints.clone(), gate.clone())?;
 
         let manager = SqliteConnectionManager::file(path)
             .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)
@@ -361,7 +397,7 @@ impl SqliteStore {
             background,
             _checkpointer: checkpointer,
             checkpoints,
-            gate: Arc::default(),
+            gate,
             readers,
             tables: RwLock::new(Arc::new(HashMap::new())),
             schema: RwLock::new(Arc::new(Schema::default())),
@@ -370,6 +406,7 @@ impl SqliteStore {
             feed: Arc::default(),
             claims: Arc::default(),
             event_reads: std::sync::atomic::AtomicU64::new(0),
+            group_stats: Arc::default(),
         })
     }
 
@@ -408,6 +445,7 @@ impl SqliteStore {
             feed: Arc::default(),
             claims: Arc::default(),
             event_reads: std::sync::atomic::AtomicU64::new(0),
+            group_stats: Arc::default(),
         })
     }
 
@@ -446,16 +484,38 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs `f` on the live writer, inside one transaction (see [`transaction`]).
+    /// What a writer's transaction needs of this store.
+    fn context(&self) -> group::Context {
+        group::Context {
+            gate: self.gate.clone(),
+            cache: self.cache.clone(),
+            feed: self.feed.clone(),
+            events: self.changes.clone(),
+            stats: self.group_stats.clone(),
+        }
+    }
+
+    /// How many transactions of live writes committed, carrying how many writes (group
+    /// commit: see the `group` module).
+    #[must_use]
+    pub fn group_stats(&self) -> crate::GroupStats {
+        self.group_stats.get()
+    }
+
+    /// Runs `f` on the live writer, inside a transaction it may share with the writes
+    /// queued beside it, each in its own savepoint (see the `group` module).
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (gate, cache, feed, events) =
-            (self.gate.clone(), self.cache.clone(), self.feed.clone(), self.changes.clone());
-        self.run_job(Lane::Live, move |conn| transaction(conn, &gate, Lane::Live, cache.as_ref(), &feed, &events, f))
-            .await
+        let ctx = self.context();
+        let (reply, answer) = oneshot::channel();
+        let write = Box::new(group::Pending { f: Some(f), value: None, reply });
+        self.writer
+            .send(Job::Grouped(ctx, write))
+            .map_err(|_| StoreError::Internal("the store is read-only or its writer has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Internal("a write was abandoned (the writer panicked)".into()))?
     }
 
     /// Runs `f` on the background writer, inside one transaction: bulk work that must not
@@ -465,12 +525,8 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (gate, cache, feed, events) =
-            (self.gate.clone(), self.cache.clone(), self.feed.clone(), self.changes.clone());
-        self.run_job(Lane::Background, move |conn| {
-            transaction(conn, &gate, Lane::Background, cache.as_ref(), &feed, &events, f)
-        })
-        .await
+        let ctx = self.context();
+        self.run_job(Lane::Background, move |conn| transaction(conn, &ctx, f)).await
     }
 
     /// Runs `job` on a writer's thread and waits for its answer.
@@ -480,9 +536,9 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let job = Job::Alone(Box::new(move |conn| {
             let _ = reply.send(job(conn));
-        });
+        }));
         let queue = match lane {
             Lane::Live => &self.writer,
             Lane::Background => &self.background,
@@ -921,18 +977,16 @@ impl RetentionStore for SqliteStore {
     ) -> Result<PurgeBatch, StoreError> {
         let (_, tables) = self.catalog()?;
         let (collection, run_id) = (collection.clone(), run_id.to_string());
-        let (gate, cache, feed, events) =
-            (self.gate.clone(), self.cache.clone(), self.feed.clone(), self.changes.clone());
+        let ctx = self.context();
         // Up to `limit` rows, in one transaction unless live writes arrive meanwhile: then
         // in several, each committed early to let them in.
         self.run_job(Lane::Background, move |conn| {
             let mut batch = PurgeBatch { purged: 0, paused: false };
             loop {
                 let left = limit.saturating_sub(u32::try_from(batch.purged).unwrap_or(u32::MAX));
-                let (part, yielded) =
-                    transaction(conn, &gate, Lane::Background, cache.as_ref(), &feed, &events, |tx| {
-                        retention::purge_batch(tx, &tables, &collection, now, left, &run_id, &|| gate.contended())
-                    })?;
+                let (part, yielded) = transaction(conn, &ctx, |tx| {
+                    retention::purge_batch(tx, &tables, &collection, now, left, &run_id, &|| ctx.gate.contended())
+                })?;
                 batch.purged += part.purged;
                 batch.paused = part.paused;
                 if !yielded || batch.purged >= u64::from(limit) {
