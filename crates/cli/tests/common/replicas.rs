@@ -151,7 +151,7 @@ impl Replicas {
         let now = micros_now();
         let holders =
             self.db.column(&format!("select holder from leases where name = '{name}' and expires_at > {now}"));
-        let pid: u32 = holders.first()?.rsplitn(3, '-').nth(1)?.parse().ok()?;
+        let pid: u32 = holders.first()?.rsplit('-').nth(1)?.parse().ok()?;
         self.replicas.iter().position(|r| r.pid == pid && r.is_running())
     }
 
