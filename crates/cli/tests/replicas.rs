@@ -501,6 +501,7 @@ tenant = "{tenant}"
     let delivered_at_kill = receiver.received().len();
     set.kill(purge_holder);
     set.kill(relay_holder);
+    let killed = Instant::now();
     receiver.open();
     assert!(left_at_kill > 0, "the pass was done before the kill; slow it down");
     eprintln!(
@@ -510,6 +511,7 @@ tenant = "{tenant}"
 
     // The survivor takes both leases over once they expire (15 s) and finishes.
     wait_until(Duration::from_secs(45), "the survivor to purge the rest", || remaining(&set) == 0);
+    let purged_after = killed.elapsed();
     let base = set.get(survivor).base.clone();
     let events = feed(&http, &base, &key);
     assert_eq!(events.len(), 200);
@@ -517,6 +519,10 @@ tenant = "{tenant}"
         let got: HashSet<String> = receiver.received().into_iter().map(|(id, _)| id).collect();
         got.len() >= 200
     });
+    eprintln!(
+        "after the kill: the rest purged in {purged_after:?}, every event delivered in {:?} (lease time to live 15 s)",
+        killed.elapsed()
+    );
     // At least once around the kill: duplicates allowed, deduplicated by id; order kept.
     check_sink("webhook receiver", &receiver.received(), &events, false);
     if let Some(url) = &nats {

@@ -330,13 +330,23 @@ async fn eventual_cascades(state: AppState, mut cancel: tokio::sync::watch::Rece
     let lease = WorkerLease::new(state.store.clone(), state.clock.clone(), EVENTUAL_LEASE);
     loop {
         let notified = changes.notified();
-        match lease.hold(state.store.run_eventual(EVENTUAL_BATCH, state.now())).await {
-            Ok(Some(Ok(n))) if n > 0 => tracing::info!(deleted = n, "eventual cascade progressed"),
-            Ok(Some(Ok(_)) | None) => {}
-            Ok(Some(Err(e))) | Err(e) => tracing::warn!(error = %e, "eventual cascade step failed; retrying"),
-        }
+        // A replica that does not hold the lease ignores commits (it would try to claim on
+        // every one) and tries again after the poll interval.
+        let held = match lease.hold(state.store.run_eventual(EVENTUAL_BATCH, state.now())).await {
+            Ok(Some(Ok(n))) => {
+                if n > 0 {
+                    tracing::info!(deleted = n, "eventual cascade progressed");
+                }
+                true
+            }
+            Ok(None) => false,
+            Ok(Some(Err(e))) | Err(e) => {
+                tracing::warn!(error = %e, "eventual cascade step failed; retrying");
+                true
+            }
+        };
         tokio::select! {
-            () = notified => {}
+            () = notified, if held => {}
             () = tokio::time::sleep(state.events.poll_interval) => {}
             _ = cancel.changed() => break,
         }

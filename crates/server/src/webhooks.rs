@@ -248,16 +248,18 @@ impl Relay {
         loop {
             let notified = changes.notified();
             let started = self.clock.now();
-            let wait = match self.lease.hold(self.run_once()).await {
-                Ok(Some(Ok(_))) => self.next_wait(started),
-                Ok(None) => standby,
+            // A replica that does not hold the lease ignores commits (it would try to
+            // claim on every one) and tries again after `standby`.
+            let (wait, woken_by_commits) = match self.lease.hold(self.run_once()).await {
+                Ok(Some(Ok(_))) => (self.next_wait(started), true),
+                Ok(None) => (standby, false),
                 Ok(Some(Err(e))) | Err(e) => {
                     tracing::warn!(error = %e, "webhook relay pass failed; retrying");
-                    self.poll.min(Duration::from_secs(1))
+                    (self.poll.min(Duration::from_secs(1)), true)
                 }
             };
             tokio::select! {
-                () = notified => {}
+                () = notified, if woken_by_commits => {}
                 () = tokio::time::sleep(wait) => {}
                 _ = cancel.changed() => break,
             }
