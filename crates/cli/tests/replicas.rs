@@ -5,11 +5,13 @@
 //! - 20 concurrent `If-Match` PATCHes spread over the replicas: exactly one 200;
 //! - every event reaches a webhook receiver in this test and a JetStream consumer exactly
 //!   once in steady state, in order per record;
-//! - the replicas holding the purge and webhook leases are SIGKILLed in the middle of a
-//!   purge pass and of a relay burst: after the takeover (lease expiry) every row is
-//!   purged once (one audit entry, one `record.purged` event each), every event reaches the
-//!   receiver and the stream (deduplicated by id) in order per record, nothing was written
-//!   twice, and `tombstone audit verify` passes;
+//! - the replicas holding the purge, webhook and eventual-cascade leases are SIGKILLed in
+//!   the middle of a purge pass, of a relay burst and of an eventual cascade: after the
+//!   takeover (lease expiry) every row is purged once (one audit entry, one
+//!   `record.purged` event each), every event reaches the receiver and the stream
+//!   (deduplicated by id) in order per record, the cascade finishes once (one audit entry
+//!   and one event per child, one `deletion.completed`), nothing was written twice, and
+//!   `tombstone audit verify` passes;
 //! - a key revoked through one replica is refused by the others within a second.
 //!
 //! Skipped (with a notice) without `TOMBSTONE_TEST_POSTGRES_URL` outside `scripts/test`.
@@ -430,7 +432,7 @@ fn replicas_killed_mid_purge_and_mid_relay_burst_are_taken_over_and_nothing_is_l
     // The relay delivers 60 events, then its requests hang until the holders are dead:
     // the burst is in flight (16 requests sent, the rest pending) when they die.
     let receiver = Receiver::gated(60);
-    let (tenant, purged_tenant) = (tenant(), tenant());
+    let (tenant, purged_tenant, cascade_tenant) = (tenant(), tenant(), tenant());
     let body = format!(
         r#"[retention]
 default = "1s"
@@ -448,14 +450,51 @@ poll_interval = "200ms"
 url = "{}"
 secret = "{SECRET}"
 tenant = "{tenant}"
-{SCHEMA}"#,
+{SCHEMA}
+[collections.parents]
+retention = "1h"
+
+[collections.parents.fields]
+name = {{ type = "string" }}
+
+# Out of the purge's reach: the cascade's outcome is counted in the table.
+[collections.children]
+retention = "1h"
+
+[collections.children.fields]
+n = {{ type = "integer" }}
+parent_id = {{ type = "ref", collection = "parents", on_delete = "eventual" }}
+"#,
         nats.as_ref().map(|u| format!("nats = \"{u}\"")).unwrap_or_default(),
         receiver.url()
     );
     let mut set = Replicas::start(&admin, 3, &body);
     let key = secret(&set.create_key(&tenant, "admin"));
     let purge_key = secret(&set.create_key(&purged_tenant, "admin"));
+    let cascade_key = secret(&set.create_key(&cascade_tenant, "admin"));
     let http = http();
+
+    // A parent with 1,000 eventual children, written through every replica.
+    const CHILDREN: usize = 1000;
+    let r =
+        http.post(set.get(0).url("/v1/parents")).bearer_auth(&cascade_key).json(&json!({"id": "p1"})).send().unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    thread::scope(|s| {
+        for t in 0..4 {
+            let (set, http, key) = (&set, &http, &cascade_key);
+            s.spawn(move || {
+                for i in (t..CHILDREN).step_by(4) {
+                    let r = http
+                        .post(set.get(i % 3).url("/v1/children"))
+                        .bearer_auth(key)
+                        .json(&json!({"id": format!("ch{i:05}"), "n": i, "parent_id": "p1"}))
+                        .send()
+                        .unwrap();
+                    assert_eq!(r.status(), StatusCode::CREATED);
+                }
+            });
+        }
+    });
 
     // 1500 notes whose recovery window ended long ago, straight into the table.
     const SEEDED: i64 = 1500;
@@ -497,15 +536,32 @@ tenant = "{tenant}"
     });
     let purge_holder = set.lease_holder("purge").expect("a running replica holds the purge lease");
     let relay_holder = set.lease_holder("webhooks").expect("a running replica holds the webhook lease");
+    let cascade_holder =
+        set.lease_holder("eventual_cascades").expect("a running replica holds the eventual cascades' lease");
+    // The parent's delete through the cascade worker's replica, which starts on the
+    // children at once (500 per transaction); it dies a moment later.
+    let r = http.delete(set.get(cascade_holder).url("/v1/parents/p1")).bearer_auth(&cascade_key).send().unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let deletion = r.headers()["deletion-id"].to_str().unwrap().to_string();
+    thread::sleep(Duration::from_millis(150));
     let left_at_kill = remaining(&set);
     let delivered_at_kill = receiver.received().len();
-    set.kill(purge_holder);
-    set.kill(relay_holder);
+    let children_deleted = |set: &Replicas| {
+        set.db.int(&format!(
+            "select count(*) from rec_children where tenant = '{cascade_tenant}' and deleted_at is not null"
+        ))
+    };
+    let cascaded_at_kill = children_deleted(&set);
+    let holders: HashSet<usize> = [purge_holder, relay_holder, cascade_holder].into();
+    assert!(holders.len() < 3, "one replica must survive: {holders:?}");
+    for holder in holders {
+        set.kill(holder);
+    }
     let killed = Instant::now();
     receiver.open();
     assert!(left_at_kill > 0, "the pass was done before the kill; slow it down");
     eprintln!(
-        "killed replica {purge_holder} (purge, {left_at_kill} of {SEEDED} rows left) and {relay_holder} (webhooks, {delivered_at_kill} of 200 delivered)"
+        "killed replica {purge_holder} (purge, {left_at_kill} of {SEEDED} rows left), {relay_holder} (webhooks, {delivered_at_kill} of 200 delivered) and {cascade_holder} (eventual cascade, {cascaded_at_kill} of {CHILDREN} children deleted)"
     );
     let survivor = set.running()[0];
 
@@ -558,6 +614,40 @@ tenant = "{tenant}"
     let writes =
         set.db.int(&format!("select count(*) from audit where tenant = '{tenant}' and action in ('create', 'update')"));
     assert_eq!(writes, 200, "one audit entry per acknowledged write");
+
+    // The eventual cascade: finished once — every child deleted with one audit entry and
+    // one record.deleted event, one deletion.completed.
+    wait_until(Duration::from_secs(45), "the eventual cascade to finish", || {
+        let op: Value = http
+            .get(set.get(survivor).url(&format!("/v1/deletions/{deletion}")))
+            .bearer_auth(&cascade_key)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        op["status"] == "done"
+    });
+    assert_eq!(children_deleted(&set), i64::try_from(CHILDREN).unwrap());
+    let (entries, records) = {
+        let sql = |what: &str| {
+            format!(
+                "select {what} from audit where tenant = '{cascade_tenant}' and action in ('delete', 'cascade_delete')"
+            )
+        };
+        (set.db.int(&sql("count(*)")), set.db.int(&sql("count(distinct record_id)")))
+    };
+    assert_eq!((entries, records), (1001, 1001), "one delete audit entry per record, parent included");
+    let cascade_events = feed(&http, &base, &cascade_key);
+    let deleted: HashSet<&str> = cascade_events
+        .iter()
+        .filter(|e| e["type"] == "record.deleted")
+        .map(|e| e["record_id"].as_str().unwrap())
+        .collect();
+    let deleted_events = cascade_events.iter().filter(|e| e["type"] == "record.deleted").count();
+    assert_eq!((deleted.len(), deleted_events), (1001, 1001), "one record.deleted event per record");
+    let completed = cascade_events.iter().filter(|e| e["type"] == "deletion.completed").count();
+    assert_eq!(completed, 1, "deletion.completed once");
+
     let verify = set.command(&["audit", "verify"]);
     verify.assert_success();
 }
