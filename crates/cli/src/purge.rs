@@ -81,7 +81,12 @@ pub(crate) async fn run(
         }
     };
     let started = std::time::Instant::now();
-    let report = worker.run_pass(&SleepPacer, only, &progress).await;
+    // One pass at a time per deployment: a pass running inside a serving replica holds the
+    // purge lease, and this one waits for it (the pause and the rate cap are the
+    // deployment's, not each process's).
+    let waiting =
+        || eprintln!("another purge pass is running (a serving replica holds the purge lease); waiting for it");
+    let report = worker.run_pass_leased(&SleepPacer, only, &progress, &waiting).await?;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

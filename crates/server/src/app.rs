@@ -16,6 +16,7 @@ use tombstone_store::{IDEMPOTENCY_TTL_MICROS, Store};
 use crate::auth::KeyCache;
 use crate::error::ApiError;
 use crate::hub::EventHub;
+use crate::lease::WorkerLease;
 use crate::purge::PurgeWorker;
 use crate::search::SearchIndex;
 use crate::supervise::{Backoff, supervise};
@@ -321,22 +322,40 @@ async fn serve_http(
 /// Works through eventual cascades: after every commit that wrote events (a deletion that
 /// queues a cascade writes its events), and every `events.poll_interval` in case another
 /// process queued work. Each batch is one transaction, so a crash resumes where it stopped.
+/// Only the holder of the lease `eventual_cascades` works (one replica per deployment, so
+/// the steps of an operation run in order and none twice); the others try to take it every
+/// poll, and take a killed holder's work over once its lease expired.
 async fn eventual_cascades(state: AppState, mut cancel: tokio::sync::watch::Receiver<bool>) {
     let changes = state.store.changes();
+    let lease = WorkerLease::new(state.store.clone(), state.clock.clone(), EVENTUAL_LEASE);
     loop {
         let notified = changes.notified();
-        match state.store.run_eventual(EVENTUAL_BATCH, state.now()).await {
-            Ok(n) if n > 0 => tracing::info!(deleted = n, "eventual cascade progressed"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "eventual cascade step failed; retrying"),
-        }
+        // A replica that does not hold the lease ignores commits (it would try to claim on
+        // every one) and tries again after the poll interval.
+        let held = match lease.hold(state.store.run_eventual(EVENTUAL_BATCH, state.now())).await {
+            Ok(Some(Ok(n))) => {
+                if n > 0 {
+                    tracing::info!(deleted = n, "eventual cascade progressed");
+                }
+                true
+            }
+            Ok(None) => false,
+            Ok(Some(Err(e))) | Err(e) => {
+                tracing::warn!(error = %e, "eventual cascade step failed; retrying");
+                true
+            }
+        };
         tokio::select! {
-            () = notified => {}
+            () = notified, if held => {}
             () = tokio::time::sleep(state.events.poll_interval) => {}
             _ = cancel.changed() => break,
         }
     }
+    lease.release().await;
 }
+
+/// The name of the eventual-cascade worker's lease.
+pub const EVENTUAL_LEASE: &str = "eventual_cascades";
 
 /// Finishes the `wal` step of erasures whose request could not (a reader was on an older
 /// snapshot), once a second — the request tries at once, so this only picks up what it
@@ -385,38 +404,53 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(600);
 /// Children deleted per eventual-cascade transaction.
 pub const EVENTUAL_BATCH: u32 = 500;
 
+/// The name of the clean-ups' lease.
+pub const HOUSEKEEPING_LEASE: &str = "housekeeping";
+
 /// Periodic upkeep, hourly: expired idempotency keys go, and outbox rows past their
-/// retention that every sink has received go, in batches.
+/// retention that every sink has received go, in batches. Only the holder of the lease
+/// [`HOUSEKEEPING_LEASE`] cleans up, so replicas do not repeat each other's deletes; a
+/// replica that finds it held skips that hour's turn (the holder is cleaning).
 async fn housekeeping(state: AppState, outbox_retention: Duration, mut cancel: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    let lease = WorkerLease::new(state.store.clone(), state.clock.clone(), HOUSEKEEPING_LEASE);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let before = Timestamp::from_micros(state.now().as_micros() - IDEMPOTENCY_TTL_MICROS);
-                match state.store.expire_idempotency(before).await {
-                    Ok(n) if n > 0 => tracing::info!(removed = n, "expired idempotency keys"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "could not expire idempotency keys"),
-                }
-                let retention = i64::try_from(outbox_retention.as_micros()).unwrap_or(i64::MAX);
-                let before = Timestamp::from_micros(state.now().as_micros().saturating_sub(retention));
-                loop {
-                    match state.store.cleanup_outbox(before, 1000).await {
-                        Ok(1000) => tokio::task::yield_now().await,
-                        Ok(n) => {
-                            if n > 0 {
-                                tracing::info!(removed = n, "cleaned up the outbox");
-                            }
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not clean up the outbox");
-                            break;
-                        }
-                    }
+                match lease.hold(clean_up(&state, outbox_retention)).await {
+                    Ok(Some(())) => lease.release().await,
+                    Ok(None) => tracing::debug!("clean-ups skipped: another replica holds their lease"),
+                    Err(e) => tracing::warn!(error = %e, "could not claim the clean-ups' lease; retrying in an hour"),
                 }
             }
             _ = cancel.changed() => break,
+        }
+    }
+}
+
+/// One round of clean-ups (see [`housekeeping`]).
+async fn clean_up(state: &AppState, outbox_retention: Duration) {
+    let before = Timestamp::from_micros(state.now().as_micros() - IDEMPOTENCY_TTL_MICROS);
+    match state.store.expire_idempotency(before).await {
+        Ok(n) if n > 0 => tracing::info!(removed = n, "expired idempotency keys"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not expire idempotency keys"),
+    }
+    let retention = i64::try_from(outbox_retention.as_micros()).unwrap_or(i64::MAX);
+    let before = Timestamp::from_micros(state.now().as_micros().saturating_sub(retention));
+    loop {
+        match state.store.cleanup_outbox(before, 1000).await {
+            Ok(1000) => tokio::task::yield_now().await,
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(removed = n, "cleaned up the outbox");
+                }
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not clean up the outbox");
+                break;
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Authentication: `Authorization: Bearer <secret>` → the calling key, its tenant and
-//! scopes. Keys are cached for at most one second, so a revocation made anywhere (API,
+//! scopes. Keys are cached for at most 750 ms, so a revocation made anywhere (API,
 //! CLI, another replica) takes effect within a second.
 
 use std::sync::Arc;
@@ -18,8 +18,11 @@ use crate::error::ApiError;
 use crate::keys::{key_id_of, verify};
 use crate::request_id;
 
-/// How long a looked-up key is trusted without asking the store again.
-pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
+/// How long a looked-up key is trusted without asking the store again. Below a second: a
+/// lookup that read the key just before a revocation committed (on another replica) may
+/// insert it just after, and the entry lives this long from its insert; the margin keeps
+/// "revoked everywhere within one second" true with a slow read.
+pub const KEY_CACHE_TTL: Duration = Duration::from_millis(750);
 
 /// Cached key lookups (absent keys too, so unknown secrets cannot hammer the store).
 #[derive(Clone)]

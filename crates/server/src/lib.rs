@@ -10,6 +10,7 @@ pub mod auth;
 pub mod error;
 pub mod hub;
 pub mod keys;
+pub mod lease;
 pub mod nats;
 pub mod openapi;
 pub mod purge;

@@ -10,6 +10,13 @@
 //! Each batch is one transaction (rows, audit entries, `record.purged` events), so a crash
 //! mid-pass loses nothing and purges nothing twice: the rolled-back batch is simply due
 //! again on the next pass. The pause flag is read inside each batch's transaction.
+//!
+//! With several replicas (or `tombstone purge` beside `serve`) a pass runs only while its
+//! process holds the lease [`LEASE`], so one pass runs at a time in the whole deployment:
+//! the pause between batches and the rate cap hold for the deployment, not per process.
+//! Batches are also claimed row by row (`FOR UPDATE SKIP LOCKED` on PostgreSQL, the
+//! writer's transaction on SQLite), so even two passes around a takeover never purge a
+//! row twice.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +26,11 @@ use std::time::{Duration, Instant};
 use tombstone_domain::config::{Collection, PurgeConfig, Schema};
 use tombstone_domain::time::{Clock, Timestamp};
 use tombstone_store::{Store, StoreError};
+
+use crate::lease::WorkerLease;
+
+/// The name of the purge pass's lease in the database.
+pub const LEASE: &str = "purge";
 
 /// Waits between batches. The server sleeps; tests advance a manual clock instead.
 pub trait Pacer: Send + Sync {
@@ -71,12 +83,50 @@ pub struct PurgeWorker {
     clock: Arc<dyn Clock>,
     schema: Arc<Schema>,
     config: PurgeConfig,
+    /// One pass per deployment at a time: the holder of the lease [`LEASE`].
+    lease: Arc<WorkerLease>,
 }
 
 impl PurgeWorker {
     #[must_use]
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, schema: Arc<Schema>, config: PurgeConfig) -> Self {
-        Self { store, clock, schema, config }
+        let lease = Arc::new(WorkerLease::new(store.clone(), clock.clone(), LEASE));
+        Self { store, clock, schema, config, lease }
+    }
+
+    /// The same worker with another lease (a shorter time to live, another holder: tests).
+    #[must_use]
+    pub fn with_lease(mut self, lease: WorkerLease) -> Self {
+        self.lease = Arc::new(lease);
+        self
+    }
+
+    /// Runs one pass (as [`Self::run_pass`]) as the holder of the purge lease, waiting for
+    /// the lease while another process's pass holds it (`waiting` is called once then):
+    /// what `tombstone purge` runs beside serving replicas. The lease is released after
+    /// the pass.
+    ///
+    /// # Errors
+    /// The store failed to grant the lease.
+    pub async fn run_pass_leased(
+        &self,
+        pacer: &dyn Pacer,
+        only: Option<&str>,
+        progress: &(dyn Fn(&BatchReport) + Sync),
+        waiting: &(dyn Fn() + Sync),
+    ) -> Result<PassReport, StoreError> {
+        let mut told = false;
+        loop {
+            if let Some(report) = self.lease.hold(self.run_pass(pacer, only, progress)).await? {
+                self.lease.release().await;
+                return Ok(report);
+            }
+            if !told {
+                waiting();
+                told = true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// The collections a pass covers (all, or one).
@@ -227,9 +277,18 @@ impl PurgeWorker {
                     }
                 }
                 _ = tick.tick() => {
-                    let pass = self.run_pass(&SleepPacer, None, &|_| {});
+                    // Only the lease holder passes; another replica's pass (or `tombstone
+                    // purge`) holding it means this tick's work is being done.
+                    let pass = self.lease.hold(self.run_pass(&SleepPacer, None, &|_| {}));
                     tokio::select! {
-                        _ = pass => {}
+                        held = pass => {
+                            if let Err(e) = held {
+                                tracing::warn!(error = %e, "could not claim the purge lease; the pass is retried on the next tick");
+                            }
+                            // Released between passes, so `tombstone purge` or another
+                            // replica need not wait for it to expire.
+                            self.lease.release().await;
+                        }
                         // Cancellation waits for the current batch's transaction, never
                         // splits one: the pass future is only dropped between awaits.
                         _ = cancel.changed() => break,
@@ -241,6 +300,7 @@ impl PurgeWorker {
                 _ = cancel.changed() => break,
             }
         }
+        self.lease.release().await;
     }
 }
 

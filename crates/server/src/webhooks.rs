@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::lease::WorkerLease;
 use futures_util::StreamExt;
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -62,7 +63,12 @@ pub struct Relay {
     /// When the retries this process scheduled come due (µs): the relay wakes for them
     /// without waiting for the poll. Bounded; beyond it the poll finds them.
     retries: Arc<std::sync::Mutex<std::collections::BTreeSet<i64>>>,
+    /// One relay per deployment sends: the holder of the lease [`LEASE`].
+    lease: Arc<WorkerLease>,
 }
+
+/// The name of the relay's lease in the database.
+pub const LEASE: &str = "webhooks";
 
 /// Retry instants the relay keeps in memory at most.
 const TRACKED_RETRIES: usize = 10_000;
@@ -90,13 +96,14 @@ impl Relay {
         let client =
             reqwest::Client::builder().user_agent(concat!("tombstone-webhooks/", env!("CARGO_PKG_VERSION"))).build()?;
         Ok(Self {
-            store,
-            clock,
             endpoints: Arc::new(endpoints),
             client,
             attempt_timeout: ATTEMPT_TIMEOUT,
             poll: tombstone_domain::config::DEFAULT_EVENTS_POLL,
             retries: Arc::default(),
+            lease: Arc::new(WorkerLease::new(store.clone(), clock.clone(), LEASE)),
+            store,
+            clock,
         })
     }
 
@@ -111,6 +118,13 @@ impl Relay {
     #[must_use]
     pub fn with_poll(mut self, poll: Duration) -> Self {
         self.poll = poll;
+        self
+    }
+
+    /// The same relay with another lease (a shorter time to live, another holder: tests).
+    #[must_use]
+    pub fn with_lease(mut self, lease: WorkerLease) -> Self {
+        self.lease = Arc::new(lease);
         self
     }
 
@@ -213,27 +227,44 @@ impl Relay {
 
     /// Runs passes until cancelled: after every commit that wrote events, when a retry it
     /// scheduled comes due, and every poll interval (other processes' events, their retries).
+    ///
+    /// A pass runs only while this replica holds the lease [`LEASE`] (renewed while it
+    /// runs), so one replica of a deployment sends at a time; the others try to take the
+    /// lease at least every third of its time to live, and a killed holder's deliveries
+    /// are taken over, from their state in the database, once its lease expires. The
+    /// lease is released on shutdown, so another replica takes over at its next try.
     pub async fn run(self, mut cancel: tokio::sync::watch::Receiver<bool>) {
         if let Err(e) = self.register().await {
             tracing::error!(error = %e, "webhook relay could not register its endpoints");
         }
+        if self.endpoints.is_empty() {
+            // Nothing to send, and nothing to hold: the lease stays free for a replica
+            // whose config has endpoints.
+            let _ = cancel.changed().await;
+            return;
+        }
         let changes = self.store.changes();
+        let standby = self.poll.min(self.lease.ttl() / 3);
         loop {
             let notified = changes.notified();
             let started = self.clock.now();
-            let wait = match self.run_once().await {
-                Ok(_) => self.next_wait(started),
-                Err(e) => {
+            // A replica that does not hold the lease ignores commits (it would try to
+            // claim on every one) and tries again after `standby`.
+            let (wait, woken_by_commits) = match self.lease.hold(self.run_once()).await {
+                Ok(Some(Ok(_))) => (self.next_wait(started), true),
+                Ok(None) => (standby, false),
+                Ok(Some(Err(e))) | Err(e) => {
                     tracing::warn!(error = %e, "webhook relay pass failed; retrying");
-                    self.poll.min(Duration::from_secs(1))
+                    (self.poll.min(Duration::from_secs(1)), true)
                 }
             };
             tokio::select! {
-                () = notified => {}
+                () = notified, if woken_by_commits => {}
                 () = tokio::time::sleep(wait) => {}
                 _ = cancel.changed() => break,
             }
         }
+        self.lease.release().await;
     }
 
     /// Sends one delivery and records the outcome; `true` when delivered.

@@ -581,3 +581,46 @@ async fn a_key_narrowed_to_one_collection_can_preview_it() {
     assert_eq!(r.json()["collections"]["notes"]["count"], 2);
     assert!(r.json()["collections"].get("memos").is_none());
 }
+
+/// One pass per deployment: while another process (a serving replica) holds the lease
+/// `purge`, a leased pass (what `tombstone purge` runs) waits, says so once and purges
+/// nothing; once the lease is released it runs, purges every due record once, and
+/// releases the lease again.
+#[tokio::test]
+async fn a_leased_pass_waits_while_another_process_holds_the_purge_lease() {
+    use tombstone_server::lease::WorkerLease;
+    use tombstone_server::purge::{LEASE, SleepPacer};
+
+    let app = TestApp::with_schema(SCHEMA).await;
+    let ids = load(&app, "notes", 150).await;
+    app.clock.advance(HOUR * 2);
+    let ttl = Duration::from_secs(15);
+    let held = app.store.claim_lease(LEASE, "replica-a", app.clock.now(), ttl).await.unwrap();
+    assert_eq!(held.holder, "replica-a");
+
+    let worker =
+        worker(&app).with_lease(WorkerLease::new(app.store.clone(), app.clock.clone(), LEASE).with_holder("cli"));
+    let waited = Arc::new(AtomicUsize::new(0));
+    let pass = {
+        let (worker, waited) = (worker.clone(), waited.clone());
+        tokio::spawn(async move {
+            let waiting = move || {
+                waited.fetch_add(1, Ordering::SeqCst);
+            };
+            worker.run_pass_leased(&SleepPacer, None, &|_| {}, &waiting).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!pass.is_finished(), "the pass waits for the lease");
+    assert_eq!(waited.load(Ordering::SeqCst), 1, "it says once that it waits");
+    assert_eq!(present(&app, "notes").await.len(), 150, "nothing purged while another holds the lease");
+
+    assert!(app.store.release_lease(LEASE, "replica-a", app.clock.now()).await.unwrap());
+    let report = tokio::time::timeout(Duration::from_secs(10), pass).await.expect("the pass ran").unwrap().unwrap();
+    assert_eq!(report.purged, 150);
+    assert!(present(&app, "notes").await.is_empty());
+    assert_all_or_nothing(&app, "notes", &ids).await;
+    // Released after the pass: another process gets it at once.
+    let next = app.store.claim_lease(LEASE, "replica-b", app.clock.now(), ttl).await.unwrap();
+    assert_eq!(next.holder, "replica-b");
+}

@@ -601,3 +601,67 @@ async fn an_endpoint_removed_from_the_config_stops_pinning_the_outbox() {
     let cancelled = app.get("/v1/webhooks/deliveries?status=cancelled", &app.admin).await.json();
     assert_eq!(items(&cancelled).len(), 3, "cancelled deliveries stay cancelled");
 }
+
+/// Waits (real time, at most 10 s) until the receiver holds `n` requests.
+async fn wait_for_requests(receiver: &Receiver, n: usize) -> Vec<Received> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = got(receiver);
+        if now.len() >= n || std::time::Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two relays on one database, as two replicas run them: only the holder of the lease
+/// `webhooks` sends, so each delivery goes out once; when the holder dies without releasing
+/// its lease (its task is aborted, as a SIGKILL would), the other takes over once the lease
+/// has expired (the manual clock jumps past it) and sends what came after, once.
+#[tokio::test]
+async fn two_replicas_relays_send_each_event_once_and_one_takes_over_when_the_lease_expires() {
+    use tombstone_server::lease::WorkerLease;
+    use tombstone_server::webhooks::LEASE;
+
+    let (app, _, receiver) = setup("").await;
+    let relay = |holder: &str| {
+        let lease = WorkerLease::new(app.store.clone(), app.clock.clone(), LEASE).with_holder(holder);
+        Relay::new(app.store.clone(), app.clock.clone(), &app.config.webhooks)
+            .unwrap()
+            .with_poll(Duration::from_millis(50))
+            .with_lease(lease)
+    };
+    let (_stop, cancel) = tokio::sync::watch::channel(false);
+    let mut a = Some(tokio::spawn(relay("replica-a").run(cancel.clone())));
+    let mut b = Some(tokio::spawn(relay("replica-b").run(cancel.clone())));
+    for i in 0..5 {
+        app.create("products", &app.admin, &json!({"sku": format!("A{i}"), "name": "n"})).await;
+    }
+    let first = wait_for_requests(&receiver, 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(got(&receiver).len(), 5, "each delivery sent once by one of the two");
+    let ids: std::collections::HashSet<_> = first.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), 5);
+
+    // Who holds it: a claim by a third party shows the holder and takes nothing.
+    let holder = app.store.claim_lease(LEASE, "probe", app.clock.now(), Duration::from_secs(1)).await.unwrap().holder;
+    let dead = if holder == "replica-a" { a.take() } else { b.take() };
+    dead.expect("the holder is one of the two").abort();
+    for i in 0..3 {
+        app.create("products", &app.admin, &json!({"sku": format!("B{i}"), "name": "n"})).await;
+    }
+    // Not before the dead holder's lease expires.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(got(&receiver).len(), 5, "the lease still belongs to the dead holder");
+    app.clock.advance(tombstone_server::lease::WORKER_LEASE_TTL + Duration::from_secs(1));
+    let all = wait_for_requests(&receiver, 8).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(got(&receiver).len(), 8, "the survivor sent what was left, once");
+    let ids: std::collections::HashSet<_> = all.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), 8);
+    let now = app.store.claim_lease(LEASE, "probe", app.clock.now(), Duration::from_secs(1)).await.unwrap();
+    assert_ne!(now.holder, holder, "the survivor holds the lease");
+    for task in [a, b].into_iter().flatten() {
+        task.abort();
+    }
+}

@@ -593,9 +593,13 @@ pub struct RecordsPage {
 
 /// How long an idempotency key is kept.
 pub const IDEMPOTENCY_TTL_MICROS: i64 = 24 * 3600 * 1_000_000;
-/// After this long an in-flight claim is taken to be abandoned (its request was cancelled;
-/// a claim never outlives its process).
-pub const IDEMPOTENCY_STALE_MICROS: i64 = 60 * 1_000_000;
+/// After this long an in-flight claim is taken to be abandoned (its request was cancelled,
+/// or on PostgreSQL its process died). It must exceed the longest a create holds its claim
+/// before it commits or fails: the pool's wait for a connection (10 s) plus its statements'
+/// lock waits (PostgreSQL's default `lock_timeout`, 5 s). Even a request that outlives it
+/// creates nothing twice: its completion is fenced by its own claim and refused once
+/// another request took the key over.
+pub const IDEMPOTENCY_STALE_MICROS: i64 = 30 * 1_000_000;
 
 /// Records: create, read, list, patch, delete, restore, and the idempotency keys that make
 /// their writes safe to retry. Every mutation is one transaction with its audit entry and

@@ -133,6 +133,53 @@ async fn replicas_starting_together_apply_each_migration_once() {
     db.drop_db().await;
 }
 
+/// The server's connections wait at most `DEFAULT_LOCK_TIMEOUT` for a lock unless the URL
+/// sets `lock_timeout`; a write blocked longer fails as `Busy` (a 503), and a schema change
+/// is not bound by it.
+#[tokio::test]
+async fn connections_have_a_default_lock_timeout_that_the_url_overrides() {
+    let Some(db) = TestDb::create("connections_have_a_default_lock_timeout_that_the_url_overrides").await else {
+        return;
+    };
+    let store = PgStore::connect(db.url(), 2).await.unwrap();
+    let shown: String = store.client().await.unwrap().query_one("show lock_timeout", &[]).await.unwrap().get(0);
+    assert_eq!(shown, format!("{}s", tombstone_store::postgres::DEFAULT_LOCK_TIMEOUT.as_secs()));
+
+    let sep = if db.url().contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}options=-c%20lock_timeout%3D200", db.url());
+    let store = PgStore::connect(&url, 2).await.unwrap();
+    let client = store.client().await.unwrap();
+    let shown: String = client.query_one("show lock_timeout", &[]).await.unwrap().get(0);
+    assert_eq!(shown, "200ms", "the operator's setting wins");
+
+    // Blocked by another session's lock: the statement gives up, as `Busy`.
+    store.migrate(&schema(PRODUCTS)).await.unwrap();
+    let other = db.client().await;
+    other.batch_execute("begin; lock table audit_head in exclusive mode").await.unwrap();
+    let started = std::time::Instant::now();
+    let blocked = client.batch_execute("select * from audit_head for update").await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(matches!(StoreError::from(blocked), StoreError::Busy { .. }));
+    other.batch_execute("rollback").await.unwrap();
+    // A schema change waits for the migration lock instead (here held by another session,
+    // as a replica applying a long migration holds it): with the URL's 200 ms it would
+    // fail, but it waits until the lock is released.
+    other.batch_execute("select pg_advisory_lock(8390044900425756526)").await.unwrap(); // "tombston"
+    let migrating = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let replica = PgStore::connect(&url, 1).await?;
+            replica.migrate(&schema(PRODUCTS)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!migrating.is_finished(), "the migration waits for the lock");
+    other.batch_execute("select pg_advisory_unlock(8390044900425756526)").await.unwrap();
+    migrating.await.unwrap().expect("the migration waited for the lock instead of failing");
+    drop(client);
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn migrating_again_keeps_rows_and_refuses_what_sqlite_refuses() {
     let Some(db) = TestDb::create("migrating_again_keeps_rows_and_refuses_what_sqlite_refuses").await else { return };

@@ -65,6 +65,14 @@ const POOL_WAIT: Duration = Duration::from_secs(10);
 /// unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a statement of the server's waits for a lock before it fails (503 `busy`),
+/// unless `storage.url` sets `lock_timeout` in its `options`. Half the pool's wait: a
+/// request blocked behind a lock frees its connection before the requests queued for one
+/// give up. No `statement_timeout` is set: purge batches, erasure's `VACUUM FULL` and
+/// migrations on large tables legitimately run for longer than any request should, and
+/// the operator can still set one in the URL.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why the store could not reach the database: one line naming where it looked and what
 /// went wrong (never the URL: it may carry a password).
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +145,17 @@ impl PgStore {
         }
         if config.get_application_name().is_none() {
             config.application_name("tombstone");
+        }
+        // A write waiting for a lock (a long transaction of someone's, an erasure's
+        // `VACUUM FULL`, a `lock table` by hand) gives up after `DEFAULT_LOCK_TIMEOUT` and
+        // answers 503 `busy`, instead of holding its request, its pool connection and
+        // everything queued behind it for as long as the lock is held. An operator's own
+        // `lock_timeout` in the URL's `options` (`0` turns it off) wins. Schema changes
+        // lift it for their transaction (replicas starting together wait their turn).
+        let options = config.get_options().unwrap_or_default().to_string();
+        if !options.contains("lock_timeout") {
+            let ms = DEFAULT_LOCK_TIMEOUT.as_millis();
+            config.options(format!("{options} -c lock_timeout={ms}").trim());
         }
         let host = describe_hosts(&config);
         let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
@@ -268,6 +287,7 @@ impl PgStore {
     pub async fn migrate(&self, schema: &Schema) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        tx.batch_execute("set local lock_timeout = 0").await?;
         tx.execute("select pg_advisory_xact_lock($1)", &[&schema::MIGRATION_LOCK]).await?;
         for c in schema.collections.values() {
             schema::migrate_collection(&tx, c).await?;

@@ -53,6 +53,9 @@ const MAX_IDENT: usize = 63;
 pub(crate) async fn migrate_system(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
     for (name, sql) in SYSTEM_MIGRATIONS {
         let tx = client.transaction().await?;
+        // Not under the connection's default `lock_timeout`: a replica starting beside
+        // another's long migration waits for it.
+        tx.batch_execute("set local lock_timeout = 0").await?;
         tx.execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
         // Under the lock too: two `create table if not exists` racing can both try to
         // create the table's type and one of them fails.
