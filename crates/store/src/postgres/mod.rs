@@ -22,6 +22,7 @@ mod error;
 mod group;
 mod idempotency;
 mod leases;
+mod notify;
 mod records;
 mod rules_tx;
 mod schema;
@@ -85,6 +86,13 @@ pub struct PgStore {
     changes: Arc<tokio::sync::Notify>,
     /// The read cache in front of `get_record`, when there is one.
     cache: Option<Arc<dyn crate::RecordCache>>,
+    /// Where it connects: what the cache's `LISTEN` connection opens.
+    config: tokio_postgres::Config,
+    /// This store's name in the cache notifications it sends, so that its own listener
+    /// skips them (its writes invalidated its cache already).
+    origin: Arc<str>,
+    /// The `LISTEN` task that invalidates the memory cache on other processes' writes.
+    listener: Option<notify::Listener>,
     /// How far the cache has followed the outbox for other processes' changes.
     followed: Arc<tokio::sync::Mutex<i64>>,
     /// The group committer of the requests' single-record writes.
@@ -141,7 +149,8 @@ impl PgStore {
             config.application_name("tombstone");
         }
         let host = describe_hosts(&config);
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -157,14 +166,18 @@ impl PgStore {
         schema::migrate_system(&mut client).await?;
         drop(client);
         let changes = Arc::new(tokio::sync::Notify::new());
+        let origin: Arc<str> = uuid::Uuid::now_v7().to_string().into();
         Ok(Self {
-            group: Arc::new(group::Group::new(pool.clone(), changes.clone(), None)),
+            group: Arc::new(group::Group::new(pool.clone(), changes.clone(), None, origin.clone())),
             pool,
             host,
             tables: RwLock::new(Arc::new(Tables::new())),
             schema: RwLock::new(Arc::new(Schema::default())),
             changes,
             cache: None,
+            config,
+            origin,
+            listener: None,
             followed: Arc::new(tokio::sync::Mutex::new(0)),
             event_reads: std::sync::atomic::AtomicU64::new(0),
         })
@@ -179,15 +192,23 @@ impl PgStore {
 
     /// Puts a read cache in front of `get_record`. Every write through this store
     /// invalidates what it changed after its commit and before its caller hears of it;
-    /// what other processes (replicas, the CLI) change reaches the cache when
-    /// [`crate::Store::sync_cache`] follows the outbox, which the server does every
-    /// `events.poll_interval`.
+    /// what other processes (replicas, the CLI) change reaches the cache through the
+    /// `NOTIFY` every writing transaction sends, heard by a `LISTEN` connection this
+    /// store opens now (see `notify`). [`crate::Store::sync_cache`], which the server
+    /// runs once a second, follows the outbox as well: a backstop for writers that do not
+    /// notify (an older version during a rolling upgrade).
     ///
     /// # Errors
     /// The database failed (reading where the outbox ends now).
     pub async fn with_cache(mut self, cache: Arc<dyn crate::RecordCache>) -> Result<Self, StoreError> {
         *self.followed.lock().await = self.last_event_seq().await?;
-        self.group = Arc::new(group::Group::new(self.pool.clone(), self.changes.clone(), Some(cache.clone())));
+        self.listener = Some(notify::listen(self.config.clone(), self.origin.clone(), &cache).await);
+        self.group = Arc::new(group::Group::new(
+            self.pool.clone(),
+            self.changes.clone(),
+            Some(cache.clone()),
+            self.origin.clone(),
+        ));
         self.cache = Some(cache);
         Ok(self)
     }
@@ -233,7 +254,7 @@ impl PgStore {
     /// The database failed.
     pub async fn transaction<'a>(&self, client: &'a mut deadpool_postgres::Object) -> Result<PgTx<'a>, StoreError> {
         let tx = client.transaction().await?;
-        Ok(PgTx::new(tx, self.tables()?, self.changes.clone()))
+        Ok(PgTx::new(tx, self.tables()?, self.changes.clone(), self.origin.clone()))
     }
 
     fn tables(&self) -> Result<Arc<Tables>, StoreError> {
