@@ -68,6 +68,7 @@ pub(super) struct Group {
     pool: Pool,
     changes: Arc<Notify>,
     cache: Option<Arc<dyn RecordCache>>,
+    shared: Option<Arc<crate::RedisCache>>,
     /// The store's name in the cache notifications its transactions send.
     origin: Arc<str>,
     queue: Mutex<Queue>,
@@ -76,11 +77,18 @@ pub(super) struct Group {
 }
 
 impl Group {
-    pub(super) fn new(pool: Pool, changes: Arc<Notify>, cache: Option<Arc<dyn RecordCache>>, origin: Arc<str>) -> Self {
+    pub(super) fn new(
+        pool: Pool,
+        changes: Arc<Notify>,
+        cache: Option<Arc<dyn RecordCache>>,
+        shared: Option<Arc<crate::RedisCache>>,
+        origin: Arc<str>,
+    ) -> Self {
         Self {
             pool,
             changes,
             cache,
+            shared,
             origin,
             queue: Mutex::new(Queue::default()),
             commits: AtomicU64::new(0),
@@ -213,6 +221,9 @@ impl Group {
                     for key in &changed {
                         cache.invalidate(key);
                     }
+                }
+                if let Some(shared) = &self.shared {
+                    shared.invalidate(&changed).await;
                 }
                 for (answer, value) in written {
                     let _ = answer.send(Ok(value));

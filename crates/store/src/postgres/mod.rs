@@ -86,6 +86,8 @@ pub struct PgStore {
     changes: Arc<tokio::sync::Notify>,
     /// The read cache in front of `get_record`, when there is one.
     cache: Option<Arc<dyn crate::RecordCache>>,
+    /// The shared cache in Redis in front of `get_record`, when there is one.
+    shared: Option<Arc<crate::RedisCache>>,
     /// Where it connects: what the cache's `LISTEN` connection opens.
     config: tokio_postgres::Config,
     /// This store's name in the cache notifications it sends, so that its own listener
@@ -168,13 +170,14 @@ impl PgStore {
         let changes = Arc::new(tokio::sync::Notify::new());
         let origin: Arc<str> = uuid::Uuid::now_v7().to_string().into();
         Ok(Self {
-            group: Arc::new(group::Group::new(pool.clone(), changes.clone(), None, origin.clone())),
+            group: Arc::new(group::Group::new(pool.clone(), changes.clone(), None, None, origin.clone())),
             pool,
             host,
             tables: RwLock::new(Arc::new(Tables::new())),
             schema: RwLock::new(Arc::new(Schema::default())),
             changes,
             cache: None,
+            shared: None,
             config,
             origin,
             listener: None,
@@ -207,35 +210,93 @@ impl PgStore {
             self.pool.clone(),
             self.changes.clone(),
             Some(cache.clone()),
+            None,
             self.origin.clone(),
         ));
         self.cache = Some(cache);
         Ok(self)
     }
 
+    /// Puts the shared cache in Redis at `url` in front of `get_record`, keeping entries at
+    /// most `ttl`, under this database's cache namespace (so that one Redis may serve
+    /// several deployments, and tests). Every write through this store invalidates what
+    /// it changed in Redis after its commit and before its caller hears of it; see
+    /// [`crate::redis_cache`] for the fill race and for Redis being unavailable.
+    ///
+    /// # Errors
+    /// The database failed (reading the namespace or where the outbox ends), or `url` is
+    /// not a Redis URL. Redis itself being down is not an error: reads go to the database.
+    pub async fn with_redis(mut self, url: &str, ttl: Duration) -> Result<Self, StoreError> {
+        let namespace = self.cache_namespace().await?;
+        let shared = Arc::new(crate::RedisCache::new(url, &namespace, ttl)?);
+        *self.followed.lock().await = self.last_event_seq().await?;
+        self.group = Arc::new(group::Group::new(
+            self.pool.clone(),
+            self.changes.clone(),
+            None,
+            Some(shared.clone()),
+            self.origin.clone(),
+        ));
+        self.shared = Some(shared);
+        Ok(self)
+    }
+
+    /// The shared cache in Redis, when there is one (for tests and health reports).
+    #[must_use]
+    pub fn redis_cache(&self) -> Option<&Arc<crate::RedisCache>> {
+        self.shared.as_ref()
+    }
+
+    /// This database's name in a shared cache: made once, by whichever replica asks first,
+    /// and the same for every replica after.
+    async fn cache_namespace(&self) -> Result<String, StoreError> {
+        let client = self.client().await?;
+        let fresh = uuid::Uuid::now_v7().simple().to_string();
+        client
+            .execute(
+                "insert into meta (key, value) values ('cache_namespace', $1) on conflict (key) do nothing",
+                &[&fresh],
+            )
+            .await?;
+        let row = client.query_one("select value from meta where key = 'cache_namespace'", &[]).await?;
+        Ok(row.get(0))
+    }
+
     /// Forgets what a committed write changed.
-    pub(crate) fn invalidate(&self, changed: &[crate::cache::CacheKey]) {
+    pub(crate) async fn invalidate(&self, changed: &[crate::cache::CacheKey]) {
         if let Some(cache) = &self.cache {
             for key in changed {
                 cache.invalidate(key);
             }
         }
+        if let Some(shared) = &self.shared {
+            shared.invalidate(changed).await;
+        }
     }
 
     /// Invalidates what the outbox says changed since the cache last looked; returns how
     /// many changes it saw.
+    ///
+    /// With the shared cache this is a backstop too: a replica that wrote while it could
+    /// not reach Redis (but others could) has its changes invalidated in Redis by every
+    /// replica that follows the outbox; and a replica that saw Redis fail moves the cache's
+    /// epoch here, soon after Redis is back, even if no request comes.
     pub(crate) async fn follow_outbox(&self) -> Result<u64, StoreError> {
-        let Some(cache) = &self.cache else { return Ok(0) };
+        if self.cache.is_none() && self.shared.is_none() {
+            return Ok(0);
+        }
+        if let Some(shared) = &self.shared {
+            shared.heal().await;
+        }
         let mut followed = self.followed.lock().await;
         let mut seen = 0;
         loop {
             let changes = self.changes_since(*followed, 500).await?;
-            let Some((last, _, _)) = changes.last() else { return Ok(seen) };
-            *followed = *last;
+            let Some(last) = changes.last().map(|(seq, _, _)| *seq) else { return Ok(seen) };
             seen += changes.len() as u64;
-            for (_, key, _) in &changes {
-                cache.invalidate(key);
-            }
+            let keys: Vec<crate::cache::CacheKey> = changes.into_iter().map(|(_, key, _)| key).collect();
+            self.invalidate(&keys).await;
+            *followed = last;
         }
     }
 
@@ -350,6 +411,18 @@ impl PgStore {
         id: &str,
     ) -> Result<Option<Record>, StoreError> {
         let key = (tenant.to_string(), collection.name.clone(), id.to_string());
+        if let Some(shared) = &self.shared {
+            let token = match shared.lookup(&key).await {
+                crate::redis_cache::Lookup::Hit(hit) => return Ok(hit),
+                crate::redis_cache::Lookup::Miss(token) => Some(token),
+                crate::redis_cache::Lookup::Bypass => None,
+            };
+            let found = self.read_record(tenant, collection, id).await?;
+            if let Some(token) = token {
+                shared.fill(&key, token, found.as_ref()).await;
+            }
+            return Ok(found);
+        }
         // A fill carries the token taken before the read: one that raced an invalidation
         // is dropped, so a read that began before a write committed never caches the old
         // state after it.
@@ -360,15 +433,25 @@ impl PgStore {
             },
             None => None,
         };
-        let sql = self.table(collection)?;
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(&format!("{} where t.tenant = $1 and t.id = $2", sql.select)).await?;
-        let row = client.query_opt(&stmt, &[&tenant, &id]).await?;
-        let found = row.map(|r| records::read_record(collection, &r)).transpose()?;
+        let found = self.read_record(tenant, collection, id).await?;
         if let (Some(cache), Some(token)) = (&self.cache, token) {
             cache.fill(key, token, found.clone());
         }
         Ok(found)
+    }
+
+    /// The record as the database has it now, past any cache.
+    async fn read_record(
+        &self,
+        tenant: &str,
+        collection: &Arc<Collection>,
+        id: &str,
+    ) -> Result<Option<Record>, StoreError> {
+        let sql = self.table(collection)?;
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&format!("{} where t.tenant = $1 and t.id = $2", sql.select)).await?;
+        let row = client.query_opt(&stmt, &[&tenant, &id]).await?;
+        row.map(|r| records::read_record(collection, &r)).transpose()
     }
 
     /// One page of records.
