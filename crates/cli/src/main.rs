@@ -208,9 +208,10 @@ pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>
                 Arc::new(SqliteStore::open(path)?.with_cache(cache)?)
             }
             "none" => Arc::new(SqliteStore::open(path)?),
-            _ => {
-                bail!("cache.url: a shared cache (redis://) is not available in this build; use \"memory\" or \"none\"")
-            }
+            _ => bail!(
+                "cache.url: a shared cache (redis://) serves several replicas, which need storage.url = \"postgres://…\"; \
+                 with SQLite (one process) use \"memory\" or \"none\""
+            ),
         },
         StorageConfig::Postgres { url, pool_size } => {
             let store = PgStore::connect(url, *pool_size as usize).await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -220,9 +221,7 @@ pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>
                     Arc::new(store.with_cache(cache).await?)
                 }
                 "none" => Arc::new(store),
-                _ => bail!(
-                    "cache.url: a shared cache (redis://) is not available in this build; use \"memory\" or \"none\""
-                ),
+                url => Arc::new(store.with_redis(url, config.cache.ttl).await?),
             }
         }
     };

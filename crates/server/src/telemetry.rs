@@ -43,6 +43,9 @@ fn register_all() {
         "tombstone_reads_total",
         "tombstone_cache_hits_total",
         "tombstone_cache_misses_total",
+        "tombstone_cache_bypass_total",
+        "tombstone_cache_notifications_total",
+        "tombstone_cache_listen_reconnects_total",
         "tombstone_webhook_failures_total",
     ] {
         metrics::counter!(name).increment(0);

@@ -30,6 +30,9 @@ pub trait RecordCache: Send + Sync + 'static {
     fn fill(&self, key: CacheKey, token: u64, value: Option<Record>);
     /// Drops the key and makes outstanding fills of it stale.
     fn invalidate(&self, key: &CacheKey);
+    /// Drops every key and makes every outstanding fill stale: what is left when the news
+    /// of which keys changed may have been missed.
+    fn invalidate_all(&self);
 }
 
 const STRIPES: usize = 1024;
@@ -86,6 +89,16 @@ impl RecordCache for MemoryCache {
         let mut stripe = self.stripe(key).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *stripe = stripe.wrapping_add(1);
         self.entries.invalidate(key);
+    }
+
+    fn invalidate_all(&self) {
+        // Stripes first: a fill racing this call either sees its stripe bumped, or landed
+        // before the entries below are dropped.
+        for stripe in &self.stripes {
+            let mut stripe = stripe.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *stripe = stripe.wrapping_add(1);
+        }
+        self.entries.invalidate_all();
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod postgres;
 pub mod priority;
+pub mod redis_cache;
 pub(crate) mod rules;
 pub mod sqlite;
 pub mod telemetry;
@@ -30,6 +31,7 @@ use tombstone_domain::webhook::DeliveryError;
 
 pub use cache::{MemoryCache, RecordCache};
 pub use postgres::{GroupStats, PgStore, ScratchDatabase};
+pub use redis_cache::RedisCache;
 pub use sqlite::SqliteStore;
 
 /// Why a store call failed.

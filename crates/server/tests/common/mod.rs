@@ -5,7 +5,9 @@
 //! — a fresh database on the server `TOMBSTONE_TEST_POSTGRES_URL` points at (`scripts/test`
 //! runs this suite both ways). A test that must look beneath the `Store` trait (raw
 //! rows, another connection, the bytes an erasure leaves) does it through [`raw`], whose
-//! helpers have one implementation per store, so the test is written once for both. Only a
+//! helpers have one implementation per store, so the test is written once for both. With
+//! `TOMBSTONE_TEST_CACHE=redis` too, PostgreSQL's apps read through the shared cache in the
+//! Redis of `TOMBSTONE_TEST_REDIS_URL` instead of a memory cache. Only a
 //! test of a mechanism SQLite alone has (its read-only store, its file locks) makes its app
 //! with [`TestApp::new_sqlite`], which is SQLite whatever the run.
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
@@ -213,7 +215,16 @@ impl TestApp {
                 None => database.url().to_string(),
             };
             let store = PgStore::connect(&url, 8).await.expect("connect");
-            let store = Arc::new(store.with_cache(cache).await.expect("cache"));
+            // TOMBSTONE_TEST_CACHE=redis: the shared cache of TOMBSTONE_TEST_REDIS_URL instead
+            // (each database has its own namespace in it), to run the suite as replicas do.
+            let store = if std::env::var("TOMBSTONE_TEST_CACHE").is_ok_and(|c| c == "redis") {
+                let redis = std::env::var("TOMBSTONE_TEST_REDIS_URL")
+                    .expect("TOMBSTONE_TEST_CACHE=redis needs TOMBSTONE_TEST_REDIS_URL");
+                store.with_redis(&redis, std::time::Duration::from_secs(300)).await.expect("redis cache")
+            } else {
+                store.with_cache(cache).await.expect("cache")
+            };
+            let store = Arc::new(store);
             (store.clone() as Arc<dyn Store>, None, Some(store))
         } else {
             let store = SqliteStore::open(&dir.path().join("test.db")).expect("open store");

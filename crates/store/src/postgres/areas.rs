@@ -55,7 +55,7 @@ impl PgStore {
                 tx.commit().await?;
                 // Before the caller hears of the commit: no answer to a change can be
                 // followed by a read of the old state from this process's cache.
-                self.invalidate(&changed);
+                self.invalidate(&changed).await;
                 Ok(value)
             }
             Err(e) => {

@@ -68,17 +68,28 @@ pub(super) struct Group {
     pool: Pool,
     changes: Arc<Notify>,
     cache: Option<Arc<dyn RecordCache>>,
+    shared: Option<Arc<crate::RedisCache>>,
+    /// The store's name in the cache notifications its transactions send.
+    origin: Arc<str>,
     queue: Mutex<Queue>,
     commits: AtomicU64,
     writes: AtomicU64,
 }
 
 impl Group {
-    pub(super) fn new(pool: Pool, changes: Arc<Notify>, cache: Option<Arc<dyn RecordCache>>) -> Self {
+    pub(super) fn new(
+        pool: Pool,
+        changes: Arc<Notify>,
+        cache: Option<Arc<dyn RecordCache>>,
+        shared: Option<Arc<crate::RedisCache>>,
+        origin: Arc<str>,
+    ) -> Self {
         Self {
             pool,
             changes,
             cache,
+            shared,
+            origin,
             queue: Mutex::new(Queue::default()),
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
@@ -161,7 +172,7 @@ impl Group {
             Ok(tx) => tx,
             Err(e) => return fail(jobs.into_iter().map(|job| job.answer), &e.into()),
         };
-        let mut tx = PgTx::new(tx, tables, self.changes.clone());
+        let mut tx = PgTx::new(tx, tables, self.changes.clone(), self.origin.clone());
         let mut written = Vec::with_capacity(jobs.len());
         let mut jobs = jobs.into_iter();
         let mut open = false;
@@ -210,6 +221,9 @@ impl Group {
                     for key in &changed {
                         cache.invalidate(key);
                     }
+                }
+                if let Some(shared) = &self.shared {
+                    shared.invalidate(&changed).await;
                 }
                 for (answer, value) in written {
                     let _ = answer.send(Ok(value));

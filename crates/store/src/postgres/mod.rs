@@ -22,6 +22,7 @@ mod error;
 mod group;
 mod idempotency;
 mod leases;
+mod notify;
 mod records;
 mod rules_tx;
 mod schema;
@@ -92,6 +93,17 @@ pub struct PgStore {
     changes: Arc<tokio::sync::Notify>,
     /// The read cache in front of `get_record`, when there is one.
     cache: Option<Arc<dyn crate::RecordCache>>,
+    /// The shared cache in Redis in front of `get_record`, when there is one.
+    shared: Option<Arc<crate::RedisCache>>,
+    /// Where it connects, and through which TLS connector: what the cache's `LISTEN`
+    /// connection opens.
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// This store's name in the cache notifications it sends, so that its own listener
+    /// skips them (its writes invalidated its cache already).
+    origin: Arc<str>,
+    /// The `LISTEN` task that invalidates the memory cache on other processes' writes.
+    listener: Option<notify::Listener>,
     /// How far the cache has followed the outbox for other processes' changes.
     followed: Arc<tokio::sync::Mutex<i64>>,
     /// The group committer of the requests' single-record writes.
@@ -158,7 +170,8 @@ impl PgStore {
             config.options(format!("{options} -c lock_timeout={ms}").trim());
         }
         let host = describe_hosts(&config);
-        let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(config.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -174,14 +187,20 @@ impl PgStore {
         schema::migrate_system(&mut client).await?;
         drop(client);
         let changes = Arc::new(tokio::sync::Notify::new());
+        let origin: Arc<str> = uuid::Uuid::now_v7().to_string().into();
         Ok(Self {
-            group: Arc::new(group::Group::new(pool.clone(), changes.clone(), None)),
+            group: Arc::new(group::Group::new(pool.clone(), changes.clone(), None, None, origin.clone())),
             pool,
             host,
             tables: RwLock::new(Arc::new(Tables::new())),
             schema: RwLock::new(Arc::new(Schema::default())),
             changes,
             cache: None,
+            shared: None,
+            config,
+            tls,
+            origin,
+            listener: None,
             followed: Arc::new(tokio::sync::Mutex::new(0)),
             event_reads: std::sync::atomic::AtomicU64::new(0),
         })
@@ -196,42 +215,108 @@ impl PgStore {
 
     /// Puts a read cache in front of `get_record`. Every write through this store
     /// invalidates what it changed after its commit and before its caller hears of it;
-    /// what other processes (replicas, the CLI) change reaches the cache when
-    /// [`crate::Store::sync_cache`] follows the outbox, which the server does every
-    /// `events.poll_interval`.
+    /// what other processes (replicas, the CLI) change reaches the cache through the
+    /// `NOTIFY` every writing transaction sends, heard by a `LISTEN` connection this
+    /// store opens now (see `notify`). [`crate::Store::sync_cache`], which the server
+    /// runs once a second, follows the outbox as well: a backstop for writers that do not
+    /// notify (an older version during a rolling upgrade).
     ///
     /// # Errors
     /// The database failed (reading where the outbox ends now).
     pub async fn with_cache(mut self, cache: Arc<dyn crate::RecordCache>) -> Result<Self, StoreError> {
         *self.followed.lock().await = self.last_event_seq().await?;
-        self.group = Arc::new(group::Group::new(self.pool.clone(), self.changes.clone(), Some(cache.clone())));
+        self.listener = Some(notify::listen(self.config.clone(), self.tls.clone(), self.origin.clone(), &cache).await);
+        self.group = Arc::new(group::Group::new(
+            self.pool.clone(),
+            self.changes.clone(),
+            Some(cache.clone()),
+            None,
+            self.origin.clone(),
+        ));
         self.cache = Some(cache);
         Ok(self)
     }
 
+    /// Puts the shared cache in Redis at `url` in front of `get_record`, keeping entries at
+    /// most `ttl`, under this database's cache namespace (so that one Redis may serve
+    /// several deployments, and tests). Every write through this store invalidates what
+    /// it changed in Redis after its commit and before its caller hears of it; see
+    /// [`crate::redis_cache`] for the fill race and for Redis being unavailable.
+    ///
+    /// # Errors
+    /// The database failed (reading the namespace or where the outbox ends), or `url` is
+    /// not a Redis URL. Redis itself being down is not an error: reads go to the database.
+    pub async fn with_redis(mut self, url: &str, ttl: Duration) -> Result<Self, StoreError> {
+        let namespace = self.cache_namespace().await?;
+        let shared = Arc::new(crate::RedisCache::new(url, &namespace, ttl)?);
+        *self.followed.lock().await = self.last_event_seq().await?;
+        self.group = Arc::new(group::Group::new(
+            self.pool.clone(),
+            self.changes.clone(),
+            None,
+            Some(shared.clone()),
+            self.origin.clone(),
+        ));
+        self.shared = Some(shared);
+        Ok(self)
+    }
+
+    /// The shared cache in Redis, when there is one (for tests and health reports).
+    #[must_use]
+    pub fn redis_cache(&self) -> Option<&Arc<crate::RedisCache>> {
+        self.shared.as_ref()
+    }
+
+    /// This database's name in a shared cache: made once, by whichever replica asks first,
+    /// and the same for every replica after.
+    async fn cache_namespace(&self) -> Result<String, StoreError> {
+        let client = self.client().await?;
+        let fresh = uuid::Uuid::now_v7().simple().to_string();
+        client
+            .execute(
+                "insert into meta (key, value) values ('cache_namespace', $1) on conflict (key) do nothing",
+                &[&fresh],
+            )
+            .await?;
+        let row = client.query_one("select value from meta where key = 'cache_namespace'", &[]).await?;
+        Ok(row.get(0))
+    }
+
     /// Forgets what a committed write changed.
-    pub(crate) fn invalidate(&self, changed: &[crate::cache::CacheKey]) {
+    pub(crate) async fn invalidate(&self, changed: &[crate::cache::CacheKey]) {
         if let Some(cache) = &self.cache {
             for key in changed {
                 cache.invalidate(key);
             }
         }
+        if let Some(shared) = &self.shared {
+            shared.invalidate(changed).await;
+        }
     }
 
     /// Invalidates what the outbox says changed since the cache last looked; returns how
     /// many changes it saw.
+    ///
+    /// With the shared cache this is a backstop too: a replica that wrote while it could
+    /// not reach Redis (but others could) has its changes invalidated in Redis by every
+    /// replica that follows the outbox; and a replica that saw Redis fail moves the cache's
+    /// epoch here, soon after Redis is back, even if no request comes.
     pub(crate) async fn follow_outbox(&self) -> Result<u64, StoreError> {
-        let Some(cache) = &self.cache else { return Ok(0) };
+        if self.cache.is_none() && self.shared.is_none() {
+            return Ok(0);
+        }
+        if let Some(shared) = &self.shared {
+            shared.heal().await;
+        }
         let mut followed = self.followed.lock().await;
         let mut seen = 0;
         loop {
             let changes = self.changes_since(*followed, 500).await?;
-            let Some((last, _, _)) = changes.last() else { return Ok(seen) };
-            *followed = *last;
+            let Some(last) = changes.last().map(|(seq, _, _)| *seq) else { return Ok(seen) };
             seen += changes.len() as u64;
-            for (_, key, _) in &changes {
-                cache.invalidate(key);
-            }
+            let keys: Vec<crate::cache::CacheKey> = changes.into_iter().map(|(_, key, _)| key).collect();
+            self.invalidate(&keys).await;
+            *followed = last;
         }
     }
 
@@ -250,7 +335,7 @@ impl PgStore {
     /// The database failed.
     pub async fn transaction<'a>(&self, client: &'a mut deadpool_postgres::Object) -> Result<PgTx<'a>, StoreError> {
         let tx = client.transaction().await?;
-        Ok(PgTx::new(tx, self.tables()?, self.changes.clone()))
+        Ok(PgTx::new(tx, self.tables()?, self.changes.clone(), self.origin.clone()))
     }
 
     fn tables(&self) -> Result<Arc<Tables>, StoreError> {
@@ -347,6 +432,18 @@ impl PgStore {
         id: &str,
     ) -> Result<Option<Record>, StoreError> {
         let key = (tenant.to_string(), collection.name.clone(), id.to_string());
+        if let Some(shared) = &self.shared {
+            let token = match shared.lookup(&key).await {
+                crate::redis_cache::Lookup::Hit(hit) => return Ok(hit),
+                crate::redis_cache::Lookup::Miss(token) => Some(token),
+                crate::redis_cache::Lookup::Bypass => None,
+            };
+            let found = self.read_record(tenant, collection, id).await?;
+            if let Some(token) = token {
+                shared.fill(&key, token, found.as_ref()).await;
+            }
+            return Ok(found);
+        }
         // A fill carries the token taken before the read: one that raced an invalidation
         // is dropped, so a read that began before a write committed never caches the old
         // state after it.
@@ -357,15 +454,25 @@ impl PgStore {
             },
             None => None,
         };
-        let sql = self.table(collection)?;
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(&format!("{} where t.tenant = $1 and t.id = $2", sql.select)).await?;
-        let row = client.query_opt(&stmt, &[&tenant, &id]).await?;
-        let found = row.map(|r| records::read_record(collection, &r)).transpose()?;
+        let found = self.read_record(tenant, collection, id).await?;
         if let (Some(cache), Some(token)) = (&self.cache, token) {
             cache.fill(key, token, found.clone());
         }
         Ok(found)
+    }
+
+    /// The record as the database has it now, past any cache.
+    async fn read_record(
+        &self,
+        tenant: &str,
+        collection: &Arc<Collection>,
+        id: &str,
+    ) -> Result<Option<Record>, StoreError> {
+        let sql = self.table(collection)?;
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&format!("{} where t.tenant = $1 and t.id = $2", sql.select)).await?;
+        let row = client.query_opt(&stmt, &[&tenant, &id]).await?;
+        row.map(|r| records::read_record(collection, &r)).transpose()
     }
 
     /// One page of records.

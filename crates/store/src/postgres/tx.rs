@@ -27,6 +27,8 @@ use crate::cache::CacheKey;
 /// The savepoint a guarded statement runs in (released right after it).
 const SAVEPOINT: &str = "savepoint tombstone_write";
 const RELEASE: &str = "release savepoint tombstone_write";
+/// Sends each payload of `$1` on the cache's channel (one round trip whatever their number).
+const NOTIFY: &str = "select pg_notify('tombstone_cache', p) from unnest($1::text[]) p";
 const ROLL_BACK: &str = "rollback to savepoint tombstone_write; release savepoint tombstone_write";
 
 /// One write transaction (READ COMMITTED, PostgreSQL's default: a statement after a unique
@@ -38,6 +40,8 @@ pub struct PgTx<'a> {
     tx: Transaction<'a>,
     tables: Arc<Tables>,
     notify: Arc<tokio::sync::Notify>,
+    /// The store's name in the cache notifications this transaction sends.
+    origin: Arc<str>,
     /// Records whose events this transaction wrote: what a cache must forget on commit.
     changed: Vec<CacheKey>,
     /// The first and last outbox seq written.
@@ -79,8 +83,13 @@ impl<'a> PgTx<'a> {
         self.audit.truncate(mark.audit);
     }
 
-    pub(crate) fn new(tx: Transaction<'a>, tables: Arc<Tables>, notify: Arc<tokio::sync::Notify>) -> Self {
-        Self { tx, tables, notify, changed: Vec::new(), written: None, head: None, audit: Vec::new() }
+    pub(crate) fn new(
+        tx: Transaction<'a>,
+        tables: Arc<Tables>,
+        notify: Arc<tokio::sync::Notify>,
+        origin: Arc<str>,
+    ) -> Self {
+        Self { tx, tables, notify, origin, changed: Vec::new(), written: None, head: None, audit: Vec::new() }
     }
 
     /// The underlying transaction, for the statements of areas without a primitive here.
@@ -106,7 +115,9 @@ impl<'a> PgTx<'a> {
         self.written
     }
 
-    /// Commits; wakes the outbox's followers when events were written.
+    /// Commits; wakes the outbox's followers when events were written. The records it
+    /// changed are announced to every process's cache with `NOTIFY`, sent inside the
+    /// transaction so that it is delivered exactly when, and only if, the commit succeeds.
     ///
     /// # Errors
     /// The commit failed (the transaction is rolled back): [`StoreError::StorageFailed`]
@@ -115,6 +126,11 @@ impl<'a> PgTx<'a> {
         if !self.audit.is_empty() {
             let entries = std::mem::take(&mut self.audit);
             changes::append(&self.tx, &mut self.head, entries, &[]).await?;
+        }
+        if !self.changed.is_empty() {
+            let payloads = super::notify::payloads(&self.origin, &self.changed);
+            let stmt = self.tx.prepare_cached(NOTIFY).await?;
+            self.tx.execute(&stmt, &[&payloads]).await?;
         }
         let wrote = self.written.is_some();
         let notify = self.notify.clone();
