@@ -15,6 +15,7 @@
 //! PostgreSQL's autovacuum gives way to a conflicting lock request).
 
 mod changes;
+mod history;
 mod idempotency;
 mod leases;
 mod records;
