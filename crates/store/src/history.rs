@@ -177,8 +177,11 @@ pub trait HistoryStore: Send + Sync + 'static {
         let mut after_id = if whole { None } else { query.after.as_ref().map(|p| p.id.clone()) };
         let descending = by_id && query.sort.descending;
         let mut matched: Vec<Record> = Vec::new();
+        // A page reads what it needs, one more to know whether another follows; rows that
+        // did not match (created later, deleted or filtered out then) widen the next read.
+        let mut batch = if whole { AS_OF_BATCH } else { (query.limit + 1).min(AS_OF_BATCH) };
         loop {
-            let rows = self.as_of_rows(tenant, collection, at, after_id.clone(), descending, AS_OF_BATCH).await?;
+            let rows = self.as_of_rows(tenant, collection, at, after_id.clone(), descending, batch).await?;
             let n = rows.len();
             for (id, body) in rows {
                 after_id = Some(id);
@@ -190,9 +193,10 @@ pub trait HistoryStore: Send + Sync + 'static {
                     matched.push(record);
                 }
             }
-            if n < AS_OF_BATCH as usize || (!whole && matched.len() > limit) {
+            if n < batch as usize || (!whole && matched.len() > limit) {
                 break;
             }
+            batch = (batch * 2).min(AS_OF_BATCH);
         }
         let total = query.count.then_some(matched.len() as u64);
         if whole {

@@ -103,12 +103,15 @@ impl HistoryStore for PgStore {
     ) -> Result<Vec<(String, Option<String>)>, StoreError> {
         let table = self.table(collection)?.table.clone();
         let (cmp, dir) = if descending { ("<", "desc") } else { (">", "asc") };
+        // Written out only when there is a position, so that it bounds the key range
+        // (`$4 is null or …` would read the table from its start).
+        let after = if after_id.is_some() { format!("r.id {cmp} $4") } else { "$4::text is null".to_string() };
         // One probe of the versions key per row: the last version at or before `at`.
         let sql = format!(
             "select r.id, (select v.body from versions v
                where v.tenant = r.tenant and v.collection = $2 and v.record_id = r.id and v.valid_from <= $3
                order by v.valid_from desc, v.version desc limit 1)
-             from {table} r where r.tenant = $1 and ($4::text is null or r.id {cmp} $4) order by r.id {dir} limit $5"
+             from {table} r where r.tenant = $1 and {after} order by r.id {dir} limit $5"
         );
         let client = self.client().await?;
         let stmt = client.prepare_cached(&sql).await?;
