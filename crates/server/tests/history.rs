@@ -52,6 +52,12 @@ require_if_match = true
 [collections.contracts.fields]
 title = { type = "string" }
 
+[collections.secrets]
+delete = "hard"
+
+[collections.secrets.fields]
+value = { type = "string" }
+
 [collections.orders]
 archive_after = "90d"
 
@@ -508,6 +514,33 @@ async fn purge_removes_the_versions_and_erasure_counts_them() {
     for text in [events, audit] {
         assert!(!text.contains("ann@example"), "{text}");
     }
+}
+
+#[tokio::test]
+async fn the_purge_worker_and_hard_deletes_remove_the_versions() {
+    let app = app().await;
+    let a = &app.admin;
+    let p = sid(&app.create("projects", a, &json!({"code": "gone"})).await);
+    let kept = sid(&app.create("projects", a, &json!({"code": "kept"})).await);
+    let secret = sid(&app.create("secrets", a, &json!({"value": "x"})).await);
+    app.patch(&format!("/v1/secrets/{secret}"), a, &json!({"value": "y"})).await.assert_status(200);
+    assert_eq!(app.store.list_versions("t1", "secrets", &secret, None, 10).await.unwrap().items.len(), 2);
+    app.delete(&format!("/v1/secrets/{secret}"), a).await.assert_status(204);
+    assert!(app.store.list_versions("t1", "secrets", &secret, None, 10).await.unwrap().items.is_empty());
+
+    app.delete(&format!("/v1/projects/{p}"), a).await.assert_status(204);
+    app.clock.advance(8 * DAY);
+    let pacer = ClockPacer { clock: app.clock.clone(), waits: Mutex::new(Vec::new()) };
+    let worker = PurgeWorker::new(
+        app.store.clone() as Arc<dyn Store>,
+        app.clock.clone(),
+        app.config.schema.clone(),
+        app.config.purge.clone(),
+    );
+    let report = worker.run_pass(&pacer, None, &|_| {}).await;
+    assert_eq!((report.purged, report.errors), (1, 0), "{report:?}");
+    assert!(app.store.list_versions("t1", "projects", &p, None, 10).await.unwrap().items.is_empty());
+    assert_eq!(app.store.list_versions("t1", "projects", &kept, None, 10).await.unwrap().items.len(), 1);
 }
 
 // --- The property: for every instant, as_of answers what a model of the changes says. ---
