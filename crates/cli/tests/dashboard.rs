@@ -2,7 +2,7 @@
 //! (chromedriver + fantoccini) against the real binary serving the demo shop: sign in,
 //! delete with the blast radius and Undo, find and restore in Recently deleted, a unique
 //! conflict explained with its link, a hold that makes purge refuse, archive and unarchive
-//! with the Archived view, erasure behind a typed
+//! with the Archived view, versions compared and a revert, erasure behind a typed
 //! confirmation, a read-only key and another tenant's key. Every page is checked with
 //! axe-core (vendored in `tests/fixtures/axe.min.js`, MPL-2.0): no serious or critical
 //! violation.
@@ -491,6 +491,54 @@ async fn archives_and_unarchives_in_the_archived_view(ui: &Ui) -> Result {
     })
 }
 
+async fn compares_versions_and_reverts(ui: &Ui) -> Result {
+    let made = ui.create("products", json!({"sku": "SKU-HIST", "name": "Teal mug", "price_cents": 700})).await;
+    let id = made["id"].as_str().ok_or("no id")?.to_string();
+    let (status, _) = ui
+        .api(
+            reqwest::Method::PATCH,
+            &format!("/v1/products/{id}"),
+            &ui.admin,
+            Some(json!({"name": "Navy mug", "price_cents": 900})),
+        )
+        .await;
+    check(status == 200, || format!("patch answered {status}"))?;
+    ui.open(&format!("/c/products/{id}")).await?;
+    // Newest first.
+    ui.until("document.querySelectorAll('#versions tbody tr').length === 2").await?;
+    let order =
+        ui.js("return [...document.querySelectorAll('#versions tbody tr')].map(tr => tr.dataset.version);").await?;
+    check(order == json!(["2", "1"]), || format!("versions order: {order}"))?;
+    ui.axe("versions").await?;
+    // Compare 1 with 2: only what changed, old and new side by side.
+    ui.js("document.querySelector('select[name=diff-from]').value = '1'; document.querySelector('select[name=diff-to]').value = '2'; return null;").await?;
+    ui.click("#compare").await?;
+    ui.until("document.querySelector('table#diff')").await?;
+    let rows = ui.js("return [...document.querySelectorAll('#diff tbody tr')].map(tr => [tr.dataset.field, ...[...tr.querySelectorAll('td')].map(td => td.textContent)]);").await?;
+    check(rows == json!([["name", "Teal mug", "Navy mug"], ["price_cents", "700", "900"]]), || {
+        format!("diff rows: {rows}")
+    })?;
+    ui.axe("versions diff").await?;
+    ui.shot("versions").await?;
+    // Revert to 1: a new version 3 with version 1's fields.
+    ui.click("#revert-1").await?;
+    ui.until("document.querySelectorAll('#versions tbody tr').length === 3").await?;
+    let (_, record) = ui.get(&format!("/v1/products/{id}")).await;
+    check(record["version"] == 3 && record["name"] == "Teal mug" && record["price_cents"] == 700, || {
+        format!("reverted: {record}")
+    })?;
+    let top = ui.text("#versions tbody tr:first-child").await?;
+    check(top.contains("revert"), || format!("the newest version: {top:?}"))?;
+    // Not offered for an archived record.
+    ui.click("#archive").await?;
+    ui.click("#confirm-archive").await?;
+    ui.until("document.querySelector('#archived-banner')").await?;
+    ui.until("document.querySelector('#revert-not-offered')").await?;
+    check(ui.js("return document.querySelectorAll('#versions button').length;").await? == json!(0), || {
+        "an archived record offers a revert".into()
+    })
+}
+
 async fn erases_after_typing_the_id(ui: &Ui) -> Result {
     let ada = ui.first_id("/v1/customers?filter[email]=ada@example.com").await;
     ui.open(&format!("/c/customers/{ada}")).await?;
@@ -647,6 +695,7 @@ fn the_dashboard_in_a_real_browser() {
         scenario(&ui, "unique_conflict", explains_a_unique_conflict_with_a_link(&ui)).await;
         scenario(&ui, "hold_refuses_purge", a_hold_makes_purge_refuse(&ui)).await;
         scenario(&ui, "archive", archives_and_unarchives_in_the_archived_view(&ui)).await;
+        scenario(&ui, "versions", compares_versions_and_reverts(&ui)).await;
         scenario(&ui, "erase", erases_after_typing_the_id(&ui)).await;
         scenario(&ui, "other_pages", every_other_page_passes_axe(&ui)).await;
         scenario(&ui, "read_only_key", a_read_only_key_sees_no_delete_buttons(&ui, &reader)).await;

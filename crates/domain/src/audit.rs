@@ -37,12 +37,14 @@ pub enum AuditAction {
     Release,
     Archive,
     Unarchive,
+    /// A record's declared fields set back to those of an earlier version (§14).
+    Revert,
     KeyCreate,
     KeyRevoke,
 }
 
 impl AuditAction {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Create,
         Self::Update,
         Self::Delete,
@@ -54,6 +56,7 @@ impl AuditAction {
         Self::Release,
         Self::Archive,
         Self::Unarchive,
+        Self::Revert,
         Self::KeyCreate,
         Self::KeyRevoke,
     ];
@@ -73,6 +76,7 @@ impl AuditAction {
             Self::Release => "release",
             Self::Archive => "archive",
             Self::Unarchive => "unarchive",
+            Self::Revert => "revert",
             Self::KeyCreate => "key_create",
             Self::KeyRevoke => "key_revoke",
         }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod deletion;
 pub mod events;
 pub mod fuzzing;
+pub mod history;
 pub mod id;
 pub mod lifecycle;
 pub mod query;

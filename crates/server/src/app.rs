@@ -126,6 +126,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::whoami::router())
         .merge(routes::collections::router())
         .merge(crate::ui::router())
+        .merge(routes::history::router())
         .merge(routes::records::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

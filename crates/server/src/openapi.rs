@@ -140,9 +140,12 @@ pub fn openapi(schema: &Schema) -> OpenApi {
             .path(format!("{item}:hold"), PathItem::new(HttpMethod::Post, hold_operation(collection)))
             .path(format!("{item}:release"), PathItem::new(HttpMethod::Post, release_operation(collection, n)))
             .path(format!("{item}:archive"), PathItem::new(HttpMethod::Post, archive_operation(collection, n, true)))
+            .path(format!("{item}:unarchive"), PathItem::new(HttpMethod::Post, archive_operation(collection, n, false)))
+            .path(format!("{item}:revert"), PathItem::new(HttpMethod::Post, revert_operation(collection, n)))
+            .path(format!("{item}/versions"), PathItem::new(HttpMethod::Get, versions_operation(collection, n)))
             .path(
-                format!("{item}:unarchive"),
-                PathItem::new(HttpMethod::Post, archive_operation(collection, n, false)),
+                format!("{item}/versions/{{version}}"),
+                PathItem::new(HttpMethod::Get, version_operation(collection, n)),
             );
     }
 
@@ -923,6 +926,10 @@ fn list_operation(collection: &Collection, names: &CollectionNames) -> Operation
         "Order; `-` for descending. Ties break by id; the default `id` is creation order.",
     ));
     parameters.push(query("count", boolean(), "`true`: add `total`, the number of matching records."));
+    parameters.push(as_of_param(
+        "The list as it was at this instant (§14): the same filters, sort and cursors, applied to the records \
+         as they were; not with `q` (400).",
+    ));
 
     let op = operation(format!("list_{c}"), c, &format!("List {c}"))
         .description(Some("Active records unless asked otherwise; cursors stay stable under concurrent writes."))
@@ -979,10 +986,19 @@ fn get_operation(collection: &Collection, names: &CollectionNames) -> Operation 
             string().enum_values(Some(["deleted"])),
             "`deleted`: answer for a soft-deleted record too (until it is purged). Needs `read_deleted`.",
         ))
+        .parameter(as_of_param(
+            "The record as it was at this instant (§14): 404 if it did not exist then, or was deleted then \
+             (without `include=deleted`).",
+        ))
         .parameter(header_param("If-None-Match", false, "An `ETag`; when current → 304."))
         .response("200", json_response("The record.", schema_ref(&names.record)).header("ETag", etag_header()))
         .response("304", response("Not modified: `If-None-Match` matches.").header("ETag", etag_header()))
-        .response("400", problem("`invalid-parameter`: an unknown parameter or `include` value."))
+        .response(
+            "400",
+            problem(
+                "`invalid-parameter`: an unknown parameter or `include` value; `as_of` not RFC 3339 or in the future.",
+            ),
+        )
         .response(
             "404",
             problem("`not-found`: no such record, or it is deleted (without `include=deleted`), purged or erased."),
@@ -1234,6 +1250,138 @@ fn archive_operation(collection: &Collection, names: &CollectionNames, archive: 
         op = op.response("428", problem("`precondition-required`: this collection requires `If-Match`."));
     }
     authenticated(body_errors(op), "write").build()
+}
+
+/// `as_of` (§14).
+fn as_of_param(description: &str) -> Parameter {
+    query("as_of", date_time(), &format!("{description} RFC 3339, not in the future (400 otherwise)."))
+}
+
+/// The version number in a path or a query.
+fn version_number() -> ObjectBuilder {
+    integer().minimum(Some(1))
+}
+
+/// One version of a record of this collection (§14).
+fn version_schema(names: &CollectionNames) -> ObjectBuilder {
+    let actions = ["create", "update", "delete", "cascade_delete", "restore", "revert", "hold", "release", "archive"]
+        .into_iter()
+        .chain(["unarchive", tombstone_domain::history::BASELINE_ACTION]);
+    closed(require_all(
+        ObjectBuilder::new()
+            .property("version", version_number())
+            .property("valid_from", date_time().description(Some("When the change that wrote it happened.")))
+            .property(
+                "valid_to",
+                nullable_time().description(Some("When the next version replaced it; null for the current one.")),
+            )
+            .property(
+                "action",
+                string().enum_values(Some(actions)).description(Some(
+                    "The change (`baseline`: the state of a record that existed before history did).",
+                )),
+            )
+            .property(
+                "actor",
+                nullable_string().description(Some("The key id (`system` for `archive_after`); null for `baseline`.")),
+            )
+            .property("deletion_id", nullable_string().description(Some("The operation of a delete or restore.")))
+            .property("record", schema_ref(&names.record)),
+        &["version", "valid_from", "valid_to", "action", "actor", "deletion_id", "record"],
+    ))
+}
+
+/// The history endpoints' answers for a record that is not there, or not readable.
+fn history_errors(op: OperationBuilder) -> OperationBuilder {
+    op.response(
+        "404",
+        problem("`not-found`: no such record (another tenant's, purged or erased: their history goes with them)."),
+    )
+}
+
+fn versions_operation(collection: &Collection, names: &CollectionNames) -> Operation {
+    let c = &collection.name;
+    let page = closed(
+        ObjectBuilder::new()
+            .property("items", array_of(version_schema(names)))
+            .property(
+                "next_cursor",
+                string().schema_type(nullable(Type::String)).description(Some("Pass as `cursor` for the next page.")),
+            )
+            .required("items")
+            .required("next_cursor"),
+    );
+    let op = operation(format!("versions_{c}"), c, &format!("List the versions of a record of {c}"))
+        .description(Some(
+            "Every change keeps a version (§14), newest first. A deleted record's history also needs \
+             `read_deleted` (403 otherwise).",
+        ))
+        .parameter(id_param("The record id."))
+        .parameter(limit_param())
+        .parameter(cursor_param(opaque_cursor(), "The `next_cursor` of the previous page."))
+        .response("200", json_response("A page of versions, newest first.", page))
+        .response("400", problem("`invalid-parameter`: an unknown parameter, a bad `limit` or `cursor`."));
+    authenticated(history_errors(op), "read").build()
+}
+
+fn version_operation(collection: &Collection, names: &CollectionNames) -> Operation {
+    let c = &collection.name;
+    let op = operation(format!("version_{c}"), c, &format!("Get one version of a record of {c}"))
+        .description(Some("A deleted record's history also needs `read_deleted` (403 otherwise)."))
+        .parameter(id_param("The record id."))
+        .parameter(
+            ParameterBuilder::new()
+                .name("version")
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .schema(Some(version_number()))
+                .description(Some("The version number.")),
+        )
+        .response("200", json_response("The version.", version_schema(names)).header("ETag", etag_header()))
+        .response("400", problem("`invalid-parameter`: `version` is not a positive integer."))
+        .response(
+            "404",
+            problem("`not-found`: no such record or no such version (another tenant's, purged or erased)."),
+        );
+    authenticated(op, "read").build()
+}
+
+fn revert_operation(collection: &Collection, names: &CollectionNames) -> Operation {
+    let c = &collection.name;
+    let mut op = operation(format!("revert_{c}"), c, &format!("Revert a record of {c} to an earlier version"))
+        .description(Some(
+            "Writes a new version (numbers only grow) whose declared fields equal version `version`'s. \
+             Audited as `revert`, event `record.updated`.",
+        ))
+        .parameter(id_param("The record id."))
+        .parameter(
+            ParameterBuilder::new()
+                .name("version")
+                .parameter_in(ParameterIn::Query)
+                .required(Required::True)
+                .schema(Some(version_number()))
+                .description(Some("The version whose fields to take back.")),
+        )
+        .parameter(if_match_param(collection, "reverted"))
+        .response("200", json_response("The record.", schema_ref(&names.record)).header("ETag", etag_header()))
+        .response("400", problem("`invalid-parameter`: `version` missing or not a positive integer."))
+        .response("404", problem("`not-found`: no such record, or it is deleted."))
+        .response(
+            "409",
+            problem(
+                "`unique-conflict`: an active record holds one of the values now (`conflicting_id`); \
+                 `archived`: the record is archived and read-only.",
+            ),
+        )
+        .response("412", problem("`precondition-failed`: `If-Match` is stale (`current_etag`)."))
+        .response(
+            "422",
+            problem("`validation`: the record has no such version, or a ref of it points to no active record now."),
+        );
+    if collection.require_if_match {
+        op = op.response("428", problem("`precondition-required`: this collection requires `If-Match`."));
+    }
+    authenticated(op, "write").build()
 }
 
 fn release_operation(collection: &Collection, names: &CollectionNames) -> Operation {

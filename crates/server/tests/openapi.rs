@@ -529,6 +529,22 @@ async fn record_lifecycle_answers_are_documented() {
         ),
     ];
     check_documented(&doc, steps, &["200", "422", "409", "200", "200", "200", "200"]);
+
+    // History (§14): versions, one version, as_of reads and revert, answers and refusals.
+    let now = app.get(&kept, &app.admin).await.json()["updated_at"].as_str().unwrap().replace(':', "%3A");
+    let steps: Vec<(&str, &str, common::TestResponse)> = vec![
+        ("/v1/products/{id}/versions", "get", app.get(&format!("{kept}/versions?limit=2"), &app.admin).await),
+        ("/v1/products/{id}/versions", "get", app.get(&format!("{kept}/versions?limit=501"), &app.admin).await),
+        ("/v1/products/{id}/versions/{version}", "get", app.get(&format!("{kept}/versions/1"), &app.admin).await),
+        ("/v1/products/{id}/versions/{version}", "get", app.get(&format!("{kept}/versions/9"), &app.admin).await),
+        ("/v1/products/{id}", "get", app.get(&format!("{kept}?as_of={now}"), &app.admin).await),
+        ("/v1/products/{id}", "get", app.get(&format!("{kept}?as_of=yesterday"), &app.admin).await),
+        ("/v1/products", "get", app.get(&format!("/v1/products?as_of={now}&count=true"), &app.admin).await),
+        ("/v1/products/{id}:revert", "post", app.post_empty(&format!("{kept}:revert?version=1"), &app.admin).await),
+        ("/v1/products/{id}:revert", "post", app.post_empty(&format!("{kept}:revert?version=99"), &app.admin).await),
+        ("/v1/products/{id}:revert", "post", app.post_empty(&format!("{kept}:revert?version=x"), &app.admin).await),
+    ];
+    check_documented(&doc, steps, &["200", "400", "200", "404", "200", "400", "200", "200", "422", "400"]);
 }
 
 fn check_documented(doc: &Value, steps: Vec<(&str, &str, common::TestResponse)>, expected: &[&str]) {

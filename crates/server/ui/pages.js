@@ -1,4 +1,4 @@
-// The pages of the dashboard: collections, browsing (and its Archived view), a record,
+// The pages of the dashboard: collections, browsing (and its Archived view), a record (with its versions),
 // the trash ("Recently deleted") and a deletion operation. Each page is `async (view, args, query)`: it reads
 // the API, then builds its DOM once (a page of 50 records is one DocumentFragment).
 
@@ -306,7 +306,7 @@ export async function record(view, [name, id]) {
     if (can('purge', name)) actions.appendChild(purgeButton(panel, c, r));
     else missing.push('purge');
   }
-  const [refsIn, trail] = await Promise.all([referencesIn(name, id), auditTrail(name, id)]);
+  const [refsIn, trail, versions] = await Promise.all([referencesIn(name, id), auditTrail(name, id), versionsPanel(c, r)]);
   const t = r.deleted ? timeLeft(r.purge_at) : null;
   put(view,
     pageHeader(`${name}: ${label(r)}`),
@@ -326,9 +326,78 @@ export async function record(view, [name, id]) {
     h('section', { 'aria-labelledby': 'h-fields' }, h('h2', { id: 'h-fields' }, 'Fields'), fieldsList(c, r)),
     h('section', { 'aria-labelledby': 'h-refs-out' }, h('h2', { id: 'h-refs-out' }, 'It refers to'), referencesOut(c, r)),
     h('section', { 'aria-labelledby': 'h-refs' }, h('h2', { id: 'h-refs' }, 'Refers to it'), refsIn),
+    h('section', { 'aria-labelledby': 'h-versions' }, h('h2', { id: 'h-versions' }, 'Versions'), versions),
     h('section', { 'aria-labelledby': 'h-history' }, h('h2', { id: 'h-history' }, 'History (audit trail)'), trail),
     h('section', { 'aria-labelledby': 'h-retention', id: 'retention' }, h('h2', { id: 'h-retention' }, 'Legal holds and erasure'),
       holdsPanel(c, r), erasePanel(c, r)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Versions (§14): every change keeps one; two can be compared, and an active record can be
+// reverted to an earlier one's fields (a new version).
+
+/** What a version shows beside its declared fields, in the diff. */
+const DIFFED_SYSTEM = ['deleted', 'archived', 'legal_hold'];
+
+function diffTable(c, a, b) {
+  const names = [...c.fields.map((f) => f.name), ...DIFFED_SYSTEM];
+  const changed = names.filter((n) => JSON.stringify(a.record[n]) !== JSON.stringify(b.record[n]));
+  if (!changed.length) return h('p', { id: 'diff', class: 'muted' }, `Versions ${a.version} and ${b.version} hold the same values.`);
+  return h('div', { class: 'scroll' }, h('table', { id: 'diff' },
+    h('caption', null, `What changed from version ${a.version} to version ${b.version}`),
+    h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'field'),
+      h('th', { scope: 'col' }, `version ${a.version}`), h('th', { scope: 'col' }, `version ${b.version}`))),
+    h('tbody', null, changed.map((n) => h('tr', { dataset: { field: n } },
+      h('th', { scope: 'row' }, n), h('td', { class: 'old' }, show(a.record[n])), h('td', { class: 'new' }, show(b.record[n])))))));
+}
+
+async function versionsPanel(c, r) {
+  let items;
+  try {
+    items = (await get(recordPath(c.name, r.id, '/versions'), { limit: 100 })).items;
+  } catch (e) {
+    return problem(e);
+  }
+  if (!items.length) return h('p', { class: 'muted', id: 'versions' }, 'No versions are kept for this record.');
+  const revertable = !r.deleted && !r.archived && can('write', c.name);
+  const out = h('div', { id: 'diff-out', 'aria-live': 'polite' });
+  const pick = (name, initial) => h('select', { name }, items.map((v) =>
+    h('option', { value: String(v.version), selected: v.version === initial ? true : undefined }, `version ${v.version} (${v.action})`)));
+  const from = pick('diff-from', items.length > 1 ? items[1].version : items[0].version);
+  const to = pick('diff-to', items[0].version);
+  const compare = () => {
+    const a = items.find((v) => String(v.version) === from.value);
+    const b = items.find((v) => String(v.version) === to.value);
+    put(out, diffTable(c, a, b));
+  };
+  const revert = async (v) => {
+    try {
+      await api('POST', recordPath(c.name, r.id, ':revert'), {
+        params: { version: String(v.version) }, headers: { 'If-Match': `"v${r.version}"` },
+      });
+      toast(`Reverted ${c.name} “${label(r)}” to the fields of version ${v.version}.`, null, 6000);
+      render();
+    } catch (e) {
+      put(out, problem(e));
+    }
+  };
+  return h('div', null,
+    h('div', { class: 'scroll' }, h('table', { id: 'versions' },
+      h('caption', { class: 'sr-only' }, 'Versions, newest first'),
+      h('thead', null, h('tr', null, ['version', 'from', 'action', 'by', 'operation', revertable ? 'revert' : null]
+        .filter((t) => t !== null).map((t) => h('th', { scope: 'col' }, t)))),
+      h('tbody', null, items.map((v) => h('tr', { dataset: { version: String(v.version) } },
+        h('td', null, String(v.version)), h('td', null, when(v.valid_from)), h('td', null, v.action),
+        h('td', null, actor(v.actor)),
+        h('td', null, v.deletion_id ? link(`/deletions/${v.deletion_id}`, 'operation') : '—'),
+        revertable ? h('td', null, v.version === r.version ? 'current'
+          : h('button', { type: 'button', id: `revert-${v.version}`, onclick: () => revert(v) }, `Revert to ${v.version}`)) : null))))),
+    revertable ? null : h('p', { class: 'muted', id: 'revert-not-offered' },
+      r.deleted || r.archived ? 'Revert is offered for active records that are not archived.' : 'Revert needs the write scope.'),
+    h('div', { class: 'actions', id: 'diff-form' },
+      field('Compare version', from), field('with version', to),
+      h('button', { type: 'button', id: 'compare', onclick: compare }, 'Show differences')),
+    out);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 //! Tombstone's storage layer: the store traits by area ([`RecordStore`], [`DeletionStore`],
-//! [`RetentionStore`], [`EventStore`], [`KeyStore`], [`WorkerStore`], and [`Store`] over them), the write
+//! [`RetentionStore`], [`EventStore`], [`KeyStore`], [`WorkerStore`], [`HistoryStore`], and [`Store`] over them), the write
 //! rules every store shares (`rules`, over the transaction interface `rules::Tx`), and
 //! two stores: embedded SQLite ([`SqliteStore`]) and PostgreSQL ([`PgStore`]).
 //!
@@ -8,6 +8,7 @@
 //! together or not at all.
 
 pub mod cache;
+pub mod history;
 pub mod postgres;
 pub mod priority;
 pub mod redis_cache;
@@ -30,6 +31,7 @@ use tombstone_domain::time::Timestamp;
 use tombstone_domain::webhook::DeliveryError;
 
 pub use cache::{MemoryCache, RecordCache};
+pub use history::{HistoryStore, VersionPage, VersionRow};
 pub use postgres::{GroupStats, PgStore, ScratchDatabase};
 pub use redis_cache::RedisCache;
 pub use sqlite::SqliteStore;
@@ -983,7 +985,9 @@ pub trait WorkerStore: Send + Sync + 'static {
 /// needs a store takes `Arc<dyn Store>` and brings the areas it calls into scope
 /// (`use tombstone_store::prelude::*`).
 #[async_trait]
-pub trait Store: RecordStore + DeletionStore + RetentionStore + EventStore + KeyStore + WorkerStore {
+pub trait Store:
+    RecordStore + DeletionStore + RetentionStore + EventStore + KeyStore + WorkerStore + HistoryStore
+{
     /// Creates or updates the tables and indexes the schema needs, keeping every row.
     ///
     /// # Errors
@@ -1005,5 +1009,7 @@ pub trait Store: RecordStore + DeletionStore + RetentionStore + EventStore + Key
 
 /// The store traits, to bring every area's methods into scope at once.
 pub mod prelude {
-    pub use crate::{DeletionStore, EventStore, KeyStore, RecordStore, RetentionStore, Store, WorkerStore};
+    pub use crate::{
+        DeletionStore, EventStore, HistoryStore, KeyStore, RecordStore, RetentionStore, Store, WorkerStore,
+    };
 }

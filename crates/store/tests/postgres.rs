@@ -120,7 +120,7 @@ async fn replicas_starting_together_apply_each_migration_once() {
     let applied: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(
         applied,
-        ["0001_system", "0002_audit", "0003_outbox", "0004_webhooks", "0005_retention", "0006_nats"]
+        ["0001_system", "0002_audit", "0003_outbox", "0004_webhooks", "0005_retention", "0006_nats", "0007_history"]
             .map(|n| (n.to_string(), 1))
             .to_vec()
     );
@@ -278,6 +278,32 @@ async fn a_table_from_before_archive_gains_its_columns_and_keeps_its_rows() {
     let request = tombstone_domain::lifecycle::ArchiveRequest::Archive { reason: None };
     assert!(again.archive_record(&actor("t1"), &p1, "a", request, None, at(SECOND)).await.unwrap().is_archived());
     assert!(again.list_records("t1", &p1, &ListQuery::default()).await.unwrap().items.is_empty());
+    drop(again);
+    drop(store);
+    db.drop_db().await;
+}
+
+/// A database from before history (§14): no version rows, no baseline mark. Migrating
+/// gives each record one `baseline` version, once.
+#[tokio::test]
+async fn records_from_before_history_get_one_baseline_version() {
+    let Some(db) = TestDb::create("records_from_before_history_get_one_baseline").await else { return };
+    let store = db.store(4).await;
+    let v1 = schema(PRODUCTS);
+    store.migrate(&v1).await.unwrap();
+    let p1 = coll(&v1, "products");
+    let a = new_record("t1", &p1, "a", values(&[("sku", s("A")), ("name", s("Mug"))]), at(0));
+    insert(&store, &p1, &a).await.unwrap();
+    let client = db.client().await;
+    client.batch_execute("delete from versions; delete from history_baselines;").await.expect("make it as it was");
+    let again = db.store(4).await;
+    again.migrate(&v1).await.expect("migrate");
+    again.migrate(&v1).await.expect("migrate again: no second baseline");
+    let page = again.list_versions("t1", "products", "a", None, 10).await.unwrap();
+    let summary: Vec<(i64, &str, Option<&str>, Timestamp)> =
+        page.items.iter().map(|v| (v.version, v.action.as_str(), v.actor.as_deref(), v.valid_from)).collect();
+    assert_eq!(summary, vec![(1, "baseline", None, at(0))]);
+    assert_eq!(page.items[0].record["sku"], "A");
     drop(again);
     drop(store);
     db.drop_db().await;

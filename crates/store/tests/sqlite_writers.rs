@@ -285,3 +285,38 @@ async fn a_table_from_before_archive_gains_its_columns_and_keeps_its_rows() {
     let page = store.list_records("t1", &c, &tombstone_domain::query::ListQuery::default()).await.expect("list");
     assert!(page.items.is_empty(), "an archived record leaves the default list");
 }
+
+/// A database from before history (§14): no version rows, no baseline mark. Migrating
+/// gives each record one `baseline` version (its state then, valid from its `updated_at`,
+/// no actor), once; the next change continues from it.
+#[tokio::test]
+async fn records_from_before_history_get_one_baseline_version() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("old.db");
+    let sch = schema();
+    let c = notes(&sch);
+    {
+        let store = SqliteStore::open(&path).expect("open");
+        store.migrate(&sch).await.expect("migrate");
+        store.create_record(&actor(), &c, note(&c, "n1"), None).await.expect("create");
+    }
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch("delete from versions; delete from history_baselines;").expect("make it as it was");
+    }
+    let store = SqliteStore::open(&path).expect("open");
+    store.migrate(&sch).await.expect("migrate");
+    store.migrate(&sch).await.expect("migrate again: no second baseline");
+    let page = store.list_versions("t1", "notes", "n1", None, 10).await.expect("versions");
+    let summary: Vec<(i64, &str, Option<&str>)> =
+        page.items.iter().map(|v| (v.version, v.action.as_str(), v.actor.as_deref())).collect();
+    assert_eq!(summary, vec![(1, "baseline", None)]);
+    let n1 = store.get_record("t1", &c, "n1").await.expect("get").expect("kept");
+    assert_eq!(page.items[0].valid_from, n1.updated_at);
+    assert_eq!(page.items[0].record["text"], "note n1");
+    let request = tombstone_domain::lifecycle::ArchiveRequest::Archive { reason: None };
+    store.archive_record(&actor(), &c, "n1", request, None, Timestamp::from_micros(2_000)).await.expect("archive");
+    let page = store.list_versions("t1", "notes", "n1", None, 10).await.expect("versions");
+    assert_eq!(page.items.iter().map(|v| v.action.as_str()).collect::<Vec<_>>(), ["archive", "baseline"]);
+    assert_eq!(page.items[1].valid_to, Some(Timestamp::from_micros(2_000)));
+}

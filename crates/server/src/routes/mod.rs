@@ -6,6 +6,7 @@ pub(crate) mod deletions;
 pub(crate) mod events;
 pub(crate) mod extract;
 pub(crate) mod health;
+pub(crate) mod history;
 pub(crate) mod keys;
 pub(crate) mod records;
 pub(crate) mod retention;

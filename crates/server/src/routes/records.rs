@@ -1,4 +1,5 @@
-//! The record endpoints: create, get, list, patch, delete (and its dry run), restore, archive.
+//! The record endpoints: create, get, list, patch, delete (and its dry run), restore, archive;
+//! `as_of` reads and `:revert` are answered by `routes::history`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,7 +44,7 @@ pub(crate) fn router() -> Router<AppState> {
 }
 
 /// The actions of a record (`POST /v1/{c}/{id}:action`).
-const RECORD_ACTIONS: &[&str] = &["restore", "purge", "erase", "hold", "release", "archive", "unarchive"];
+const RECORD_ACTIONS: &[&str] = &["restore", "purge", "erase", "hold", "release", "archive", "unarchive", "revert"];
 
 fn collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
     state.schema.collection(name).cloned().ok_or_else(|| ApiError::NotFound(format!("no collection {name:?}")))
@@ -294,7 +295,7 @@ async fn get_record(
     refuse_action(&id, RECORD_ACTIONS)?;
     let collection = collection(&state, &name)?;
     caller.require(Permission::Read, Some(&collection.name))?;
-    query.only(&["include"])?;
+    query.only(&["include", "as_of"])?;
     let include_deleted = match query.get("include") {
         None => false,
         Some("deleted") => true,
@@ -309,7 +310,11 @@ async fn get_record(
         caller.require(Permission::ReadDeleted, Some(&collection.name))?;
     }
     count_read(&collection, include_deleted);
+    let at = super::history::as_of(&state, &query)?;
     let id = checked_id(&collection, &id)?;
+    if let Some(at) = at {
+        return super::history::get_record_as_of(&state, &caller, &collection, id, at, include_deleted).await;
+    }
     let record = state
         .store
         .get_record(caller.tenant(), &collection, id)
@@ -336,6 +341,10 @@ async fn list_records(
 ) -> Result<Response, ApiError> {
     let collection = collection(&state, &name)?;
     caller.require(Permission::Read, Some(&collection.name))?;
+    if let Some(at) = super::history::as_of(&state, &query)? {
+        count_read(&collection, false);
+        return super::history::list_as_of(&state, &caller, &collection, &query.0, at).await;
+    }
     let mut list = ListQuery::parse(&collection, &query.0)?;
     if let Some(q) = &list.q {
         // The index proposes candidates; the database decides (deleted, purged and erased
@@ -505,6 +514,13 @@ async fn record_action(
         "release" => release_hold(&state, &caller, &collection, id, &query).await,
         "archive" => archive_record(&state, &caller, &collection, id, &headers, &query, Some(body)).await,
         "unarchive" => archive_record(&state, &caller, &collection, id, &headers, &query, None).await,
+        "revert" => {
+            caller.require(Permission::Write, Some(&collection.name))?;
+            let cond = write_precondition(&collection, &headers)?;
+            let record = super::history::revert_record(&state, &caller, &collection, id, &query, cond).await?;
+            log_action(&caller, &collection, id, None, "reverted");
+            record_response(&state, StatusCode::OK, &caller, &collection, &record).await
+        }
         other => Err(ApiError::NotFound(format!("no action {other:?} on records"))),
     }
 }

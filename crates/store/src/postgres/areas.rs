@@ -776,7 +776,7 @@ impl RetentionStore for PgStore {
     async fn erasure_receipt(&self, tenant: &str, collection: &str, id: &str) -> Result<Option<Erasure>, StoreError> {
         let rows = self
             .query(
-                "select erased_at, audit_seq, events, idempotent_responses, counts from erasures
+                "select erased_at, audit_seq, events, idempotent_responses, counts, versions from erasures
                  where tenant = $1 and collection = $2 and record_id = $3",
                 &[&tenant, &collection, &id],
             )
@@ -801,7 +801,7 @@ impl RetentionStore for PgStore {
             id: id.to_string(),
             erased_at: Timestamp::from_micros(row.try_get(0)?),
             audit_seq: row.try_get(1)?,
-            versions: 0,
+            versions: count(row.try_get(5)?),
             events: count(row.try_get(2)?),
             idempotent_responses: count(row.try_get(3)?),
             counts,
@@ -809,8 +809,9 @@ impl RetentionStore for PgStore {
         }))
     }
 
-    /// PostgreSQL's storage step is a vacuum: the erased rows, and the scrubbed versions of
-    /// outbox and idempotency rows, stay in their tables' pages as dead tuples until one
+    /// PostgreSQL's storage step is a vacuum: the erased rows and their removed history
+    /// rows (`versions`), and the scrubbed versions of outbox and idempotency rows, stay in
+    /// their tables' pages as dead tuples until one
     /// prunes them — and a vacuum keeps every tuple deleted by a transaction that is not
     /// older than the oldest snapshot xmin of the database's backends, the vacuum's own
     /// included. A snapshot's xmin is the oldest transaction running anywhere in the
@@ -876,7 +877,7 @@ impl RetentionStore for PgStore {
         }
         tables.sort();
         tables.dedup();
-        tables.extend(["outbox".to_string(), "idempotency".to_string()]);
+        tables.extend(["outbox".to_string(), "idempotency".to_string(), "versions".to_string()]);
         // VACUUM cannot run inside a transaction block: plain statements on their own.
         let client = self.client().await?;
         client.batch_execute("set lock_timeout = '2s'").await?;

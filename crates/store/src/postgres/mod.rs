@@ -20,6 +20,7 @@ mod areas;
 mod changes;
 mod error;
 mod group;
+mod history;
 mod idempotency;
 mod leases;
 mod notify;

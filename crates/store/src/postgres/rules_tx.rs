@@ -9,6 +9,7 @@ use tombstone_domain::audit::NewAuditEntry;
 use tombstone_domain::config::Collection;
 use tombstone_domain::deletion::{DeletionStatus, EventualEdge, RecordRef};
 use tombstone_domain::events::NewEvent;
+use tombstone_domain::history::NewVersion;
 use tombstone_domain::lifecycle::Actor;
 use tombstone_domain::record::{DeletionMark, Hold, Record, Values};
 use tombstone_domain::time::Timestamp;
@@ -31,6 +32,33 @@ fn read_queued(r: &tokio_postgres::Row) -> Result<QueuedRelation, tokio_postgres
 }
 
 const QUEUED_COLUMNS: &str = "q.deletion_id, q.tenant, q.child_collection, q.field, q.parent_id, q.after_id";
+
+/// Stores versions (the `versions` table of migration `0007_history`) in one statement.
+pub(crate) async fn insert_versions(
+    tx: &deadpool_postgres::Transaction<'_>,
+    versions: &[NewVersion],
+) -> Result<(), StoreError> {
+    if versions.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&NewVersion) -> String| versions.iter().map(f).collect::<Vec<String>>();
+    let (tenants, collections, ids) =
+        (col(|v| v.tenant.clone()), col(|v| v.collection.clone()), col(|v| v.record_id.clone()));
+    let (actions, bodies) = (col(|v| v.action.clone()), col(|v| v.body.clone()));
+    let valid_from: Vec<i64> = versions.iter().map(|v| v.valid_from.as_micros()).collect();
+    let numbers: Vec<i64> = versions.iter().map(|v| v.version).collect();
+    let actors: Vec<Option<String>> = versions.iter().map(|v| v.actor.clone()).collect();
+    let deletions: Vec<Option<String>> = versions.iter().map(|v| v.deletion_id.clone()).collect();
+    let stmt = tx
+        .prepare_cached(
+            "insert into versions (tenant, collection, record_id, valid_from, version, action, actor, deletion_id, body)
+             select * from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[])",
+        )
+        .await?;
+    tx.execute(&stmt, &[&tenants, &collections, &ids, &valid_from, &numbers, &actions, &actors, &deletions, &bodies])
+        .await?;
+    Ok(())
+}
 
 fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -200,6 +228,40 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
+    async fn append_versions(&mut self, versions: Vec<NewVersion>) -> Result<(), StoreError> {
+        insert_versions(self.transaction(), &versions).await
+    }
+
+    async fn version_body(
+        &mut self,
+        tenant: &str,
+        collection: &str,
+        id: &str,
+        n: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let rows = self
+            .rows(
+                "select body from versions where tenant = $1 and collection = $2 and record_id = $3 and version = $4",
+                &[&tenant, &collection, &id, &n],
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn remove_versions(&mut self, collection: &str, rows: &[(String, String)]) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let tenants: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+        let ids: Vec<&str> = rows.iter().map(|(_, i)| i.as_str()).collect();
+        self.exec(
+            "delete from versions v using unnest($1::text[], $2::text[]) as d(tenant, id)
+             where v.tenant = d.tenant and v.collection = $3 and v.record_id = d.id",
+            &[&tenants, &ids, &collection],
+        )
+        .await
+    }
+
     async fn scrub_events(&mut self, tenant: &str, collection: &str, id: &str) -> Result<u64, StoreError> {
         self.exec(
             "update outbox set data = null where tenant = $1 and collection = $2 and record_id = $3 and data is not null",
@@ -224,10 +286,11 @@ impl Tx for PgTx<'_> {
     async fn put_erasure(&mut self, tenant: &str, receipt: &Erasure) -> Result<(), StoreError> {
         let counts = serde_json::to_string(&receipt.counts).map_err(|e| StoreError::Internal(e.to_string()))?;
         self.exec(
-            "insert into erasures (tenant, collection, record_id, erased_at, audit_seq, events, idempotent_responses, counts)
-             values ($1, $2, $3, $4, $5, $6, $7, $8)
+            "insert into erasures (tenant, collection, record_id, erased_at, audit_seq, events, idempotent_responses, counts, versions)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              on conflict (tenant, collection, record_id) do update set erased_at = excluded.erased_at, audit_seq = excluded.audit_seq,
-             events = excluded.events, idempotent_responses = excluded.idempotent_responses, counts = excluded.counts",
+             events = excluded.events, idempotent_responses = excluded.idempotent_responses, counts = excluded.counts,
+             versions = excluded.versions",
             &[
                 &tenant,
                 &receipt.collection,
@@ -237,6 +300,7 @@ impl Tx for PgTx<'_> {
                 &count(receipt.events),
                 &count(receipt.idempotent_responses),
                 &counts,
+                &count(receipt.versions),
             ],
         )
         .await?;

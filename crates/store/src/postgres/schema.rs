@@ -39,6 +39,7 @@ const SYSTEM_MIGRATIONS: &[(&str, &str)] = &[
     ("0004_webhooks", include_str!("migrations/0004_webhooks.sql")),
     ("0005_retention", include_str!("migrations/0005_retention.sql")),
     ("0006_nats", include_str!("migrations/0006_nats.sql")),
+    ("0007_history", include_str!("migrations/0007_history.sql")),
 ];
 
 /// The advisory lock every schema change takes (`pg_advisory_xact_lock`): replicas that
@@ -334,6 +335,36 @@ pub(crate) async fn migrate_collection(tx: &Transaction<'_>, collection: &Collec
     )
     .await?;
     register_constraints(collection);
+    baseline_versions(tx, collection).await?;
+    Ok(())
+}
+
+/// Gives every record of a collection from before history (SPEC section 14) its first
+/// version — its state now, action `baseline`, valid from its `updated_at` — once per
+/// collection. A collection created afterwards has no rows then and only gains the mark.
+async fn baseline_versions(tx: &Transaction<'_>, collection: &Collection) -> Result<(), StoreError> {
+    let name = &collection.name;
+    if tx.query_opt("select 1 from history_baselines where collection = $1", &[name]).await?.is_some() {
+        return Ok(());
+    }
+    let sql = super::records::TableSql::new(collection);
+    let rows = tx.query(&sql.select, &[]).await?;
+    let versions = rows
+        .iter()
+        .map(|row| {
+            let record = super::records::read_record(collection, row)?;
+            Ok(tombstone_domain::history::NewVersion::of(
+                collection,
+                &record,
+                tombstone_domain::history::BASELINE_ACTION,
+                None,
+            ))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    for chunk in versions.chunks(1000) {
+        super::rules_tx::insert_versions(tx, chunk).await?;
+    }
+    tx.execute("insert into history_baselines (collection) values ($1)", &[name]).await?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use tombstone_domain::audit::AuditAction;
 use tombstone_domain::config::{Collection, DeleteMode, Schema};
 use tombstone_domain::deletion::{DeletionPlan, DeletionStatus, RecordRef};
 use tombstone_domain::events::{EventType, record_event};
+use tombstone_domain::history::NewVersion;
 use tombstone_domain::lifecycle::Actor;
 use tombstone_domain::record::{DeletionMark, Record};
 use tombstone_domain::time::Timestamp;
@@ -46,6 +47,8 @@ pub(crate) async fn delete_records<T: Tx>(
         let child_mark =
             DeletionMark { purge_at: mark.deleted_at.saturating_add(collection.retention), ..mark.clone() };
         if hard {
+            let pairs: Vec<(String, String)> = rows.iter().map(|r| (r.tenant.clone(), r.id.clone())).collect();
+            tx.remove_versions(&collection.name, &pairs).await?;
             tx.remove_active_many(collection, &actor.tenant, &ids).await?;
         } else {
             tx.soft_delete_many(collection, &actor.tenant, &ids, &child_mark).await?;
@@ -59,6 +62,7 @@ pub(crate) async fn delete_records<T: Tx>(
         let mut entries = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         let mut listed = Vec::with_capacity(rows.len());
+        let mut versions = Vec::with_capacity(if hard { 0 } else { rows.len() });
         for row in rows {
             let deleted = Record {
                 version: row.version + 1,
@@ -69,6 +73,12 @@ pub(crate) async fn delete_records<T: Tx>(
             entries.push(audit_entry(actor, action, &deleted, mark.reason.as_deref(), mark.deleted_at));
             events.push(record_event(kind, collection, &deleted, &actor.request_id, mark.deleted_at));
             listed.push(RecordRef::new(name, &deleted.id));
+            if !hard {
+                versions.push(NewVersion::for_change(collection, &deleted, action, &actor.key_id));
+            }
+        }
+        if !versions.is_empty() {
+            tx.append_versions(versions).await?;
         }
         tx.append_changes(entries, events).await?;
         tx.add_deletion_records(&mark.deletion_id, &listed).await?;
@@ -151,6 +161,9 @@ pub(crate) async fn restore_operation<T: Tx>(
         entry.deletion_id = Some(id.to_string());
         let mut event = record_event(EventType::Restored, &collection, &back, &actor.request_id, now);
         event.deletion_id = Some(id.to_string());
+        let mut version = NewVersion::for_change(&collection, &back, AuditAction::Restore, &actor.key_id);
+        version.deletion_id = Some(id.to_string());
+        tx.append_versions(vec![version]).await?;
         tx.append_changes(vec![entry], vec![event]).await?;
         restored.push(back);
     }

@@ -21,6 +21,7 @@ use tombstone_domain::audit::{AuditAction, NewAuditEntry};
 use tombstone_domain::config::{Collection, Schema};
 use tombstone_domain::deletion::{ChildFinder, DeletionStatus, EventualEdge, RecordRef};
 use tombstone_domain::events::{EventType, NewEvent, record_event};
+use tombstone_domain::history::NewVersion;
 use tombstone_domain::lifecycle::Actor;
 use tombstone_domain::record::{DeletionMark, Hold, Record, Values};
 use tombstone_domain::time::Timestamp;
@@ -142,6 +143,20 @@ pub(crate) trait Tx {
         tenant: &str,
         ids: &[String],
     ) -> Result<(), StoreError>;
+
+    /// Stores versions of records (§14), in order; append-only.
+    async fn append_versions(&mut self, versions: Vec<NewVersion>) -> Result<(), StoreError>;
+    /// The stored representation of version `n` of a record.
+    async fn version_body(
+        &mut self,
+        tenant: &str,
+        collection: &str,
+        id: &str,
+        n: i64,
+    ) -> Result<Option<String>, StoreError>;
+    /// Removes every version of these records (`(tenant, id)` pairs of `collection`);
+    /// returns how many rows went.
+    async fn remove_versions(&mut self, collection: &str, rows: &[(String, String)]) -> Result<u64, StoreError>;
 
     /// Removes these rows (`(tenant, id)` pairs), whatever their state.
     async fn remove_rows(&mut self, collection: &Collection, rows: &[(String, String)]) -> Result<(), StoreError>;
@@ -296,7 +311,8 @@ pub(crate) fn audit_entry(
     }
 }
 
-/// Records a change to a record: its audit entry and its event.
+/// Records a change to a record: its audit entry and its event, and — unless the record
+/// is gone (a purge, an erasure) — its version.
 pub(crate) async fn record_change<T: Tx>(
     tx: &mut T,
     actor: &Actor,
@@ -306,6 +322,9 @@ pub(crate) async fn record_change<T: Tx>(
     reason: Option<&str>,
     now: Timestamp,
 ) -> Result<(), StoreError> {
+    if kind != EventType::Purged && kind != EventType::Erased {
+        tx.append_versions(vec![NewVersion::for_change(collection, record, action, &actor.key_id)]).await?;
+    }
     let entry = audit_entry(actor, action, record, reason, now);
     tx.append_changes(vec![entry], vec![record_event(kind, collection, record, &actor.request_id, now)]).await?;
     Ok(())

@@ -5,6 +5,7 @@ use tombstone_domain::audit::AuditAction;
 use tombstone_domain::config::{Collection, DeleteMode, FieldType, OnDelete, Schema};
 use tombstone_domain::deletion::{DeletionPlan, DeletionStatus, RecordRef};
 use tombstone_domain::events::EventType;
+use tombstone_domain::history::NewVersion;
 use tombstone_domain::lifecycle::{
     Actor, ArchiveDecision, ArchiveRequest, DeleteDecision, DeleteRequest, IfMatch, PatchDecision, RestoreDecision,
     decide_archive, decide_delete, decide_patch, decide_restore,
@@ -243,6 +244,12 @@ pub(crate) async fn delete<T: Tx>(
         tx.set_deletion(collection, &deleted).await?;
         (AuditAction::Delete, EventType::Deleted)
     };
+    if hard {
+        tx.remove_versions(&collection.name, &[(actor.tenant.clone(), id.to_string())]).await?;
+    } else {
+        tx.append_versions(vec![NewVersion::for_change(collection, &deleted, AuditAction::Delete, &actor.key_id)])
+            .await?;
+    }
     if plan.immediate.len() == 1 && plan.eventual_edges.is_empty() {
         // The operation is this record alone, inserted as done: its completion is known
         // without reading back what was just written, and goes out with the record's own
@@ -259,7 +266,8 @@ pub(crate) async fn delete<T: Tx>(
             DeleteOutcome::SoftDeleted { deletion_id: request.deletion_id, record: Box::new(deleted) }
         });
     }
-    record_change(tx, actor, change, collection, &deleted, reason, now).await?;
+    let entry = audit_entry(actor, change.0, &deleted, reason, now);
+    tx.append_changes(vec![entry], vec![record_event(change.1, collection, &deleted, &actor.request_id, now)]).await?;
     let mark = deleted.deletion.clone().ok_or_else(|| StoreError::Internal("a deleted record has no mark".into()))?;
     deletions::delete_records(tx, schema, actor, &plan.immediate[1..], &mark).await?;
     if plan.eventual_edges.is_empty() {
@@ -335,4 +343,40 @@ pub(crate) async fn archive<T: Tx>(
             Ok(changed)
         }
     }
+}
+
+/// Reverts an active record to the declared fields of its version `n` (§14): a new
+/// version — version numbers only grow — audited `revert`, announced `record.updated`.
+/// The same preconditions as a PATCH hold (deleted → `NotFound`, archived, `If-Match`);
+/// refs must point at active records now and unique values must be free now.
+pub(crate) async fn revert<T: Tx>(
+    tx: &mut T,
+    actor: &Actor,
+    collection: &Collection,
+    id: &str,
+    n: i64,
+    if_match: Option<&IfMatch>,
+    now: Timestamp,
+) -> Result<Record, StoreError> {
+    let current = tx.get(collection, &actor.tenant, id).await?.ok_or(StoreError::NotFound)?;
+    let version = match decide_patch(&current, if_match) {
+        PatchDecision::NotFound => return Err(StoreError::NotFound),
+        PatchDecision::Archived => return Err(StoreError::Archived),
+        PatchDecision::PreconditionFailed { current } => return Err(StoreError::PreconditionFailed { current }),
+        PatchDecision::Apply { version } => version,
+    };
+    let Some(body) = tx.version_body(&actor.tenant, &collection.name, id, n).await? else {
+        return Err(StoreError::Validation(ValidationErrors(vec![FieldError {
+            field: "version".into(),
+            message: format!("the record has no version {n}"),
+        }])));
+    };
+    let body: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| StoreError::Internal(format!("version {n} is not JSON: {e}")))?;
+    let values = tombstone_domain::history::values_from_body(collection, &body);
+    check_refs(tx, collection, &actor.tenant, &values, None).await?;
+    let reverted = Record { version, updated_at: now, values, ..current };
+    tx.update_values(collection, &reverted).await?;
+    record_change(tx, actor, (AuditAction::Revert, EventType::Updated), collection, &reverted, None, now).await?;
+    Ok(reverted)
 }

@@ -6,6 +6,7 @@ use tombstone_domain::audit::{AuditAction, NewAuditEntry};
 use tombstone_domain::config::{Collection, Schema};
 use tombstone_domain::deletion::{DeletionPlan, RecordRef};
 use tombstone_domain::events::{EventType, NewEvent, record_event};
+use tombstone_domain::history::NewVersion;
 use tombstone_domain::id::new_hold_id;
 use tombstone_domain::lifecycle::{Actor, ArchiveRequest};
 use tombstone_domain::record::{Hold, Record};
@@ -36,6 +37,7 @@ async fn held_changed<T: Tx>(
     entry.hold_id = Some(hold_id.to_string());
     entry.case = case;
     let event = record_event(EventType::Updated, collection, &current, &actor.request_id, now);
+    tx.append_versions(vec![NewVersion::for_change(collection, &current, action, &actor.key_id)]).await?;
     tx.append_changes(vec![entry], vec![event]).await?;
     Ok(current)
 }
@@ -98,6 +100,7 @@ pub(crate) async fn purge_record<T: Tx>(
         return Err(StoreError::LegalHold);
     }
     tx.remove(collection, &actor.tenant, id).await?;
+    tx.remove_versions(&collection.name, &[(actor.tenant.clone(), id.to_string())]).await?;
     record_change(tx, actor, (AuditAction::Purge, EventType::Purged), collection, &record, reason, now).await
 }
 
@@ -157,6 +160,7 @@ pub(crate) async fn purge_rows<T: Tx>(
 ) -> Result<(), StoreError> {
     let pairs: Vec<(String, String)> = due.iter().map(|r| (r.tenant.clone(), r.id.clone())).collect();
     tx.remove_rows(collection, &pairs).await?;
+    tx.remove_versions(&collection.name, &pairs).await?;
     let mut entries = Vec::with_capacity(due.len());
     let mut events = Vec::with_capacity(due.len());
     for row in due {
@@ -231,10 +235,11 @@ pub(crate) async fn erase<T: Tx>(
         *counts.entry(c.name.clone()).or_insert(0) += 1;
     }
     let mut receipt: Option<Erasure> = None;
-    let (mut events, mut responses) = (0, 0);
+    let (mut events, mut responses, mut versions) = (0, 0, 0);
     for (c, record) in &doomed {
         let one = erase_one(tx, c, actor, record, reason, now).await?;
         events += one.events;
+        versions += one.versions;
         responses += one.idempotent_responses;
         if receipt.is_none() {
             receipt = Some(one);
@@ -242,6 +247,7 @@ pub(crate) async fn erase<T: Tx>(
     }
     let mut receipt = receipt.ok_or(StoreError::NotFound)?;
     receipt.events = events;
+    receipt.versions = versions;
     receipt.idempotent_responses = responses;
     receipt.counts = counts;
     // The root's receipt covers the whole erasure.
@@ -263,6 +269,8 @@ async fn erase_one<T: Tx>(
     let events = tx.scrub_events(&actor.tenant, &collection.name, id).await?;
     let responses = tx.scrub_idempotent_responses(&actor.tenant, &collection.name, id).await?;
     tx.remove(collection, &actor.tenant, id).await?;
+    // Every version held the values: they go with the row (the strongest scrub), counted.
+    let versions = tx.remove_versions(&collection.name, &[(actor.tenant.clone(), id.to_string())]).await?;
     let (audit_seq, event_seq) = tx
         .append_changes(
             vec![audit_entry(actor, AuditAction::Erase, record, reason, now)],
@@ -281,7 +289,7 @@ async fn erase_one<T: Tx>(
         id: id.to_string(),
         erased_at: now,
         audit_seq,
-        versions: 0,
+        versions,
         events,
         idempotent_responses: responses,
         counts: BTreeMap::from([(collection.name.clone(), 1)]),

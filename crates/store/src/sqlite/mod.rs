@@ -16,6 +16,7 @@
 
 mod changes;
 mod group;
+mod history;
 mod idempotency;
 mod leases;
 mod records;

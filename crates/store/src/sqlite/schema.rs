@@ -337,6 +337,40 @@ create table relay_positions (
 ) without rowid;
 ",
     ),
+    (
+        "0011_history",
+        r"
+-- History (SPEC section 14): one row per change of a record, written in the change's
+-- transaction, append-only. body is the record's representation as the change left it
+-- (JSON text, without holds). A version is valid from valid_from (µs, the record's
+-- updated_at) until the valid_from of the record's next version: valid_to is derived,
+-- never stored, so a change writes one row and updates none. The key orders a record's
+-- versions by time, which is also version order: one b-tree answers the list (newest
+-- first), a version by number and the version in force at an instant (the last one with
+-- valid_from <= T), without reading the rest of the history.
+create table versions (
+    tenant      text not null,
+    collection  text not null,
+    record_id   text not null,
+    valid_from  integer not null,
+    version     integer not null,
+    action      text not null,
+    actor       text,
+    deletion_id text,
+    body        text not null,
+    primary key (tenant, collection, record_id, valid_from, version)
+) without rowid;
+
+-- Collections whose records existed before history did and have their baseline version
+-- (written once per collection by the collection migration).
+create table history_baselines (
+    collection  text primary key
+) without rowid;
+
+-- An erasure removes every version of the records it erases; its receipt counts them.
+alter table erasures add column versions integer not null default 0;
+",
+    ),
 ];
 
 /// Connection settings for the one writer. WAL lets readers run beside it;
@@ -563,6 +597,36 @@ pub(crate) fn migrate_collection(tx: &Transaction<'_>, collection: &Collection) 
         "insert into collections (name, definition) values (?1, ?2) on conflict (name) do update set definition = excluded.definition",
         params![name, def_json],
     )?;
+    baseline_versions(tx, collection)?;
+    Ok(())
+}
+
+/// Gives every record of a collection from before history (SPEC section 14) its first
+/// version — its state now, action `baseline`, valid from its `updated_at` — once per
+/// collection. A collection created afterwards has no rows then and only gains the mark.
+fn baseline_versions(tx: &Transaction<'_>, collection: &Collection) -> Result<(), StoreError> {
+    let done: Option<String> = tx
+        .query_row("select collection from history_baselines where collection = ?1", [&collection.name], |r| r.get(0))
+        .optional()?;
+    if done.is_some() {
+        return Ok(());
+    }
+    let sql = super::records::TableSql::new(collection);
+    let records: Vec<tombstone_domain::record::Record> = {
+        let mut stmt = tx.prepare(sql.select())?;
+        stmt.query_map([], |r| super::records::read_record(collection, r))?.collect::<Result<_, _>>()?
+    };
+    let mut insert = tx.prepare(super::tx::INSERT_VERSION)?;
+    for record in &records {
+        let v = tombstone_domain::history::NewVersion::of(
+            collection,
+            record,
+            tombstone_domain::history::BASELINE_ACTION,
+            None,
+        );
+        super::tx::insert_version(&mut insert, &v)?;
+    }
+    tx.execute("insert into history_baselines (collection) values (?1)", [&collection.name])?;
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use tombstone_domain::audit::NewAuditEntry;
 use tombstone_domain::config::Collection;
 use tombstone_domain::deletion::{DeletionStatus, EventualEdge, RecordRef};
 use tombstone_domain::events::NewEvent;
+use tombstone_domain::history::NewVersion;
 use tombstone_domain::lifecycle::Actor;
 use tombstone_domain::record::{DeletionMark, Hold, Record, Values};
 use tombstone_domain::time::Timestamp;
@@ -81,6 +82,27 @@ impl<'c> SqliteTx<'c> {
         }
         Ok(out)
     }
+}
+
+/// Stores one version (the `versions` table of migration `0011_history`).
+pub(crate) const INSERT_VERSION: &str =
+    "insert into versions (tenant, collection, record_id, valid_from, version, action, actor, deletion_id, body)
+     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// Binds and runs [`INSERT_VERSION`].
+pub(crate) fn insert_version(stmt: &mut rusqlite::Statement<'_>, v: &NewVersion) -> Result<(), StoreError> {
+    stmt.execute(params![
+        v.tenant,
+        v.collection,
+        v.record_id,
+        v.valid_from.as_micros(),
+        v.version,
+        v.action,
+        v.actor,
+        v.deletion_id,
+        v.body
+    ])?;
+    Ok(())
 }
 
 fn read_queued(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedRelation> {
@@ -482,6 +504,41 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    async fn append_versions(&mut self, versions: Vec<NewVersion>) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(INSERT_VERSION)?;
+        for v in &versions {
+            insert_version(&mut stmt, v)?;
+        }
+        Ok(())
+    }
+
+    async fn version_body(
+        &mut self,
+        tenant: &str,
+        collection: &str,
+        id: &str,
+        n: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "select body from versions where tenant = ?1 and collection = ?2 and record_id = ?3 and version = ?4",
+            )?
+            .query_row(params![tenant, collection, id, n], |r| r.get(0))
+            .optional()?)
+    }
+
+    async fn remove_versions(&mut self, collection: &str, rows: &[(String, String)]) -> Result<u64, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("delete from versions where tenant = ?1 and collection = ?2 and record_id = ?3")?;
+        let mut n = 0;
+        for (tenant, id) in rows {
+            n += stmt.execute(params![tenant, collection, id])? as u64;
+        }
+        Ok(n)
+    }
+
     async fn scrub_events(&mut self, tenant: &str, collection: &str, id: &str) -> Result<u64, StoreError> {
         Ok(self
             .conn
@@ -508,10 +565,10 @@ impl Tx for SqliteTx<'_> {
     async fn put_erasure(&mut self, tenant: &str, receipt: &Erasure) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
-                "insert into erasures (tenant, collection, record_id, erased_at, audit_seq, events, idempotent_responses, counts)
-                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                "insert into erasures (tenant, collection, record_id, erased_at, audit_seq, events, idempotent_responses, counts, versions)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  on conflict do update set erased_at = excluded.erased_at, audit_seq = excluded.audit_seq, events = excluded.events,
-                 idempotent_responses = excluded.idempotent_responses, counts = excluded.counts",
+                 idempotent_responses = excluded.idempotent_responses, counts = excluded.counts, versions = excluded.versions",
             )?
             .execute(params![
                 tenant,
@@ -521,7 +578,8 @@ impl Tx for SqliteTx<'_> {
                 receipt.audit_seq,
                 i64::try_from(receipt.events).unwrap_or(i64::MAX),
                 i64::try_from(receipt.idempotent_responses).unwrap_or(i64::MAX),
-                serde_json::to_string(&receipt.counts).map_err(|e| StoreError::Internal(e.to_string()))?
+                serde_json::to_string(&receipt.counts).map_err(|e| StoreError::Internal(e.to_string()))?,
+                i64::try_from(receipt.versions).unwrap_or(i64::MAX)
             ])?;
         Ok(())
     }

@@ -13,6 +13,7 @@
 //! - `archive`: archive and unarchive, archived records in lists and counts, the
 //!   `archive_after` batches (`RecordStore`, `RetentionStore`);
 //! - `events`: the outbox, its followers and the audit chain (`EventStore`);
+//! - `history`: versions, as-of reads and lists, revert, purge and erasure of history (`HistoryStore`);
 //! - `webhooks`: endpoints, fan-out, deliveries, clean-up (`EventStore`);
 //! - `keys`: API keys (`KeyStore`);
 //! - `idempotency`: idempotency keys (`RecordStore`);
@@ -27,6 +28,7 @@ mod common;
 mod concurrency;
 mod deletions;
 mod events;
+mod history;
 mod idempotency;
 mod keys;
 mod migrations;
