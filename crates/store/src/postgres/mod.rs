@@ -171,8 +171,11 @@ impl PgStore {
             config.options(format!("{options} -c lock_timeout={ms}").trim());
         }
         let host = describe_hosts(&config);
-        let manager =
-            Manager::from_config(config.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
             .runtime(Runtime::Tokio1)
