@@ -8,14 +8,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer};
 use common::{Server, Workspace, create_key, path_str, run_bounded};
-use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tombstone_store::ScratchDatabase;
-
-const STREAM: &str = "TOMBSTONE";
 
 const SCHEMA: &str = r#"
 [collections.products.fields]
@@ -34,39 +30,9 @@ fn nats_url() -> Option<String> {
     None
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-}
-
 /// The stream's messages of `tenant` as (subject, Nats-Msg-Id, payload), oldest first.
 fn received(url: &str, tenant: &str) -> Vec<(String, String, Value)> {
-    runtime().block_on(async {
-        let js = jetstream::new(async_nats::connect(url).await.expect("connect to nats"));
-        let Ok(stream) = js.get_stream(STREAM).await else { return Vec::new() };
-        let consumer: consumer::PullConsumer = stream
-            .create_consumer(consumer::pull::Config {
-                filter_subject: format!("tombstone.{tenant}.>"),
-                ack_policy: consumer::AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                ..Default::default()
-            })
-            .await
-            .expect("consumer");
-        let mut out = Vec::new();
-        loop {
-            let mut batch =
-                consumer.fetch().max_messages(500).expires(Duration::from_millis(300)).messages().await.expect("fetch");
-            let before = out.len();
-            while let Some(m) = batch.next().await {
-                let m = m.expect("message");
-                let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_string());
-                out.push((m.subject.to_string(), id.unwrap_or_default(), serde_json::from_slice(&m.payload).unwrap()));
-            }
-            if out.len() == before {
-                return out;
-            }
-        }
-    })
+    common::jetstream::messages(url, tenant).into_iter().map(|m| (m.subject, m.id, m.payload)).collect()
 }
 
 /// Waits until the stream holds `n` messages of `tenant` (at most `timeout`).
@@ -135,7 +101,7 @@ fn serve_relays_http_writes_to_jetstream() {
 #[test]
 fn a_killed_relay_is_taken_over_and_every_event_arrives_once() {
     let Some(url) = nats_url() else { return };
-    let rt = runtime();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let database = std::env::var("TOMBSTONE_TEST_POSTGRES_URL")
         .ok()
         .map(|admin| rt.block_on(ScratchDatabase::create(&admin)).expect("create a test database"));

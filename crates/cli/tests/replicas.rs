@@ -26,16 +26,13 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer};
 use common::lock;
 use common::replicas::{Replicas, nats_url, postgres_admin_url};
-use futures_util::StreamExt;
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
-const STREAM: &str = "TOMBSTONE";
 
 const SCHEMA: &str = r#"
 [collections.products.fields]
@@ -161,44 +158,9 @@ fn serve_connection(stream: TcpStream, got: &Mutex<Vec<(String, Value)>>, gate: 
 // ---------------------------------------------------------------------------------------
 // JetStream
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-}
-
 /// The stream's messages of `tenant` as (Nats-Msg-Id, payload), in stream order.
 fn stream_messages(url: &str, tenant: &str) -> Vec<(String, Value)> {
-    runtime().block_on(async {
-        let js = jetstream::new(async_nats::connect(url).await.expect("connect to nats"));
-        let Ok(stream) = js.get_stream(STREAM).await else { return Vec::new() };
-        let consumer: consumer::PullConsumer = stream
-            .create_consumer(consumer::pull::Config {
-                filter_subject: format!("tombstone.{tenant}.>"),
-                ack_policy: consumer::AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                ..Default::default()
-            })
-            .await
-            .expect("consumer");
-        let mut out = Vec::new();
-        loop {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(1000)
-                .expires(Duration::from_millis(300))
-                .messages()
-                .await
-                .expect("fetch");
-            let before = out.len();
-            while let Some(m) = batch.next().await {
-                let m = m.expect("message");
-                let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_string());
-                out.push((id.unwrap_or_default(), serde_json::from_slice(&m.payload).unwrap_or(Value::Null)));
-            }
-            if out.len() == before {
-                return out;
-            }
-        }
-    })
+    common::jetstream::messages(url, tenant).into_iter().map(|m| (m.id, m.payload)).collect()
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
 pub mod db;
+pub mod jetstream;
 pub mod replicas;
 
 use std::io::{BufRead, BufReader, Read};
