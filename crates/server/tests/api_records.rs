@@ -231,6 +231,30 @@ async fn holds_appear_only_for_keys_with_read_deleted() {
     let reader_view = get_ok(&app, &format!("/v1/products/{id}"), &reader).await;
     assert!(reader_view.get("holds").is_none(), "{reader_view}");
     assert_eq!(reader_view["legal_hold"], false);
+
+    // A cached record's rendering is kept per view and shared: reads alternating between
+    // the two kinds of key each get their own, and a change (a hold) replaces both.
+    let path = format!("/v1/products/{id}");
+    for _ in 0..2 {
+        assert_eq!(get_ok(&app, &path, &reader).await, reader_view);
+        assert_eq!(get_ok(&app, &path, &app.admin).await, admin_view);
+    }
+    app.post(&format!("{path}:hold"), &app.admin, &json!({"case": "C-1", "reason": "audit"})).await.assert_status(201);
+    for _ in 0..2 {
+        let admin_held = app.get(&path, &app.admin).await;
+        let etag = admin_held.header("etag").map(str::to_string);
+        let admin_held = admin_held.json();
+        assert_eq!(etag, Some(format!("\"v{}\"", admin_held["version"])));
+        assert_eq!(
+            (admin_held["legal_hold"].clone(), admin_held["holds"][0]["case"].clone()),
+            (json!(true), json!("C-1"))
+        );
+        let reader_held = app.get(&path, &reader).await;
+        assert_eq!(reader_held.header("etag").map(str::to_string), etag);
+        let reader_held = reader_held.json();
+        assert_eq!(reader_held["legal_hold"], true);
+        assert!(reader_held.get("holds").is_none(), "{reader_held}");
+    }
 }
 
 #[tokio::test]

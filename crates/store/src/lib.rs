@@ -30,7 +30,7 @@ use tombstone_domain::scope::Scope;
 use tombstone_domain::time::Timestamp;
 use tombstone_domain::webhook::DeliveryError;
 
-pub use cache::{MemoryCache, RecordCache};
+pub use cache::{MemoryCache, RecordCache, SharedRecord, View};
 pub use history::{HistoryStore, VersionPage, VersionRow};
 pub use postgres::{GroupStats, PgStore, ScratchDatabase};
 pub use redis_cache::RedisCache;
@@ -620,13 +620,24 @@ pub trait RecordStore: Send + Sync + 'static {
         idempotency: Option<(IdempotencyKey, StoredResponse)>,
     ) -> Result<Record, StoreError>;
 
+    /// The record, deleted or not; `None` if it does not exist in the tenant. From the
+    /// cache when there is one: a hit is the cached entry itself, not a copy.
+    async fn get_shared(
+        &self,
+        tenant: &str,
+        collection: &Arc<Collection>,
+        id: &str,
+    ) -> Result<Option<Arc<SharedRecord>>, StoreError>;
+
     /// The record, deleted or not; `None` if it does not exist in the tenant.
     async fn get_record(
         &self,
         tenant: &str,
         collection: &Arc<Collection>,
         id: &str,
-    ) -> Result<Option<Record>, StoreError>;
+    ) -> Result<Option<Record>, StoreError> {
+        Ok(self.get_shared(tenant, collection, id).await?.map(SharedRecord::into_record))
+    }
 
     /// One page of records.
     async fn list_records(

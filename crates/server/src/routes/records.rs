@@ -21,7 +21,9 @@ use tombstone_domain::query::{ListQuery, encode_cursor};
 use tombstone_domain::record::{FieldError, Hold, Record, RecordView, ValidationErrors, parse_create, parse_patch};
 use tombstone_domain::scope::Permission;
 use tombstone_store::telemetry::collection_counter;
-use tombstone_store::{DeleteOutcome, IdempotencyClaim, IdempotencyKey, RestoreOutcome, StoreError, StoredResponse};
+use tombstone_store::{
+    DeleteOutcome, IdempotencyClaim, IdempotencyKey, RestoreOutcome, StoreError, StoredResponse, View,
+};
 
 use super::extract::{ApiPath, IfNoneMatch, JsonBody, QueryPairs, parse_json};
 use crate::app::AppState;
@@ -317,20 +319,37 @@ async fn get_record(
     }
     let record = state
         .store
-        .get_record(caller.tenant(), &collection, id)
+        .get_shared(caller.tenant(), &collection, id)
         .await?
         .filter(|r| include_deleted || !r.is_deleted())
         .ok_or_else(|| ApiError::record_not_found(&collection.name, id))?;
+    let etag = HeaderValue::from_maybe_shared(record.etag()).ok();
     if let Some(inm) = inm.as_ref().and_then(|v| v.to_str().ok())
         && if_none_match(inm, record.version)
     {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
-        if let Ok(etag) = HeaderValue::from_str(&record.etag()) {
+        if let Some(etag) = etag {
             response.headers_mut().insert(header::ETAG, etag);
         }
         return Ok(response);
     }
-    record_response(&state, StatusCode::OK, &caller, &collection, &record).await
+    let sees_holds = caller.can(Permission::ReadDeleted, Some(&collection.name));
+    if record.legal_hold && sees_holds {
+        // The holds are read per request (they belong to the caller's scope, not to the
+        // record), so this representation is not kept with the entry.
+        return record_response(&state, StatusCode::OK, &caller, &collection, &record).await;
+    }
+    // The representation depends on the record and on whether `holds` is shown, so it is
+    // rendered once per cache entry and shared by every request that reads the entry.
+    let view = if sees_holds { View::NoHolds } else { View::Plain };
+    let body = record
+        .rendered(view, |r| serde_json::to_vec(&r.view(&collection, sees_holds.then_some(&[][..]))).map(Bytes::from))
+        .map_err(|e| ApiError::Internal(format!("cannot render a response: {e}")))?;
+    let mut response = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Some(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
 }
 
 async fn list_records(

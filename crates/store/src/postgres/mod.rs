@@ -435,10 +435,24 @@ impl PgStore {
         collection: &Arc<Collection>,
         id: &str,
     ) -> Result<Option<Record>, StoreError> {
+        Ok(self.get_shared(tenant, collection, id).await?.map(crate::SharedRecord::into_record))
+    }
+
+    /// [`Self::get_record`] as the cache shares it: a hit of the memory cache is the cached
+    /// entry itself, not a copy.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn get_shared(
+        &self,
+        tenant: &str,
+        collection: &Arc<Collection>,
+        id: &str,
+    ) -> Result<Option<Arc<crate::SharedRecord>>, StoreError> {
         let key = (tenant.to_string(), collection.name.clone(), id.to_string());
         if let Some(shared) = &self.shared {
             let token = match shared.lookup(&key).await {
-                crate::redis_cache::Lookup::Hit(hit) => return Ok(hit),
+                crate::redis_cache::Lookup::Hit(hit) => return Ok(hit.map(|r| Arc::new(crate::SharedRecord::new(r)))),
                 crate::redis_cache::Lookup::Miss(token) => Some(token),
                 crate::redis_cache::Lookup::Bypass => None,
             };
@@ -446,7 +460,7 @@ impl PgStore {
             if let Some(token) = token {
                 shared.fill(&key, token, found.as_ref()).await;
             }
-            return Ok(found);
+            return Ok(found.map(|r| Arc::new(crate::SharedRecord::new(r))));
         }
         // A fill carries the token taken before the read: one that raced an invalidation
         // is dropped, so a read that began before a write committed never caches the old
@@ -458,7 +472,7 @@ impl PgStore {
             },
             None => None,
         };
-        let found = self.read_record(tenant, collection, id).await?;
+        let found = self.read_record(tenant, collection, id).await?.map(|r| Arc::new(crate::SharedRecord::new(r)));
         if let (Some(cache), Some(token)) = (&self.cache, token) {
             cache.fill(key, token, found.clone());
         }

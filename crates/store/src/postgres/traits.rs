@@ -31,13 +31,13 @@ impl RecordStore for PgStore {
         self.create_with_rules(actor, collection, record, idempotency).await
     }
 
-    async fn get_record(
+    async fn get_shared(
         &self,
         tenant: &str,
         collection: &Arc<Collection>,
         id: &str,
-    ) -> Result<Option<Record>, StoreError> {
-        PgStore::get_record(self, tenant, collection, id).await
+    ) -> Result<Option<Arc<crate::SharedRecord>>, StoreError> {
+        PgStore::get_shared(self, tenant, collection, id).await
     }
 
     async fn list_records(

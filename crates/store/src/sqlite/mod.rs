@@ -672,12 +672,12 @@ impl RecordStore for SqliteStore {
         .await
     }
 
-    async fn get_record(
+    async fn get_shared(
         &self,
         tenant: &str,
         collection: &Arc<Collection>,
         id: &str,
-    ) -> Result<Option<Record>, StoreError> {
+    ) -> Result<Option<Arc<crate::SharedRecord>>, StoreError> {
         let sql = self.table(collection)?;
         let key = (tenant.to_string(), collection.name.clone(), id.to_string());
         let token = match &self.cache {
@@ -690,6 +690,7 @@ impl RecordStore for SqliteStore {
         let collection = collection.clone();
         let (tenant, id) = (tenant.to_string(), id.to_string());
         let found = self.read(move |conn| records::get(conn, &sql, &collection, &tenant, &id)).await?;
+        let found = found.map(|r| Arc::new(crate::SharedRecord::new(r)));
         if let (Some(cache), Some(token)) = (&self.cache, token) {
             cache.fill(key, token, found.clone());
         }
