@@ -17,6 +17,12 @@
 #                              row, audit entry, outbox event) at 1, 8 and 32 connections, and on
 #                              PostgreSQL pgbench's read-write test at the same client counts on the
 #                              same durable cluster; STORES="sqlite" or "postgres" runs one
+#   bench/http/run.sh replicas a mixed load (9 GETs : 1 DELETE, soft) on 1, 2 and 3 `serve` replicas
+#                              sharing one durable PostgreSQL (memory caches kept coherent by
+#                              NOTIFY), N=300000 records, CONNS=30 connections in all split evenly
+#                              over the replicas (one wrk each): req/s, p50/p99, and the CPU time
+#                              per request of the replicas and of PostgreSQL (utime + stime from
+#                              /proc), which is what says how it would scale on more cores
 #   bench/http/run.sh cost     what a request costs the server in CPU time (and instructions where the
 #                              machine has hardware counters): perf stat on the server process while
 #                              wrk runs, which a shared machine's load moves far less than req/s: GET warm and DELETE at 32
@@ -36,7 +42,7 @@ work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 threads=2; conns=32; secs=${SECS:-10}
 
-(cd "$root" && cargo build --release --quiet --bin tombstone)
+[ -n "${TOMBSTONE_BIN:-}" ] || (cd "$root" && cargo build --release --quiet --bin tombstone)  # TOMBSTONE_BIN given: no build
 (cd "$here" && cargo build --release --quiet)
 tomb="${TOMBSTONE_BIN:-$root/target/release/tombstone}"  # TOMBSTONE_BIN: measure another build
 bins="$here/target/release"
@@ -212,6 +218,58 @@ stores)
       fi
     done
     kill "$(jobs -p | tail -1)" 2>/dev/null || true; sleep 1
+  done
+  ;;
+replicas)
+  n=${N:-300000}; total_conns=${CONNS:-30}; hz=$(getconf CLK_TCK)
+  pg_dir=$(mktemp -d)  # not under $work: the cluster's user must reach it
+  "$root/scripts/postgres" start --durable "$pg_dir" > "$work/pg.url"
+  trap '"$root/scripts/postgres" stop "$pg_dir"; kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$pg_dir"' EXIT
+  pg_url=$(cat "$work/pg.url"); db="${pg_url%/postgres}/bench"
+  psql "$pg_url" -qc "create database bench"
+  d0="$work/r"; mkdir -p "$d0"; config "$d0" ""
+  sed -i "s|^url = \"sqlite://data/t.db\"|url = \"$db\"\npool_size = 16|" "$d0/tombstone.toml"
+  "$tomb" migrate --config "$d0/tombstone.toml" > /dev/null
+  psql "$db" -qc "insert into rec_products (tenant, id, version, created_at, updated_at, f_sku, f_name)
+    select 'bench', 'p' || lpad(i::text, 8, '0'), 1, 0, 0, 'SKU-' || lpad(i::text, 8, '0'), 'Product ' || i
+    from generate_series(1, $n) i" -c "vacuum analyze rec_products"
+  psql "$db" -Atc "select id from rec_products order by random()" > "$work/ids"
+  sed -n 1,10000p "$work/ids" > "$work/gets"
+  k=$(key "$d0")
+  # CPU ticks (utime + stime) of the given processes; for the postmaster, its reaped
+  # children's too (a backend that exits leaves its time there).
+  ticks() { local t=0 p; for p in "$@"; do
+    [ -r "/proc/$p/stat" ] && t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13 + $14 + $15}')))
+  done; echo "$t"; }
+  pg_pids() { local pm; pm=$(head -1 "$pg_dir/data/postmaster.pid"); echo "$pm" $(pgrep -P "$pm"); }
+  from=10001; slice=$(( (n - 10000) / 9 ))
+  printf "%-9s %10s %9s %9s %14s %14s\n" replicas "req/s" "p50" "p99" "replicas µs/req" "postgres µs/req"
+  for r in 1 2 3; do
+    pids=(); ports=()
+    for i in $(seq 1 "$r"); do
+      d="$work/r$r-$i"; mkdir -p "$d"; cp "$d0/tombstone.toml" "$d/"
+      port=$((9140 + 10 * r + i)); start "$d" "$port"; pids+=("$(jobs -p | tail -1)"); ports+=("$port")
+      IDS="$work/gets" wrk -t1 -c4 -d2s -s "$here/random_get.lua" -H "Authorization: Bearer $k" "http://127.0.0.1:$port" > /dev/null
+    done
+    c=$((total_conns / r)); before=$(ticks "${pids[@]}"); before_pg=$(ticks $(pg_pids)); wrks=()
+    for i in $(seq 1 "$r"); do
+      sed -n "${from},$((from + slice - 1))p" "$work/ids" > "$work/dels-$r-$i"; from=$((from + slice))
+      GETS="$work/gets" DELS="$work/dels-$r-$i" THREADS=1 wrk -t1 -c$c -d${secs}s --latency -s "$here/mixed.lua" \
+        -H "Authorization: Bearer $k" "http://127.0.0.1:${ports[$((i - 1))]}" > "$work/wrk-$r-$i" &
+      wrks+=($!)
+    done
+    wait "${wrks[@]}"
+    after=$(ticks "${pids[@]}"); after_pg=$(ticks $(pg_pids))
+    reqs=$(cat "$work"/wrk-$r-* | awk '/requests in/ {s += $1} END {print s}')
+    errs=$(cat "$work"/wrk-$r-* | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+    # The slowest replica's percentiles (wrk reports each run's own).
+    p50=$(cat "$work"/wrk-$r-* | awk '$1=="50%" {print $2}' | sort -h | tail -1)
+    p99=$(cat "$work"/wrk-$r-* | awk '$1=="99%" {print $2}' | sort -h | tail -1)
+    awk -v r="$r" -v q="$reqs" -v s="$secs" -v a="$((after - before))" -v b="$((after_pg - before_pg))" -v hz="$hz" \
+      -v p50="$p50" -v p99="$p99" 'BEGIN {
+        printf "%-9s %10.0f %9s %9s %14.0f %14.0f\n", r, q / s, p50, p99, a / hz * 1e6 / q, b / hz * 1e6 / q }'
+    [ -z "$errs" ] || echo "  $errs"
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   done
   ;;
 cost)
