@@ -3,7 +3,11 @@
 //! delete with the blast radius and Undo, find and restore in Recently deleted, a unique
 //! conflict explained with its link, a hold that makes purge refuse, archive and unarchive
 //! with the Archived view, versions compared and a revert, erasure behind a typed
-//! confirmation, a read-only key and another tenant's key. Every page is checked with
+//! confirmation, delete from the browse table, the Recently deleted filters, a child whose
+//! parent is still deleted, purge pause/resume, the audit chain's verify status and Check
+//! now, paging past 50 records, an eventual cascade in progress on its operation page (on
+//! a second server whose cascade lease the test holds, then gives back), a read-only key
+//! and another tenant's key. Every page is checked with
 //! axe-core (vendored in `tests/fixtures/axe.min.js`, MPL-2.0): no serious or critical
 //! violation.
 //!
@@ -673,6 +677,19 @@ async fn pauses_and_resumes_purge(ui: &Ui) -> Result {
 }
 
 async fn shows_the_chain_verify_status(ui: &Ui) -> Result {
+    // The server checked the chain by itself at start, and stored the outcome.
+    let deadline = Instant::now() + PATIENCE;
+    let started = loop {
+        let (status, verify) = ui.get("/v1/audit/verify").await;
+        check(status == 200, || format!("GET /v1/audit/verify: {status} {verify}"))?;
+        if verify["status"] != "pending" || Instant::now() > deadline {
+            break verify;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    check(started["status"] == "intact" && started["checked_at"].is_string(), || {
+        format!("the check at start: {started}")
+    })?;
     ui.open("/audit").await?;
     ui.until("document.querySelector('#verify-status')").await?;
     ui.click("#verify-now").await?;
@@ -796,6 +813,102 @@ async fn a_page_of_fifty_renders_measured(ui: &Ui, other: &str) -> Result {
     Ok(())
 }
 
+/// The config of a second server whose children go with their parent in the background.
+const EVENTUAL: &str = r#"
+[storage]
+url = "sqlite://data/tombstone.db"
+
+[collections.parents.fields]
+name = { type = "string" }
+
+[collections.children.fields]
+n         = { type = "integer" }
+parent_id = { type = "ref", collection = "parents", on_delete = "eventual" }
+"#;
+
+/// An eventual cascade on the deletion operation page: still running while the cascade
+/// worker cannot work (the test holds its lease, taken in the database before the server
+/// started), then done once the lease is given back — the page refreshes itself.
+struct EventualServer {
+    server: Server,
+    key: String,
+    db: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the second server (outside the async runtime: its start-up waits block), its
+/// database migrated first and the cascade worker's lease taken by the test.
+fn eventual_server() -> EventualServer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("tombstone.toml");
+    std::fs::write(&config, EVENTUAL).expect("write config");
+    let config_arg = config.to_str().expect("config path");
+    run_bounded(None, &["migrate", "--config", config_arg], PATIENCE).assert_success();
+    let db = dir.path().join("data/tombstone.db");
+    rusqlite::Connection::open(&db)
+        .expect("open the database")
+        .execute(
+            "insert into leases (name, holder, expires_at) values ('eventual_cascades', 'browser-test', 4102444800000000)",
+            [],
+        )
+        .expect("hold the cascade lease");
+    let out = run_bounded(
+        None,
+        &["keys", "create", "--config", config_arg, "--tenant", "t1", "--scopes", "admin", "--json"],
+        PATIENCE,
+    );
+    out.assert_success();
+    let key: Value = serde_json::from_str(out.stdout.trim()).expect("keys create --json");
+    let key = key["secret"].as_str().expect("secret").to_string();
+    let server = Server::spawn(dir.path(), &["serve", "--config", config_arg, "--listen", "127.0.0.1:0"], None);
+    EventualServer { server, key, db, _dir: dir }
+}
+
+async fn shows_an_eventual_cascade_in_progress(ui: &Ui, second: &EventualServer) -> Result {
+    let db = rusqlite::Connection::open(&second.db).ctx("open the database")?;
+    let key = second.key.clone();
+    let ui = Ui {
+        c: ui.c.clone(),
+        base: second.server.base.clone(),
+        http: reqwest::Client::new(),
+        admin: key.clone(),
+        shots: None,
+        loads: 10_000.into(),
+    };
+    ui.create("parents", json!({"id": "p1", "name": "Old catalogue"})).await;
+    for i in 0..30 {
+        ui.create("children", json!({"n": i, "parent_id": "p1"})).await;
+    }
+    ui.sign_in(&key).await?;
+    ui.open("/c/parents/p1").await?;
+    ui.click("#delete").await?;
+    let blast = ui.text("#blast").await?;
+    check(blast.contains("30 more records will be deleted in the background"), || {
+        format!("the eventual part: {blast:?}")
+    })?;
+    ui.click("#confirm-delete").await?;
+    ui.until("document.querySelector('#deleted-banner')").await?;
+    let (_, parent) = ui.get("/v1/parents/p1?include=deleted").await;
+    let op = parent["deletion_id"].as_str().ok_or("no deletion id")?.to_string();
+    ui.open(&format!("/deletions/{op}")).await?;
+    let status = ui.text("#op-status").await?;
+    let gone = ui.text("#gone").await?;
+    check(status == "pending" && gone.contains("Still running"), || {
+        format!("while the cascade waits: {status:?} {gone:?}")
+    })?;
+    ui.axe("deletion operation, eventual cascade running").await?;
+    // Give the lease back: the server's worker takes it and finishes; the page, left alone,
+    // refreshes itself until the operation is done.
+    db.execute("update leases set expires_at = 0 where name = 'eventual_cascades'", []).ctx("release the lease")?;
+    ui.until("document.querySelector('#op-status') && document.querySelector('#op-status').textContent === 'done'")
+        .await?;
+    let fields = ui.text("main dl.fields").await?;
+    check(fields.contains("children: 30"), || format!("the operation's counts: {fields:?}"))?;
+    let (_, children) = ui.get("/v1/children?count=true&limit=1").await;
+    check(children["total"] == 0, || format!("every child went: {children}"))?;
+    ui.axe("deletion operation, eventual cascade done").await
+}
+
 /// Runs one scenario; on failure saves a screenshot and names it in the panic.
 async fn scenario<F: std::future::Future<Output = Result>>(ui: &Ui, name: &str, run: F) {
     if let Err(message) = run.await {
@@ -828,6 +941,7 @@ fn the_dashboard_in_a_real_browser() {
     let other = keys(&ws.cwd, "acme", "admin");
     let deleter = keys(&ws.cwd, "demo", "read,delete,read_deleted");
     let shots = std::env::var_os("TOMBSTONE_DASHBOARD_SHOTS").map(PathBuf::from);
+    let second = eventual_server();
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
@@ -850,6 +964,7 @@ fn the_dashboard_in_a_real_browser() {
         scenario(&ui, "read_only_key", a_read_only_key_sees_no_delete_buttons(&ui, &reader)).await;
         scenario(&ui, "other_tenant", another_tenant_sees_none_of_this_data(&ui, &other)).await;
         scenario(&ui, "fifty_records", a_page_of_fifty_renders_measured(&ui, &other)).await;
+        scenario(&ui, "eventual_cascade", shows_an_eventual_cascade_in_progress(&ui, &second)).await;
         let _ = ui.c.close().await;
     });
 }
