@@ -676,7 +676,7 @@ async fn pauses_and_resumes_purge(ui: &Ui) -> Result {
     check(preview["paused"] == false, || format!("resumed through the page: {preview}"))
 }
 
-async fn shows_the_chain_verify_status(ui: &Ui) -> Result {
+async fn shows_the_chain_verify_status(ui: &Ui, db: &Path) -> Result {
     // The server checked the chain by itself at start, and stored the outcome.
     let deadline = Instant::now() + PATIENCE;
     let started = loop {
@@ -702,7 +702,36 @@ async fn shows_the_chain_verify_status(ui: &Ui) -> Result {
         format!("the stored check: {status} {verify}")
     })?;
     ui.axe("audit log with verify status").await?;
-    ui.shot("audit").await
+    ui.shot("audit").await?;
+
+    // An entry of this tenant edited in the database behind the server's back: the next
+    // check (once the last one is out of its reuse window) shows the chain broken there.
+    let conn = rusqlite::Connection::open(db).ctx("open the demo database")?;
+    let (seq, tenant, reason): (i64, String, Option<String>) = conn
+        .query_row("select seq, tenant, reason from audit order by seq limit 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .ctx("the first entry")?;
+    check(tenant == "demo", || format!("the first entry is the demo tenant's: {tenant}"))?;
+    conn.execute("update audit set reason = 'edited' where seq = ?1", [seq]).ctx("edit the entry")?;
+    let check_again = || async {
+        let (_, last) = ui.get("/v1/audit/verify").await;
+        let at = last["checked_at"].as_str().unwrap_or_default().to_string();
+        // Wait out the reuse window of the last check (10 s), so Check now checks afresh.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        ui.click("#verify-now").await?;
+        ui.until(&format!(
+            "document.querySelector('#verify-status time') && document.querySelector('#verify-status time').getAttribute('datetime') !== {at:?}"
+        ))
+        .await
+    };
+    check_again().await?;
+    let said = ui.text("#verify-status").await?;
+    check(said.starts_with("Broken:") && said.contains(&format!("#{seq}")), || format!("the broken chain: {said:?}"))?;
+    ui.axe("audit log, chain broken").await?;
+    conn.execute("update audit set reason = ?1 where seq = ?2", rusqlite::params![reason, seq]).ctx("put it back")?;
+    check_again().await?;
+    ui.until("document.querySelector('#verify-status[data-status=intact]')").await
 }
 
 async fn every_other_page_passes_axe(ui: &Ui) -> Result {
@@ -959,7 +988,8 @@ fn the_dashboard_in_a_real_browser() {
         scenario(&ui, "trash_filters", filters_recently_deleted(&ui, &deleter)).await;
         scenario(&ui, "parent_deleted", names_the_deleted_parent_of_a_child(&ui)).await;
         scenario(&ui, "purge_pause", pauses_and_resumes_purge(&ui)).await;
-        scenario(&ui, "audit_verify", shows_the_chain_verify_status(&ui)).await;
+        scenario(&ui, "audit_verify", shows_the_chain_verify_status(&ui, &ws.cwd.join("tombstone-data/tombstone.db")))
+            .await;
         scenario(&ui, "other_pages", every_other_page_passes_axe(&ui)).await;
         scenario(&ui, "read_only_key", a_read_only_key_sees_no_delete_buttons(&ui, &reader)).await;
         scenario(&ui, "other_tenant", another_tenant_sees_none_of_this_data(&ui, &other)).await;
