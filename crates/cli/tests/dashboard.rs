@@ -758,6 +758,18 @@ async fn every_other_page_passes_axe(ui: &Ui) -> Result {
     ui.c.set_window_size(1100, 800).await.ctx("resize")
 }
 
+async fn an_auditor_reads_the_log_without_check_now(ui: &Ui, auditor: &str) -> Result {
+    ui.sign_in(auditor).await?;
+    ui.open("/audit").await?;
+    ui.until("document.querySelector('#audit tbody tr')").await?;
+    let said = ui.text("#verify-status").await?;
+    check(said.contains("needs the admin scope"), || format!("the status without admin: {said:?}"))?;
+    check(ui.js("return !document.querySelector('#verify-now');").await? == json!(true), || {
+        "Check now is offered without admin".into()
+    })?;
+    ui.axe("audit log, audit key").await
+}
+
 async fn a_read_only_key_sees_no_delete_buttons(ui: &Ui, reader: &str) -> Result {
     ui.sign_in(reader).await?;
     let mug = ui.first_id("/v1/products?filter[sku]=SKU-1002").await;
@@ -969,6 +981,7 @@ fn the_dashboard_in_a_real_browser() {
     let reader = keys(&ws.cwd, "demo", "read");
     let other = keys(&ws.cwd, "acme", "admin");
     let deleter = keys(&ws.cwd, "demo", "read,delete,read_deleted");
+    let auditor = keys(&ws.cwd, "demo", "read,audit");
     let shots = std::env::var_os("TOMBSTONE_DASHBOARD_SHOTS").map(PathBuf::from);
     let second = eventual_server();
 
@@ -991,6 +1004,7 @@ fn the_dashboard_in_a_real_browser() {
         scenario(&ui, "audit_verify", shows_the_chain_verify_status(&ui, &ws.cwd.join("tombstone-data/tombstone.db")))
             .await;
         scenario(&ui, "other_pages", every_other_page_passes_axe(&ui)).await;
+        scenario(&ui, "auditor_key", an_auditor_reads_the_log_without_check_now(&ui, &auditor)).await;
         scenario(&ui, "read_only_key", a_read_only_key_sees_no_delete_buttons(&ui, &reader)).await;
         scenario(&ui, "other_tenant", another_tenant_sees_none_of_this_data(&ui, &other)).await;
         scenario(&ui, "fifty_records", a_page_of_fifty_renders_measured(&ui, &other)).await;
