@@ -55,6 +55,8 @@ pub struct AppInner {
     pub events: EventsConfig,
     /// The live event hub of SSE streams.
     pub hub: EventHub,
+    /// Serialises this process's checks of the audit chain.
+    pub verifier: crate::audit_verify::Verifier,
 }
 
 impl AppState {
@@ -75,6 +77,7 @@ impl AppState {
             limits: ServerLimits::default(),
             events,
             hub,
+            verifier: crate::audit_verify::Verifier::default(),
         }))
     }
 
@@ -208,6 +211,8 @@ pub async fn serve(
     tasks.spawn(supervise("eventual_cascades", backoff, rx(), move || eventual_cascades(s.clone(), c.clone())));
     let (s, c) = (state.clone(), rx());
     tasks.spawn(supervise("cache_sync", backoff, rx(), move || cache_sync(s.clone(), c.clone())));
+    let (s, c) = (state.clone(), rx());
+    tasks.spawn(supervise("audit_verify", backoff, rx(), move || crate::audit_verify::run(s.clone(), c.clone())));
     let (s, c) = (state.clone(), rx());
     tasks.spawn(supervise("erasure_followups", backoff, rx(), move || erasure_followups(s.clone(), c.clone())));
     // The indexer runs on its own thread in the idle CPU class, with a runtime of its own:

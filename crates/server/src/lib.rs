@@ -6,6 +6,7 @@
 //! the answer. Every error is an [`error::ApiError`] rendered as RFC 9457 problem+json.
 
 pub mod app;
+pub mod audit_verify;
 pub mod auth;
 pub mod error;
 pub mod hub;

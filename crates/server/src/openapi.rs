@@ -1718,7 +1718,28 @@ fn feed_components(components: ComponentsBuilder) -> ComponentsBuilder {
         endpoint,
         &["id", "url", "cursor", "disabled", "disabled_at", "disabled_reason", "removed", "removed_at"],
     );
+    let verify = ObjectBuilder::new()
+        .property("status", string().enum_values(Some(["intact", "broken", "pending"])))
+        .property("checked_at", nullable_time().description(Some("When the last check finished; null: none yet.")))
+        .property(
+            "broken_entry",
+            ObjectBuilder::new()
+                .schema_type(nullable(Type::Object))
+                .property("seq", integer())
+                .property("problem", string())
+                .description(Some("The first entry that fails, only when it is the caller's tenant's.")),
+        )
+        .property(
+            "broken_in_this_tenant",
+            boolean()
+                .schema_type(nullable(Type::Boolean))
+                .description(Some("Whether the first broken entry is the caller's tenant's (null unless broken).")),
+        )
+        .property("running", boolean().description(Some("On POST: another replica is checking now.")))
+        .property("reused", boolean().description(Some("On POST: a check that had just finished was answered.")));
+    let verify = require_all(verify, &["status", "checked_at", "broken_entry", "broken_in_this_tenant"]);
     components
+        .schema("AuditVerify", verify)
         .schema("AuditEntry", audit)
         .schema("AuditList", page_schema("AuditEntry"))
         .schema("Event", event)
@@ -1797,8 +1818,30 @@ fn audit_paths(paths: PathsBuilder) -> PathsBuilder {
         )
         .response("200", json_response("The entry.", schema_ref("AuditEntry")))
         .response("404", problem("`not-found`: no such entry in this tenant."));
+    let status = operation("audit_verify_status".into(), "audit", "The audit chain's verify status")
+        .description(Some(
+            "The last check of the whole hash chain, stored in the database (every replica answers the same). \
+             The server checks at start and hourly. The chain is one for the deployment: a tenant sees its status \
+             and time, and the broken entry only when it is its own.",
+        ))
+        .response("200", json_response("The last check (`pending`: none yet).", schema_ref("AuditVerify")));
+    let now = operation("audit_verify_now".into(), "audit", "Check the audit chain now")
+        .description(Some(
+            "Recomputes the whole chain and stores the outcome. Coalesced: a check that finished within the last \
+             10 seconds (or one this replica is running) is answered instead of a new one (`reused`).",
+        ))
+        .response("200", json_response("The check's outcome.", schema_ref("AuditVerify")))
+        .response(
+            "202",
+            json_response(
+                "Another replica is checking now (`running`): the last outcome meanwhile.",
+                schema_ref("AuditVerify"),
+            ),
+        );
     paths
         .path("/v1/audit", PathItem::new(HttpMethod::Get, authenticated(list, "audit").build()))
+        .path("/v1/audit/verify", PathItem::new(HttpMethod::Get, authenticated(status, "admin").build()))
+        .path("/v1/audit/verify", PathItem::new(HttpMethod::Post, authenticated(now, "admin").build()))
         .path("/v1/audit/{seq}", PathItem::new(HttpMethod::Get, authenticated(get, "audit").build()))
 }
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// The workers `serve` supervises, by the `worker` label they are counted under.
-pub const WORKERS: [&str; 7] =
-    ["housekeeping", "relay", "nats_relay", "purge", "eventual_cascades", "cache_sync", "indexer"];
+pub const WORKERS: [&str; 8] =
+    ["housekeeping", "relay", "nats_relay", "purge", "eventual_cascades", "cache_sync", "indexer", "audit_verify"];
 
 /// The counter of panics.
 pub const PANICS_METRIC: &str = "tombstone_worker_panics_total";

@@ -68,6 +68,10 @@ pub(crate) async fn metrics_endpoint(State(state): State<AppState>) -> Response 
     if state.events.nats.is_some() {
         crate::nats::refresh_backlog(state.store.as_ref()).await;
     }
+    // The chain's status as the database has it, whichever replica checked it.
+    if let Ok(Some(check)) = state.store.audit_check().await {
+        crate::audit_verify::record_metrics(&check);
+    }
     let body = handle().map(PrometheusHandle::render).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -131,6 +131,8 @@ async fn document_is_openapi_3_1_and_covers_every_endpoint_of_every_collection()
         ("/metrics", "get"),
         ("/v1/audit", "get"),
         ("/v1/audit/{seq}", "get"),
+        ("/v1/audit/verify", "get"),
+        ("/v1/audit/verify", "post"),
         ("/v1/events", "get"),
         ("/v1/events/stream", "get"),
         ("/v1/webhooks/deliveries", "get"),
@@ -504,8 +506,15 @@ async fn record_lifecycle_answers_are_documented() {
         ("/v1/products/{id}:erase", "post", app.post_empty(&format!("{other}:erase?reason=gdpr"), &app.admin).await),
         ("/v1/audit", "get", app.get("/v1/audit?limit=5", &app.admin).await),
         ("/v1/events", "get", app.get("/v1/events?limit=5", &app.admin).await),
+        ("/v1/audit/verify", "get", app.get("/v1/audit/verify", &app.admin).await),
+        ("/v1/audit/verify", "post", app.post_empty("/v1/audit/verify", &app.admin).await),
+        ("/v1/audit/verify", "get", app.get("/v1/audit/verify", &app.admin).await),
     ];
-    check_documented(&doc, steps, &["201", "200", "204", "200", "200", "204", "200", "200", "200"]);
+    check_documented(
+        &doc,
+        steps,
+        &["201", "200", "204", "200", "200", "204", "200", "200", "200", "200", "200", "200"],
+    );
 
     // Archive (§17): both actions, the read-only refusal, the lists that ask for archived.
     let kept = app.create("products", &app.admin, &json!({"sku": "S-3", "name": "Jug"})).await;

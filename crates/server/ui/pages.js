@@ -93,7 +93,7 @@ export function recordRows(c, items, columns) {
     }
     const status = document.createElement('td');
     status.textContent = r.deleted ? 'deleted' : r.archived ? 'archived' : r.legal_hold ? 'held' : 'active';
-    if (r.deleted) status.className = 'badge-deleted';
+    status.className = r.deleted ? 'state badge-deleted' : 'state';
     tr.appendChild(status);
     frag.appendChild(tr);
   }
@@ -118,6 +118,7 @@ export async function browse(view, [name], query) {
   if (archivedOnly) params['filter[archived]'] = 'true';
   const searchable = c.fields.some((f) => f.search);
 
+  const panel = h('div', { id: 'panel' });
   let page = null;
   let error = null;
   try {
@@ -161,6 +162,17 @@ export async function browse(view, [name], query) {
   } else {
     const tbody = h('tbody');
     tbody.appendChild(recordRows(c, page.items, columns));
+    // Delete per row (scope delete): the same dialog as the record page, above the table.
+    const deletable = !archivedOnly && can('delete', name);
+    if (deletable) {
+      for (const tr of tbody.querySelectorAll('tr')) {
+        const r = page.items.find((x) => x.id === tr.dataset.id);
+        tr.appendChild(h('td', null, r && !r.deleted ? h('button', {
+          type: 'button', class: 'danger delete-row', 'aria-label': `Delete ${name} “${label(r)}”…`,
+          onclick: () => deletePanel(panel, c, r, () => render()),
+        }, 'Delete…') : ''));
+      }
+    }
     if (archivedOnly) {
       const writable = can('write', name);
       for (const tr of tbody.querySelectorAll('tr')) {
@@ -186,11 +198,12 @@ export async function browse(view, [name], query) {
     const first = new URLSearchParams(query);
     first.delete('cursor');
     body = [
+      panel,
       h('p', { class: 'muted', id: 'total' }, page.total !== undefined ? `${plural(page.total, 'record')}` : ''),
       h('div', { class: 'scroll' }, h('table', { id: 'records' },
         h('caption', { class: 'sr-only' }, `Records of ${name}`),
         h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'id'), columns.map((f) => h('th', { scope: 'col' }, f)),
-          h('th', { scope: 'col' }, 'state'), archivedOnly ? h('th', { scope: 'col' }, 'action') : null)),
+          h('th', { scope: 'col' }, 'state'), archivedOnly || deletable ? h('th', { scope: 'col' }, 'action') : null)),
         tbody)),
       h('nav', { class: 'pager', 'aria-label': 'Pages' },
         query.get('cursor') ? link(`/c/${name}?${first}`, 'First page') : null,
@@ -440,7 +453,9 @@ function countList(counts, skip) {
       `${coll}: ${n - (skip && skip.collection === coll ? 1 : 0)}`)).filter((li) => li.dataset.count !== '0');
 }
 
-async function deletePanel(panel, c, r) {
+/** The delete dialog: the dry run's blast radius first, an optional reason, then the delete
+ *  and a toast with Undo. `after` (the browse table) replaces going to the deleted record. */
+async function deletePanel(panel, c, r, after) {
   put(panel, h('p', null, 'Working out what would go with it…'));
   let plan;
   try {
@@ -460,7 +475,9 @@ async function deletePanel(panel, c, r) {
       const total = plan.would_delete.length;
       toast(`Deleted ${c.name} “${label(r)}”${total > 1 ? ` and ${plural(total - 1, 'related record')}` : ''}.`,
         can('restore', c.name) && deletionId ? { label: 'Undo', run: () => undo(deletionId) } : null);
-      go(can('read_deleted', c.name) ? recordRoute(c.name, r.id, true) : `/c/${c.name}`);
+      session.collections = null;
+      if (after) after();
+      else go(can('read_deleted', c.name) ? recordRoute(c.name, r.id, true) : `/c/${c.name}`);
     } catch (e) {
       confirm.disabled = blocked;
       put(errors, problem(e));
@@ -468,7 +485,7 @@ async function deletePanel(panel, c, r) {
   } }, blocked ? 'Cannot delete' : `Delete ${plural(plan.would_delete.length, 'record')}`);
   const errors = h('div');
   put(panel, h('section', { class: 'card', id: 'blast', 'aria-labelledby': 'h-blast', dataset: { total: String(plan.would_delete.length), blockers: String(plan.blockers_total), orphaned: String(plan.orphaned.length) } },
-    h('h2', { id: 'h-blast' }, 'What this delete does'),
+    h('h2', { id: 'h-blast' }, after ? `What deleting ${c.name} “${label(r)}” does` : 'What this delete does'),
     h('p', { id: 'blast-words' }, blocked
       ? `It cannot be deleted: ${plural(plan.blockers_total, 'record')} still refer to it and forbid it (restrict).`
       : others > 0
@@ -591,18 +608,53 @@ export async function trash(view, [name], query) {
   await loadCollections();
   const visible = (session.collections || []).filter((c) => can('read_deleted', c.name));
   const panel = h('div', { id: 'panel' });
+  // Filters (GET /v1/trash's own): who deleted, deleted between two days, expiring within
+  // N days. They live in the route's query, so a filtered view can be bookmarked.
+  const f = { by: query.get('by') || '', from: query.get('from') || '', to: query.get('to') || '', expiring: query.get('expiring') || '' };
+  const dayStart = (d, plusDays = 0) => {
+    const t = new Date(`${d}T00:00:00`);
+    t.setDate(t.getDate() + plusDays);
+    return Number.isNaN(t.getTime()) ? undefined : t.toISOString();
+  };
+  const params = { collection: name, limit: 50, cursor: query.get('cursor'), deleted_by: f.by.trim() };
+  if (f.from) params.deleted_since = dayStart(f.from);
+  if (f.to) params.deleted_before = dayStart(f.to, 1);
+  if (f.expiring) params.purge_before = new Date(Date.now() + Number(f.expiring) * 86400000).toISOString();
   let page;
   try {
-    page = await get('/v1/trash', { collection: name, limit: 50, cursor: query.get('cursor') });
+    page = await get('/v1/trash', params);
   } catch (e) {
     put(view, pageHeader('Recently deleted'), problem(e));
     return;
   }
   const together = {};
   for (const r of page.items) together[r.deletion_id] = (together[r.deletion_id] || 0) + 1;
-  const select = h('select', { name: 'collection', onchange: () => go(select.value ? `/trash/${select.value}` : '/trash') },
+  const select = h('select', { name: 'collection' },
     h('option', { value: '' }, 'all collections'),
     visible.map((c) => h('option', { value: c.name, selected: c.name === name }, c.name)));
+  const by = h('input', { type: 'text', name: 'deleted_by', value: f.by, autocomplete: 'off', spellcheck: 'false' });
+  const from = h('input', { type: 'date', name: 'deleted_from', value: f.from });
+  const to = h('input', { type: 'date', name: 'deleted_to', value: f.to });
+  const expiring = h('select', { name: 'expiring' }, [['', 'any time'], ['1', 'within 1 day'], ['3', 'within 3 days'], ['7', 'within 7 days']]
+    .map(([v, t]) => h('option', { value: v, selected: f.expiring === v }, t)));
+  const me = session.who ? h('button', { type: 'button', id: 'deleted-by-me', onclick: () => { by.value = session.who.key_id; } }, 'By me') : null;
+  const filtered = f.by || f.from || f.to || f.expiring;
+  const filters = h('form', { class: 'filters', id: 'trash-filters', role: 'search', 'aria-label': 'Filter recently deleted', onsubmit: (e) => {
+    e.preventDefault();
+    const p = new URLSearchParams();
+    if (by.value.trim()) p.set('by', by.value.trim());
+    if (from.value) p.set('from', from.value);
+    if (to.value) p.set('to', to.value);
+    if (expiring.value) p.set('expiring', expiring.value);
+    go(`/trash${select.value ? '/' + select.value : ''}${p.toString() ? '?' + p : ''}`);
+  } },
+  field('Collection', select),
+  field('Deleted by (key id)', by), me,
+  field('Deleted on or after', from),
+  field('Deleted on or before', to),
+  field('Purged', expiring, 'time left before purge'),
+  h('button', { type: 'submit' }, 'Apply'),
+  filtered ? link(name ? `/trash/${name}` : '/trash', 'Clear filters', { id: 'clear-trash-filters' }) : null);
   const rerender = () => render();
   const rows = page.items.map((r) => {
     const c = collection(r.collection) || { name: r.collection };
@@ -623,15 +675,15 @@ export async function trash(view, [name], query) {
           onclick: () => restoreOperation(rowPanel, r.deletion_id, rerender) }, 'Restore operation') : null,
         can('purge', r.collection) ? purgeButton(rowPanel, c, r, rerender) : null));
   });
-  const next = new URLSearchParams();
+  const next = new URLSearchParams(query);
   if (page.next_cursor) next.set('cursor', page.next_cursor);
   const missing = ['restore', 'purge'].filter((s) => !can(s, name));
   put(view,
     pageHeader(name ? `Recently deleted: ${name}` : 'Recently deleted'),
-    h('div', { class: 'filters' }, field('Collection', select)),
+    filters,
     missing.length ? h('p', { class: 'muted' }, `Not offered with this key: ${missing.map((s) => `${s} (needs the ${s} scope)`).join(', ')}.`) : null,
     panel,
-    page.items.length === 0 ? h('p', { id: 'trash-empty' }, 'Nothing deleted is waiting here.') : h('div', { class: 'scroll' }, h('table', { id: 'trash' },
+    page.items.length === 0 ? h('p', { id: 'trash-empty' }, filtered ? 'Nothing deleted matches these filters.' : 'Nothing deleted is waiting here.') : h('div', { class: 'scroll' }, h('table', { id: 'trash' },
       h('caption', { class: 'sr-only' }, 'Deleted records, newest first'),
       h('thead', null, h('tr', null, ['record', 'deleted', 'by', 'why', 'time left', 'deleted together', 'actions'].map((t) => h('th', { scope: 'col' }, t)))),
       h('tbody', null, rows))),

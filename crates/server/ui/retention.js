@@ -144,6 +144,59 @@ export async function retention(view) {
 
 const ACTIONS = ['create', 'update', 'delete', 'cascade_delete', 'restore', 'purge', 'erase', 'hold', 'release', 'key_create', 'key_revoke'];
 
+/** The chain's verify status (GET /v1/audit/verify, admin) and Check now. */
+async function verifyPanel() {
+  const box = h('section', { id: 'verify', 'aria-labelledby': 'h-verify' }, h('h2', { id: 'h-verify' }, 'Chain verification'));
+  if (!can('admin')) {
+    box.appendChild(h('p', { class: 'muted', id: 'verify-status' }, 'The chain’s verify status needs the admin scope.'));
+    return box;
+  }
+  let v;
+  try {
+    v = await get('/v1/audit/verify');
+  } catch (e) {
+    box.appendChild(problem(e));
+    return box;
+  }
+  box.appendChild(verifyStatus(v));
+  const out = h('div', { id: 'verify-out' });
+  const now = h('button', { type: 'button', id: 'verify-now', onclick: async () => {
+    now.disabled = true;
+    put(out, h('p', { role: 'status' }, 'Checking the whole chain…'));
+    try {
+      const res = await api('POST', '/v1/audit/verify');
+      if (res.status === 202) {
+        put(out, h('p', { role: 'status' }, 'Another server is checking the chain right now; its result will show here when you reload.'));
+        now.disabled = false;
+        return;
+      }
+      toast(res.json.reused ? 'The chain was checked seconds ago: that result stands.' : `Checked: the chain is ${res.json.status}.`, null, 6000);
+      render();
+    } catch (e) {
+      put(out, problem(e));
+      now.disabled = false;
+    }
+  } }, 'Check now');
+  box.append(h('div', { class: 'actions' }, now), out);
+  return box;
+}
+
+function verifyStatus(v) {
+  const checked = v.checked_at ? [' Checked ', when(v.checked_at), '.'] : null;
+  if (v.status === 'pending') {
+    return h('p', { id: 'verify-status', class: 'warn', dataset: { status: v.status } }, 'Not checked yet: the server checks the chain at start and every hour.');
+  }
+  if (v.status === 'intact') {
+    return h('p', { id: 'verify-status', class: 'ok', dataset: { status: v.status } }, h('strong', null, 'Intact:'),
+      ' every entry matches its hash and follows the one before it.', checked);
+  }
+  const where = v.broken_entry
+    ? [' The first broken entry is ', h('strong', null, `#${v.broken_entry.seq}`), ` of this tenant: ${v.broken_entry.problem}.`]
+    : [' The first broken entry is not this tenant’s; the operator can see it with “tombstone audit verify”.'];
+  return h('p', { id: 'verify-status', class: 'error', role: 'alert', dataset: { status: v.status } }, h('strong', null, 'Broken:'),
+    ' an entry was edited, removed or reordered outside Tombstone.', where, checked);
+}
+
 export async function audit(view, _args, query) {
   const filters = ['collection', 'record_id', 'action', 'actor', 'since'];
   const params = { limit: 100, cursor: query.get('cursor') };
@@ -169,7 +222,7 @@ export async function audit(view, _args, query) {
   if (page && page.next_cursor) next.set('cursor', page.next_cursor);
   put(view,
     h('div', { class: 'page-head' }, h('h1', null, 'Audit log')),
-    h('p', { class: 'muted', id: 'verify-note' }, 'Chain verification: the API has no verify endpoint; run “tombstone audit verify --config FILE” on the server (read-only, safe beside a running server).'),
+    await verifyPanel(),
     form,
     error ? problem(error) : h('div', { class: 'scroll' }, h('table', { id: 'audit' }, h('caption', { class: 'sr-only' }, 'Audit entries, oldest first'),
       h('thead', null, h('tr', null, ['seq', 'when', 'action', 'record', 'by', 'reason', 'operation'].map((t) => h('th', { scope: 'col' }, t)))),

@@ -410,6 +410,86 @@ pub struct PurgeBatch {
     pub paused: bool,
 }
 
+/// The outcome of the last whole-chain check of the audit log: one row for the deployment
+/// (table `audit_checks`), written by whichever replica ran the check, so every replica
+/// answers the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCheck {
+    /// When the check finished.
+    pub checked_at: Timestamp,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+    /// Entries verified: the whole chain when intact (`None` when broken).
+    pub entries: Option<u64>,
+    /// The newest entry's seq when the result was stored (0: an empty log).
+    pub head_seq: i64,
+    /// The first broken entry, `None` when the chain is intact.
+    pub broken: Option<BrokenEntry>,
+}
+
+/// Where the chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenEntry {
+    /// The seq of the first entry that fails (for a log cut short: the first missing one).
+    pub seq: i64,
+    /// The tenant of that entry (`None` when no entry has that seq any more).
+    pub tenant: Option<String>,
+    /// What is wrong, in words.
+    pub problem: String,
+}
+
+/// Stores a check's outcome (both stores speak this SQL): the head and the broken entry's
+/// tenant come from the log itself; an older result never replaces a newer one (two
+/// checks around a lease takeover).
+pub(crate) const SAVE_AUDIT_CHECK_SQL: &str = "insert into audit_checks \
+     (id, checked_at, duration_ms, entries, head_seq, broken_seq, broken_tenant, problem) \
+     values (1, $1, $2, $3, (select coalesce(max(seq), 0) from audit), $4, (select tenant from audit where seq = $4), $5) \
+     on conflict (id) do update set checked_at = excluded.checked_at, duration_ms = excluded.duration_ms, \
+     entries = excluded.entries, head_seq = excluded.head_seq, broken_seq = excluded.broken_seq, \
+     broken_tenant = excluded.broken_tenant, problem = excluded.problem \
+     where excluded.checked_at >= audit_checks.checked_at";
+
+/// Reads the last check (both stores).
+pub(crate) const AUDIT_CHECK_SQL: &str = "select checked_at, duration_ms, entries, head_seq, broken_seq, broken_tenant, problem \
+     from audit_checks where id = 1";
+
+/// The parameters of [`SAVE_AUDIT_CHECK_SQL`]: entries, broken seq, problem.
+pub(crate) fn audit_check_params(outcome: &Result<u64, ChainError>) -> (Option<i64>, Option<i64>, Option<String>) {
+    match outcome {
+        Ok(n) => (Some(i64::try_from(*n).unwrap_or(i64::MAX)), None, None),
+        Err(e) => (None, Some(broken_seq(e)), Some(e.to_string())),
+    }
+}
+
+/// A row of [`AUDIT_CHECK_SQL`] as a value.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn audit_check_from(
+    checked_at: i64,
+    duration_ms: i64,
+    entries: Option<i64>,
+    head_seq: i64,
+    broken_seq: Option<i64>,
+    broken_tenant: Option<String>,
+    problem: Option<String>,
+) -> AuditCheck {
+    AuditCheck {
+        checked_at: Timestamp::from_micros(checked_at),
+        duration_ms: u64::try_from(duration_ms).unwrap_or(0),
+        entries: entries.map(|n| u64::try_from(n).unwrap_or(0)),
+        head_seq,
+        broken: broken_seq.map(|seq| BrokenEntry { seq, tenant: broken_tenant, problem: problem.unwrap_or_default() }),
+    }
+}
+
+/// The seq a chain error points at: the first entry that fails, or for a log cut short
+/// at its end, the first missing one.
+pub(crate) fn broken_seq(e: &ChainError) -> i64 {
+    match e {
+        ChainError::BrokenLink { seq } | ChainError::BadHash { seq } | ChainError::BadOrder { seq } => *seq,
+        ChainError::Truncated { last, .. } => last + 1,
+    }
+}
+
 /// What is due for purge in one collection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PurgeDue {
@@ -864,6 +944,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// Recomputes the whole hash chain; the inner result is the count of verified entries
     /// or the first broken one.
     async fn verify_audit(&self) -> Result<Result<u64, ChainError>, StoreError>;
+    /// The last whole-chain check (`None`: none has run yet).
+    async fn audit_check(&self) -> Result<Option<AuditCheck>, StoreError>;
+    /// Stores the outcome of a check made with [`Self::verify_audit`], replacing the last
+    /// one; the head and the broken entry's tenant are read from the log as it stands.
+    async fn save_audit_check(
+        &self,
+        checked_at: Timestamp,
+        duration_ms: u64,
+        outcome: &Result<u64, ChainError>,
+    ) -> Result<(), StoreError>;
 
     /// Events of a tenant from the outbox, in commit order.
     async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<Event>, StoreError>;

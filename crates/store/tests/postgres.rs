@@ -120,9 +120,18 @@ async fn replicas_starting_together_apply_each_migration_once() {
     let applied: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(
         applied,
-        ["0001_system", "0002_audit", "0003_outbox", "0004_webhooks", "0005_retention", "0006_nats", "0007_history"]
-            .map(|n| (n.to_string(), 1))
-            .to_vec()
+        [
+            "0001_system",
+            "0002_audit",
+            "0003_outbox",
+            "0004_webhooks",
+            "0005_retention",
+            "0006_nats",
+            "0007_history",
+            "0008_audit_checks"
+        ]
+        .map(|n| (n.to_string(), 1))
+        .to_vec()
     );
     let head: (i32, i64) = client
         .query_one("select count(*)::int, max(seq) from audit_head", &[])

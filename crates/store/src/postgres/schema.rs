@@ -40,6 +40,7 @@ const SYSTEM_MIGRATIONS: &[(&str, &str)] = &[
     ("0005_retention", include_str!("migrations/0005_retention.sql")),
     ("0006_nats", include_str!("migrations/0006_nats.sql")),
     ("0007_history", include_str!("migrations/0007_history.sql")),
+    ("0008_audit_checks", include_str!("migrations/0008_audit_checks.sql")),
 ];
 
 /// The advisory lock every schema change takes (`pg_advisory_xact_lock`): replicas that

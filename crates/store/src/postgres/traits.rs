@@ -14,9 +14,9 @@ use tombstone_domain::time::Timestamp;
 
 use super::PgStore;
 use crate::{
-    AttemptOutcome, AuditQuery, DeleteOutcome, Delivery, DeliveryQuery, DueDelivery, EndpointState, EventQuery,
-    EventStore, IdempotencyClaim, IdempotencyKey, Page, RecordStore, Redelivery, RestoreOutcome, Store, StoreError,
-    StoredResponse, WebhookEndpoint,
+    AttemptOutcome, AuditCheck, AuditQuery, DeleteOutcome, Delivery, DeliveryQuery, DueDelivery, EndpointState,
+    EventQuery, EventStore, IdempotencyClaim, IdempotencyKey, Page, RecordStore, Redelivery, RestoreOutcome, Store,
+    StoreError, StoredResponse, WebhookEndpoint,
 };
 
 #[async_trait]
@@ -130,6 +130,29 @@ impl EventStore for PgStore {
 
     async fn verify_audit(&self) -> Result<Result<u64, ChainError>, StoreError> {
         PgStore::verify_audit(self).await
+    }
+
+    async fn audit_check(&self) -> Result<Option<AuditCheck>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(crate::AUDIT_CHECK_SQL).await?;
+        Ok(client
+            .query_opt(&stmt, &[])
+            .await?
+            .map(|r| crate::audit_check_from(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))))
+    }
+
+    async fn save_audit_check(
+        &self,
+        checked_at: Timestamp,
+        duration_ms: u64,
+        outcome: &Result<u64, ChainError>,
+    ) -> Result<(), StoreError> {
+        let (entries, broken, problem) = crate::audit_check_params(outcome);
+        let duration = i64::try_from(duration_ms).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(crate::SAVE_AUDIT_CHECK_SQL).await?;
+        client.execute(&stmt, &[&checked_at.as_micros(), &duration, &entries, &broken, &problem]).await?;
+        Ok(())
     }
 
     async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<Event>, StoreError> {

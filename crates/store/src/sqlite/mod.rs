@@ -52,9 +52,9 @@ use crate::CollectionCounts;
 use crate::prelude::*;
 use crate::rules;
 use crate::{
-    AttemptOutcome, AuditQuery, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery, EndpointState,
-    Erasure, ErasureStep, EventQuery, IdempotencyClaim, IdempotencyKey, Page, PurgeBatch, PurgeDue, RecordsPage,
-    Redelivery, RestoreOutcome, StoreError, StoredKey, StoredResponse, TrashQuery, WebhookEndpoint,
+    AttemptOutcome, AuditCheck, AuditQuery, DeleteOutcome, DeletionOp, Delivery, DeliveryQuery, DueDelivery,
+    EndpointState, Erasure, ErasureStep, EventQuery, IdempotencyClaim, IdempotencyKey, Page, PurgeBatch, PurgeDue,
+    RecordsPage, Redelivery, RestoreOutcome, StoreError, StoredKey, StoredResponse, TrashQuery, WebhookEndpoint,
 };
 use tombstone_domain::ready::now;
 
@@ -1177,6 +1177,47 @@ impl EventStore for SqliteStore {
                 return Ok(Err(e));
             }
             Ok(verifier.finish(head.as_ref().map(|(seq, hash)| (*seq, hash.as_str()))))
+        })
+        .await
+    }
+
+    async fn audit_check(&self) -> Result<Option<AuditCheck>, StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(crate::AUDIT_CHECK_SQL)?
+                .query_row([], |r| {
+                    Ok(crate::audit_check_from(
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn save_audit_check(
+        &self,
+        checked_at: Timestamp,
+        duration_ms: u64,
+        outcome: &Result<u64, ChainError>,
+    ) -> Result<(), StoreError> {
+        let (entries, broken, problem) = crate::audit_check_params(outcome);
+        let duration = i64::try_from(duration_ms).unwrap_or(i64::MAX);
+        self.write(move |tx| {
+            tx.prepare_cached(crate::SAVE_AUDIT_CHECK_SQL)?.execute(params![
+                checked_at.as_micros(),
+                duration,
+                entries,
+                broken,
+                problem
+            ])?;
+            Ok(())
         })
         .await
     }

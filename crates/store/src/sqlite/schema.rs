@@ -371,6 +371,27 @@ create table history_baselines (
 alter table erasures add column versions integer not null default 0;
 ",
     ),
+    (
+        "0012_audit_checks",
+        r"
+-- The last whole-chain check of the audit log (GET /v1/audit/verify): one row (id 1),
+-- replaced by each check, whichever replica ran it, so every replica answers the same.
+-- entries is null when the chain is broken (only the entries before the break were
+-- verified); broken_seq is the first entry that fails (for a log cut short, the first
+-- missing one) and broken_tenant that entry's tenant, so a tenant is told the entry only
+-- when it is its own.
+create table audit_checks (
+    id            integer primary key check (id = 1),
+    checked_at    integer not null,
+    duration_ms   integer not null,
+    entries       integer,
+    head_seq      integer not null,
+    broken_seq    integer,
+    broken_tenant text,
+    problem       text
+);
+",
+    ),
 ];
 
 /// Connection settings for the one writer. WAL lets readers run beside it;
