@@ -1,7 +1,8 @@
 //! The SQLite store's writers: background work (purge batches) gives way to live writes
 //! without losing or repeating a row, runs in the idle CPU class, and the read cache
 //! follows from the outbox only what other processes wrote. (And a collection table from
-//! before archive gains its columns and indexes, rows kept.)
+//! before archive gains its columns and indexes, rows kept, and an index whose definition
+//! changed is built again.)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -284,6 +285,88 @@ async fn a_table_from_before_archive_gains_its_columns_and_keeps_its_rows() {
     assert!(archived.expect("archive").is_archived());
     let page = store.list_records("t1", &c, &tombstone_domain::query::ListQuery::default()).await.expect("list");
     assert!(page.items.is_empty(), "an archived record leaves the default list");
+}
+
+/// An index of ours whose definition changed under the same name — `ix_<c>_current` and
+/// `ix_<c>_archived` as they were, over `(tenant, id)` only — is built again by `migrate`,
+/// so that counts on an existing database read only the index too; the rows are kept.
+#[tokio::test]
+async fn an_index_whose_definition_changed_is_built_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("old.db");
+    let sch = schema();
+    let c = notes(&sch);
+    let definitions = || -> Vec<(String, String)> {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.prepare(
+            "select name, sql from sqlite_master where type = 'index' and tbl_name = 'rec_notes' and sql is not null order by name",
+        )
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("indexes")
+        .collect::<Result<_, _>>()
+        .expect("indexes")
+    };
+    {
+        let store = SqliteStore::open(&path).expect("open");
+        store.migrate(&sch).await.expect("migrate");
+        store.create_record(&actor(), &c, note(&c, "n1"), None).await.expect("create");
+    }
+    let wanted = definitions();
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "drop index ix_notes_current; drop index ix_notes_archived;
+             create index \"ix_notes_current\" on \"rec_notes\" (tenant, id) where deleted_at is null and archived_at is null;
+             create index \"ix_notes_archived\" on \"rec_notes\" (tenant, id) where deleted_at is null and archived_at is not null;",
+        )
+        .expect("make the indexes as they were");
+    }
+    assert_ne!(definitions(), wanted);
+    let store = SqliteStore::open(&path).expect("open");
+    store.migrate(&sch).await.expect("migrate the old indexes");
+    assert_eq!(definitions(), wanted);
+    assert!(
+        wanted
+            .iter()
+            .any(|(name, sql)| name == "ix_notes_current" && sql.contains("(tenant, id, deleted_at, archived_at)")),
+        "{wanted:?}"
+    );
+    // Migrating again keeps them, and the record is still listed and counted.
+    store.migrate(&sch).await.expect("migrate again");
+    assert_eq!(definitions(), wanted);
+    let query = tombstone_domain::query::ListQuery { count: true, ..Default::default() };
+    let page = store.list_records("t1", &c, &query).await.expect("list");
+    assert_eq!((page.items.len(), page.total), (1, Some(1)));
+}
+
+/// `migrate` over a database already migrated touches no index (no schema change at all):
+/// every index of ours, of every kind, matches the statement it was created by, so a
+/// restart never rebuilds one.
+#[tokio::test]
+async fn migrating_again_rebuilds_no_index() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("again.db");
+    let toml = r#"
+[collections.orders]
+archive_after = "90d"
+unique = [["code"], ["email", "code"]]
+[collections.orders.fields]
+code  = { type = "string" }
+email = { type = "string", case_insensitive = true, index = true }
+count = { type = "integer", index = true }
+"#;
+    let sch = Config::parse(toml, Path::new(".")).expect("schema").schema;
+    let schema_version = || -> i64 {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.query_row("pragma schema_version", [], |r| r.get(0)).expect("schema_version")
+    };
+    let store = SqliteStore::open(&path).expect("open");
+    store.migrate(&sch).await.expect("migrate");
+    let before = schema_version();
+    store.migrate(&sch).await.expect("migrate again");
+    SqliteStore::open(&path).expect("open again").migrate(&sch).await.expect("migrate on a new start");
+    assert_eq!(schema_version(), before);
 }
 
 /// A database from before history (§14): no version rows, no baseline mark. Migrating

@@ -530,17 +530,20 @@ pub(crate) fn migrate_collection(tx: &Transaction<'_>, collection: &Collection) 
     // Lists by default cover records neither deleted nor archived, and that index covers
     // exactly them (`ix_{name}_active`, over every undeleted record, came before archive and
     // goes); archived ones have their own, so neither list grows with the other's rows.
+    // Both carry the columns of their own condition: SQLite checks a query's
+    // `deleted_at is null and archived_at is null` on each entry even inside an index with
+    // that condition, so without them a count looks every row up in the table.
     let mut wanted: Vec<(String, String)> = vec![
         (
             format!("ix_{name}_current"),
             format!(
-                "create index \"ix_{name}_current\" on {table} (tenant, id) where deleted_at is null and archived_at is null"
+                "create index \"ix_{name}_current\" on {table} (tenant, id, deleted_at, archived_at) where deleted_at is null and archived_at is null"
             ),
         ),
         (
             format!("ix_{name}_archived"),
             format!(
-                "create index \"ix_{name}_archived\" on {table} (tenant, id) where deleted_at is null and archived_at is not null"
+                "create index \"ix_{name}_archived\" on {table} (tenant, id, deleted_at, archived_at) where deleted_at is null and archived_at is not null"
             ),
         ),
         (
@@ -581,18 +584,26 @@ pub(crate) fn migrate_collection(tx: &Transaction<'_>, collection: &Collection) 
             format!("create index \"{idx}\" on {table} (tenant, {col}, id) where deleted_at is null"),
         ));
     }
-    let present: Vec<String> = {
-        let mut stmt =
-            tx.prepare("select name from sqlite_master where type = 'index' and tbl_name = ?1 and sql is not null")?;
-        stmt.query_map([format!("rec_{name}")], |r| r.get::<_, String>(0))?.collect::<Result<_, _>>()?
+    // An index whose definition changed under the same name (as `ix_{name}_current` gained
+    // columns) is dropped and built again: SQLite keeps each index's `create` statement as
+    // written, with only its first words upper-cased.
+    let present: Vec<(String, String)> = {
+        let mut stmt = tx.prepare(
+            "select name, sql from sqlite_master where type = 'index' and tbl_name = ?1 and sql is not null",
+        )?;
+        stmt.query_map([format!("rec_{name}")], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<Result<_, _>>()?
     };
-    for idx in &present {
-        if !wanted.iter().any(|(w, _)| w == idx) {
+    let mut kept: Vec<&str> = Vec::new();
+    for (idx, sql) in &present {
+        if wanted.iter().any(|(w, want)| w == idx && same_statement(want, sql)) {
+            kept.push(idx);
+        } else {
             tx.execute_batch(&format!("drop index \"{idx}\"")).map_err(|e| err("drop index", e))?;
         }
     }
     for (idx, sql) in &wanted {
-        if !present.contains(idx) {
+        if !kept.contains(&idx.as_str()) {
             tx.execute_batch(sql).map_err(|e| {
                 if idx.starts_with("ux_") {
                     StoreError::Migration(format!(
@@ -649,6 +660,13 @@ fn baseline_versions(tx: &Transaction<'_>, collection: &Collection) -> Result<()
     }
     tx.execute("insert into history_baselines (collection) values (?1)", [&collection.name])?;
     Ok(())
+}
+
+/// Whether two `create index` statements are the same, as SQLite keeps them: case and runs
+/// of white space aside.
+fn same_statement(a: &str, b: &str) -> bool {
+    let words = |s: &str| s.split_whitespace().map(str::to_ascii_lowercase).collect::<Vec<_>>();
+    words(a) == words(b)
 }
 
 /// Fills a new folded column from the values already stored.
