@@ -249,7 +249,7 @@ replicas)
     for i in $(seq 1 "$r"); do
       d="$work/r$r-$i"; mkdir -p "$d"; cp "$d0/tombstone.toml" "$d/"
       port=$((9140 + 10 * r + i)); start "$d" "$port"; pids+=("$(jobs -p | tail -1)"); ports+=("$port")
-      IDS="$work/gets" wrk -t1 -c4 -d2s -s "$here/random_get.lua" -H "Authorization: Bearer $k" "http://127.0.0.1:$port" > /dev/null
+      IDS="$work/gets" wrk -t1 -c8 -d5s -s "$here/random_get.lua" -H "Authorization: Bearer $k" "http://127.0.0.1:$port" > /dev/null
     done
     c=$((total_conns / r)); before=$(ticks "${pids[@]}"); before_pg=$(ticks $(pg_pids)); wrks=()
     for i in $(seq 1 "$r"); do
