@@ -189,6 +189,29 @@ async fn connections_have_a_default_lock_timeout_that_the_url_overrides() {
     db.drop_db().await;
 }
 
+/// The server's statements run without parallel plans unless the URL asks for them.
+#[tokio::test]
+async fn connections_plan_without_parallel_workers_unless_the_url_asks() {
+    let Some(db) = TestDb::create("connections_plan_without_parallel_workers_unless_the_url_asks").await else {
+        return;
+    };
+    let store = PgStore::connect(db.url(), 1).await.unwrap();
+    let show = |client: deadpool_postgres::Object| async move {
+        let shown: String = client.query_one("show max_parallel_workers_per_gather", &[]).await.unwrap().get(0);
+        shown
+    };
+    assert_eq!(show(store.client().await.unwrap()).await, "0");
+    let sep = if db.url().contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}options=-c%20max_parallel_workers_per_gather%3D3", db.url());
+    let store = PgStore::connect(&url, 1).await.unwrap();
+    assert_eq!(show(store.client().await.unwrap()).await, "3", "the operator's setting wins");
+    let client = store.client().await.unwrap();
+    let shown: String = client.query_one("show lock_timeout", &[]).await.unwrap().get(0);
+    assert_eq!(shown, "5s", "the lock timeout's default still applies beside it");
+    drop(client);
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn migrating_again_keeps_rows_and_refuses_what_sqlite_refuses() {
     let Some(db) = TestDb::create("migrating_again_keeps_rows_and_refuses_what_sqlite_refuses").await else { return };

@@ -166,10 +166,19 @@ impl PgStore {
         // `lock_timeout` in the URL's `options` (`0` turns it off) wins. Schema changes
         // lift it for their transaction (replicas starting together wait their turn).
         let options = config.get_options().unwrap_or_default().to_string();
+        let mut options = options;
         if !options.contains("lock_timeout") {
             let ms = DEFAULT_LOCK_TIMEOUT.as_millis();
-            config.options(format!("{options} -c lock_timeout={ms}").trim());
+            options = format!("{options} -c lock_timeout={ms}").trim().to_string();
         }
+        // No parallel plans for the server's statements unless the URL asks for them: its
+        // queries are index probes and short ranges, and the one aggregate, `count=true`,
+        // ran slower in parallel under concurrent requests (each count took workers from
+        // the cores the other requests needed; docs/DECISIONS.md, "Archive").
+        if !options.contains("max_parallel_workers_per_gather") {
+            options = format!("{options} -c max_parallel_workers_per_gather=0").trim().to_string();
+        }
+        config.options(options);
         let host = describe_hosts(&config);
         let manager = Manager::from_config(
             config.clone(),
