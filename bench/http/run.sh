@@ -22,7 +22,8 @@
 #                              NOTIFY), N=300000 records, CONNS=30 connections in all split evenly
 #                              over the replicas (one wrk each): req/s, p50/p99, and the CPU time
 #                              per request of the replicas and of PostgreSQL (utime + stime from
-#                              /proc), which is what says how it would scale on more cores
+#                              /proc), which is what says how it would scale on more cores, and
+#                              each replica's writes per commit; CACHE=none (or redis://…) sets cache.url
 #   bench/http/run.sh cost     what a request costs the server in CPU time (and instructions where the
 #                              machine has hardware counters): perf stat on the server process while
 #                              wrk runs, which a shared machine's load moves far less than req/s: GET warm and DELETE at 32
@@ -227,7 +228,7 @@ replicas)
   trap '"$root/scripts/postgres" stop "$pg_dir"; kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$pg_dir"' EXIT
   pg_url=$(cat "$work/pg.url"); db="${pg_url%/postgres}/bench"
   psql "$pg_url" -qc "create database bench"
-  d0="$work/r"; mkdir -p "$d0"; config "$d0" ""
+  d0="$work/r"; mkdir -p "$d0"; config "$d0" "${CACHE:+$(printf '[cache]\nurl = "%s"' "$CACHE")}"
   sed -i "s|^url = \"sqlite://data/t.db\"|url = \"$db\"\npool_size = 16|" "$d0/tombstone.toml"
   "$tomb" migrate --config "$d0/tombstone.toml" > /dev/null
   psql "$db" -qc "insert into rec_products (tenant, id, version, created_at, updated_at, f_sku, f_name)
@@ -269,6 +270,12 @@ replicas)
       -v p50="$p50" -v p99="$p99" 'BEGIN {
         printf "%-9s %10.0f %9s %9s %14.0f %14.0f\n", r, q / s, p50, p99, a / hz * 1e6 / q, b / hz * 1e6 / q }'
     [ -z "$errs" ] || echo "  $errs"
+    # Writes per commit on each replica (its group committer's histogram since it started;
+    # the warm-up only reads).
+    groups=$(for p in "${ports[@]}"; do curl -s "http://127.0.0.1:$p/metrics" |
+      awk '/^tombstone_write_group_size_sum/ {s = $2} /^tombstone_write_group_size_count/ {c = $2}
+           END {if (c > 0) printf "%.1f ", s / c; else printf "- "}'; done)
+    echo "  writes per commit, each replica: $groups"
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   done
   ;;
