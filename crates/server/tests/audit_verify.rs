@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::TestApp;
 use serde_json::{Value, json};
 use tombstone_domain::time::Clock;
-use tombstone_server::audit_verify::{LEASE, REUSE_WITHIN};
+use tombstone_server::audit_verify::{LEASE, REUSE_COST_FACTOR, REUSE_WITHIN};
 
 async fn status(app: &TestApp, key: &str) -> Value {
     let r = app.get("/v1/audit/verify", key).await;
@@ -109,6 +109,24 @@ async fn a_check_another_replica_is_running_is_not_repeated() {
     let done = check_now(&app, &app.admin).await;
     assert_eq!(done["status"], "intact", "{done}");
     assert_eq!(done["running"], false, "{done}");
+}
+
+/// A log whose check took long is not checked again on request until ten times that has
+/// passed: asking cannot keep a replica reading the whole log.
+#[tokio::test]
+async fn a_slow_check_is_reused_for_ten_times_its_duration() {
+    let app = TestApp::new().await;
+    // The last check took a minute (a large log), as another replica stored it.
+    let took = Duration::from_secs(60);
+    let intact: Result<u64, tombstone_domain::audit::ChainError> = Ok(1);
+    app.store.save_audit_check(app.clock.now(), 60_000, &intact).await.unwrap();
+    app.clock.advance(REUSE_WITHIN + Duration::from_secs(1));
+    let asked = check_now(&app, &app.admin).await;
+    assert_eq!(asked["reused"], true, "past REUSE_WITHIN, within ten times the duration: {asked}");
+    app.clock.advance(took * REUSE_COST_FACTOR);
+    let fresh = check_now(&app, &app.admin).await;
+    assert_eq!(fresh["reused"], false, "{fresh}");
+    assert_eq!(fresh["status"], "intact", "{fresh}");
 }
 
 #[tokio::test]
