@@ -481,6 +481,24 @@ pub(crate) fn audit_check_from(
     }
 }
 
+/// The count of a list (both stores speak this SQL; `clause` is the list's WHERE clause,
+/// whose columns may be qualified with the alias `t`). Undeleted records, archived or not
+/// (`include=archived`), have no index of their own: they are counted as the current ones
+/// plus the archived ones, each inside its own partial index, rather than through the
+/// table beside every deleted row. The two conditions split the same rows, so the sum is
+/// the count.
+pub(crate) fn list_count_sql(table: &str, clause: &str, query: &ListQuery) -> String {
+    use tombstone_domain::query::{ArchivedScope, DeletedScope};
+    if query.scope == DeletedScope::Active && query.archived == ArchivedScope::Include {
+        format!(
+            "select (select count(*) from {table} t where {clause} and t.archived_at is null) \
+             + (select count(*) from {table} t where {clause} and t.archived_at is not null)"
+        )
+    } else {
+        format!("select count(*) from {table} t where {clause}")
+    }
+}
+
 /// The seq a chain error points at: the first entry that fails, or for a log cut short
 /// at its end, the first missing one.
 pub(crate) fn broken_seq(e: &ChainError) -> i64 {

@@ -422,21 +422,6 @@ fn filter_clause(collection: &Collection, tenant: &str, query: &ListQuery, param
     clauses.join(" and ")
 }
 
-/// The count of a list. Undeleted records, archived or not (`include=archived`), have no
-/// index of their own: they are counted as the current ones plus the archived ones, each
-/// by an index-only scan of its partial index, rather than by a scan of the table beside
-/// every deleted row. The two conditions split the same rows, so the sum is the count.
-fn count_sql(table: &str, clause: &str, query: &ListQuery) -> String {
-    if query.scope == DeletedScope::Active && query.archived == ArchivedScope::Include {
-        format!(
-            "select (select count(*) from {table} t where {clause} and t.archived_at is null) \
-             + (select count(*) from {table} t where {clause} and t.archived_at is not null)"
-        )
-    } else {
-        format!("select count(*) from {table} t where {clause}")
-    }
-}
-
 /// One page of a list, plus the total when asked.
 pub(crate) async fn list(
     client: &impl deadpool_postgres::GenericClient,
@@ -448,7 +433,7 @@ pub(crate) async fn list(
     let mut params = Vec::new();
     let mut clause = filter_clause(collection, tenant, query, &mut params);
     let total = if query.count {
-        let count_sql = count_sql(&sql.table, &clause, query);
+        let count_sql = crate::list_count_sql(&sql.table, &clause, query);
         let n: i64 = client.query_one(&count_sql, &refs(&params)).await?.try_get(0)?;
         Some(u64::try_from(n).unwrap_or(0))
     } else {
