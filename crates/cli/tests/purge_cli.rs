@@ -129,14 +129,18 @@ impl Server {
 
     /// Polls the preview until `collection` has `count` records due (real time must pass
     /// for a one-second window); returns that preview.
-    fn wait_until_due(&self, key: &str, collection: &str, count: u64) -> Value {
+    /// Polls the preview until `count` records of `collection` are due and `held` more are
+    /// past their window but held. Both matter: records deleted a moment apart come due a
+    /// moment apart, so the held one may still be inside its window when the rest are due.
+    fn wait_until_due(&self, key: &str, collection: &str, count: u64, held: u64) -> Value {
         let deadline = Instant::now() + DUE_TIMEOUT;
         loop {
             let preview = self.preview(key);
-            if preview["collections"][collection]["count"].as_u64() == Some(count) {
+            let counts = &preview["collections"][collection];
+            if counts["count"].as_u64() == Some(count) && counts["held"].as_u64() == Some(held) {
                 return preview;
             }
-            assert!(Instant::now() < deadline, "{collection} never had {count} records due: {preview}");
+            assert!(Instant::now() < deadline, "{collection} never had {count} records due and {held} held: {preview}");
             thread::sleep(Duration::from_millis(100));
         }
     }
@@ -210,7 +214,7 @@ fn dry_run_matches_the_preview_and_changes_nothing_then_purge_purges_on(db: Test
         server.delete("memos", id, &key);
     }
 
-    let preview = server.wait_until_due(&key, "notes", 3);
+    let preview = server.wait_until_due(&key, "notes", 3, 1);
     assert_eq!(preview["paused"], false);
     assert_eq!(preview["total"], 3);
     assert_eq!(preview["collections"]["notes"]["held"], 1);
@@ -317,7 +321,7 @@ fn a_paused_purge_purges_nothing_says_so_and_stays_paused_across_restarts_on(db:
     for id in &ids {
         server.delete("notes", id, &key);
     }
-    server.wait_until_due(&key, "notes", 2);
+    server.wait_until_due(&key, "notes", 2, 0);
     let paused = server.expect(reqwest::Method::POST, "/v1/purge:pause", &key, None, 200);
     assert_eq!(paused["paused"], true);
     let before = fingerprint(&db);
