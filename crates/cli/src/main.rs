@@ -69,12 +69,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Compare the database with the search index and the outbox consumers; print drift.
+    /// Compare the database with the search index, the outbox consumers and the files
+    /// store; print drift (files: stored objects nothing references, records whose object
+    /// is missing, uploads left behind).
     Reconcile {
         #[command(flatten)]
         config: ConfigArg,
         /// Fix what differs (needs the index to itself: stop the server first; a running
-        /// server repairs on its own every 10 minutes).
+        /// server repairs on its own every 10 minutes): also removes orphaned objects and
+        /// stale uploads from the files store.
         #[arg(long)]
         repair: bool,
         #[arg(long)]
@@ -229,6 +232,15 @@ pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>
     Ok(store)
 }
 
+/// The files store (`[files]`), when a collection has a file field.
+fn open_files(config: &Config) -> anyhow::Result<Option<Arc<tombstone_server::files::Files>>> {
+    if !config.schema.collections.values().any(|c| c.has_files()) {
+        return Ok(None);
+    }
+    let files = tombstone_server::files::Files::open(&config.files).context("opening the files store ([files] url)")?;
+    Ok(Some(Arc::new(files)))
+}
+
 fn init_logging(format: Option<&str>) {
     let json = match format {
         Some(f) => f == "json",
@@ -261,14 +273,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener =
                 tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
             let local = listener.local_addr()?;
+            let files = open_files(&config)?;
             if demo {
-                demo::prepare(&config, &store, clock.as_ref(), local).await?;
+                demo::prepare(&config, &store, files.as_deref(), clock.as_ref(), local).await?;
             }
             let search = Arc::new(SearchIndex::open(&config.search.path, true)?);
-            let state = AppState::new(config.schema.clone(), store, clock)
+            let mut state = AppState::new(config.schema.clone(), store, clock)
                 .with_search(search)
                 .with_limits(config.server.limits)
                 .with_events(config.events.clone());
+            if let Some(files) = files {
+                state = state.with_files(files);
+            }
             let workers = Workers::new(&state, &config.webhooks, config.purge.clone(), config.events.retention)?;
             workers.relay.register().await?;
             if let (Some(url), Some(relay)) = (&config.events.nats, &workers.nats) {
@@ -296,8 +312,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = open_store(&config).await?;
             let index = SearchIndex::open(&config.search.path, repair)?;
             let drift = tombstone_server::search::reconcile(&index, store.as_ref(), &config.schema, repair).await?;
+            let files = match open_files(&config)? {
+                Some(files) => Some(
+                    tombstone_server::files::reconcile(store.as_ref(), &files, clock.now(), repair)
+                        .await
+                        .with_context(|| format!("comparing the files store {} with the database", files.location))?,
+                ),
+                None => None,
+            };
             if json {
-                println!("{}", serde_json::to_string(&drift)?);
+                let mut report = serde_json::to_value(&drift)?;
+                report["files"] = serde_json::to_value(&files)?;
+                println!("{report}");
             } else {
                 println!(
                     "search: {} stale documents, {} missing documents",
@@ -312,6 +338,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 println!("search indexer: {} events behind", drift.index_lag.max(0));
                 println!("webhooks: {} deliveries pending", drift.webhook_backlog);
+                if let Some(f) = &files {
+                    println!(
+                        "files: {} stored, {} references, {} orphaned, {} missing, {} stale uploads",
+                        f.stored,
+                        f.references,
+                        f.orphans.len(),
+                        f.missing.len(),
+                        f.stale_uploads.len()
+                    );
+                    for o in f.orphans.iter().take(20) {
+                        println!("  orphaned {}/{} ({} bytes)", o.tenant, o.sha256, o.size);
+                    }
+                    for m in f.missing.iter().take(20) {
+                        println!("  missing  {}/{}/{} (sha256 {})", m.tenant, m.collection, m.id, m.sha256);
+                    }
+                    if repair {
+                        println!("files: removed {} orphaned objects and stale uploads", f.removed);
+                    }
+                }
                 if repair {
                     println!("repaired");
                 }

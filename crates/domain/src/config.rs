@@ -81,6 +81,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub cache: CacheConfig,
     pub search: SearchConfig,
+    pub files: FilesConfig,
     pub events: EventsConfig,
     pub webhooks: Vec<WebhookConfig>,
     pub purge: PurgeConfig,
@@ -143,6 +144,27 @@ pub struct CacheConfig {
 pub struct SearchConfig {
     pub path: PathBuf,
 }
+
+/// Where the bytes of `file` fields live (`[files]`, §15).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilesConfig {
+    /// A local directory (`file://…`, relative to the config file's directory).
+    Local { path: PathBuf },
+    /// An S3-compatible bucket (`s3://bucket/prefix`). What is not given here comes from the
+    /// standard AWS environment variables (`AWS_ENDPOINT_URL`, `AWS_REGION`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+    S3 {
+        bucket: String,
+        prefix: String,
+        endpoint: Option<String>,
+        region: Option<String>,
+        access_key_id: Option<String>,
+        secret_access_key: Option<String>,
+    },
+}
+
+/// A file field's size limit when `max_bytes` is not set: 25 MiB.
+pub const DEFAULT_FILE_MAX_BYTES: u64 = 25 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct EventsConfig {
@@ -262,6 +284,12 @@ impl Collection {
     pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.get(name)
     }
+
+    /// Whether any of its fields is a `file` (its records may reference stored objects).
+    #[must_use]
+    pub fn has_files(&self) -> bool {
+        self.fields.values().any(|f| matches!(f.ty, FieldType::File(_)))
+    }
 }
 
 /// What happens to children when the record a ref points at is deleted.
@@ -282,7 +310,37 @@ pub enum FieldType {
     Boolean,
     Timestamp,
     Json,
-    Ref { collection: String, on_delete: OnDelete },
+    Ref {
+        collection: String,
+        on_delete: OnDelete,
+    },
+    /// A stored file (§15): its value is the file's metadata.
+    File(FileRules),
+}
+
+/// What a `file` field accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRules {
+    /// The largest file, in bytes.
+    pub max_bytes: u64,
+    /// Allowed media types (`image/png`, or `image/*` for a whole type); empty: any.
+    pub content_types: Vec<String>,
+}
+
+impl FileRules {
+    /// Whether a file of this media type (parameters such as `; charset=…` ignored) may be
+    /// stored.
+    #[must_use]
+    pub fn allows(&self, content_type: &str) -> bool {
+        let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if self.content_types.is_empty() {
+            return !essence.is_empty();
+        }
+        self.content_types.iter().any(|allowed| match allowed.strip_suffix("/*") {
+            Some(kind) => essence.split_once('/').is_some_and(|(k, sub)| k == kind && !sub.is_empty()),
+            None => *allowed == essence,
+        })
+    }
 }
 
 impl FieldType {
@@ -297,13 +355,14 @@ impl FieldType {
             Self::Timestamp => "timestamp",
             Self::Json => "json",
             Self::Ref { .. } => "ref",
+            Self::File(_) => "file",
         }
     }
 
     /// Whether equality filters, sorting and unique sets make sense for it.
     #[must_use]
     pub fn is_scalar(&self) -> bool {
-        !matches!(self, Self::Json)
+        !matches!(self, Self::Json | Self::File(_))
     }
 }
 
@@ -335,6 +394,8 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     search: RawSearch,
+    #[serde(default)]
+    files: RawFiles,
     #[serde(default)]
     events: RawEvents,
     #[serde(default)]
@@ -378,6 +439,16 @@ struct RawCache {
 #[serde(deny_unknown_fields)]
 struct RawSearch {
     path: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFiles {
+    url: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -453,6 +524,8 @@ struct RawField {
     index: bool,
     collection: Option<Spanned<String>>,
     on_delete: Option<Spanned<String>>,
+    max_bytes: Option<Spanned<toml::Value>>,
+    content_types: Option<Spanned<Vec<String>>>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -579,6 +652,7 @@ impl Config {
 
         let search =
             SearchConfig { path: base_dir.join(raw.search.path.as_deref().unwrap_or("tombstone-data/search")) };
+        let files = files_config(&raw.files, base_dir, &lines)?;
 
         let events = EventsConfig {
             nats: match &raw.events.nats {
@@ -705,6 +779,7 @@ impl Config {
             storage,
             cache,
             search,
+            files,
             events,
             webhooks,
             purge,
@@ -803,6 +878,39 @@ fn build_schema(
                 "boolean" => FieldType::Boolean,
                 "timestamp" => FieldType::Timestamp,
                 "json" => FieldType::Json,
+                "file" => {
+                    if f.required {
+                        return Err(lines.err(
+                            format!("{fkey}.required"),
+                            fdef,
+                            "a file field cannot be required: a record exists before its file is uploaded",
+                        ));
+                    }
+                    let max_bytes = match &f.max_bytes {
+                        None => DEFAULT_FILE_MAX_BYTES,
+                        Some(m) => parse_bytes(m.get_ref())
+                            .map_err(|reason| lines.err(format!("{fkey}.max_bytes"), m, reason))?,
+                    };
+                    let mut content_types = Vec::new();
+                    for t in f.content_types.as_ref().map(Spanned::get_ref).into_iter().flatten() {
+                        let t = t.trim().to_ascii_lowercase();
+                        let valid = t.split_once('/').is_some_and(|(kind, sub)| {
+                            let token = |s: &str| {
+                                !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
+                            };
+                            token(kind) && (sub == "*" || token(sub))
+                        });
+                        if !valid {
+                            return Err(lines.err(
+                                format!("{fkey}.content_types"),
+                                f.content_types.as_ref().expect("iterated"),
+                                format!("{t:?} is not a media type (type/subtype, or type/* for a whole type)"),
+                            ));
+                        }
+                        content_types.push(t);
+                    }
+                    FieldType::File(FileRules { max_bytes, content_types })
+                }
                 "ref" => {
                     let target = f.collection.as_ref().ok_or_else(|| {
                         lines.err(format!("{fkey}.collection"), fdef, "a ref field names its target collection")
@@ -833,7 +941,9 @@ fn build_schema(
                     return Err(lines.err(
                         format!("{fkey}.type"),
                         &f.ty,
-                        format!("unknown field type {other:?}; one of string, integer, number, boolean, timestamp, json, ref"),
+                        format!(
+                            "unknown field type {other:?}; one of string, integer, number, boolean, timestamp, json, ref, file"
+                        ),
                     ));
                 }
             };
@@ -843,6 +953,14 @@ fn build_schema(
                 }
                 if let Some(o) = &f.on_delete {
                     return Err(lines.err(format!("{fkey}.on_delete"), o, "only ref fields have on_delete"));
+                }
+            }
+            if !matches!(ty, FieldType::File(_)) {
+                if let Some(m) = &f.max_bytes {
+                    return Err(lines.err(format!("{fkey}.max_bytes"), m, "only file fields have max_bytes"));
+                }
+                if let Some(c) = &f.content_types {
+                    return Err(lines.err(format!("{fkey}.content_types"), c, "only file fields have content_types"));
                 }
             }
             let max_length = match &f.max_length {
@@ -868,7 +986,11 @@ fn build_schema(
                 return Err(lines.err(format!("{fkey}.search"), fdef, "only string fields can be searched"));
             }
             if f.index && !ty.is_scalar() {
-                return Err(lines.err(format!("{fkey}.index"), fdef, "json fields cannot be indexed"));
+                return Err(lines.err(
+                    format!("{fkey}.index"),
+                    fdef,
+                    format!("{} fields cannot be indexed", ty.name()),
+                ));
             }
             fields.insert(
                 fname_s.clone(),
@@ -897,7 +1019,11 @@ fn build_schema(
                 match fields.get(fname) {
                     None => return Err(lines.err(&ukey, field, format!("unique over undeclared field {fname:?}"))),
                     Some(f) if !f.ty.is_scalar() => {
-                        return Err(lines.err(&ukey, field, format!("json field {fname:?} cannot be unique")));
+                        return Err(lines.err(
+                            &ukey,
+                            field,
+                            format!("{} field {fname:?} cannot be unique", f.ty.name()),
+                        ));
                     }
                     Some(_) if names.contains(fname) => {
                         return Err(lines.err(&ukey, field, format!("field {fname:?} appears twice")));
@@ -924,6 +1050,63 @@ fn build_schema(
         );
     }
     Ok(schema)
+}
+
+/// A size in bytes: an integer, or a string with a unit (`"5 MiB"`, `"500KB"`).
+fn parse_bytes(value: &toml::Value) -> Result<u64, String> {
+    let n = match value {
+        toml::Value::Integer(n) => u64::try_from(*n).map_err(|_| "must be a positive size".to_string())?,
+        toml::Value::String(s) => {
+            s.parse::<bytesize::ByteSize>().map_err(|e| format!("{s:?} is not a size like \"25 MiB\": {e}"))?.as_u64()
+        }
+        _ => return Err("must be a size in bytes (25000000) or with a unit (\"25 MiB\")".into()),
+    };
+    if n == 0 { Err("must be a positive size".into()) } else { Ok(n) }
+}
+
+/// `[files]`: a local directory by default, or an S3-compatible bucket.
+fn files_config(raw: &RawFiles, base_dir: &Path, lines: &Lines<'_>) -> Result<FilesConfig, ConfigError> {
+    let s3_only = |key: &str| format!("only an s3:// files.url takes files.{key}");
+    let Some(url) = &raw.url else {
+        return Ok(FilesConfig::Local { path: base_dir.join("tombstone-data/files") });
+    };
+    let text = url.get_ref();
+    if let Some(path) = text.strip_prefix("file://") {
+        if path.is_empty() {
+            return Err(lines.err("files.url", url, "a file:// URL names a directory"));
+        }
+        if let Some(e) = &raw.endpoint {
+            return Err(lines.err("files.endpoint", e, s3_only("endpoint")));
+        }
+        if raw.region.is_some() || raw.access_key_id.is_some() || raw.secret_access_key.is_some() {
+            return Err(lines.err("files.url", url, s3_only("region and credentials")));
+        }
+        return Ok(FilesConfig::Local { path: base_dir.join(path) });
+    }
+    let Some(rest) = text.strip_prefix("s3://") else {
+        return Err(lines.err("files.url", url, "must be a file:// or s3:// URL"));
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if !bucket_ok {
+        return Err(lines.err("files.url", url, format!("{bucket:?} is not an S3 bucket name")));
+    }
+    let endpoint = match &raw.endpoint {
+        Some(e) if e.get_ref().starts_with("http://") || e.get_ref().starts_with("https://") => {
+            Some(e.get_ref().clone())
+        }
+        Some(e) => return Err(lines.err("files.endpoint", e, "must be an http:// or https:// URL")),
+        None => None,
+    };
+    Ok(FilesConfig::S3 {
+        bucket: bucket.to_string(),
+        prefix: prefix.trim_matches('/').to_string(),
+        endpoint,
+        region: raw.region.clone(),
+        access_key_id: raw.access_key_id.clone(),
+        secret_access_key: raw.secret_access_key.clone(),
+    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::audit::AuditAction;
 use crate::config::Collection;
-use crate::record::{ArchiveMark, DeletionMark, FieldValue, Record, Values, parse_field_value};
+use crate::record::{ArchiveMark, DeletionMark, FieldValue, Record, Values, stored_field_value};
 use crate::time::Timestamp;
 
 /// The action of a version written for a record that existed before history did: its
@@ -102,7 +102,7 @@ pub fn values_from_body(collection: &Collection, body: &Value) -> Values {
     let mut values = Values::new();
     for field in collection.fields.values() {
         let raw = body.get(&field.name).unwrap_or(&Value::Null);
-        match parse_field_value(field, raw) {
+        match stored_field_value(field, raw) {
             Ok(FieldValue::Null) | Err(_) => {}
             Ok(v) => {
                 values.insert(field.name.clone(), v);

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod config;
 pub mod deletion;
 pub mod events;
+pub mod files;
 pub mod fuzzing;
 pub mod history;
 pub mod id;

@@ -304,7 +304,9 @@ fn parse_filter(collection: &Collection, param: &str, field_name: &str, raw: &st
         .field(field_name)
         .ok_or_else(|| qerr(param, format!("{field_name:?} is not a field of {}", collection.name)))?;
     let json = match &field.ty {
-        FieldType::Json => return Err(qerr(param, "json fields cannot be filtered on")),
+        FieldType::Json | FieldType::File(_) => {
+            return Err(qerr(param, format!("{} fields cannot be filtered on", field.ty.name())));
+        }
         FieldType::String | FieldType::Ref { .. } | FieldType::Timestamp => serde_json::Value::String(raw.to_string()),
         FieldType::Integer | FieldType::Number | FieldType::Boolean => {
             serde_json::from_str(raw).map_err(|_| qerr(param, format!("expected a {} value", field.ty.name())))?

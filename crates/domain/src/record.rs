@@ -213,6 +213,20 @@ fn is_system_field(name: &str) -> bool {
 /// the character, and data one store accepts must move to the other.
 pub const NUL_REFUSED: &str = "must not contain the NUL character (U+0000)";
 
+/// A value as a store or a version keeps it: what [`parse_field_value`] accepts, and the
+/// metadata of a `file` field, which no client body may set.
+///
+/// # Errors
+/// Says what the field expected.
+pub fn stored_field_value(field: &Field, value: &Value) -> Result<FieldValue, String> {
+    match &field.ty {
+        FieldType::File(_) if !value.is_null() => crate::files::FileMeta::from_json(value)
+            .map(|m| FieldValue::Json(m.to_json()))
+            .ok_or_else(|| "expected file metadata".to_string()),
+        _ => parse_field_value(field, value),
+    }
+}
+
 /// Checks one JSON value against a field declaration.
 ///
 /// # Errors
@@ -247,6 +261,10 @@ pub fn parse_field_value(field: &Field, value: &Value) -> Result<FieldValue, Str
             Timestamp::parse_rfc3339(s).map(FieldValue::Timestamp)
         }
         FieldType::Json => Ok(FieldValue::Json(value.clone())),
+        FieldType::File(_) => Err(format!(
+            "is a file: upload it with PUT /v1/{{collection}}/{{id}}/files/{}, remove it with DELETE there",
+            field.name
+        )),
         FieldType::Ref { .. } => {
             let s = value.as_str().ok_or("expected a record id (string)")?;
             if is_valid_record_id(s) {

@@ -57,6 +57,8 @@ pub struct AppInner {
     pub hub: EventHub,
     /// Serialises this process's checks of the audit chain.
     pub verifier: crate::audit_verify::Verifier,
+    /// Where the bytes of `file` fields are (§15); `None`: file endpoints answer 503.
+    pub files: Option<Arc<crate::files::Files>>,
 }
 
 impl AppState {
@@ -78,6 +80,7 @@ impl AppState {
             events,
             hub,
             verifier: crate::audit_verify::Verifier::default(),
+            files: None,
         }))
     }
 
@@ -94,6 +97,13 @@ impl AppState {
         let inner = Arc::make_mut(&mut self.0);
         inner.hub = EventHub::new(inner.store.clone(), &events);
         inner.events = events;
+        self
+    }
+
+    /// The same state with a files store.
+    #[must_use]
+    pub fn with_files(mut self, files: Arc<crate::files::Files>) -> Self {
+        Arc::make_mut(&mut self.0).files = Some(files);
         self
     }
 
@@ -130,6 +140,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::collections::router())
         .merge(crate::ui::router())
         .merge(routes::history::router())
+        .merge(routes::files::router())
         .merge(routes::records::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -213,6 +224,12 @@ pub async fn serve(
     tasks.spawn(supervise("cache_sync", backoff, rx(), move || cache_sync(s.clone(), c.clone())));
     let (s, c) = (state.clone(), rx());
     tasks.spawn(supervise("audit_verify", backoff, rx(), move || crate::audit_verify::run(s.clone(), c.clone())));
+    if let Some(files) = state.files.clone() {
+        let (store, clock, c) = (state.store.clone(), state.clock.clone(), rx());
+        tasks.spawn(supervise("files", backoff, rx(), move || {
+            crate::files::run(store.clone(), files.clone(), clock.clone(), c.clone())
+        }));
+    }
     let (s, c) = (state.clone(), rx());
     tasks.spawn(supervise("erasure_followups", backoff, rx(), move || erasure_followups(s.clone(), c.clone())));
     // The indexer runs on its own thread in the idle CPU class, with a runtime of its own:

@@ -96,6 +96,17 @@ pub enum ApiError {
     /// 413 `payload-too-large`: more than 1 MiB.
     #[error("the body is larger than 1 MiB")]
     PayloadTooLarge,
+    /// 413 `payload-too-large`: a file larger than its field's `max_bytes` (§15); nothing
+    /// was stored.
+    #[error("the file is larger than this field's max_bytes ({max_bytes} bytes); nothing was stored")]
+    FileTooLarge { max_bytes: u64 },
+    /// 415 `unsupported-media-type`: a file whose `Content-Type` the field does not allow
+    /// (or none); `allowed` lists what it takes (empty: any).
+    #[error("{message}")]
+    UnsupportedMediaType { message: String, allowed: Vec<String> },
+    /// 416 `range-not-satisfiable`: a `Range` outside the file (`Content-Range: bytes */size`).
+    #[error("the range is outside the file ({size} bytes)")]
+    RangeNotSatisfiable { size: u64 },
     /// 422 `validation`: well-formed but invalid; `errors` per field.
     #[error("{0}")]
     Validation(ValidationErrors),
@@ -177,7 +188,9 @@ impl ApiError {
             Self::Erased => (StatusCode::GONE, "erased"),
             Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request-timeout"),
             Self::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "precondition-failed"),
-            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            Self::PayloadTooLarge | Self::FileTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            Self::UnsupportedMediaType { .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
+            Self::RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "range-not-satisfiable"),
             Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
             Self::IdempotencyMismatch => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-mismatch"),
             Self::PreconditionRequired => (StatusCode::PRECONDITION_REQUIRED, "precondition-required"),
@@ -234,6 +247,12 @@ impl ApiError {
             }
             Self::PreconditionFailed { current } => {
                 body.insert("current_etag".into(), json!(format!("\"v{current}\"")));
+            }
+            Self::FileTooLarge { max_bytes } => {
+                body.insert("max_bytes".into(), json!(max_bytes));
+            }
+            Self::UnsupportedMediaType { allowed, .. } => {
+                body.insert("allowed".into(), json!(allowed));
             }
             _ => {}
         }
@@ -303,6 +322,11 @@ impl IntoResponse for ApiError {
         }
         if matches!(self, Self::Unauthorized) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::RangeNotSatisfiable { size } = &self
+            && let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
         }
         if let Self::StreamsFull { retry_after_secs, .. } = &self {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

@@ -9,6 +9,7 @@ pub mod app;
 pub mod audit_verify;
 pub mod auth;
 pub mod error;
+pub mod files;
 pub mod hub;
 pub mod keys;
 pub mod lease;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tombstone_domain::audit::AuditAction;
-use tombstone_domain::config::{Collection, DeleteMode, Field, FieldType, OnDelete, Schema};
+use tombstone_domain::config::{Collection, DeleteMode, Field, FieldType, FileRules, OnDelete, Schema};
 use tombstone_domain::events::EventType;
 use tombstone_domain::query::{DEFAULT_LIMIT, MAX_LIMIT};
 use utoipa::openapi::header::{Header, HeaderBuilder};
@@ -93,6 +93,8 @@ const PROBLEM_TYPES: &[&str] = &[
     "request-timeout",
     "precondition-failed",
     "payload-too-large",
+    "unsupported-media-type",
+    "range-not-satisfiable",
     "validation",
     "idempotency-mismatch",
     "precondition-required",
@@ -147,6 +149,15 @@ pub fn openapi(schema: &Schema) -> OpenApi {
                 format!("{item}/versions/{{version}}"),
                 PathItem::new(HttpMethod::Get, version_operation(collection, n)),
             );
+        for field in collection.fields.values() {
+            if let FieldType::File(rules) = &field.ty {
+                let path = format!("{item}/files/{}", field.name);
+                paths = paths
+                    .path(&path, PathItem::new(HttpMethod::Put, put_file_operation(collection, n, field, rules)))
+                    .path(&path, PathItem::new(HttpMethod::Get, get_file_operation(collection, field)))
+                    .path(&path, PathItem::new(HttpMethod::Delete, delete_file_operation(collection, n, field)));
+            }
+        }
     }
 
     paths = retention_paths(paths, schema);
@@ -376,6 +387,30 @@ fn field_schema(field: &Field, nullable_value: bool) -> RefOr<utoipa::openapi::S
             notes.push("any JSON value; PATCH merges objects recursively (RFC 7396)".into());
             ObjectBuilder::new().schema_type(SchemaType::AnyValue)
         }
+        FieldType::File(rules) => {
+            notes.push(format!(
+                "a stored file's metadata, read-only here: upload with `PUT …/files/{}` (at most {} bytes{}), \
+                 remove with `DELETE` there",
+                field.name,
+                rules.max_bytes,
+                if rules.content_types.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", rules.content_types.join(", "))
+                }
+            ));
+            ObjectBuilder::new()
+                .schema_type(ty(Type::Object))
+                .property("content_type", string())
+                .property("size", integer().minimum(Some(0)))
+                .property("sha256", string().pattern(Some("^[0-9a-f]{64}$")))
+                .property("uploaded_at", date_time())
+                .required("content_type")
+                .required("size")
+                .required("sha256")
+                .required("uploaded_at")
+                .additional_properties(Some(AdditionalProperties::<utoipa::openapi::Schema>::FreeForm(false)))
+        }
         FieldType::Ref { collection, on_delete } => {
             notes.push(format!(
                 "id of a `{collection}` record; deleting that record: {}",
@@ -484,12 +519,27 @@ fn new_record_schema(collection: &Collection) -> ObjectBuilder {
             )),
         );
     for field in collection.fields.values() {
-        object = object.property(&field.name, field_schema(field, !field.required));
+        object = object.property(&field.name, body_field_schema(field));
         if field.required {
             object = object.required(&field.name);
         }
     }
     object
+}
+
+/// A field as a request body may hold it: a file field only as `null` (its bytes go
+/// through `PUT …/files/{field}`).
+fn body_field_schema(field: &Field) -> RefOr<utoipa::openapi::Schema> {
+    if matches!(field.ty, FieldType::File(_)) {
+        return ObjectBuilder::new()
+            .schema_type(SchemaType::new(Type::Null))
+            .description(Some(format!(
+                "A file: only null here (removes it); upload with `PUT …/files/{}`.",
+                field.name
+            )))
+            .into();
+    }
+    field_schema(field, !field.required)
 }
 
 /// A JSON merge patch (RFC 7396): `null` removes a value, which required fields refuse.
@@ -499,7 +549,7 @@ fn patch_schema(collection: &Collection) -> ObjectBuilder {
          (refused for required fields); system fields are read-only.",
     ));
     for field in collection.fields.values() {
-        object = object.property(&field.name, field_schema(field, !field.required));
+        object = object.property(&field.name, body_field_schema(field));
     }
     object
 }
@@ -1037,6 +1087,118 @@ fn update_operation(collection: &Collection, names: &CollectionNames) -> Operati
     authenticated(body_errors(op), "write").build()
 }
 
+fn put_file_operation(collection: &Collection, names: &CollectionNames, field: &Field, rules: &FileRules) -> Operation {
+    let (c, f) = (&collection.name, &field.name);
+    let types =
+        if rules.content_types.is_empty() { "any media type".to_string() } else { rules.content_types.join(", ") };
+    let mut body = RequestBodyBuilder::new()
+        .required(Some(Required::True))
+        .description(Some(format!("The file's bytes, at most {} ({types}).", rules.max_bytes)));
+    let binary = || string().format(Some(SchemaFormat::Custom("binary".into())));
+    if rules.content_types.is_empty() {
+        body = body.content("*/*", ContentBuilder::new().schema(Some(binary())).build());
+    }
+    for t in &rules.content_types {
+        body = body.content(t.as_str(), ContentBuilder::new().schema(Some(binary())).build());
+    }
+    let mut op = operation(format!("put_file_{c}_{f}"), c, &format!("Upload the {f} file of a record of {c}"))
+        .description(Some(format!(
+            "Streams the body into the files store (§15) and points `{f}` at it: a new version, audited, with a \
+             `record.updated` event. Files are kept by content (`sha256`) per tenant; every version keeps the \
+             file it had, so `:revert` and restore bring a replaced file back. The `Content-Type` header is \
+             required and becomes the file's `content_type`."
+        )))
+        .parameter(id_param("The record id."))
+        .parameter(if_match_param(collection, "changed"))
+        .request_body(Some(body.build()))
+        .response(
+            "200",
+            json_response("The record with the file's metadata.", schema_ref(&names.record))
+                .header("ETag", etag_header()),
+        )
+        .response("400", problem("`invalid-parameter`: a query parameter; `malformed`: the body could not be read."))
+        .response("404", problem("`not-found`: no such record (nothing is stored), or it is deleted."))
+        .response("408", problem("`request-timeout`: the body stopped arriving; nothing was stored."))
+        .response("409", problem("`archived`: the record is archived and read-only; unarchive it first."))
+        .response("412", problem("`precondition-failed`: `If-Match` is stale (`current_etag`)."))
+        .response(
+            "413",
+            problem(&format!(
+                "`payload-too-large`: larger than {} bytes (`max_bytes`); nothing is stored.",
+                rules.max_bytes
+            )),
+        )
+        .response(
+            "415",
+            problem(&format!("`unsupported-media-type`: no `Content-Type`, or not one of {types} (`allowed`).")),
+        );
+    if collection.require_if_match {
+        op = op.response("428", problem("`precondition-required`: this collection requires `If-Match`."));
+    }
+    authenticated(op, "write").build()
+}
+
+fn get_file_operation(collection: &Collection, field: &Field) -> Operation {
+    let (c, f) = (&collection.name, &field.name);
+    let bytes = |description: &str| {
+        response(description)
+            .header("ETag", response_header("`\"sha256:<hex>\"`: the bytes' hash."))
+            .header("Content-Length", response_header("The number of bytes sent."))
+            .header("Accept-Ranges", response_header("`bytes`."))
+            .content(
+                "*/*",
+                ContentBuilder::new()
+                    .schema(Some(string().format(Some(SchemaFormat::Custom("binary".into())))))
+                    .build(),
+            )
+    };
+    let op = operation(format!("get_file_{c}_{f}"), c, &format!("Download the {f} file of a record of {c}"))
+        .description(Some(
+            "Streams the bytes back with the `Content-Type` they were uploaded with. `Range` (one `bytes=` range) \
+             answers 206 with `Content-Range`; `If-Range` and `If-None-Match` take the `ETag`. A deleted record's file \
+             needs `include=deleted` and `read_deleted`.",
+        ))
+        .parameter(id_param("The record id."))
+        .parameter(query(
+            "include",
+            string().enum_values(Some(["deleted"])),
+            "`deleted`: also a deleted record's file (needs `read_deleted`).",
+        ))
+        .parameter(header_param("Range", false, "One range, `bytes=start-end`, `bytes=start-` or `bytes=-suffix`."))
+        .response("200", bytes("The file."))
+        .response("206", bytes("The requested range (`Content-Range`)."))
+        .response("304", response("`If-None-Match` matched."))
+        .response("400", problem("`invalid-parameter`: a query parameter."))
+        .response("404", problem("`not-found`: no such record, it is deleted, or it has no file here."))
+        .response(
+            "416",
+            problem("`range-not-satisfiable`: the range is outside the file (`Content-Range: bytes */size`)."),
+        );
+    authenticated(op, "read").build()
+}
+
+fn delete_file_operation(collection: &Collection, names: &CollectionNames, field: &Field) -> Operation {
+    let (c, f) = (&collection.name, &field.name);
+    let mut op = operation(format!("delete_file_{c}_{f}"), c, &format!("Remove the {f} file of a record of {c}"))
+        .description(Some(
+            "Sets the field to null in a new version. The bytes stay while earlier versions point at them \
+             (`:revert` brings them back) and go with the record's purge or erasure.",
+        ))
+        .parameter(id_param("The record id."))
+        .parameter(if_match_param(collection, "changed"))
+        .response(
+            "200",
+            json_response("The record without the file.", schema_ref(&names.record)).header("ETag", etag_header()),
+        )
+        .response("404", problem("`not-found`: no such record, it is deleted, or it has no file here."))
+        .response("409", problem("`archived`: the record is archived and read-only; unarchive it first."))
+        .response("412", problem("`precondition-failed`: `If-Match` is stale (`current_etag`)."));
+    if collection.require_if_match {
+        op = op.response("428", problem("`precondition-required`: this collection requires `If-Match`."));
+    }
+    authenticated(op, "write").build()
+}
+
 /// Collections whose refs to `collection` refuse its deletion.
 fn restricting_children<'a>(schema: &'a Schema, collection: &'a Collection) -> impl Iterator<Item = &'a str> + 'a {
     schema.collections.values().filter_map(move |child| {
@@ -1467,6 +1629,13 @@ fn retention_components(components: ComponentsBuilder, schema: &Schema, names: &
                             .additional_properties(Some(integer())),
                     )
                     .property(
+                        "files",
+                        integer().minimum(Some(0)).description(Some(
+                            "Stored files the erased records referenced (§15); each is removed with its \
+                             last reference by the files worker, moments after the commit.",
+                        )),
+                    )
+                    .property(
                         "pending",
                         array_of(string().enum_values(Some(["search", "wal", "vacuum"]))).description(Some(
                             "Steps that run after the commit and are not done yet: `search` (the index \
@@ -1476,7 +1645,7 @@ fn retention_components(components: ComponentsBuilder, schema: &Schema, names: &
                              the state now.",
                         )),
                     ),
-                &["collection", "id", "erased_at", "audit_seq", "scrubbed", "counts", "pending"],
+                &["collection", "id", "erased_at", "audit_seq", "scrubbed", "counts", "files", "pending"],
             ),
         )
         .schema(

@@ -8,6 +8,7 @@
 //! together or not at all.
 
 pub mod cache;
+pub mod files;
 pub mod history;
 pub mod postgres;
 pub mod priority;
@@ -31,6 +32,7 @@ use tombstone_domain::time::Timestamp;
 use tombstone_domain::webhook::DeliveryError;
 
 pub use cache::{MemoryCache, RecordCache, SharedRecord, View};
+pub use files::{DueObject, FileRef, FileStore, FileUpload, KnownObject};
 pub use history::{HistoryStore, VersionPage, VersionRow};
 pub use postgres::{GroupStats, PgStore, ScratchDatabase};
 pub use redis_cache::RedisCache;
@@ -548,6 +550,9 @@ pub struct Erasure {
     pub versions: u64,
     pub events: u64,
     pub idempotent_responses: u64,
+    /// Stored files (objects) the erased records referenced; each goes with its last
+    /// reference, by the files worker, moments after the commit.
+    pub files: u64,
     /// Records erased with it, per collection, the root included (cascade relations take
     /// their children along).
     pub counts: std::collections::BTreeMap<String, u64>,
@@ -1105,7 +1110,7 @@ pub trait WorkerStore: Send + Sync + 'static {
 /// (`use tombstone_store::prelude::*`).
 #[async_trait]
 pub trait Store:
-    RecordStore + DeletionStore + RetentionStore + EventStore + KeyStore + WorkerStore + HistoryStore
+    RecordStore + DeletionStore + RetentionStore + EventStore + KeyStore + WorkerStore + HistoryStore + FileStore
 {
     /// Creates or updates the tables and indexes the schema needs, keeping every row.
     ///

@@ -5,6 +5,7 @@ pub(crate) mod collections;
 pub(crate) mod deletions;
 pub(crate) mod events;
 pub(crate) mod extract;
+pub(crate) mod files;
 pub(crate) mod health;
 pub(crate) mod history;
 pub(crate) mod keys;

@@ -48,11 +48,11 @@ pub(crate) fn router() -> Router<AppState> {
 /// The actions of a record (`POST /v1/{c}/{id}:action`).
 const RECORD_ACTIONS: &[&str] = &["restore", "purge", "erase", "hold", "release", "archive", "unarchive", "revert"];
 
-fn collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
+pub(crate) fn collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
     state.schema.collection(name).cloned().ok_or_else(|| ApiError::NotFound(format!("no collection {name:?}")))
 }
 
-fn checked_id<'a>(collection: &Collection, id: &'a str) -> Result<&'a str, ApiError> {
+pub(crate) fn checked_id<'a>(collection: &Collection, id: &'a str) -> Result<&'a str, ApiError> {
     if is_valid_record_id(id) {
         Ok(id)
     } else {
@@ -74,7 +74,7 @@ fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
 }
 
 /// `If-Match`, refusing its absence where the collection requires it.
-fn write_precondition(collection: &Collection, headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
+pub(crate) fn write_precondition(collection: &Collection, headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
     let cond = if_match(headers);
     if collection.require_if_match && cond.is_none() {
         return Err(ApiError::PreconditionRequired);
@@ -90,7 +90,7 @@ fn reason(query: &QueryPairs) -> Result<Option<String>, ApiError> {
     Ok(reason)
 }
 
-fn map_not_found(collection: &Collection, id: &str) -> impl Fn(StoreError) -> ApiError {
+pub(crate) fn map_not_found(collection: &Collection, id: &str) -> impl Fn(StoreError) -> ApiError {
     let (c, i) = (collection.name.clone(), id.to_string());
     move |e| match e {
         StoreError::NotFound => ApiError::record_not_found(&c, &i),
@@ -142,7 +142,7 @@ async fn holds_of(
     Ok(state.store.active_holds(caller.tenant(), &collection.name, &held).await?)
 }
 
-async fn record_response(
+pub(crate) async fn record_response(
     state: &AppState,
     status: StatusCode,
     caller: &Caller,
@@ -713,6 +713,9 @@ fn erasure_receipt(erasure: &tombstone_store::Erasure) -> Value {
             "cache": true,
         },
         "counts": erasure.counts,
+        // Stored files the erased records referenced; each goes with its last reference,
+        // removed by the files worker moments after the commit (§15).
+        "files": erasure.files,
         "pending": pending,
     })
 }

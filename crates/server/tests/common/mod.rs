@@ -90,6 +90,8 @@ pub struct TestApp {
     pub dir: TempDir,
     /// The full-text index; tests drive its indexer with [`TestApp::index`].
     pub search: Arc<SearchIndex>,
+    /// The files store (`[files]` of the config), when a collection has a file field.
+    pub files: Option<Arc<tombstone_server::files::Files>>,
 }
 
 /// A response, with its body read.
@@ -192,8 +194,8 @@ impl TestApp {
     /// The app stopped and started again over the same data (its database, its files),
     /// with `toml` as its config: what a restart of the server sees.
     pub async fn restart(self, toml: &str) -> Self {
-        let TestApp { dir, database, router, store, sqlite_store, pg_store, search, .. } = self;
-        drop((router, store, sqlite_store, pg_store, search));
+        let TestApp { dir, database, router, store, sqlite_store, pg_store, search, files, .. } = self;
+        drop((router, store, sqlite_store, pg_store, search, files));
         Self::open(toml, dir, database).await
     }
 
@@ -234,12 +236,32 @@ impl TestApp {
         store.migrate(&config.schema).await.expect("migrate");
         let clock = Arc::new(ManualClock::default());
         let search = Arc::new(SearchIndex::open(&dir.path().join("search"), true).expect("search index"));
-        let state = AppState::new(config.schema.clone(), store.clone(), clock.clone())
+        let mut state = AppState::new(config.schema.clone(), store.clone(), clock.clone())
             .with_search(search.clone())
             .with_events(config.events.clone());
+        let files = config
+            .schema
+            .collections
+            .values()
+            .any(|c| c.has_files())
+            .then(|| Arc::new(tombstone_server::files::Files::open(&config.files).expect("files store")));
+        if let Some(files) = &files {
+            state = state.with_files(files.clone());
+        }
         let router = router(state);
-        let mut app =
-            Self { router, store, sqlite_store, pg_store, database, clock, config, admin: String::new(), dir, search };
+        let mut app = Self {
+            router,
+            store,
+            sqlite_store,
+            pg_store,
+            database,
+            clock,
+            config,
+            admin: String::new(),
+            dir,
+            search,
+            files,
+        };
         app.admin = app.key("t1", "admin").await;
         app
     }

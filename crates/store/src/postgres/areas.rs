@@ -776,7 +776,7 @@ impl RetentionStore for PgStore {
     async fn erasure_receipt(&self, tenant: &str, collection: &str, id: &str) -> Result<Option<Erasure>, StoreError> {
         let rows = self
             .query(
-                "select erased_at, audit_seq, events, idempotent_responses, counts, versions from erasures
+                "select erased_at, audit_seq, events, idempotent_responses, counts, versions, files from erasures
                  where tenant = $1 and collection = $2 and record_id = $3",
                 &[&tenant, &collection, &id],
             )
@@ -804,6 +804,7 @@ impl RetentionStore for PgStore {
             versions: count(row.try_get(5)?),
             events: count(row.try_get(2)?),
             idempotent_responses: count(row.try_get(3)?),
+            files: count(row.try_get(6)?),
             counts,
             pending,
         }))

@@ -19,6 +19,7 @@
 mod areas;
 mod changes;
 mod error;
+mod files;
 mod group;
 mod history;
 mod idempotency;

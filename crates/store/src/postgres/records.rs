@@ -71,7 +71,7 @@ pub(crate) fn to_param(ty: &FieldType, value: &FieldValue) -> Param {
             FieldValue::Boolean(b) => Some(*b),
             _ => None,
         }),
-        FieldType::String | FieldType::Ref { .. } | FieldType::Json => Param::Text(match value {
+        FieldType::String | FieldType::Ref { .. } | FieldType::Json | FieldType::File(_) => Param::Text(match value {
             FieldValue::String(s) | FieldValue::Ref(s) => Some(s.clone()),
             FieldValue::Json(v) => Some(v.to_string()),
             _ => None,
@@ -99,7 +99,7 @@ fn from_row(ty: &FieldType, row: &Row, i: usize) -> Result<FieldValue, tokio_pos
             .map_or(FieldValue::Null, |m| FieldValue::Timestamp(Timestamp::from_micros(m))),
         // Text that does not parse can only come from outside Tombstone; show it as absent
         // rather than fail the whole read, as SQLite's store does.
-        FieldType::Json => row
+        FieldType::Json | FieldType::File(_) => row
             .try_get::<_, Option<String>>(i)?
             .and_then(|t| serde_json::from_str(&t).ok())
             .map_or(FieldValue::Null, FieldValue::Json),
@@ -332,13 +332,13 @@ fn sort_param(key: &SortKey, collection: &Collection, v: &SortValue) -> Param {
         // SQLite stores booleans as 0 and 1, and its cursors carry them so.
         (FieldType::Boolean, SortValue::Int(i)) => Param::Bool(Some(*i != 0)),
         (FieldType::Boolean, SortValue::Float(f)) => Param::Bool(Some(*f != 0.0)),
-        (FieldType::String | FieldType::Ref { .. } | FieldType::Json, SortValue::Text(t)) => {
+        (FieldType::String | FieldType::Ref { .. } | FieldType::Json | FieldType::File(_), SortValue::Text(t)) => {
             Param::Text(Some(t.clone()))
         }
-        (FieldType::String | FieldType::Ref { .. } | FieldType::Json, SortValue::Int(i)) => {
+        (FieldType::String | FieldType::Ref { .. } | FieldType::Json | FieldType::File(_), SortValue::Int(i)) => {
             Param::Text(Some(i.to_string()))
         }
-        (FieldType::String | FieldType::Ref { .. } | FieldType::Json, SortValue::Float(f)) => {
+        (FieldType::String | FieldType::Ref { .. } | FieldType::Json | FieldType::File(_), SortValue::Float(f)) => {
             Param::Text(Some(f.to_string()))
         }
         (FieldType::Integer | FieldType::Timestamp, SortValue::Text(t)) => Param::Int(t.parse().ok()),

@@ -64,6 +64,10 @@ fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+fn count_of(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
 impl PgTx<'_> {
     /// Runs one statement with parameters, returning the rows it changed.
     async fn exec(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<u64, StoreError> {
@@ -215,6 +219,55 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
+    async fn add_file_ref(
+        &mut self,
+        tenant: &str,
+        collection: &str,
+        id: &str,
+        sha256: &str,
+        upload_id: &str,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "insert into file_refs (tenant, collection, record_id, sha256) values ($1, $2, $3, $4) on conflict do nothing",
+            &[&tenant, &collection, &id, &sha256],
+        )
+        .await?;
+        self.exec("delete from file_pins where upload_id = $1", &[&upload_id]).await?;
+        Ok(())
+    }
+
+    async fn release_files(
+        &mut self,
+        collection: &str,
+        rows: &[(String, String)],
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let tenants: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+        let ids: Vec<&str> = rows.iter().map(|(_, i)| i.as_str()).collect();
+        // The due time always moves, even later: a files worker deciding to keep an object
+        // on what it saw before this commit then leaves the new check in place
+        // (KEEP_FILE_SQL compares it).
+        let released = self
+            .rows(
+                "with gone as (
+                    delete from file_refs f using unnest($1::text[], $2::text[]) as d(tenant, id)
+                    where f.tenant = d.tenant and f.collection = $3 and f.record_id = d.id
+                    returning f.tenant, f.sha256
+                 ), objects as (select distinct tenant, sha256 from gone),
+                 due as (
+                    update file_objects o set gc_due_at = $4 from objects
+                    where o.tenant = objects.tenant and o.sha256 = objects.sha256
+                 )
+                 select count(*) from objects",
+                &[&tenants, &ids, &collection, &now.as_micros()],
+            )
+            .await?;
+        Ok(released.first().map_or(0, |r| count_of(r.get::<_, i64>(0))))
+    }
+
     async fn remove_rows(&mut self, collection: &Collection, rows: &[(String, String)]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
@@ -286,11 +339,11 @@ impl Tx for PgTx<'_> {
     async fn put_erasure(&mut self, tenant: &str, receipt: &Erasure) -> Result<(), StoreError> {
         let counts = serde_json::to_string(&receipt.counts).map_err(|e| StoreError::Internal(e.to_string()))?;
         self.exec(
-            "insert into erasures (tenant, collection, record_id, erased_at, audit_seq, events, idempotent_responses, counts, versions)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            "insert into erasures (tenant, collection, record_id, erased_at, audit_seq, events, idempotent_responses, counts, versions, files)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              on conflict (tenant, collection, record_id) do update set erased_at = excluded.erased_at, audit_seq = excluded.audit_seq,
              events = excluded.events, idempotent_responses = excluded.idempotent_responses, counts = excluded.counts,
-             versions = excluded.versions",
+             versions = excluded.versions, files = excluded.files",
             &[
                 &tenant,
                 &receipt.collection,
@@ -301,6 +354,7 @@ impl Tx for PgTx<'_> {
                 &count(receipt.idempotent_responses),
                 &counts,
                 &count(receipt.versions),
+                &count(receipt.files),
             ],
         )
         .await?;

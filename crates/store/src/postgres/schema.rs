@@ -41,6 +41,7 @@ const SYSTEM_MIGRATIONS: &[(&str, &str)] = &[
     ("0006_nats", include_str!("migrations/0006_nats.sql")),
     ("0007_history", include_str!("migrations/0007_history.sql")),
     ("0008_audit_checks", include_str!("migrations/0008_audit_checks.sql")),
+    ("0009_files", include_str!("migrations/0009_files.sql")),
 ];
 
 /// The advisory lock every schema change takes (`pg_advisory_xact_lock`): replicas that
@@ -150,7 +151,7 @@ fn column_type(ty: &FieldType) -> &'static str {
         FieldType::Integer | FieldType::Timestamp => "bigint",
         FieldType::Boolean => "boolean",
         FieldType::Number => "double precision",
-        FieldType::String | FieldType::Ref { .. } | FieldType::Json => "text collate \"C\"",
+        FieldType::String | FieldType::Ref { .. } | FieldType::Json | FieldType::File(_) => "text collate \"C\"",
     }
 }
 

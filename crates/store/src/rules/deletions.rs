@@ -50,6 +50,7 @@ pub(crate) async fn delete_records<T: Tx>(
             let pairs: Vec<(String, String)> = rows.iter().map(|r| (r.tenant.clone(), r.id.clone())).collect();
             tx.remove_versions(&collection.name, &pairs).await?;
             tx.remove_active_many(collection, &actor.tenant, &ids).await?;
+            super::release_files(tx, collection, &pairs, mark.deleted_at).await?;
         } else {
             tx.soft_delete_many(collection, &actor.tenant, &ids, &child_mark).await?;
         }

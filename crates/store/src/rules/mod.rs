@@ -11,6 +11,7 @@
 //! them on its pool's connections.
 
 pub(crate) mod deletions;
+pub(crate) mod files;
 pub(crate) mod keys;
 pub(crate) mod records;
 pub(crate) mod retention;
@@ -157,6 +158,26 @@ pub(crate) trait Tx {
     /// Removes every version of these records (`(tenant, id)` pairs of `collection`);
     /// returns how many rows went.
     async fn remove_versions(&mut self, collection: &str, rows: &[(String, String)]) -> Result<u64, StoreError>;
+
+    /// Notes that the record references the stored object `sha256` (§15), kept until the
+    /// record's row and versions go, and drops the pin of the upload that stored it.
+    async fn add_file_ref(
+        &mut self,
+        tenant: &str,
+        collection: &str,
+        id: &str,
+        sha256: &str,
+        upload_id: &str,
+    ) -> Result<(), StoreError>;
+    /// Drops every file reference of these records (`(tenant, id)` pairs of `collection`)
+    /// and makes each object they referenced due for the files worker's check at `now`;
+    /// returns how many distinct objects that was.
+    async fn release_files(
+        &mut self,
+        collection: &str,
+        rows: &[(String, String)],
+        now: Timestamp,
+    ) -> Result<u64, StoreError>;
 
     /// Removes these rows (`(tenant, id)` pairs), whatever their state.
     async fn remove_rows(&mut self, collection: &Collection, rows: &[(String, String)]) -> Result<(), StoreError>;
@@ -328,6 +349,21 @@ pub(crate) async fn record_change<T: Tx>(
     let entry = audit_entry(actor, action, record, reason, now);
     tx.append_changes(vec![entry], vec![record_event(kind, collection, record, &actor.request_id, now)]).await?;
     Ok(())
+}
+
+/// Drops the file references of records whose rows and versions go, when their collection
+/// has file fields: the objects only they referenced become due for removal by the files
+/// worker, a durable job of this transaction. Returns how many objects they referenced.
+pub(crate) async fn release_files<T: Tx>(
+    tx: &mut T,
+    collection: &Collection,
+    rows: &[(String, String)],
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    if !collection.has_files() || rows.is_empty() {
+        return Ok(0);
+    }
+    tx.release_files(&collection.name, rows, now).await
 }
 
 /// Ends an operation: `done`, with its `deletion.completed` event (root, totals per

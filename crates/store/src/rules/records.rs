@@ -245,7 +245,9 @@ pub(crate) async fn delete<T: Tx>(
         (AuditAction::Delete, EventType::Deleted)
     };
     if hard {
-        tx.remove_versions(&collection.name, &[(actor.tenant.clone(), id.to_string())]).await?;
+        let row = [(actor.tenant.clone(), id.to_string())];
+        tx.remove_versions(&collection.name, &row).await?;
+        super::release_files(tx, collection, &row, now).await?;
     } else {
         tx.append_versions(vec![NewVersion::for_change(collection, &deleted, AuditAction::Delete, &actor.key_id)])
             .await?;

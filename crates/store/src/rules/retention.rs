@@ -100,7 +100,9 @@ pub(crate) async fn purge_record<T: Tx>(
         return Err(StoreError::LegalHold);
     }
     tx.remove(collection, &actor.tenant, id).await?;
-    tx.remove_versions(&collection.name, &[(actor.tenant.clone(), id.to_string())]).await?;
+    let row = [(actor.tenant.clone(), id.to_string())];
+    tx.remove_versions(&collection.name, &row).await?;
+    super::release_files(tx, collection, &row, now).await?;
     record_change(tx, actor, (AuditAction::Purge, EventType::Purged), collection, &record, reason, now).await
 }
 
@@ -161,6 +163,7 @@ pub(crate) async fn purge_rows<T: Tx>(
     let pairs: Vec<(String, String)> = due.iter().map(|r| (r.tenant.clone(), r.id.clone())).collect();
     tx.remove_rows(collection, &pairs).await?;
     tx.remove_versions(&collection.name, &pairs).await?;
+    super::release_files(tx, collection, &pairs, now).await?;
     let mut entries = Vec::with_capacity(due.len());
     let mut events = Vec::with_capacity(due.len());
     for row in due {
@@ -235,11 +238,12 @@ pub(crate) async fn erase<T: Tx>(
         *counts.entry(c.name.clone()).or_insert(0) += 1;
     }
     let mut receipt: Option<Erasure> = None;
-    let (mut events, mut responses, mut versions) = (0, 0, 0);
+    let (mut events, mut responses, mut versions, mut files) = (0, 0, 0, 0);
     for (c, record) in &doomed {
         let one = erase_one(tx, c, actor, record, reason, now).await?;
         events += one.events;
         versions += one.versions;
+        files += one.files;
         responses += one.idempotent_responses;
         if receipt.is_none() {
             receipt = Some(one);
@@ -248,6 +252,7 @@ pub(crate) async fn erase<T: Tx>(
     let mut receipt = receipt.ok_or(StoreError::NotFound)?;
     receipt.events = events;
     receipt.versions = versions;
+    receipt.files = files;
     receipt.idempotent_responses = responses;
     receipt.counts = counts;
     // The root's receipt covers the whole erasure.
@@ -270,7 +275,9 @@ async fn erase_one<T: Tx>(
     let responses = tx.scrub_idempotent_responses(&actor.tenant, &collection.name, id).await?;
     tx.remove(collection, &actor.tenant, id).await?;
     // Every version held the values: they go with the row (the strongest scrub), counted.
-    let versions = tx.remove_versions(&collection.name, &[(actor.tenant.clone(), id.to_string())]).await?;
+    let row = [(actor.tenant.clone(), id.to_string())];
+    let versions = tx.remove_versions(&collection.name, &row).await?;
+    let files = super::release_files(tx, collection, &row, now).await?;
     let (audit_seq, event_seq) = tx
         .append_changes(
             vec![audit_entry(actor, AuditAction::Erase, record, reason, now)],
@@ -292,6 +299,7 @@ async fn erase_one<T: Tx>(
         versions,
         events,
         idempotent_responses: responses,
+        files,
         counts: BTreeMap::from([(collection.name.clone(), 1)]),
         pending,
     };

@@ -15,6 +15,7 @@
 //! PostgreSQL's autovacuum gives way to a conflicting lock request).
 
 mod changes;
+mod files;
 mod group;
 mod history;
 mod idempotency;

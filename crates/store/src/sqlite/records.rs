@@ -91,7 +91,9 @@ fn from_sql(ty: &FieldType, value: ValueRef<'_>) -> FieldValue {
         (FieldType::Number, ValueRef::Integer(i)) => FieldValue::Number(i as f64),
         (FieldType::Boolean, ValueRef::Integer(i)) => FieldValue::Boolean(i != 0),
         (FieldType::Timestamp, ValueRef::Integer(i)) => FieldValue::Timestamp(Timestamp::from_micros(i)),
-        (FieldType::Json, ValueRef::Text(t)) => serde_json::from_slice(t).map_or(FieldValue::Null, FieldValue::Json),
+        (FieldType::Json | FieldType::File(_), ValueRef::Text(t)) => {
+            serde_json::from_slice(t).map_or(FieldValue::Null, FieldValue::Json)
+        }
         // A value of another type can only come from outside Tombstone; show it as absent
         // rather than fail the whole read.
         _ => FieldValue::Null,

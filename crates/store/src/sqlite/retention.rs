@@ -218,17 +218,17 @@ pub(crate) fn erasure_receipt(
     collection: &str,
     id: &str,
 ) -> Result<Option<Erasure>, StoreError> {
-    type Row = (i64, i64, i64, i64, Option<String>, i64);
+    type Row = (i64, i64, i64, i64, Option<String>, i64, i64);
     let row: Option<Row> = conn
         .prepare_cached(
-            "select erased_at, audit_seq, events, idempotent_responses, counts, versions from erasures
+            "select erased_at, audit_seq, events, idempotent_responses, counts, versions, files from erasures
              where tenant = ?1 and collection = ?2 and record_id = ?3",
         )?
         .query_row(params![tenant, collection, id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
         })
         .optional()?;
-    let Some((erased_at, audit_seq, events, responses, counts, versions)) = row else { return Ok(None) };
+    let Some((erased_at, audit_seq, events, responses, counts, versions, files)) = row else { return Ok(None) };
     let mut pending: Vec<ErasureStep> = conn
         .prepare_cached("select step from erasure_jobs where tenant = ?1 and collection = ?2 and record_id = ?3")?
         .query_map(params![tenant, collection, id], |r| r.get::<_, String>(0))?
@@ -246,6 +246,7 @@ pub(crate) fn erasure_receipt(
         versions: u64::try_from(versions).unwrap_or(0),
         events: u64::try_from(events).unwrap_or(0),
         idempotent_responses: u64::try_from(responses).unwrap_or(0),
+        files: u64::try_from(files).unwrap_or(0),
         counts,
         pending,
     }))
