@@ -99,7 +99,7 @@ fn attempt() -> Option<usize> {
         assert!(Instant::now() < deadline, "the purge never removed anything:\n{}", server.log_text());
         thread::sleep(Duration::from_millis(1));
     };
-    let Some(left) = left else { return None };
+    let left = left?;
     if left == 0 {
         return None;
     }
