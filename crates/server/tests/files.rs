@@ -338,6 +338,12 @@ async fn bad_uploads_are_refused_and_store_nothing() {
         r.assert_problem(422, "validation");
         app.patch(&format!("/v1/docs/{id}"), key, &json!({"scan": "x"})).await.assert_problem(422, "validation");
         app.get("/v1/docs?filter[scan]=x", key).await.assert_problem(400, "invalid-parameter");
+        // An archived record is read-only: its file too (and nothing is stored).
+        let archived = new_doc(&app, key).await;
+        app.post(&format!("/v1/docs/{archived}:archive"), key, &json!({})).await.assert_status(200);
+        put_file(&app, key, &format!("/v1/docs/{archived}/files/scan"), "application/pdf", b"%PDF archived")
+            .await
+            .problem(409, "archived");
         // A writer without write scope.
         let reader = app.key("t1", "read:docs").await;
         put_file(&app, &reader, &path, "application/pdf", b"x").await.problem(403, "forbidden");

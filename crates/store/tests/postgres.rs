@@ -128,7 +128,8 @@ async fn replicas_starting_together_apply_each_migration_once() {
             "0005_retention",
             "0006_nats",
             "0007_history",
-            "0008_audit_checks"
+            "0008_audit_checks",
+            "0009_files"
         ]
         .map(|n| (n.to_string(), 1))
         .to_vec()
