@@ -51,6 +51,15 @@ impl Timestamp {
         Self(self.0.saturating_add(micros))
     }
 
+    /// The instant of a change that follows one made at `previous`: this one, or one
+    /// microsecond after `previous` when this clock is behind it (another replica's clock,
+    /// or a wall clock stepped back). A record's `updated_at` — its versions' `valid_from`
+    /// — so only ever grows.
+    #[must_use]
+    pub fn following(self, previous: Self) -> Self {
+        Self(self.0.max(previous.0.saturating_add(1)))
+    }
+
     /// The RFC 3339 form with six fractional digits and a `Z`.
     #[must_use]
     pub fn to_rfc3339(self) -> String {

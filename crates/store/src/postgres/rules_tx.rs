@@ -192,7 +192,7 @@ impl Tx for PgTx<'_> {
             return Ok(());
         }
         let sql = format!(
-            "update {} set version = version + 1, updated_at = $3, deleted_at = $3, deleted_by = $4, delete_reason = $5,
+            "update {} set version = version + 1, updated_at = greatest(updated_at + 1, $3), deleted_at = $3, deleted_by = $4, delete_reason = $5,
              deletion_id = $6, purge_at = $7 where tenant = $1 and deleted_at is null and id = any($2)",
             table_name(&collection.name)
         );

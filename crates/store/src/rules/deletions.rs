@@ -65,9 +65,10 @@ pub(crate) async fn delete_records<T: Tx>(
         let mut listed = Vec::with_capacity(rows.len());
         let mut versions = Vec::with_capacity(if hard { 0 } else { rows.len() });
         for row in rows {
+            // As `soft_delete_many` wrote it: never before the row's last change.
             let deleted = Record {
                 version: row.version + 1,
-                updated_at: mark.deleted_at,
+                updated_at: mark.deleted_at.following(row.updated_at),
                 deletion: Some(child_mark.clone()),
                 ..row
             };
@@ -155,7 +156,12 @@ pub(crate) async fn restore_operation<T: Tx>(
     }
     let mut restored = Vec::with_capacity(to_restore.len());
     for (collection, record) in to_restore {
-        let back = Record { version: record.version + 1, updated_at: now, deletion: None, ..record };
+        let back = Record {
+            version: record.version + 1,
+            updated_at: now.following(record.updated_at),
+            deletion: None,
+            ..record
+        };
         tx.set_deletion(&collection, &back).await?;
         // Restored by the operation: its entry and event name it.
         let mut entry = audit_entry(actor, AuditAction::Restore, &back, None, now);

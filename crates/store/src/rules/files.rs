@@ -49,7 +49,7 @@ pub(crate) async fn set_file<T: Tx>(
             values.remove(field);
         }
     }
-    let updated = Record { version, updated_at: now, values, ..current };
+    let updated = Record { version, updated_at: now.following(current.updated_at), values, ..current };
     tx.update_values(collection, &updated).await?;
     record_change(tx, actor, (AuditAction::Update, EventType::Updated), collection, &updated, None, now).await?;
     Ok(updated)

@@ -129,7 +129,9 @@ pub(crate) trait Tx {
         tenant: &str,
         ids: &[String],
     ) -> Result<Vec<Record>, StoreError>;
-    /// Soft-deletes the active records among `ids` with `mark`, each at its next version.
+    /// Soft-deletes the active records among `ids` with `mark`, each at its next version,
+    /// its `updated_at` the mark's instant or, if the row changed later than that (a clock
+    /// behind), one microsecond after its last change (`Timestamp::following`).
     async fn soft_delete_many(
         &mut self,
         collection: &Collection,

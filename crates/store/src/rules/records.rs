@@ -106,7 +106,7 @@ pub(crate) async fn patch<T: Tx>(
     let values = apply_patch(collection, &current.values, patch).map_err(StoreError::Validation)?;
     let changed: Vec<String> = patch.0.keys().cloned().collect();
     check_refs(tx, collection, &actor.tenant, &values, Some(&changed)).await?;
-    let updated = Record { version, updated_at: now, values, ..current };
+    let updated = Record { version, updated_at: now.following(current.updated_at), values, ..current };
     tx.update_values(collection, &updated).await?;
     record_change(tx, actor, (AuditAction::Update, EventType::Updated), collection, &updated, None, now).await?;
     Ok(updated)
@@ -146,7 +146,7 @@ pub(crate) async fn plan_delete<T: Tx>(
         DeleteDecision::LegalHold => return Err(StoreError::LegalHold),
         DeleteDecision::HardDelete { mark } => (Record { deletion: Some(mark), ..current }, true),
         DeleteDecision::SoftDelete { mark, version } => {
-            (Record { version, updated_at: now, deletion: Some(mark), ..current }, false)
+            (Record { version, updated_at: now.following(current.updated_at), deletion: Some(mark), ..current }, false)
         }
     };
     let plan = plan(tx, schema, &actor.tenant, RecordRef::new(&collection.name, id)).await?;
@@ -306,7 +306,7 @@ pub(crate) async fn restore<T: Tx>(
             if !parents.is_empty() {
                 return Err(StoreError::ParentDeleted { parents });
             }
-            let restored = Record { version, updated_at: now, deletion: None, ..current };
+            let restored = Record { version, updated_at: now.following(current.updated_at), deletion: None, ..current };
             tx.set_deletion(collection, &restored).await?;
             record_change(tx, actor, (AuditAction::Restore, EventType::Restored), collection, &restored, reason, now)
                 .await?;
@@ -339,7 +339,7 @@ pub(crate) async fn archive<T: Tx>(
             } else {
                 (AuditAction::Unarchive, EventType::Unarchived)
             };
-            let changed = Record { version, updated_at: now, archive, ..current };
+            let changed = Record { version, updated_at: now.following(current.updated_at), archive, ..current };
             tx.set_archive(collection, &changed).await?;
             record_change(tx, actor, kinds, collection, &changed, reason.as_deref(), now).await?;
             Ok(changed)
@@ -377,7 +377,7 @@ pub(crate) async fn revert<T: Tx>(
         serde_json::from_str(&body).map_err(|e| StoreError::Internal(format!("version {n} is not JSON: {e}")))?;
     let values = tombstone_domain::history::values_from_body(collection, &body);
     check_refs(tx, collection, &actor.tenant, &values, None).await?;
-    let reverted = Record { version, updated_at: now, values, ..current };
+    let reverted = Record { version, updated_at: now.following(current.updated_at), values, ..current };
     tx.update_values(collection, &reverted).await?;
     record_change(tx, actor, (AuditAction::Revert, EventType::Updated), collection, &reverted, None, now).await?;
     Ok(reverted)

@@ -53,7 +53,7 @@ pub(crate) async fn place_hold<T: Tx>(
     now: Timestamp,
 ) -> Result<Hold, StoreError> {
     let record = tx.get(collection, &actor.tenant, id).await?.ok_or(StoreError::NotFound)?;
-    let bumped = Record { version: record.version + 1, updated_at: now, ..record };
+    let bumped = Record { version: record.version + 1, updated_at: now.following(record.updated_at), ..record };
     tx.touch(collection, &bumped).await?;
     let hold = Hold { hold_id: new_hold_id(), case, reason, actor: actor.key_id.clone(), at: now };
     tx.insert_hold(&actor.tenant, &collection.name, id, &hold).await?;
@@ -77,7 +77,7 @@ pub(crate) async fn release_hold<T: Tx>(
     let Some(case) = tx.release_hold(actor, &collection.name, id, hold_id, reason, now).await? else {
         return Err(StoreError::NotFound);
     };
-    let bumped = Record { version: record.version + 1, updated_at: now, ..record };
+    let bumped = Record { version: record.version + 1, updated_at: now.following(record.updated_at), ..record };
     tx.touch(collection, &bumped).await?;
     held_changed(tx, actor, AuditAction::Release, collection, &bumped, (hold_id, case), reason, now).await
 }

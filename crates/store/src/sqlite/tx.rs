@@ -257,7 +257,7 @@ impl Tx for SqliteTx<'_> {
             &extra,
             |ids, base| {
                 format!(
-                    "update {} set version = version + 1, updated_at = ?{a}, deleted_at = ?{a}, deleted_by = ?{b}, delete_reason = ?{c},
+                    "update {} set version = version + 1, updated_at = max(updated_at + 1, ?{a}), deleted_at = ?{a}, deleted_by = ?{b}, delete_reason = ?{c},
                      deletion_id = ?{d}, purge_at = ?{e} where tenant = ?1 and deleted_at is null and id in ({ids})",
                     sql.table,
                     a = base + 1,
