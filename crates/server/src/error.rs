@@ -371,18 +371,26 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+/// Whether a body error is the body read timeout (`[server] body_read_timeout`), which
+/// surfaces somewhere in its cause chain.
+pub(crate) fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 impl From<BytesRejection> for ApiError {
     fn from(e: BytesRejection) -> Self {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             return Self::PayloadTooLarge;
         }
-        // The body read timeout surfaces as a body error somewhere in the cause chain.
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(c) = cause {
-            if c.is::<tower_http::timeout::TimeoutError>() {
-                return Self::RequestTimeout;
-            }
-            cause = c.source();
+        if is_body_timeout(&e) {
+            return Self::RequestTimeout;
         }
         Self::Malformed(e.body_text())
     }

@@ -19,10 +19,10 @@ use futures_util::TryStreamExt;
 use tombstone_domain::config::{Collection, FieldType, FileRules};
 use tombstone_domain::files::FileMeta;
 use tombstone_domain::scope::Permission;
-use tombstone_store::FileUpload;
+use tombstone_store::{FileUpload, SharedRecord};
 
 use super::extract::{ApiPath, QueryPairs};
-use super::records::{checked_id, collection, map_not_found, record_response, write_precondition};
+use super::records::{checked_id, collection, include_deleted, map_not_found, record_response, write_precondition};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -57,16 +57,32 @@ fn store_failed(e: &object_store::Error) -> ApiError {
     ApiError::StorageFailed(format!("the files store failed: {e}"))
 }
 
-/// The body read timeout surfaces as an error somewhere in the body error's causes.
 fn body_failed(e: &axum::Error) -> ApiError {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if c.is::<tower_http::timeout::TimeoutError>() {
-            return ApiError::RequestTimeout;
-        }
-        cause = c.source();
+    if crate::error::is_body_timeout(e) {
+        return ApiError::RequestTimeout;
     }
     ApiError::Malformed(format!("the request body could not be read: {e}"))
+}
+
+/// The record a file write changes, as it is now: 404 when it is absent, deleted or
+/// another tenant's, 409 when archived — checked before any byte is stored (the write
+/// checks again, under its lock).
+async fn writable_record(
+    state: &AppState,
+    caller: &Caller,
+    collection: &Arc<Collection>,
+    id: &str,
+) -> Result<Arc<SharedRecord>, ApiError> {
+    let current = state
+        .store
+        .get_shared(caller.tenant(), collection, id)
+        .await?
+        .filter(|r| !r.is_deleted())
+        .ok_or_else(|| ApiError::record_not_found(&collection.name, id))?;
+    if current.archive.is_some() {
+        return Err(ApiError::Archived);
+    }
+    Ok(current)
 }
 
 async fn put_file(
@@ -95,17 +111,7 @@ async fn put_file(
     if declared.is_some_and(|n| n > rules.max_bytes) {
         return Err(ApiError::FileTooLarge { max_bytes: rules.max_bytes });
     }
-    // A record that is not there (or deleted, or archived) gets nothing stored: checked
-    // before the bytes are read. The write below checks again, under its lock.
-    let current = state
-        .store
-        .get_shared(caller.tenant(), &collection, id)
-        .await?
-        .filter(|r| !r.is_deleted())
-        .ok_or_else(|| ApiError::record_not_found(&collection.name, id))?;
-    if current.archive.is_some() {
-        return Err(ApiError::Archived);
-    }
+    writable_record(&state, &caller, &collection, id).await?;
     let files = files(&state)?;
     let staged = files.stage(body.into_data_stream(), rules.max_bytes).await.map_err(|e| match e {
         UploadError::TooLarge(max_bytes) => ApiError::FileTooLarge { max_bytes },
@@ -142,19 +148,7 @@ async fn get_file(
     let (collection, id, _) = file_target(&state, &name, &id, &field)?;
     caller.require(Permission::Read, Some(&collection.name))?;
     query.only(&["include"])?;
-    let include_deleted = match query.get("include") {
-        None => false,
-        Some("deleted") => true,
-        Some(_) => {
-            return Err(ApiError::BadParameter {
-                param: "include".into(),
-                message: "the only supported value is \"deleted\"".into(),
-            });
-        }
-    };
-    if include_deleted {
-        caller.require(Permission::ReadDeleted, Some(&collection.name))?;
-    }
+    let include_deleted = include_deleted(&query, &caller, &collection)?;
     let record = state
         .store
         .get_shared(caller.tenant(), &collection, id)
@@ -224,12 +218,7 @@ async fn delete_file(
     caller.require(Permission::Write, Some(&collection.name))?;
     query.only(&[])?;
     let cond = write_precondition(&collection, &headers)?;
-    let current = state
-        .store
-        .get_shared(caller.tenant(), &collection, id)
-        .await?
-        .filter(|r| !r.is_deleted())
-        .ok_or_else(|| ApiError::record_not_found(&collection.name, id))?;
+    let current = writable_record(&state, &caller, &collection, id).await?;
     if current.values.get(&field).is_none_or(|v| v.is_null()) {
         return Err(ApiError::NotFound(format!("{}/{id} has no file in {field}", collection.name)));
     }

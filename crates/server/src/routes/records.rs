@@ -61,6 +61,24 @@ pub(crate) fn checked_id<'a>(collection: &Collection, id: &'a str) -> Result<&'a
     }
 }
 
+/// `include=deleted` of a single read (the only value it takes), which needs `read_deleted`.
+pub(crate) fn include_deleted(query: &QueryPairs, caller: &Caller, collection: &Collection) -> Result<bool, ApiError> {
+    let include = match query.get("include") {
+        None => false,
+        Some("deleted") => true,
+        Some(_) => {
+            return Err(ApiError::BadParameter {
+                param: "include".into(),
+                message: "the only supported value is \"deleted\"".into(),
+            });
+        }
+    };
+    if include {
+        caller.require(Permission::ReadDeleted, Some(&collection.name))?;
+    }
+    Ok(include)
+}
+
 /// Counts a read, and whether it could see deleted records.
 fn count_read(collection: &Collection, include_deleted: bool) {
     collection_counter("tombstone_reads_total", &collection.name).increment(1);
@@ -298,19 +316,7 @@ async fn get_record(
     let collection = collection(&state, &name)?;
     caller.require(Permission::Read, Some(&collection.name))?;
     query.only(&["include", "as_of"])?;
-    let include_deleted = match query.get("include") {
-        None => false,
-        Some("deleted") => true,
-        Some(_) => {
-            return Err(ApiError::BadParameter {
-                param: "include".into(),
-                message: "the only supported value is \"deleted\"".into(),
-            });
-        }
-    };
-    if include_deleted {
-        caller.require(Permission::ReadDeleted, Some(&collection.name))?;
-    }
+    let include_deleted = include_deleted(&query, &caller, &collection)?;
     count_read(&collection, include_deleted);
     let at = super::history::as_of(&state, &query)?;
     let id = checked_id(&collection, &id)?;

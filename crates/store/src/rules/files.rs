@@ -7,7 +7,7 @@
 use tombstone_domain::audit::AuditAction;
 use tombstone_domain::config::{Collection, FieldType};
 use tombstone_domain::events::EventType;
-use tombstone_domain::lifecycle::{Actor, IfMatch, PatchDecision, decide_patch};
+use tombstone_domain::lifecycle::{Actor, IfMatch};
 use tombstone_domain::record::{FieldValue, Record};
 use tombstone_domain::time::Timestamp;
 
@@ -32,13 +32,7 @@ pub(crate) async fn set_file<T: Tx>(
     if !collection.field(field).is_some_and(|f| matches!(f.ty, FieldType::File(_))) {
         return Err(StoreError::Internal(format!("{}.{field} is not a file field", collection.name)));
     }
-    let current = tx.get(collection, &actor.tenant, id).await?.ok_or(StoreError::NotFound)?;
-    let version = match decide_patch(&current, if_match) {
-        PatchDecision::NotFound => return Err(StoreError::NotFound),
-        PatchDecision::Archived => return Err(StoreError::Archived),
-        PatchDecision::PreconditionFailed { current } => return Err(StoreError::PreconditionFailed { current }),
-        PatchDecision::Apply { version } => version,
-    };
+    let (current, version) = super::records::load_for_change(tx, actor, collection, id, if_match).await?;
     let mut values = current.values.clone();
     match file {
         Some(upload) => {

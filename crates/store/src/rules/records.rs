@@ -19,6 +19,27 @@ use super::{
 };
 use crate::{DeleteOutcome, IdempotencyKey, RestoreOutcome, StoreError, StoredResponse};
 
+/// The record a change of its values applies to (PATCH, `:revert`, a file's upload or
+/// removal), locked, and the version the change gives it.
+///
+/// # Errors
+/// `NotFound` (absent or deleted), `Archived` (read-only), `PreconditionFailed`.
+pub(crate) async fn load_for_change<T: Tx>(
+    tx: &mut T,
+    actor: &Actor,
+    collection: &Collection,
+    id: &str,
+    if_match: Option<&IfMatch>,
+) -> Result<(Record, i64), StoreError> {
+    let current = tx.get(collection, &actor.tenant, id).await?.ok_or(StoreError::NotFound)?;
+    match decide_patch(&current, if_match) {
+        PatchDecision::NotFound => Err(StoreError::NotFound),
+        PatchDecision::Archived => Err(StoreError::Archived),
+        PatchDecision::PreconditionFailed { current } => Err(StoreError::PreconditionFailed { current }),
+        PatchDecision::Apply { version } => Ok((current, version)),
+    }
+}
+
 /// Checks that every ref in `values` (or only in `fields`, when given) points at an active
 /// record of its collection in the tenant: 422 naming each field that does not.
 pub(crate) async fn check_refs<T: Tx>(
@@ -96,13 +117,7 @@ pub(crate) async fn patch<T: Tx>(
     patch: &Patch,
     now: Timestamp,
 ) -> Result<Record, StoreError> {
-    let current = tx.get(collection, &actor.tenant, id).await?.ok_or(StoreError::NotFound)?;
-    let version = match decide_patch(&current, if_match) {
-        PatchDecision::NotFound => return Err(StoreError::NotFound),
-        PatchDecision::Archived => return Err(StoreError::Archived),
-        PatchDecision::PreconditionFailed { current } => return Err(StoreError::PreconditionFailed { current }),
-        PatchDecision::Apply { version } => version,
-    };
+    let (current, version) = load_for_change(tx, actor, collection, id, if_match).await?;
     let values = apply_patch(collection, &current.values, patch).map_err(StoreError::Validation)?;
     let changed: Vec<String> = patch.0.keys().cloned().collect();
     check_refs(tx, collection, &actor.tenant, &values, Some(&changed)).await?;
@@ -360,13 +375,7 @@ pub(crate) async fn revert<T: Tx>(
     if_match: Option<&IfMatch>,
     now: Timestamp,
 ) -> Result<Record, StoreError> {
-    let current = tx.get(collection, &actor.tenant, id).await?.ok_or(StoreError::NotFound)?;
-    let version = match decide_patch(&current, if_match) {
-        PatchDecision::NotFound => return Err(StoreError::NotFound),
-        PatchDecision::Archived => return Err(StoreError::Archived),
-        PatchDecision::PreconditionFailed { current } => return Err(StoreError::PreconditionFailed { current }),
-        PatchDecision::Apply { version } => version,
-    };
+    let (current, version) = load_for_change(tx, actor, collection, id, if_match).await?;
     let Some(body) = tx.version_body(&actor.tenant, &collection.name, id, n).await? else {
         return Err(StoreError::Validation(ValidationErrors(vec![FieldError {
             field: "version".into(),
