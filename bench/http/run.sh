@@ -35,6 +35,16 @@
 #                              each thread (writer, indexer, runtime workers)
 #   bench/http/run.sh events   latency from a DELETE's 204 to its event on an open SSE stream and at a
 #                              webhook receiver, N=1000 sequential deletes (p50/p99)
+#   bench/http/run.sh suite    the harness of the performance goals in one command: seeds N=100000 records
+#                              (SQLite), starts the server (cache warm) and a second one without a cache,
+#                              and runs each scenario RUNS=3 times (SECS s each, WSECS=4 s for writes):
+#                              the bare axum endpoint, GET by id (uniform and Zipf ids over all N, cache
+#                              warm; uniform, no cache), a list page, a q= search page (10,000 hits),
+#                              POST and DELETE (soft, search field indexed) at 32 connections; prints
+#                              each run, the medians, and the ratios to the bare endpoint measured in
+#                              the same run (and search / list). Where the machine has 4 or more cores
+#                              wrk is pinned to the last one and the servers to the others (taskset);
+#                              on 2 cores they share both, and the harness says so.
 # Needs wrk (apt-get install wrk). Prints figures; nothing is asserted.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -333,6 +343,85 @@ profile)
     perf report -i "$d/perf.data" --no-children -g callee -S "$CALLERS" --stdio 2> /dev/null | grep -v "^$" | head -${TOP:-60} || true
   fi
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  ;;
+suite)
+  n=${N:-100000}; runs=${RUNS:-3}; wsecs=${WSECS:-4}
+  cores=$(nproc); pin_srv=(); pin_wrk=()
+  if [ "$cores" -ge 4 ] && command -v taskset > /dev/null; then
+    pin_srv=(taskset -c "0-$((cores - 2))"); pin_wrk=(taskset -c "$((cores - 1))")
+    echo "wrk pinned to CPU $((cores - 1)), the servers to CPUs 0-$((cores - 2))"
+  else
+    echo "$cores cores: wrk and the servers share them (no pinning)"
+  fi
+  uptime
+  mkdir -p "$work/sw" "$work/sc"
+  config "$work/sw" ""
+  config "$work/sc" $'[cache]\ncapacity = 0'
+  "$tomb" migrate --config "$work/sw/tombstone.toml" > /dev/null
+  "$bins/seed" "$work/sw/data/t.db" bench "$n" 0 > /dev/null
+  "$tomb" reindex --config "$work/sw/tombstone.toml" > /dev/null
+  mkdir -p "$work/sc/data"; cp "$work/sw/data/t.db" "$work/sc/data/t.db"
+  "$bins/idlist" "$work/sw/data/t.db" "$n" | shuf > "$work/ids"
+  # GETs: uniform over every record, and Zipf (s = 1.1) over them: a file of draws in which
+  # each id appears as often as Zipf says (random_get.lua draws uniformly from the file).
+  python3 - "$work/ids" "$work/zipf" <<'PY'
+import bisect, itertools, random, sys
+ids = open(sys.argv[1]).read().split()
+weights = list(itertools.accumulate(1 / (k ** 1.1) for k in range(1, len(ids) + 1)))
+rng = random.Random(7)
+with open(sys.argv[2], "w") as out:
+    for _ in range(200000):
+        out.write(ids[min(bisect.bisect(weights, rng.random() * weights[-1]), len(ids) - 1)] + "\n")
+PY
+  "${pin_srv[@]}" "$bins/bare" 127.0.0.1:9101 2> /dev/null & sleep 0.5
+  start_pinned() { : > "$1/server.log"
+    "${pin_srv[@]}" "$tomb" serve --config "$1/tombstone.toml" --listen "127.0.0.1:$2" --log-format json 2> "$1/server.log" &
+    for _ in $(seq 1 100); do grep -q "listening on" "$1/server.log" 2>/dev/null && return; sleep 0.1; done
+    echo "server did not start"; cat "$1/server.log"; exit 1; }
+  start_pinned "$work/sw" 9161; kw=$(key "$work/sw")
+  start_pinned "$work/sc" 9162; kc=$(key "$work/sc")
+  # Deletes: each run its own slice of the last three quarters of the shuffled ids (the
+  # reads, all done before, draw from every id).
+  slice=$(( n * 3 / (4 * runs) ))
+  one() { # scenario, run → "req/s p50 p99" (wrk's units normalised to ms)
+    local s=$1 r=$2 out
+    case "$s" in
+      bare)        out=$("${pin_wrk[@]}" wrk -t2 -c32 -d${secs}s --latency "http://127.0.0.1:9101/v1/products/x") ;;
+      get_uniform) out=$(IDS="$work/ids" "${pin_wrk[@]}" wrk -t2 -c32 -d${secs}s --latency -s "$here/random_get.lua" -H "Authorization: Bearer $kw" http://127.0.0.1:9161) ;;
+      get_zipf)    out=$(IDS="$work/zipf" "${pin_wrk[@]}" wrk -t2 -c32 -d${secs}s --latency -s "$here/random_get.lua" -H "Authorization: Bearer $kw" http://127.0.0.1:9161) ;;
+      get_nocache) out=$(IDS="$work/ids" "${pin_wrk[@]}" wrk -t2 -c32 -d${secs}s --latency -s "$here/random_get.lua" -H "Authorization: Bearer $kc" http://127.0.0.1:9162) ;;
+      list)        out=$("${pin_wrk[@]}" wrk -t2 -c32 -d${secs}s --latency -H "Authorization: Bearer $kw" "http://127.0.0.1:9161/v1/products?limit=50") ;;
+      search)      out=$("${pin_wrk[@]}" wrk -t2 -c32 -d${secs}s --latency -H "Authorization: Bearer $kw" "http://127.0.0.1:9161/v1/products?q=teapot&limit=50") ;;
+      post)        out=$(RUN=$r "${pin_wrk[@]}" wrk -t2 -c32 -d${wsecs}s --latency -s "$here/post.lua" -H "Authorization: Bearer $kw" http://127.0.0.1:9161) ;;
+      delete)      sed -n "$((n - r * slice + 1)),$((n - (r - 1) * slice))p" "$work/ids" > "$work/del.ids"
+                   out=$(THREADS=2 IDS="$work/del.ids" "${pin_wrk[@]}" wrk -t2 -c32 -d${wsecs}s --latency -s "$here/delete.lua" -H "Authorization: Bearer $kw" http://127.0.0.1:9161) ;;
+    esac
+    echo "$out" | grep -qE "Non-2xx|Socket errors" && echo "$out" | grep -E "Non-2xx|Socket errors" >&2
+    echo "$out" | awk 'function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+      /Requests\/sec/ {r = $2} $1 == "50%" {p50 = ms($2)} $1 == "99%" {p99 = ms($2)} END {printf "%s %.3f %.3f\n", r, p50, p99}'
+  }
+  scenarios="bare get_uniform get_zipf get_nocache list search post delete"
+  # Reads interleaved run by run (the machine's drift falls on all of them alike), then the
+  # writes, so that no GET meets a record a DELETE run removed.
+  plan=$(for r in $(seq 1 "$runs"); do for s in bare get_uniform get_zipf get_nocache list search; do echo "$s $r"; done; done
+         for s in post delete; do for r in $(seq 1 "$runs"); do echo "$s $r"; done; done)
+  while read -r s r; do
+    res=$(one "$s" "$r"); echo "$s $res" >> "$work/results"
+    printf "run %d  %-12s %10s req/s   p50 %7s ms   p99 %7s ms\n" "$r" "$s" $res
+  done <<< "$plan"
+  echo "-- medians of $runs runs (N=$n, ${secs}s reads, ${wsecs}s writes, 32 connections)"
+  median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+  bare=$(awk '$1 == "bare" {print $2}' "$work/results" | median)
+  list=$(awk '$1 == "list" {print $2}' "$work/results" | median)
+  for s in $scenarios; do
+    rps=$(awk -v s="$s" '$1 == s {print $2}' "$work/results" | median)
+    p50=$(awk -v s="$s" '$1 == s {print $3}' "$work/results" | median)
+    p99=$(awk -v s="$s" '$1 == s {print $4}' "$work/results" | median)
+    awk -v s="$s" -v r="$rps" -v a="$p50" -v b="$p99" -v bare="$bare" 'BEGIN {
+      printf "%-12s %10.0f req/s   p50 %7.2f ms   p99 %7.2f ms   p99/p50 %5.1f   vs bare %5.0f%%\n", s, r, a, b, (a > 0 ? b / a : 0), 100 * r / bare }'
+  done
+  search=$(awk '$1 == "search" {print $2}' "$work/results" | median)
+  awk -v s="$search" -v l="$list" 'BEGIN {printf "search page / list page: %.0f%%\n", 100 * s / l}'
   ;;
 interference)
   # What any busy thread in the idle CPU class costs live reads on this machine: the same
