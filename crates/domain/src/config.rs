@@ -1201,6 +1201,73 @@ category_id = { type = "ref", collection = "categories", on_delete = "restrict" 
     }
 
     #[test]
+    fn file_fields_take_a_size_and_media_types() {
+        let c = parse(
+            "[collections.docs.fields]\n\
+             a = { type = \"file\" }\n\
+             b = { type = \"file\", max_bytes = 1000, content_types = [\"application/pdf\", \"Image/*\"] }\n\
+             c = { type = \"file\", max_bytes = \"5 MiB\" }\n",
+        )
+        .unwrap();
+        let docs = c.schema.collection("docs").unwrap();
+        assert!(docs.has_files());
+        let rules = |f: &str| match &docs.field(f).unwrap().ty {
+            FieldType::File(r) => r.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(rules("a"), FileRules { max_bytes: DEFAULT_FILE_MAX_BYTES, content_types: vec![] });
+        assert_eq!(rules("b").max_bytes, 1000);
+        assert_eq!(rules("c").max_bytes, 5 * 1024 * 1024);
+        let b = rules("b");
+        assert!(b.allows("application/pdf") && b.allows("application/PDF; name=x") && b.allows("image/png"));
+        assert!(!b.allows("text/plain") && !b.allows("image/") && !b.allows("") && !b.allows("imagex/png"));
+        assert!(rules("a").allows("text/plain") && !rules("a").allows(""));
+        assert_eq!(c.files, FilesConfig::Local { path: PathBuf::from("/etc/tombstone/tombstone-data/files") });
+    }
+
+    #[test]
+    fn bad_file_fields_and_files_settings_are_refused_with_their_key() {
+        for (field, key) in [
+            ("{ type = \"file\", required = true }", "collections.d.fields.f.required"),
+            ("{ type = \"file\", max_bytes = 0 }", "collections.d.fields.f.max_bytes"),
+            ("{ type = \"file\", max_bytes = -5 }", "collections.d.fields.f.max_bytes"),
+            ("{ type = \"file\", max_bytes = \"lots\" }", "collections.d.fields.f.max_bytes"),
+            ("{ type = \"file\", content_types = [\"pdf\"] }", "collections.d.fields.f.content_types"),
+            ("{ type = \"string\", max_bytes = 10 }", "collections.d.fields.f.max_bytes"),
+            ("{ type = \"json\", content_types = [\"a/b\"] }", "collections.d.fields.f.content_types"),
+            ("{ type = \"file\", index = true }", "collections.d.fields.f.index"),
+        ] {
+            let e = error_of(&format!("[collections.d.fields]\nf = {field}\n"));
+            assert_eq!(e.key, key, "{field}: {e}");
+        }
+        let e = error_of("[collections.d]\nunique = [[\"f\"]]\n[collections.d.fields]\nf = { type = \"file\" }\n");
+        assert!(e.to_string().contains("file field"), "{e}");
+        for (files, key) in [
+            ("url = \"ftp://x\"", "files.url"),
+            ("url = \"s3://A_B\"", "files.url"),
+            ("url = \"file://\"", "files.url"),
+            ("url = \"file://x\"\nendpoint = \"http://h\"", "files.endpoint"),
+            ("url = \"s3://bucket\"\nendpoint = \"h:9000\"", "files.endpoint"),
+        ] {
+            assert_eq!(error_of(&format!("[files]\n{files}\n")).key, key, "{files}");
+        }
+        let s3 =
+            parse("[files]\nurl = \"s3://my-bucket/a/b/\"\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu\"\n")
+                .unwrap();
+        assert_eq!(
+            s3.files,
+            FilesConfig::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "a/b".into(),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                region: Some("eu".into()),
+                access_key_id: None,
+                secret_access_key: None,
+            }
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_errors_with_a_line() {
         let e = error_of("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n");
         assert!(e.reason.contains("lisen"), "{e}");
