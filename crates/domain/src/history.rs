@@ -141,6 +141,171 @@ pub fn record_from_body(collection: &Collection, tenant: &str, body: &Value) -> 
     }
 }
 
+/// The record a stored representation shows, read from its JSON text: what
+/// `record_from_body` answers for that text parsed, without building the whole document
+/// first. An as-of list reads one representation per record of its page, and building
+/// each document (a map of every key, then looked up key by key) cost more than the rest
+/// of the conversion.
+///
+/// Each key the conversion uses, and any key it does not know, is read as a [`Value`] and
+/// converted as `record_from_body` converts it, the last of a repeated key winning as in a
+/// parsed document; text that is not an object is handed to `record_from_body` whole.
+///
+/// # Errors
+/// The text is not JSON (as `serde_json::from_str` would say).
+pub fn record_from_body_text(collection: &Collection, tenant: &str, text: &str) -> Result<Record, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let fast = serde::de::DeserializeSeed::deserialize(BodySeed { collection, tenant }, &mut de).and_then(|r| {
+        de.end()?;
+        Ok(r)
+    });
+    match fast {
+        Ok(record) => Ok(record),
+        // Not an object, or not JSON: the general path says which.
+        Err(_) => Ok(record_from_body(collection, tenant, &serde_json::from_str(text)?)),
+    }
+}
+
+/// Reads a representation into a [`Record`] key by key (see [`record_from_body_text`]).
+struct BodySeed<'a> {
+    collection: &'a Collection,
+    tenant: &'a str,
+}
+
+/// The system keys of a representation that a record keeps.
+#[derive(Default)]
+struct SystemKeys {
+    id: Option<Value>,
+    version: Option<Value>,
+    created_at: Option<Value>,
+    updated_at: Option<Value>,
+    deleted: Option<Value>,
+    deleted_at: Option<Value>,
+    deleted_by: Option<Value>,
+    delete_reason: Option<Value>,
+    deletion_id: Option<Value>,
+    purge_at: Option<Value>,
+    archived: Option<Value>,
+    archived_at: Option<Value>,
+    archived_by: Option<Value>,
+    archive_reason: Option<Value>,
+    legal_hold: Option<Value>,
+}
+
+impl SystemKeys {
+    /// Where a system key's value goes; `None` for any other key.
+    fn slot(&mut self, key: &str) -> Option<&mut Option<Value>> {
+        Some(match key {
+            "id" => &mut self.id,
+            "version" => &mut self.version,
+            "created_at" => &mut self.created_at,
+            "updated_at" => &mut self.updated_at,
+            "deleted" => &mut self.deleted,
+            "deleted_at" => &mut self.deleted_at,
+            "deleted_by" => &mut self.deleted_by,
+            "delete_reason" => &mut self.delete_reason,
+            "deletion_id" => &mut self.deletion_id,
+            "purge_at" => &mut self.purge_at,
+            "archived" => &mut self.archived,
+            "archived_at" => &mut self.archived_at,
+            "archived_by" => &mut self.archived_by,
+            "archive_reason" => &mut self.archive_reason,
+            "legal_hold" => &mut self.legal_hold,
+            _ => return None,
+        })
+    }
+}
+
+/// A key of the representation, borrowed from the text when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for BodySeed<'_> {
+    type Value = Record;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Record, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BodySeed<'_> {
+    type Value = Record;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a record's representation")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
+        let mut system = SystemKeys::default();
+        // The declared fields' raw values, in declaration order.
+        let mut raw: Vec<Option<Value>> = vec![None; self.collection.fields.len()];
+        while let Some(Key(key)) = map.next_key()? {
+            let value: Value = map.next_value()?;
+            if let Some(slot) = system.slot(&key) {
+                *slot = Some(value);
+            } else if let Some(i) = self.collection.fields.get_index_of(key.as_ref()) {
+                raw[i] = Some(value);
+            }
+        }
+        let flag = |v: &Option<Value>| v.as_ref().and_then(Value::as_bool) == Some(true);
+        let text = |v: &Option<Value>| v.as_ref().and_then(Value::as_str).map(str::to_string);
+        let time =
+            |v: &Option<Value>| v.as_ref().and_then(Value::as_str).and_then(|s| Timestamp::parse_rfc3339(s).ok());
+        let zero = Timestamp::from_micros(0);
+        let deletion = flag(&system.deleted).then(|| DeletionMark {
+            deleted_at: time(&system.deleted_at).unwrap_or(zero),
+            deleted_by: text(&system.deleted_by).unwrap_or_default(),
+            reason: text(&system.delete_reason),
+            deletion_id: text(&system.deletion_id).unwrap_or_default(),
+            purge_at: time(&system.purge_at).unwrap_or(zero),
+        });
+        let archive = flag(&system.archived).then(|| ArchiveMark {
+            archived_at: time(&system.archived_at).unwrap_or(zero),
+            archived_by: text(&system.archived_by).unwrap_or_default(),
+            reason: text(&system.archive_reason),
+        });
+        let mut values = Values::new();
+        for (field, value) in self.collection.fields.values().zip(&raw) {
+            match stored_field_value(field, value.as_ref().unwrap_or(&Value::Null)) {
+                Ok(FieldValue::Null) | Err(_) => {}
+                Ok(v) => {
+                    values.insert(field.name.clone(), v);
+                }
+            }
+        }
+        Ok(Record {
+            tenant: self.tenant.to_string(),
+            collection: self.collection.name.clone(),
+            id: text(&system.id).unwrap_or_default(),
+            version: system.version.as_ref().and_then(Value::as_i64).unwrap_or(0),
+            created_at: time(&system.created_at).unwrap_or(zero),
+            updated_at: time(&system.updated_at).unwrap_or(zero),
+            deletion,
+            archive,
+            legal_hold: system.legal_hold.as_ref().and_then(Value::as_bool).unwrap_or(false),
+            values,
+        })
+    }
+}
+
 /// A bad history parameter (a 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{param}: {message}")]
@@ -213,6 +378,162 @@ mod tests {
         assert_eq!((v.version, v.valid_from, v.deletion_id.as_deref()), (3, t, Some("del_1")));
         let body: Value = serde_json::from_str(&v.body).unwrap();
         assert_eq!(record_from_body(&c, "t", &body), record);
+    }
+
+    /// Keys a stored representation may hold, some of them spelled with escapes.
+    const KEYS: &[&str] = &[
+        "id",
+        "version",
+        "created_at",
+        "updated_at",
+        "deleted",
+        "deleted_at",
+        "deleted_by",
+        "delete_reason",
+        "deletion_id",
+        "purge_at",
+        "archived",
+        "archived_at",
+        "archived_by",
+        "archive_reason",
+        "legal_hold",
+        "collection",
+        "holds",
+        "s",
+        "n",
+        "x",
+        "b",
+        "t",
+        "j",
+        "r",
+        "ci",
+        "gone",
+        r"\u0069d",
+        r"\u0064eleted",
+        r"s\n",
+    ];
+
+    /// Values of every JSON type, including ones no declaration accepts and corrupt ones.
+    const VALUES: &[&str] = &[
+        "null",
+        "true",
+        "false",
+        "0",
+        "-3",
+        "7",
+        "1.5",
+        "-0.0",
+        "1e400",
+        "9223372036854775808",
+        "12345678901234567890123",
+        r#""""#,
+        r#""abc""#,
+        r#""abcd""#,
+        r#""ÄbC""#,
+        r#""a\u0000b""#,
+        r#""\ud800""#,
+        r#""\u00e9\n""#,
+        r#""2026-01-01T00:00:00Z""#,
+        r#""2026-01-01T00:00:00.123456+02:00""#,
+        r#""not a time""#,
+        r#""del_1""#,
+        "[]",
+        "[1,\"a\",null]",
+        r#"{"a":{"b":[1]}}"#,
+        "{}",
+    ];
+
+    fn agreement_collection() -> Collection {
+        let config = Config::parse(
+            r#"[collections.c.fields]
+s  = { type = "string", max_length = 3 }
+n  = { type = "integer" }
+x  = { type = "number" }
+b  = { type = "boolean" }
+t  = { type = "timestamp" }
+j  = { type = "json" }
+r  = { type = "ref", collection = "c", on_delete = "restrict" }
+ci = { type = "string", case_insensitive = true }
+"#,
+            Path::new("."),
+        )
+        .unwrap();
+        config.schema.collection("c").unwrap().as_ref().clone()
+    }
+
+    /// What `record_from_body_text` must answer: the text parsed, then `record_from_body`.
+    fn general(c: &Collection, text: &str) -> Result<Record, String> {
+        serde_json::from_str::<Value>(text).map(|v| record_from_body(c, "t", &v)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn reading_the_text_agrees_with_parsing_it_on_cases() {
+        let c = agreement_collection();
+        let t = Timestamp::from_micros(1_700_000_000_123_456);
+        let record = Record {
+            tenant: "t".into(),
+            collection: "c".into(),
+            id: "a".into(),
+            version: 3,
+            created_at: t,
+            updated_at: t,
+            deletion: None,
+            archive: Some(ArchiveMark { archived_at: t, archived_by: "k".into(), reason: None }),
+            legal_hold: false,
+            values: Values::from([
+                ("s".into(), FieldValue::String("x\"y".into())),
+                ("n".into(), FieldValue::Integer(-4)),
+                ("x".into(), FieldValue::Number(0.1)),
+                ("b".into(), FieldValue::Boolean(true)),
+                ("t".into(), FieldValue::Timestamp(t)),
+                ("j".into(), FieldValue::Json(serde_json::json!({"k": [1, 2]}))),
+                ("ci".into(), FieldValue::String("MiXed".into())),
+            ]),
+        };
+        let body = NewVersion::of(&c, &record, "update", Some("k")).body;
+        assert_eq!(record_from_body_text(&c, "t", &body).unwrap(), record);
+        for text in [
+            body.as_str(),
+            "{}",
+            "[]",
+            "null",
+            "3",
+            r#""id""#,
+            "",
+            "{",
+            r#"{"id":"a"} x"#,
+            r#"{"id":"a",}"#,
+            r#"{"id":"a","id":"b"}"#,
+            r#"{"id":"a","id":7}"#,
+            r#"{"deleted":true,"deleted":false}"#,
+            r#"{"deleted":true,"deleted_at":"2026-01-01T00:00:00Z","purge_at":5}"#,
+            r#"{"s":"abc","s":"abcd"}"#,
+            r#"{"gone":1e400}"#,
+            r#"{"gone":"\ud800"}"#,
+            r#"{"\u0069d":"escaped"}"#,
+            r#"{"id":"a"}  "#,
+        ] {
+            let fast = record_from_body_text(&c, "t", text).map_err(|e| e.to_string());
+            assert_eq!(fast, general(&c, text), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn reading_the_text_agrees_with_parsing_it(
+            pairs in proptest::collection::vec(
+                (proptest::sample::select(KEYS), proptest::sample::select(VALUES)),
+                0..24,
+            ),
+            spaced in proptest::prelude::any::<bool>(),
+        ) {
+            let c = agreement_collection();
+            let sep = if spaced { " , " } else { "," };
+            let inner: Vec<String> = pairs.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let text = format!("{{{}}}", inner.join(sep));
+            let fast = record_from_body_text(&c, "t", &text).map_err(|e| e.to_string());
+            proptest::prop_assert_eq!(fast, general(&c, &text), "{}", text);
+        }
     }
 
     #[test]

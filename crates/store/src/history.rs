@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tombstone_domain::config::Collection;
-use tombstone_domain::history::{Version, record_from_body};
+use tombstone_domain::history::{Version, record_from_body_text};
 use tombstone_domain::lifecycle::{Actor, IfMatch};
 use tombstone_domain::query::{ArchivedScope, DeletedScope, ListQuery, Position, SortKey, SortValue};
 use tombstone_domain::record::{FieldValue, Record, fold_case};
@@ -186,9 +186,8 @@ pub trait HistoryStore: Send + Sync + 'static {
             for (id, body) in rows {
                 after_id = Some(id);
                 let Some(body) = body else { continue };
-                let value = serde_json::from_str(&body)
+                let record = record_from_body_text(collection, tenant, &body)
                     .map_err(|e| StoreError::Internal(format!("a version body is not JSON: {e}")))?;
-                let record = record_from_body(collection, tenant, &value);
                 if matches(query, &record) {
                     matched.push(record);
                 }

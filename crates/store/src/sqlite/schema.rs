@@ -449,10 +449,17 @@ pragma temp_store = memory;
 pragma cache_size = -32000;
 ";
 
-/// Settings for each reader connection.
+/// Settings for each reader connection. `mmap_size`: readers see the database file through
+/// a memory map (up to SQLite's compiled limit, 2 GiB; the rest is read as before). A read
+/// that touches pages scattered over a large table — an as-of list probes the `versions` key
+/// once per record, one or two pages each — otherwise pays a system call and a 4 KiB copy
+/// per page the reader's cache misses; mapped, it reads the kernel's page cache in place
+/// (docs/PERFORMANCE.md, History). The writer keeps ordinary I/O: its pages go through
+/// the WAL, and an I/O error stays an error instead of a signal on its side.
 pub(crate) const READER_PRAGMAS: &str = "
 pragma busy_timeout = 5000;
 pragma cache_size = -16000;
+pragma mmap_size = 2147418112;
 pragma temp_store = memory;
 ";
 
