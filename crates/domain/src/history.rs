@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::audit::AuditAction;
-use crate::config::Collection;
+use crate::config::{Collection, Field};
 use crate::record::{ArchiveMark, DeletionMark, FieldValue, Record, Values, stored_field_value};
 use crate::time::Timestamp;
 
@@ -88,21 +88,12 @@ impl Version {
     }
 }
 
-fn text(body: &Value, name: &str) -> Option<String> {
-    body.get(name).and_then(Value::as_str).map(str::to_string)
-}
-
-fn time(body: &Value, name: &str) -> Option<Timestamp> {
-    body.get(name).and_then(Value::as_str).and_then(|s| Timestamp::parse_rfc3339(s).ok())
-}
-
-/// The declared values a stored representation holds.
-#[must_use]
-pub fn values_from_body(collection: &Collection, body: &Value) -> Values {
+/// The declared values a stored representation holds, `raw` giving each field's value
+/// (none: absent).
+fn declared_values<'v>(collection: &Collection, raw: impl Fn(usize, &Field) -> Option<&'v Value>) -> Values {
     let mut values = Values::new();
-    for field in collection.fields.values() {
-        let raw = body.get(&field.name).unwrap_or(&Value::Null);
-        match stored_field_value(field, raw) {
+    for (i, field) in collection.fields.values().enumerate() {
+        match stored_field_value(field, raw(i, field).unwrap_or(&Value::Null)) {
             Ok(FieldValue::Null) | Err(_) => {}
             Ok(v) => {
                 values.insert(field.name.clone(), v);
@@ -112,33 +103,54 @@ pub fn values_from_body(collection: &Collection, body: &Value) -> Values {
     values
 }
 
-/// The record a stored representation shows.
-#[must_use]
-pub fn record_from_body(collection: &Collection, tenant: &str, body: &Value) -> Record {
-    let deletion = (body.get("deleted").and_then(Value::as_bool) == Some(true)).then(|| DeletionMark {
-        deleted_at: time(body, "deleted_at").unwrap_or(Timestamp::from_micros(0)),
-        deleted_by: text(body, "deleted_by").unwrap_or_default(),
-        reason: text(body, "delete_reason"),
-        deletion_id: text(body, "deletion_id").unwrap_or_default(),
-        purge_at: time(body, "purge_at").unwrap_or(Timestamp::from_micros(0)),
+/// The record a representation shows, `system` giving the value of each system key and
+/// `values` its declared values: the one conversion of both readers of stored bodies.
+fn record_of<'v>(
+    collection: &Collection,
+    tenant: &str,
+    system: impl Fn(&str) -> Option<&'v Value>,
+    values: Values,
+) -> Record {
+    let text = |key| system(key).and_then(Value::as_str).map(str::to_string);
+    let time = |key| system(key).and_then(Value::as_str).and_then(|s| Timestamp::parse_rfc3339(s).ok());
+    let flag = |key| system(key).and_then(Value::as_bool) == Some(true);
+    let zero = Timestamp::from_micros(0);
+    let deletion = flag("deleted").then(|| DeletionMark {
+        deleted_at: time("deleted_at").unwrap_or(zero),
+        deleted_by: text("deleted_by").unwrap_or_default(),
+        reason: text("delete_reason"),
+        deletion_id: text("deletion_id").unwrap_or_default(),
+        purge_at: time("purge_at").unwrap_or(zero),
     });
-    let archive = (body.get("archived").and_then(Value::as_bool) == Some(true)).then(|| ArchiveMark {
-        archived_at: time(body, "archived_at").unwrap_or(Timestamp::from_micros(0)),
-        archived_by: text(body, "archived_by").unwrap_or_default(),
-        reason: text(body, "archive_reason"),
+    let archive = flag("archived").then(|| ArchiveMark {
+        archived_at: time("archived_at").unwrap_or(zero),
+        archived_by: text("archived_by").unwrap_or_default(),
+        reason: text("archive_reason"),
     });
     Record {
         tenant: tenant.to_string(),
         collection: collection.name.clone(),
-        id: text(body, "id").unwrap_or_default(),
-        version: body.get("version").and_then(Value::as_i64).unwrap_or(0),
-        created_at: time(body, "created_at").unwrap_or(Timestamp::from_micros(0)),
-        updated_at: time(body, "updated_at").unwrap_or(Timestamp::from_micros(0)),
+        id: text("id").unwrap_or_default(),
+        version: system("version").and_then(Value::as_i64).unwrap_or(0),
+        created_at: time("created_at").unwrap_or(zero),
+        updated_at: time("updated_at").unwrap_or(zero),
         deletion,
         archive,
-        legal_hold: body.get("legal_hold").and_then(Value::as_bool).unwrap_or(false),
-        values: values_from_body(collection, body),
+        legal_hold: flag("legal_hold"),
+        values,
     }
+}
+
+/// The declared values a stored representation holds.
+#[must_use]
+pub fn values_from_body(collection: &Collection, body: &Value) -> Values {
+    declared_values(collection, |_, field| body.get(&field.name))
+}
+
+/// The record a stored representation shows.
+#[must_use]
+pub fn record_from_body(collection: &Collection, tenant: &str, body: &Value) -> Record {
+    record_of(collection, tenant, |key| body.get(key), values_from_body(collection, body))
 }
 
 /// The record a stored representation shows, read from its JSON text: what
@@ -173,46 +185,37 @@ struct BodySeed<'a> {
 }
 
 /// The system keys of a representation that a record keeps.
+const SYSTEM_KEYS: [&str; 15] = [
+    "id",
+    "version",
+    "created_at",
+    "updated_at",
+    "deleted",
+    "deleted_at",
+    "deleted_by",
+    "delete_reason",
+    "deletion_id",
+    "purge_at",
+    "archived",
+    "archived_at",
+    "archived_by",
+    "archive_reason",
+    "legal_hold",
+];
+
+/// The values of [`SYSTEM_KEYS`] read from a representation.
 #[derive(Default)]
-struct SystemKeys {
-    id: Option<Value>,
-    version: Option<Value>,
-    created_at: Option<Value>,
-    updated_at: Option<Value>,
-    deleted: Option<Value>,
-    deleted_at: Option<Value>,
-    deleted_by: Option<Value>,
-    delete_reason: Option<Value>,
-    deletion_id: Option<Value>,
-    purge_at: Option<Value>,
-    archived: Option<Value>,
-    archived_at: Option<Value>,
-    archived_by: Option<Value>,
-    archive_reason: Option<Value>,
-    legal_hold: Option<Value>,
-}
+struct SystemKeys([Option<Value>; SYSTEM_KEYS.len()]);
 
 impl SystemKeys {
+    /// A system key's value, as read.
+    fn get(&self, key: &str) -> Option<&Value> {
+        SYSTEM_KEYS.iter().position(|k| *k == key).and_then(|i| self.0[i].as_ref())
+    }
+
     /// Where a system key's value goes; `None` for any other key.
     fn slot(&mut self, key: &str) -> Option<&mut Option<Value>> {
-        Some(match key {
-            "id" => &mut self.id,
-            "version" => &mut self.version,
-            "created_at" => &mut self.created_at,
-            "updated_at" => &mut self.updated_at,
-            "deleted" => &mut self.deleted,
-            "deleted_at" => &mut self.deleted_at,
-            "deleted_by" => &mut self.deleted_by,
-            "delete_reason" => &mut self.delete_reason,
-            "deletion_id" => &mut self.deletion_id,
-            "purge_at" => &mut self.purge_at,
-            "archived" => &mut self.archived,
-            "archived_at" => &mut self.archived_at,
-            "archived_by" => &mut self.archived_by,
-            "archive_reason" => &mut self.archive_reason,
-            "legal_hold" => &mut self.legal_hold,
-            _ => return None,
-        })
+        SYSTEM_KEYS.iter().position(|k| *k == key).map(|i| &mut self.0[i])
     }
 }
 
@@ -265,44 +268,8 @@ impl<'de> serde::de::Visitor<'de> for BodySeed<'_> {
                 raw[i] = Some(value);
             }
         }
-        let flag = |v: &Option<Value>| v.as_ref().and_then(Value::as_bool) == Some(true);
-        let text = |v: &Option<Value>| v.as_ref().and_then(Value::as_str).map(str::to_string);
-        let time =
-            |v: &Option<Value>| v.as_ref().and_then(Value::as_str).and_then(|s| Timestamp::parse_rfc3339(s).ok());
-        let zero = Timestamp::from_micros(0);
-        let deletion = flag(&system.deleted).then(|| DeletionMark {
-            deleted_at: time(&system.deleted_at).unwrap_or(zero),
-            deleted_by: text(&system.deleted_by).unwrap_or_default(),
-            reason: text(&system.delete_reason),
-            deletion_id: text(&system.deletion_id).unwrap_or_default(),
-            purge_at: time(&system.purge_at).unwrap_or(zero),
-        });
-        let archive = flag(&system.archived).then(|| ArchiveMark {
-            archived_at: time(&system.archived_at).unwrap_or(zero),
-            archived_by: text(&system.archived_by).unwrap_or_default(),
-            reason: text(&system.archive_reason),
-        });
-        let mut values = Values::new();
-        for (field, value) in self.collection.fields.values().zip(&raw) {
-            match stored_field_value(field, value.as_ref().unwrap_or(&Value::Null)) {
-                Ok(FieldValue::Null) | Err(_) => {}
-                Ok(v) => {
-                    values.insert(field.name.clone(), v);
-                }
-            }
-        }
-        Ok(Record {
-            tenant: self.tenant.to_string(),
-            collection: self.collection.name.clone(),
-            id: text(&system.id).unwrap_or_default(),
-            version: system.version.as_ref().and_then(Value::as_i64).unwrap_or(0),
-            created_at: time(&system.created_at).unwrap_or(zero),
-            updated_at: time(&system.updated_at).unwrap_or(zero),
-            deletion,
-            archive,
-            legal_hold: system.legal_hold.as_ref().and_then(Value::as_bool).unwrap_or(false),
-            values,
-        })
+        let values = declared_values(self.collection, |i, _| raw[i].as_ref());
+        Ok(record_of(self.collection, self.tenant, |key| system.get(key), values))
     }
 }
 
