@@ -409,39 +409,28 @@ pub async fn remove_due(store: &dyn Store, files: &Files, clock: &dyn Clock) -> 
     }
 }
 
-/// The files worker: removes unreferenced objects after every commit that wrote events (a
-/// purge, an erasure, a hard delete write theirs) and every second in case another process
-/// did, while this process holds the lease [`FILES_LEASE`].
+/// The files worker: removes unreferenced objects once a second, while this process holds
+/// the lease [`FILES_LEASE`]. It polls rather than waking on every commit: most commits
+/// release no file, and one indexed read a second costs nothing, while a read per commit
+/// would sit beside every write; an erased or purged record's objects go within a second.
 pub async fn run(
     store: Arc<dyn Store>,
     files: Arc<Files>,
     clock: Arc<dyn Clock>,
     mut cancel: tokio::sync::watch::Receiver<bool>,
 ) {
-    let changes = store.changes();
     let lease = WorkerLease::new(store.clone(), clock.clone(), FILES_LEASE);
     loop {
-        let notified = changes.notified();
-        let held = match lease.hold(remove_due(store.as_ref(), &files, clock.as_ref())).await {
-            Ok(Some(Ok(n))) => {
-                if n > 0 {
-                    tracing::info!(removed = n, "files: removed objects nothing references any more");
-                    metrics::counter!("tombstone_files_removed_total").increment(n);
-                }
-                true
+        match lease.hold(remove_due(store.as_ref(), &files, clock.as_ref())).await {
+            Ok(Some(Ok(n))) if n > 0 => {
+                tracing::info!(removed = n, "files: removed objects nothing references any more");
+                metrics::counter!("tombstone_files_removed_total").increment(n);
             }
-            Ok(None) => false,
-            Ok(Some(Err(e))) => {
-                tracing::warn!(error = %e, "files: removing unreferenced objects failed; retrying");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "files: could not claim the worker's lease; retrying");
-                false
-            }
-        };
+            Ok(Some(Ok(_)) | None) => {}
+            Ok(Some(Err(e))) => tracing::warn!(error = %e, "files: removing unreferenced objects failed; retrying"),
+            Err(e) => tracing::warn!(error = %e, "files: could not claim the worker's lease; retrying"),
+        }
         tokio::select! {
-            () = notified, if held => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = cancel.changed() => break,
         }

@@ -1632,7 +1632,7 @@ fn retention_components(components: ComponentsBuilder, schema: &Schema, names: &
                         "files",
                         integer().minimum(Some(0)).description(Some(
                             "Stored files the erased records referenced (§15); each is removed with its \
-                             last reference by the files worker, moments after the commit.",
+                             last reference by the files worker, within a second of the commit.",
                         )),
                     )
                     .property(

@@ -873,3 +873,43 @@ async fn the_documented_key_tenant_is_what_the_server_takes() {
             .assert_problem(422, "validation");
     }
 }
+
+/// File fields (§15): their three endpoints per field, their answers, the metadata in the
+/// record schema (read-only: a body takes only null), and a real upload's answer conforms.
+#[tokio::test]
+async fn file_fields_are_documented_and_answers_conform() {
+    let app = TestApp::with_schema(
+        "[collections.invoices.fields]\nnumber = { type = \"string\" }\n\
+         pdf = { type = \"file\", max_bytes = 2000, content_types = [\"application/pdf\"] }\n",
+    )
+    .await;
+    let doc = fetch(&app).await;
+    let path = "/v1/invoices/{id}/files/pdf";
+    let put = operation(&doc, path, "put");
+    assert!(put["requestBody"]["content"]["application/pdf"].is_object(), "{put}");
+    for status in ["404", "409", "412", "413", "415"] {
+        assert!(is_problem(&put["responses"][status]), "PUT {status}: {put}");
+    }
+    let get = operation(&doc, path, "get");
+    assert!(get["responses"]["206"].is_object() && is_problem(&get["responses"]["416"]), "{get}");
+    assert!(param(get, "Range").is_some() && param(get, "include").is_some(), "{get}");
+    assert!(is_problem(&operation(&doc, path, "delete")["responses"]["404"]));
+    assert!(doc["paths"].get("/v1/invoices/{id}/files/number").is_none(), "only file fields have file paths");
+    let pdf = &schema(&doc, "Invoices")["properties"]["pdf"];
+    assert_eq!(pdf["required"], json!(["content_type", "size", "sha256", "uploaded_at"]), "{pdf}");
+    assert_eq!(schema(&doc, "NewInvoices")["properties"]["pdf"]["type"], "null");
+    let problems = schema(&doc, "Problem")["properties"]["type"]["description"].as_str().unwrap().to_string();
+    for slug in ["unsupported-media-type", "range-not-satisfiable"] {
+        assert!(problems.contains(slug), "{problems}");
+    }
+
+    let id = app.create("invoices", &app.admin, &json!({"number": "F-1"})).await["id"].as_str().unwrap().to_string();
+    let uri = format!("/v1/invoices/{id}/files/pdf");
+    let r = app.send(Method::PUT, &uri, Some(&app.admin), &[("content-type", "application/pdf")], None).await;
+    // An empty body is a file too (0 bytes).
+    r.assert_status(200);
+    let schema_of_put = &put["responses"]["200"]["content"]["application/json"]["schema"];
+    conforms(&doc, schema_of_put, &r.json(), "PUT 200");
+    let wrong = app.send(Method::PUT, &uri, Some(&app.admin), &[("content-type", "text/plain")], None).await;
+    wrong.assert_problem(415, "unsupported-media-type");
+}

@@ -551,7 +551,7 @@ pub struct Erasure {
     pub events: u64,
     pub idempotent_responses: u64,
     /// Stored files (objects) the erased records referenced; each goes with its last
-    /// reference, by the files worker, moments after the commit.
+    /// reference, by the files worker, within a second of the commit.
     pub files: u64,
     /// Records erased with it, per collection, the root included (cascade relations take
     /// their children along).

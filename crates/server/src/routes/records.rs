@@ -720,7 +720,7 @@ fn erasure_receipt(erasure: &tombstone_store::Erasure) -> Value {
         },
         "counts": erasure.counts,
         // Stored files the erased records referenced; each goes with its last reference,
-        // removed by the files worker moments after the commit (§15).
+        // removed by the files worker within a second of the commit (§15).
         "files": erasure.files,
         "pending": pending,
     })
