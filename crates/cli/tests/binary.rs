@@ -416,6 +416,18 @@ fn demo_prints_an_admin_key_once_and_later_says_how_to_make_one() {
     assert_eq!(names.len(), 6, "{products}");
     assert!(names.contains(&"Blue mug"), "{names:?}");
     assert!(products["next_cursor"].is_null());
+    // The open orders carry an invoice PDF (§15), stored under ./tombstone-data/files.
+    let orders = json_of(server.get("/v1/orders", &secret), StatusCode::OK);
+    let with_invoice: Vec<&Value> =
+        orders["items"].as_array().expect("items").iter().filter(|o| o["invoice"].is_object()).collect();
+    assert_eq!(with_invoice.len(), 2, "{orders}");
+    let id = with_invoice[0]["id"].as_str().unwrap();
+    let pdf = server.get(&format!("/v1/orders/{id}/files/invoice"), &secret);
+    assert_eq!(pdf.status(), StatusCode::OK);
+    assert_eq!(pdf.headers()["content-type"], "application/pdf");
+    let bytes = pdf.bytes().expect("invoice bytes");
+    assert!(bytes.starts_with(b"%PDF-1.4") && bytes.ends_with(b"%%EOF\n"), "not a PDF");
+    assert_eq!(bytes.len() as u64, with_invoice[0]["invoice"]["size"].as_u64().unwrap());
     drop(server);
 
     // A second start (here without --demo and without a config: the same thing) seeds
