@@ -5,6 +5,10 @@
 //! position (sort value, id) of the last item, so pages stay stable under concurrent
 //! writes: an insert or delete never shifts the next page.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
@@ -120,8 +124,144 @@ pub struct ListQuery {
     pub count: bool,
     /// Full-text query (`q`), over the collection's `search` fields.
     pub q: Option<String>,
-    /// Only these ids (the search's candidates); set by the server, not by the client.
-    pub ids: Option<Vec<String>>,
+    /// Only these records (the search's candidates); set by the server, not by the client.
+    pub candidates: Option<Candidates>,
+}
+
+/// The records a search (`q`) matched, which a store intersects with the list's own
+/// filters, order and cursor: the index proposes, the database decides.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Candidates {
+    /// The matching ids, for a search with few matches: the store looks each one up.
+    Ids(Vec<String>),
+    /// The fingerprints of the matching ids, for a search with many: the store walks the
+    /// list in its order and keeps the rows whose id is in the set, until the page is full.
+    Fingerprints(Arc<Fingerprints>),
+}
+
+impl Candidates {
+    /// Whether the record `id` is a candidate.
+    #[must_use]
+    pub fn admits(&self, id: &str) -> bool {
+        match self {
+            Self::Ids(ids) => ids.iter().any(|i| i == id),
+            Self::Fingerprints(set) => set.contains(id),
+        }
+    }
+}
+
+/// The fingerprints ([`fingerprint`]) of a search's matching ids: 128 bits each, so that
+/// two ids of one collection share one with odds of about n²/2¹²⁹ — never, in practice,
+/// for any n a machine can hold.
+///
+/// They are kept as they came from the index, unsorted and unhashed: a list page needs a
+/// few hundred rows tested against them, so the store fingerprints a batch of rows and
+/// [`Fingerprints::hits`] probes the batch with each match, instead of every search first
+/// building a set of all its matches.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fingerprints {
+    matches: Vec<u128>,
+    rows_per_match: f64,
+}
+
+impl Fingerprints {
+    /// The fingerprints of `matches` among about `records` records (the store sizes its
+    /// first batch of rows by that ratio).
+    #[must_use]
+    #[expect(clippy::cast_precision_loss, reason = "an estimate")]
+    pub fn new(matches: Vec<u128>, records: usize) -> Self {
+        let rows_per_match = records as f64 / matches.len().max(1) as f64;
+        Self { matches, rows_per_match: rows_per_match.max(1.0) }
+    }
+
+    /// Which of `rows` (fingerprints of walked ids) are matches: a flag per row.
+    #[must_use]
+    pub fn hits(&self, rows: &[u128]) -> Vec<bool> {
+        // A bitmap of the rows' low bits, sixteen or more bits a row, answers most matches'
+        // "not in this batch" with one load; only the rest look in the map.
+        let bits = (rows.len() * 16).next_power_of_two().max(64);
+        let slot = |fp: u128| (fp as usize) & (bits - 1);
+        let mut bitmap = vec![0u64; bits / 64];
+        let mut position: HashMap<u128, usize, BuildHasherDefault<Prehashed>> =
+            HashMap::with_capacity_and_hasher(rows.len(), BuildHasherDefault::default());
+        for (i, fp) in rows.iter().enumerate() {
+            bitmap[slot(*fp) / 64] |= 1 << (slot(*fp) % 64);
+            position.insert(*fp, i);
+        }
+        let mut hit = vec![false; rows.len()];
+        for fp in &self.matches {
+            if bitmap[slot(*fp) / 64] & (1 << (slot(*fp) % 64)) != 0
+                && let Some(&i) = position.get(fp)
+            {
+                hit[i] = true;
+            }
+        }
+        hit
+    }
+
+    /// Whether `id` is a match (a scan: for one id, not for a walk).
+    #[must_use]
+    pub fn contains(&self, id: &str) -> bool {
+        self.matches.contains(&fingerprint(id))
+    }
+
+    /// Rows to walk first to find `want` matches, by the ratio of records to matches (with a
+    /// margin, so one batch usually suffices).
+    #[must_use]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an estimate, capped"
+    )]
+    pub fn first_batch(&self, want: usize) -> usize {
+        ((want as f64 * self.rows_per_match * 1.25).ceil() as usize).clamp(want.min(MAX_WALK_BATCH), MAX_WALK_BATCH)
+    }
+
+    /// How many matches there are.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.matches.len()
+    }
+
+    /// Whether there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.matches.is_empty()
+    }
+}
+
+/// The most rows a store fingerprints and probes at once.
+pub const MAX_WALK_BATCH: usize = 8192;
+
+/// A record id's fingerprint: its 128-bit XXH3 hash, the same in every process and release
+/// (the search index stores it).
+#[must_use]
+pub fn fingerprint(id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+}
+
+/// A hasher for values that are hashes already: the low 64 bits of a fingerprint are its
+/// bucket, without hashing it again.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for fingerprints (`write_u128`); any other key is folded in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    #[expect(clippy::cast_possible_truncation, reason = "the low half of a uniform hash is uniform")]
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
 }
 
 impl Default for ListQuery {
@@ -139,7 +279,7 @@ impl Default for ListQuery {
             after: None,
             count: false,
             q: None,
-            ids: None,
+            candidates: None,
         }
     }
 }

@@ -19,17 +19,23 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::collector::{Collector, DocSetCollector, SegmentCollector};
+use tantivy::columnar::{Column, ColumnIndex};
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery};
-use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema as IndexSchema, TEXT, Value as _};
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term, doc};
+use tantivy::schema::{FAST, Field, IndexRecordOption, STORED, STRING, Schema as IndexSchema, TEXT, Value as _};
+use tantivy::{
+    COLLECT_BLOCK_BUFFER_LEN, DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, SegmentOrdinal,
+    SegmentReader, TantivyDocument, Term, doc,
+};
 use tombstone_domain::config::{Collection, DeleteMode, FieldType, Schema};
+use tombstone_domain::query::{Candidates, Fingerprints, fingerprint};
 use tombstone_domain::record::{FieldValue, Record};
 use tombstone_store::{Store, StoreError};
 
-/// At most this many candidates are taken from the index per search.
-pub const MAX_CANDIDATES: usize = 10_000;
+/// Looking one candidate up by id costs about as much as walking this many rows of a
+/// list's index (measured: docs/PERFORMANCE.md, "Search at the speed of a list").
+const LOOKUP_COST_IN_ROWS: usize = 4;
 /// Outbox events read per batch.
 const BATCH: u32 = 500;
 /// At most this many events are applied between two commits of a long backlog.
@@ -46,15 +52,23 @@ pub enum SearchError {
     Store(#[from] StoreError),
     #[error("the search index is opened read-only")]
     ReadOnly,
+    #[error("the search index is being rebuilt from the database")]
+    Rebuilding,
 }
 
 #[derive(Clone, Copy)]
 struct Fields {
     key: Field,
-    tenant: Field,
-    collection: Field,
+    /// A tenant's collection as one term: a search intersects the text's postings with one
+    /// list, not two.
+    scope: Field,
     id: Field,
     text: Field,
+    /// The id's fingerprint ([`fingerprint`]), high and low halves, as fast fields: the
+    /// candidates of a search with many matches are read from them, not from stored
+    /// documents.
+    fp_hi: Field,
+    fp_lo: Field,
 }
 
 /// The index.
@@ -68,6 +82,9 @@ pub struct SearchIndex {
     /// Whether erasure jobs may be waiting that this process has not looked at (true at
     /// start: a crash may have left some).
     erasures_unchecked: std::sync::atomic::AtomicBool,
+    /// Whether the index was created by this open (none was there, or one of an older
+    /// format was replaced) and is still to be filled from the database.
+    unfilled: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SearchIndex {
@@ -80,13 +97,18 @@ fn index_schema() -> (IndexSchema, Fields) {
     let mut b = IndexSchema::builder();
     let fields = Fields {
         key: b.add_text_field("key", STRING),
-        tenant: b.add_text_field("tenant", STRING),
-        collection: b.add_text_field("collection", STRING),
+        scope: b.add_text_field("scope", STRING),
         id: b.add_text_field("id", STRING | STORED),
         // Indexed, never stored: the index holds terms, not values.
         text: b.add_text_field("text", TEXT),
+        fp_hi: b.add_u64_field("fp_hi", FAST),
+        fp_lo: b.add_u64_field("fp_lo", FAST),
     };
     (b.build(), fields)
+}
+
+fn scope_of(tenant: &str, collection: &str) -> String {
+    format!("{tenant}\u{1f}{collection}")
 }
 
 fn key_of(tenant: &str, collection: &str, id: &str) -> String {
@@ -119,8 +141,26 @@ impl SearchIndex {
     pub fn open(path: &Path, writable: bool) -> Result<Self, SearchError> {
         std::fs::create_dir_all(path).map_err(|e| SearchError::Directory(format!("{}: {e}", path.display())))?;
         let (schema, fields) = index_schema();
-        let dir = MmapDirectory::open(path).map_err(|e| SearchError::Directory(format!("{}: {e}", path.display())))?;
-        let index = Index::open_or_create(dir, schema)?;
+        let directory =
+            || MmapDirectory::open(path).map_err(|e| SearchError::Directory(format!("{}: {e}", path.display())));
+        let existed =
+            Index::exists(&directory()?).map_err(|e| SearchError::Directory(format!("{}: {e}", path.display())))?;
+        let (index, created) = match Index::open_or_create(directory()?, schema.clone()) {
+            Ok(index) => (index, !existed),
+            // An index an older release wrote (without the fingerprint fields): a writer
+            // replaces it with an empty one, which the indexer fills from the database.
+            Err(tantivy::TantivyError::SchemaError(_)) if writable => {
+                Self::remove_index_files(path)?;
+                (Index::create(directory()?, schema, tantivy::IndexSettings::default())?, true)
+            }
+            Err(tantivy::TantivyError::SchemaError(_)) => {
+                return Err(SearchError::Directory(format!(
+                    "{} holds a search index of an older format: the server rebuilds it at start, or `tombstone reindex` does",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let writer = if writable {
             // The writer's indexing and merge threads are started from a thread in the idle
@@ -150,7 +190,20 @@ impl SearchIndex {
             writer_lost: std::sync::atomic::AtomicBool::new(false),
             fields,
             erasures_unchecked: std::sync::atomic::AtomicBool::new(true),
+            unfilled: std::sync::atomic::AtomicBool::new(created && writable),
         })
+    }
+
+    /// Removes the files of an index under `path` (the directory holds nothing else).
+    fn remove_index_files(path: &Path) -> Result<(), SearchError> {
+        let failed = |e: std::io::Error| SearchError::Directory(format!("{}: {e}", path.display()));
+        for entry in std::fs::read_dir(path).map_err(failed)? {
+            let entry = entry.map_err(failed)?;
+            if entry.file_type().map_err(failed)?.is_file() {
+                std::fs::remove_file(entry.path()).map_err(failed)?;
+            }
+        }
+        Ok(())
     }
 
     fn writer(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter>, SearchError> {
@@ -166,26 +219,55 @@ impl SearchIndex {
         Ok(self.index.load_metas()?.payload.and_then(|p| p.parse().ok()).unwrap_or(0))
     }
 
-    /// Ids of `tenant`'s records in `collection` matching `q`, best first (at most
-    /// [`MAX_CANDIDATES`]). Only candidates: the caller filters them by the database.
+    /// The candidates of `tenant`'s records in `collection` matching `q`, for a list page of
+    /// `limit` (and its total, with `count`). Only candidates: the store intersects them
+    /// with the list's filters, so nothing deleted is ever shown however far the index lags.
+    ///
+    /// Few matches are answered as ids (read from the stored documents), which the store
+    /// looks up one by one; many as the fingerprints of their ids (read from fast fields),
+    /// which the store tests while it walks the list in order — it stops once the page is
+    /// full, so a page costs about `limit × records / matches` rows, not one lookup a match.
     ///
     /// # Errors
-    /// The index cannot be searched.
-    pub fn search(&self, tenant: &str, collection: &str, q: &str) -> Result<Vec<String>, SearchError> {
+    /// The index cannot be searched, or is being rebuilt.
+    pub fn candidates(
+        &self,
+        tenant: &str,
+        collection: &str,
+        q: &str,
+        limit: u32,
+        count: bool,
+    ) -> Result<Candidates, SearchError> {
+        if self.unfilled.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(SearchError::Rebuilding);
+        }
         let searcher = self.reader.searcher();
         let parser = QueryParser::for_index(&self.index, vec![self.fields.text]);
         let (user, _errors) = parser.parse_query_lenient(q);
-        let term = |field, value: &str| -> Box<dyn Query> {
-            Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic))
+        let scope = Term::from_field_text(self.fields.scope, &scope_of(tenant, collection));
+        // The records a walk would pass (and some deleted documents not merged away yet).
+        let in_scope = searcher.doc_freq(&scope)?;
+        let everything: u64 = searcher.segment_readers().iter().map(|s| u64::from(s.max_doc())).sum();
+        // When every document of the index is of this tenant's collection (one tenant, one
+        // searchable collection), intersecting with the scope's postings would keep them all.
+        let query: Box<dyn Query> = if in_scope == everything {
+            user
+        } else {
+            Box::new(BooleanQuery::new(vec![
+                (Occur::Must, Box::new(TermQuery::new(scope, IndexRecordOption::Basic)) as Box<dyn Query>),
+                (Occur::Must, user),
+            ]))
         };
-        let query = BooleanQuery::new(vec![
-            (Occur::Must, term(self.fields.tenant, tenant)),
-            (Occur::Must, term(self.fields.collection, collection)),
-            (Occur::Must, user),
-        ]);
-        let top = searcher.search(&query, &TopDocs::with_limit(MAX_CANDIDATES))?;
-        let mut ids = Vec::with_capacity(top.len());
-        for (_, address) in top {
+        let matches = searcher.search(&query, &FingerprintCollector { fields: self.fields })?;
+        let records = usize::try_from(in_scope).unwrap_or(usize::MAX);
+        let n = matches.len();
+        let walked = if count { records } else { (limit as usize + 1).saturating_mul(records) / n.max(1) };
+        if n.saturating_mul(LOOKUP_COST_IN_ROWS) > walked {
+            return Ok(Candidates::Fingerprints(Arc::new(Fingerprints::new(matches, records))));
+        }
+        let addresses = searcher.search(&query, &DocSetCollector)?;
+        let mut ids = Vec::with_capacity(addresses.len());
+        for address in addresses {
             let doc: TantivyDocument = searcher.doc(address)?;
             // The stored field is the key; the record id is its last part.
             if let Some(id) =
@@ -194,7 +276,7 @@ impl SearchIndex {
                 ids.push(id.to_string());
             }
         }
-        Ok(ids)
+        Ok(Candidates::Ids(ids))
     }
 
     /// Whether any segment's term dictionary still holds `word` (lower-cased, as the
@@ -240,13 +322,15 @@ impl SearchIndex {
     fn put(&self, writer: &mut IndexWriter, collection: &Collection, record: &Record) -> Result<(), SearchError> {
         self.unless_lost()?;
         let key = key_of(&record.tenant, &collection.name, &record.id);
+        let fp = fingerprint(&record.id);
         writer.delete_term(Term::from_field_text(self.fields.key, &key));
         let added = writer.add_document(doc!(
             self.fields.key => key.clone(),
-            self.fields.tenant => record.tenant.clone(),
-            self.fields.collection => collection.name.clone(),
+            self.fields.scope => scope_of(&record.tenant, &collection.name),
             self.fields.id => key,
             self.fields.text => text_of(collection, record),
+            self.fields.fp_hi => (fp >> 64) as u64,
+            self.fields.fp_lo => fp as u64,
         ));
         // An indexing thread that failed to write its segment (a full disk) kills the
         // writer: every later add fails until it is replaced.
@@ -385,6 +469,14 @@ impl SearchIndex {
     /// # Errors
     /// The store or the index failed; the position is not moved then.
     pub async fn catch_up(&self, store: &dyn Store, schema: &Schema) -> Result<u64, SearchError> {
+        if self.unfilled.load(std::sync::atomic::Ordering::Acquire) {
+            // A new index starts from the database's current state, not from the outbox
+            // (which may have been trimmed long ago).
+            tracing::info!("the search index is new; filling it from the database");
+            let n = self.rebuild(store, schema, &|_, _| {}).await?;
+            tracing::info!(records = n, "search index filled");
+            return Ok(n);
+        }
         let mut consumed = 0;
         let mut after = self.position()?;
         // Events applied to the writer since its last commit: a commit (segment files, an
@@ -478,7 +570,72 @@ impl SearchIndex {
         }
         self.commit(&mut writer, Some(position))?;
         self.compact(&mut writer)?;
+        self.unfilled.store(false, std::sync::atomic::Ordering::Release);
         Ok(total)
+    }
+}
+
+/// Collects each matching document's id fingerprint, without scores.
+struct FingerprintCollector {
+    fields: Fields,
+}
+
+struct SegmentFingerprints {
+    hi: Column<u64>,
+    lo: Column<u64>,
+    found: Vec<u128>,
+}
+
+impl Collector for FingerprintCollector {
+    type Fruit = Vec<u128>;
+    type Child = SegmentFingerprints;
+
+    fn for_segment(&self, _: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<SegmentFingerprints> {
+        let schema = reader.schema();
+        let column = |field| reader.fast_fields().u64(schema.get_field_name(field));
+        Ok(SegmentFingerprints { hi: column(self.fields.fp_hi)?, lo: column(self.fields.fp_lo)?, found: Vec::new() })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, mut fruits: Vec<Vec<u128>>) -> tantivy::Result<Vec<u128>> {
+        if fruits.len() == 1 {
+            return Ok(fruits.pop().unwrap_or_default());
+        }
+        Ok(fruits.concat())
+    }
+}
+
+impl SegmentCollector for SegmentFingerprints {
+    type Fruit = Vec<u128>;
+
+    fn collect(&mut self, doc: DocId, _score: Score) {
+        if let (Some(hi), Some(lo)) = (self.hi.first(doc), self.lo.first(doc)) {
+            self.found.push((u128::from(hi) << 64) | u128::from(lo));
+        }
+    }
+
+    fn collect_block(&mut self, docs: &[DocId]) {
+        // Every document has both values (the columns are full): read them a block at a time.
+        if let (ColumnIndex::Full, ColumnIndex::Full) = (&self.hi.index, &self.lo.index) {
+            let (mut hi, mut lo) = ([0; COLLECT_BLOCK_BUFFER_LEN], [0; COLLECT_BLOCK_BUFFER_LEN]);
+            for block in docs.chunks(COLLECT_BLOCK_BUFFER_LEN) {
+                self.hi.values.get_vals(block, &mut hi[..block.len()]);
+                self.lo.values.get_vals(block, &mut lo[..block.len()]);
+                self.found
+                    .extend(hi.iter().zip(&lo).take(block.len()).map(|(h, l)| (u128::from(*h) << 64) | u128::from(*l)));
+            }
+        } else {
+            for &doc in docs {
+                self.collect(doc, 0.0);
+            }
+        }
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        self.found
     }
 }
 

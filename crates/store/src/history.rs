@@ -242,7 +242,7 @@ fn matches(query: &ListQuery, record: &Record) -> bool {
         && query.deleted_before.is_none_or(|t| deleted.is_some_and(|d| d.deleted_at < t))
         && query.deleted_by.as_ref().is_none_or(|by| deleted.is_some_and(|d| &d.deleted_by == by))
         && query.purge_before.is_none_or(|t| deleted.is_some_and(|d| d.purge_at < t));
-    let ids_ok = query.ids.as_ref().is_none_or(|ids| ids.contains(&record.id));
+    let ids_ok = query.candidates.as_ref().is_none_or(|c| c.admits(&record.id));
     filters_ok && deletion_ok && ids_ok
 }
 

@@ -501,6 +501,62 @@ pub(crate) fn list_count_sql(table: &str, clause: &str, query: &ListQuery) -> St
     }
 }
 
+/// A walk of a list's ids, in the list's order and in batches, keeping those a search
+/// matched ([`Candidates::Fingerprints`](tombstone_domain::query::Candidates)) until `want`
+/// are kept. Each store feeds it batches of the size it asks for.
+pub(crate) struct Walk<'a> {
+    set: &'a tombstone_domain::query::Fingerprints,
+    want: u64,
+    batch: usize,
+    hits: Vec<String>,
+    found: u64,
+    keep_ids: bool,
+}
+
+impl<'a> Walk<'a> {
+    /// A walk for a page: its first `want` matches.
+    pub(crate) fn page(set: &'a tombstone_domain::query::Fingerprints, want: usize) -> Self {
+        Self { set, want: want as u64, batch: set.first_batch(want), hits: Vec::new(), found: 0, keep_ids: true }
+    }
+
+    /// A walk for a count: every match, counted, no ids kept.
+    pub(crate) fn count(set: &'a tombstone_domain::query::Fingerprints) -> Self {
+        let batch = tombstone_domain::query::MAX_WALK_BATCH;
+        Self { set, want: u64::MAX, batch, hits: Vec::new(), found: 0, keep_ids: false }
+    }
+
+    /// How many ids the next batch should hold.
+    pub(crate) fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Takes the next batch of ids; true when the walk is over (enough found, or the batch
+    /// came short: the list has no more rows).
+    pub(crate) fn take(&mut self, ids: Vec<String>) -> bool {
+        let last = ids.len() < self.batch;
+        let fps: Vec<u128> = ids.iter().map(|id| tombstone_domain::query::fingerprint(id)).collect();
+        for (id, hit) in ids.into_iter().zip(self.set.hits(&fps)) {
+            if hit {
+                self.found += 1;
+                if self.keep_ids {
+                    self.hits.push(id);
+                }
+                if self.found == self.want {
+                    return true;
+                }
+            }
+        }
+        // A walk that found less than hoped reads twice as much next time.
+        self.batch = (self.batch * 2).min(tombstone_domain::query::MAX_WALK_BATCH);
+        last
+    }
+
+    /// The ids kept, in the list's order, and how many matched.
+    pub(crate) fn finish(self) -> (Vec<String>, u64) {
+        (self.hits, self.found)
+    }
+}
+
 /// The seq a chain error points at: the first entry that fails, or for a log cut short
 /// at its end, the first missing one.
 pub(crate) fn broken_seq(e: &ChainError) -> i64 {

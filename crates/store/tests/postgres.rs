@@ -17,7 +17,9 @@ use tombstone_domain::audit::{AuditAction, NewAuditEntry};
 use tombstone_domain::config::Collection;
 use tombstone_domain::events::{EventType, NewEvent};
 use tombstone_domain::lifecycle::DeleteRequest;
-use tombstone_domain::query::{DeletedScope, FieldFilter, ListQuery, Position, Sort, SortKey};
+use tombstone_domain::query::{
+    Candidates, DeletedScope, FieldFilter, Fingerprints, ListQuery, Position, Sort, SortKey, fingerprint,
+};
 use tombstone_domain::record::{DeletionMark, FieldValue, Record, Values, fold_case};
 use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::Timestamp;
@@ -1078,13 +1080,28 @@ async fn lists_answer_like_sqlite() {
             ..ListQuery::default()
         },
         ListQuery {
-            ids: Some(vec!["id-01".into(), "id-03".into(), "id-08".into(), "missing".into()]),
+            candidates: Some(Candidates::Ids(vec!["id-01".into(), "id-03".into(), "id-08".into(), "missing".into()])),
             scope: DeletedScope::All,
             limit: 1,
             count: true,
             ..ListQuery::default()
         },
-        ListQuery { ids: Some(Vec::new()), ..ListQuery::default() },
+        ListQuery {
+            candidates: Some(Candidates::Fingerprints(Arc::new(Fingerprints::new(
+                ["id-01", "id-03", "id-08", "missing"].iter().map(|id| fingerprint(id)).collect(),
+                0,
+            )))),
+            scope: DeletedScope::All,
+            limit: 1,
+            count: true,
+            ..ListQuery::default()
+        },
+        ListQuery { candidates: Some(Candidates::Ids(Vec::new())), ..ListQuery::default() },
+        ListQuery {
+            candidates: Some(Candidates::Fingerprints(Arc::new(Fingerprints::default()))),
+            count: true,
+            ..ListQuery::default()
+        },
     ]);
     // A cursor issued by one store reads the same in the other (booleans as 0 and 1).
     queries.push(ListQuery {

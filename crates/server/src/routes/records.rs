@@ -29,6 +29,7 @@ use super::extract::{ApiPath, IfNoneMatch, JsonBody, QueryPairs, parse_json};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, RECORD_METHODS, item_method_not_allowed, refuse_action};
+use crate::search::SearchError;
 
 static DELETION_ID: HeaderName = HeaderName::from_static("deletion-id");
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -376,10 +377,12 @@ async fn list_records(
         // records are filtered out however far the index lags).
         let index =
             state.search.as_ref().ok_or_else(|| ApiError::Unavailable("full-text search is not configured".into()))?;
-        let candidates = index
-            .search(caller.tenant(), &collection.name, q)
-            .map_err(|e| ApiError::Internal(format!("search failed: {e}")))?;
-        list.ids = Some(candidates);
+        let candidates =
+            index.candidates(caller.tenant(), &collection.name, q, list.limit, list.count).map_err(|e| match e {
+                SearchError::Rebuilding => ApiError::Unavailable(e.to_string()),
+                e => ApiError::Internal(format!("search failed: {e}")),
+            })?;
+        list.candidates = Some(candidates);
     }
     if list.reads_deleted() {
         caller.require(Permission::ReadDeleted, Some(&collection.name))?;

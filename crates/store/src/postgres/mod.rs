@@ -45,7 +45,7 @@ use tombstone_domain::audit::{AuditEntry, ChainError, ChainVerifier};
 use tombstone_domain::config::{Collection, Schema};
 use tombstone_domain::events::Event;
 use tombstone_domain::lifecycle::Actor;
-use tombstone_domain::query::ListQuery;
+use tombstone_domain::query::{Candidates, ListQuery};
 use tombstone_domain::record::Record;
 use tombstone_domain::scope::parse_scopes;
 use tombstone_domain::time::Timestamp;
@@ -514,7 +514,14 @@ impl PgStore {
         query: &ListQuery,
     ) -> Result<Page, StoreError> {
         let sql = self.table(collection)?;
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        if let Some(Candidates::Fingerprints(set)) = &query.candidates {
+            // A portal lives in a transaction.
+            let tx = client.build_transaction().read_only(true).start().await?;
+            let page = records::list_walking(&tx, &sql, collection, tenant, query, set).await?;
+            tx.commit().await?;
+            return Ok(page);
+        }
         records::list(&client, &sql, collection, tenant, query).await
     }
 

@@ -8,12 +8,14 @@ use bytes::BytesMut;
 use tokio_postgres::Row;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tombstone_domain::config::{Collection, FieldType};
-use tombstone_domain::query::{ArchivedScope, DeletedScope, ListQuery, Position, SortKey, SortValue};
+use tombstone_domain::query::{
+    ArchivedScope, Candidates, DeletedScope, Fingerprints, ListQuery, Position, SortKey, SortValue,
+};
 use tombstone_domain::record::{ArchiveMark, DeletionMark, FieldValue, Record, Values, fold_case};
 use tombstone_domain::time::Timestamp;
 
 use super::schema::{compare_column, field_column, folded_column, table_name};
-use crate::{Page, StoreError};
+use crate::{Page, StoreError, Walk};
 
 const SYSTEM_COLUMNS: &str = "t.tenant, t.id, t.version, t.created_at, t.updated_at, t.deleted_at, t.deleted_by, t.delete_reason, t.deletion_id, t.purge_at, t.archived_at, t.archived_by, t.archive_reason";
 const SYSTEM_COUNT: usize = 13;
@@ -414,7 +416,7 @@ fn filter_clause(collection: &Collection, tenant: &str, query: &ListQuery, param
     if let Some(t) = query.purge_before {
         push("t.purge_at <", Param::Int(Some(t.as_micros())));
     }
-    if let Some(ids) = &query.ids {
+    if let Some(Candidates::Ids(ids)) = &query.candidates {
         // One parameter whatever the number of candidates.
         params.push(Param::TextArray(ids.clone()));
         clauses.push(format!("t.id = any(${})", params.len()));
@@ -422,7 +424,8 @@ fn filter_clause(collection: &Collection, tenant: &str, query: &ListQuery, param
     clauses.join(" and ")
 }
 
-/// One page of a list, plus the total when asked.
+/// One page of a list, plus the total when asked (a list narrowed by fingerprints is
+/// [`list_walking`]'s).
 pub(crate) async fn list(
     client: &impl deadpool_postgres::GenericClient,
     sql: &TableSql,
@@ -439,7 +442,49 @@ pub(crate) async fn list(
     } else {
         None
     };
+    let order = keyset(collection, query, &mut clause, &mut params);
+    params.push(Param::Int(Some(i64::from(query.limit) + 1)));
+    let list_sql = format!("{} where {clause} order by {order} limit ${}", sql.select, params.len());
+    let rows = client.query(&list_sql, &refs(&params)).await?;
+    let mut items = rows.iter().map(|r| read_record(collection, r)).collect::<Result<Vec<_>, _>>()?;
+    let next = if items.len() > query.limit as usize {
+        items.truncate(query.limit as usize);
+        items.last().map(|r| Position { value: sort_value_of(r, &query.sort.key), id: r.id.clone() })
+    } else {
+        None
+    };
+    Ok(Page { items, next, total })
+}
 
+/// One page of a list narrowed by the fingerprints of a search's matches: the list's rows
+/// in its order, ids only, fetched through a portal until the page's hits are found; then
+/// the page is read by those ids, through every filter again (a record deleted meanwhile
+/// drops out). A count walks every row of the list.
+pub(crate) async fn list_walking(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &TableSql,
+    collection: &Collection,
+    tenant: &str,
+    query: &ListQuery,
+    set: &Fingerprints,
+) -> Result<Page, StoreError> {
+    let mut params = Vec::new();
+    let mut clause = filter_clause(collection, tenant, query, &mut params);
+    let total = if query.count {
+        let all = format!("select t.id from {} t where {clause}", sql.table);
+        Some(walk(tx, &all, &params, Walk::count(set)).await?.1)
+    } else {
+        None
+    };
+    let order = keyset(collection, query, &mut clause, &mut params);
+    let walked = format!("select t.id from {} t where {clause} order by {order}", sql.table);
+    let (hits, _) = walk(tx, &walked, &params, Walk::page(set, query.limit as usize + 1)).await?;
+    let by_ids = ListQuery { candidates: Some(Candidates::Ids(hits)), count: false, ..query.clone() };
+    Ok(Page { total, ..list(tx, sql, collection, tenant, &by_ids).await? })
+}
+
+/// Adds the cursor's keyset condition to `clause`; returns the list's `order by`.
+fn keyset(collection: &Collection, query: &ListQuery, clause: &mut String, params: &mut Vec<Param>) -> String {
     let col = sort_column(&query.sort.key);
     let desc = query.sort.descending;
     let (cmp, dir) = if desc { ("<", "desc") } else { (">", "asc") };
@@ -466,17 +511,24 @@ pub(crate) async fn list(
         }
     }
     let nulls = if desc { "nulls last" } else { "nulls first" };
-    let order =
-        if query.sort.key == SortKey::Id { format!("t.id {dir}") } else { format!("{col} {dir} {nulls}, t.id {dir}") };
-    params.push(Param::Int(Some(i64::from(query.limit) + 1)));
-    let list_sql = format!("{} where {clause} order by {order} limit ${}", sql.select, params.len());
-    let rows = client.query(&list_sql, &refs(&params)).await?;
-    let mut items = rows.iter().map(|r| read_record(collection, r)).collect::<Result<Vec<_>, _>>()?;
-    let next = if items.len() > query.limit as usize {
-        items.truncate(query.limit as usize);
-        items.last().map(|r| Position { value: sort_value_of(r, &query.sort.key), id: r.id.clone() })
-    } else {
-        None
-    };
-    Ok(Page { items, next, total })
+    if query.sort.key == SortKey::Id { format!("t.id {dir}") } else { format!("{col} {dir} {nulls}, t.id {dir}") }
+}
+
+/// Fetches the ids `sql` selects from one portal, in batches, as `walk` asks; the database
+/// runs the query no further than the batches fetched.
+async fn walk(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[Param],
+    mut walk: Walk<'_>,
+) -> Result<(Vec<String>, u64), StoreError> {
+    let statement = tx.prepare_cached(sql).await?;
+    let portal = tx.bind(&statement, &refs(params)).await?;
+    loop {
+        let rows = tx.query_portal(&portal, i32::try_from(walk.batch()).unwrap_or(i32::MAX)).await?;
+        let ids = rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<String>, _>>()?;
+        if walk.take(ids) {
+            return Ok(walk.finish());
+        }
+    }
 }

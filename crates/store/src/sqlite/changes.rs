@@ -268,7 +268,7 @@ pub(crate) fn list_audit(conn: &Connection, tenant: &str, query: &AuditQuery) ->
     }
     params.push(SqlValue::Integer(i64::from(query.limit)));
     let sql = format!(
-        "select {AUDIT_COLUMNS} from audit where {} order by seq limit ?{}",
+        "select {AUDIT_COLUMNS} from audit where {} order by seq limit +?{}",
         clauses.join(" and "),
         params.len()
     );
@@ -348,7 +348,7 @@ fn select_events(conn: &Connection, tenant: Option<&str>, query: &EventQuery) ->
     params.push(SqlValue::Integer(i64::from(query.limit)));
     let sql = format!(
         "select seq, id, type, tenant, collection, record_id, version, deletion_id, occurred_at, request_id, data
-         from outbox where {} order by seq limit ?{}",
+         from outbox where {} order by seq limit +?{}",
         clauses.join(" and "),
         params.len()
     );
@@ -370,7 +370,7 @@ pub(crate) fn changed_between(
 ) -> Result<Vec<(i64, crate::cache::CacheKey, String)>, StoreError> {
     let rows = conn
         .prepare_cached(
-            "select seq, tenant, collection, record_id, type from outbox where seq > ?1 and seq < ?2 order by seq limit ?3",
+            "select seq, tenant, collection, record_id, type from outbox where seq > ?1 and seq < ?2 order by seq limit +?3",
         )?
         .query_map(params![after, before, limit], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?), r.get(4)?)))?
         .collect::<Result<_, _>>()?;

@@ -59,7 +59,7 @@ impl HistoryStore for SqliteStore {
             let mut stmt = conn.prepare_cached(
                 "select v.version, v.valid_from, v.action, v.actor, v.deletion_id, v.body, null from versions v
                  where v.tenant = ?1 and v.collection = ?2 and v.record_id = ?3 and (?4 is null or v.version <= ?4)
-                 order by v.valid_from desc, v.version desc limit ?5",
+                 order by v.valid_from desc, v.version desc limit +?5",
             )?;
             Ok(stmt
                 .query_map(params![tenant, collection, id, max_version, i64::from(limit)], read_row)?
@@ -111,7 +111,7 @@ impl HistoryStore for SqliteStore {
                 "select r.id, (select v.body from versions v
                    where v.tenant = r.tenant and v.collection = ?2 and v.record_id = r.id and v.valid_from <= ?3
                    order by v.valid_from desc, v.version desc limit 1)
-                 from {table} r where r.tenant = ?1 and {after} order by r.id {dir} limit ?5"
+                 from {table} r where r.tenant = ?1 and {after} order by r.id {dir} limit +?5"
             );
             let mut stmt = conn.prepare_cached(&sql)?;
             Ok(stmt

@@ -4,12 +4,12 @@
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
 use tombstone_domain::config::{Collection, FieldType};
-use tombstone_domain::query::{ArchivedScope, DeletedScope, ListQuery, Position, SortKey, SortValue};
+use tombstone_domain::query::{ArchivedScope, Candidates, DeletedScope, ListQuery, Position, SortKey, SortValue};
 use tombstone_domain::record::{ArchiveMark, DeletionMark, FieldValue, Record, Values, fold_case};
 use tombstone_domain::time::Timestamp;
 
 use super::schema::{compare_column, table_name};
-use crate::{Page, StoreError};
+use crate::{Page, StoreError, Walk};
 
 const SYSTEM_COLUMNS: &str = "tenant, id, version, created_at, updated_at, deleted_at, deleted_by, delete_reason, deletion_id, purge_at, archived_at, archived_by, archive_reason";
 const SYSTEM_COUNT: usize = 13;
@@ -254,7 +254,7 @@ pub(crate) fn stale_rows(
     limit: u32,
 ) -> Result<Vec<(String, String)>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "select tenant, id from {} where deleted_at is null and archived_at is null and updated_at <= ?1 order by updated_at limit ?2",
+        "select tenant, id from {} where deleted_at is null and archived_at is null and updated_at <= ?1 order by updated_at limit +?2",
         sql.table
     ))?;
     Ok(stmt
@@ -380,7 +380,7 @@ fn filter_clause(collection: &Collection, tenant: &str, query: &ListQuery, param
     if let Some(t) = query.purge_before {
         push("purge_at <", SqlValue::Integer(t.as_micros()));
     }
-    if let Some(ids) = &query.ids {
+    if let Some(Candidates::Ids(ids)) = &query.candidates {
         // One parameter whatever the number of candidates.
         push(
             "id in (select value from json_each(",
@@ -403,14 +403,52 @@ pub(crate) fn list(
 ) -> Result<Page, StoreError> {
     let mut params = Vec::new();
     let mut clause = filter_clause(collection, tenant, query, &mut params);
-    let total = if query.count {
-        let count_sql = crate::list_count_sql(&sql.table, &clause, query);
-        let n: i64 = conn.prepare_cached(&count_sql)?.query_row(params_from_iter(params.iter()), |r| r.get(0))?;
-        Some(u64::try_from(n).unwrap_or(0))
+    let fingerprints = match &query.candidates {
+        Some(Candidates::Fingerprints(set)) => Some(set),
+        _ => None,
+    };
+    let total = match (query.count, fingerprints) {
+        (false, _) => None,
+        (true, None) => {
+            let count_sql = crate::list_count_sql(&sql.table, &clause, query);
+            let n: i64 = conn.prepare_cached(&count_sql)?.query_row(params_from_iter(params.iter()), |r| r.get(0))?;
+            Some(u64::try_from(n).unwrap_or(0))
+        }
+        (true, Some(set)) => {
+            let all = format!("select id from {} where {clause}", sql.table);
+            Some(walk(conn, &all, &params, Walk::count(set))?.1)
+        }
+    };
+    let order = keyset(collection, query, &mut clause, &mut params);
+    if let Some(set) = fingerprints {
+        // The list's rows in its order, ids only (its index, not the table), until the
+        // page's hits are found; then the page is read by those ids, through every filter
+        // again (a record deleted meanwhile drops out).
+        let walked = format!("select id from {} where {clause} order by {order}", sql.table);
+        let (hits, _) = walk(conn, &walked, &params, Walk::page(set, query.limit as usize + 1))?;
+        let by_ids = ListQuery { candidates: Some(Candidates::Ids(hits)), count: false, ..query.clone() };
+        return Ok(Page { total, ..list(conn, sql, collection, tenant, &by_ids)? });
+    }
+    params.push(SqlValue::Integer(i64::from(query.limit) + 1));
+    // `limit +?`, never `limit ?`, in every statement of this store: SQLite's planner reads
+    // a bare bound LIMIT, so each new binding expires the statement and the next run parses
+    // and plans it again (14% of a list page's CPU; docs/DECISIONS.md).
+    let list_sql = format!("{} where {clause} order by {order} limit +?{}", sql.select, params.len());
+    let mut stmt = conn.prepare_cached(&list_sql)?;
+    let mut items = stmt
+        .query_map(params_from_iter(params.iter()), |r| read_record(collection, r))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = if items.len() > query.limit as usize {
+        items.truncate(query.limit as usize);
+        items.last().map(|r| Position { value: sort_value_of(r, &query.sort.key), id: r.id.clone() })
     } else {
         None
     };
+    Ok(Page { items, next, total })
+}
 
+/// Adds the cursor's keyset condition to `clause`; returns the list's `order by`.
+fn keyset(collection: &Collection, query: &ListQuery, clause: &mut String, params: &mut Vec<SqlValue>) -> String {
     let col = sort_column(&query.sort.key, collection);
     let desc = query.sort.descending;
     let (cmp, dir) = if desc { ("<", "desc") } else { (">", "asc") };
@@ -436,20 +474,30 @@ pub(crate) fn list(
             clause.push_str(&keyset);
         }
     }
-    let order = if query.sort.key == SortKey::Id { format!("id {dir}") } else { format!("{col} {dir}, id {dir}") };
-    params.push(SqlValue::Integer(i64::from(query.limit) + 1));
-    let list_sql = format!("{} where {clause} order by {order} limit ?{}", sql.select, params.len());
-    let mut stmt = conn.prepare_cached(&list_sql)?;
-    let mut items = stmt
-        .query_map(params_from_iter(params.iter()), |r| read_record(collection, r))?
-        .collect::<Result<Vec<_>, _>>()?;
-    let next = if items.len() > query.limit as usize {
-        items.truncate(query.limit as usize);
-        items.last().map(|r| Position { value: sort_value_of(r, &query.sort.key), id: r.id.clone() })
-    } else {
-        None
-    };
-    Ok(Page { items, next, total })
+    if query.sort.key == SortKey::Id { format!("id {dir}") } else { format!("{col} {dir}, id {dir}") }
+}
+
+/// Steps through the ids `sql` selects, in batches, as `walk` asks; the statement runs
+/// no further than the rows stepped (SQLite computes rows as they are stepped).
+fn walk(
+    conn: &Connection,
+    sql: &str,
+    params: &[SqlValue],
+    mut walk: Walk<'_>,
+) -> Result<(Vec<String>, u64), StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params_from_iter(params.iter()))?;
+    loop {
+        let mut ids = Vec::with_capacity(walk.batch());
+        while ids.len() < walk.batch()
+            && let Some(row) = rows.next()?
+        {
+            ids.push(row.get(0)?);
+        }
+        if walk.take(ids) {
+            return Ok(walk.finish());
+        }
+    }
 }
 
 #[cfg(test)]

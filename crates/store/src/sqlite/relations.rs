@@ -66,7 +66,7 @@ pub(crate) fn get_operation(
         .prepare_cached(
             "select collection, record_id from deletion_records
              where deletion_id = ?1 and (collection, record_id) > (?2, ?3) and not (collection = ?4 and record_id = ?5)
-             order by collection, record_id limit ?6",
+             order by collection, record_id limit +?6",
         )?
         .query_map(params![id, after.collection, after.id, root.collection, root.id, i64::from(others) + 1], |r| {
             Ok(RecordRef { collection: r.get(0)?, id: r.get(1)? })

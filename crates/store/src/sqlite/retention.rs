@@ -90,7 +90,7 @@ pub(crate) fn purge_batch(
     };
     // Only what the audit entry and the event name: a purged record's values go nowhere.
     let query = format!(
-        "select tenant, id, version, deletion_id from {} where deleted_at is not null and purge_at <= ?1 {held} order by purge_at limit ?2",
+        "select tenant, id, version, deletion_id from {} where deleted_at is not null and purge_at <= ?1 {held} order by purge_at limit +?2",
         sql.table,
     );
     // Chunk by chunk — due rows read, removed, each with its audit entry and event — and
@@ -307,7 +307,7 @@ pub(crate) fn trash(
     }
     params.push(SqlValue::Integer(i64::from(query.limit)));
     let q = format!(
-        "{} where {} order by deleted_at desc, id desc limit ?{}",
+        "{} where {} order by deleted_at desc, id desc limit +?{}",
         sql.select(),
         clauses.join(" and "),
         params.len()

@@ -431,7 +431,7 @@ impl Tx for SqliteTx<'_> {
         limit: Option<u32>,
     ) -> Result<Vec<String>, StoreError> {
         let q = format!(
-            "select id from {} where tenant = ?1 and deleted_at is null and \"f_{}\" = ?2 and id > ?3 order by id limit ?4",
+            "select id from {} where tenant = ?1 and deleted_at is null and \"f_{}\" = ?2 and id > ?3 order by id limit +?4",
             table_name(&relation.child_collection),
             relation.field
         );

@@ -113,7 +113,7 @@ pub(crate) fn fan_out(
         let Some((cursor, None)) = state else { continue };
         let rows: Vec<(i64, String, String, String, String, String)> = conn
             .prepare_cached(
-                "select seq, id, type, tenant, collection, record_id from outbox where seq > ?1 order by seq limit ?2",
+                "select seq, id, type, tenant, collection, record_id from outbox where seq > ?1 order by seq limit +?2",
             )?
             .query_map(params![cursor, batch], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
@@ -147,7 +147,7 @@ pub(crate) fn due(conn: &Connection, now: Timestamp, limit: u32) -> Result<Vec<D
            and not exists (
              select 1 from webhook_deliveries p
              where p.endpoint_id = d.endpoint_id and p.record_key = d.record_key and p.status = 'pending' and p.event_seq < d.event_seq)
-         order by d.event_seq limit ?2",
+         order by d.event_seq limit +?2",
         cols = DELIVERY_COLUMNS.replace(", ", ", d.")
     );
     let rows = conn
@@ -246,7 +246,7 @@ pub(crate) fn list(conn: &Connection, tenant: &str, query: &DeliveryQuery) -> Re
     }
     params.push(SqlValue::Integer(i64::from(query.limit)));
     let sql = format!(
-        "select {DELIVERY_COLUMNS} from webhook_deliveries where {} order by id limit ?{}",
+        "select {DELIVERY_COLUMNS} from webhook_deliveries where {} order by id limit +?{}",
         clauses.join(" and "),
         params.len()
     );
@@ -302,7 +302,7 @@ pub(crate) fn cleanup_outbox(conn: &Connection, before: Timestamp, limit: u32) -
             select o.seq from outbox o
             where o.occurred_at < ?1 and o.seq <= ?2 and o.seq < (select max(seq) from outbox)
               and not exists (select 1 from webhook_deliveries d where d.event_seq = o.seq and d.status = 'pending')
-            order by o.seq limit ?3)",
+            order by o.seq limit +?3)",
         params![before.as_micros(), min_cursor.unwrap_or(i64::MAX), limit],
     )?;
     Ok(n as u64)

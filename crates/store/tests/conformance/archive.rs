@@ -4,7 +4,7 @@
 //! most `limit`, each audited and announced as `system`).
 
 use tombstone_domain::lifecycle::ArchiveRequest;
-use tombstone_domain::query::ArchivedScope;
+use tombstone_domain::query::{ArchivedScope, Candidates, Fingerprints, fingerprint};
 
 use super::*;
 
@@ -334,16 +334,15 @@ async fn counts_and_cursors_agree_with_each_scope_across_pages() {
             assert_eq!(page.total, Some(total), "code of r{i:02}, {archived:?}");
             assert_eq!(page.items.len() as u64, total, "code of r{i:02}, {archived:?}");
         }
-        // And the ids of a search's candidates.
-        let q = ListQuery {
-            archived: Include,
-            ids: Some(["r00", "r01", "r02", "r03", "r04", "nope"].map(String::from).to_vec()),
-            count: true,
-            ..ListQuery::default()
-        };
-        let page = store.list_records("t1", &orders, &q).await.unwrap();
-        assert_eq!(page.total, Some(3));
-        assert_eq!(page.items.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["r00", "r01", "r04"]);
+        // And a search's candidates, as ids and as fingerprints.
+        let ids = ["r00", "r01", "r02", "r03", "r04", "nope"].map(String::from).to_vec();
+        let fps = Fingerprints::new(ids.iter().map(|id| fingerprint(id)).collect(), 10);
+        for candidates in [Candidates::Ids(ids), Candidates::Fingerprints(Arc::new(fps))] {
+            let q = ListQuery { archived: Include, candidates: Some(candidates), count: true, ..ListQuery::default() };
+            let page = store.list_records("t1", &orders, &q).await.unwrap();
+            assert_eq!(page.total, Some(3));
+            assert_eq!(page.items.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["r00", "r01", "r04"]);
+        }
     })
     .await;
 }

@@ -19,6 +19,7 @@
 //! - `idempotency`: idempotency keys (`RecordStore`);
 //! - `concurrency`: races that must have exactly one winner;
 //! - `properties`: random sequences of writes against a model;
+//! - `search`: lists narrowed by a search's candidates, as ids or as fingerprints;
 //! - `store`: health, metadata and the read cache (`Store`);
 //! - `workers`: leases and relay positions (`WorkerStore`).
 
@@ -35,6 +36,7 @@ mod migrations;
 mod properties;
 mod records;
 mod retention;
+mod search;
 mod store;
 mod webhooks;
 mod workers;
