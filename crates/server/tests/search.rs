@@ -224,3 +224,117 @@ async fn documents_leave_the_index_at_deletion_and_hard_deletes_and_purges_move_
     // Every event was consumed, the skipped purge included: the position is the last one.
     assert_eq!(app.search.position().unwrap(), app.store.last_event_seq().await.unwrap());
 }
+
+/// The ids of every page of `q`, and the first page's total.
+async fn all_pages(app: &TestApp, q: &str) -> (Vec<String>, u64) {
+    let mut got = Vec::new();
+    let mut url = format!("/v1/products?{q}&count=true");
+    let mut total = None;
+    loop {
+        let page = app.get(&url, &app.admin).await;
+        page.assert_status(200);
+        let page = page.json();
+        total = total.or_else(|| page["total"].as_u64());
+        got.extend(page["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => url = format!("/v1/products?{q}&cursor={cursor}"),
+            None => return (got, total.expect("a total on the first page")),
+        }
+    }
+}
+
+#[tokio::test]
+async fn many_matches_are_walked_against_the_list_and_few_are_looked_up_and_both_page_like_the_list() {
+    let app = TestApp::with_schema(SCHEMA).await;
+    let mut red = Vec::new();
+    for i in 0..90 {
+        red.push(product(&app, &format!("r{i}"), &format!("red thing {i}")).await);
+    }
+    for i in 0..30 {
+        product(&app, &format!("b{i}"), &format!("blue thing {i}")).await;
+    }
+    // Some matches leave the default list: deleted, archived.
+    for id in red.iter().skip(4).step_by(11) {
+        app.post(&format!("/v1/products/{id}:archive"), &app.admin, &json!({})).await.assert_status(200);
+    }
+    for id in red.iter().step_by(9) {
+        app.delete(&format!("/v1/products/{id}"), &app.admin).await.assert_status(204);
+    }
+    app.index().await;
+    let deleted: Vec<&String> = red.iter().step_by(9).collect();
+    let archived: Vec<&String> = red.iter().skip(4).step_by(11).collect();
+    let mut active: Vec<String> =
+        red.iter().filter(|id| !deleted.contains(id) && !archived.contains(id)).cloned().collect();
+    active.sort();
+
+    // 90 of 120 documents match: the store is given fingerprints.
+    let many = app.search.candidates("t1", "products", "red", 7, false).unwrap();
+    assert!(matches!(many, tombstone_domain::query::Candidates::Fingerprints(_)), "{many:?}");
+    let (got, total) = all_pages(&app, "q=red&limit=7").await;
+    assert_eq!(got, active, "every active match once, in id order");
+    assert_eq!(total, active.len() as u64);
+    // Sorted another way, filtered, and with the archived ones.
+    let (got, _) = all_pages(&app, "q=red&limit=5&sort=-created_at").await;
+    let mut newest_first = red.iter().filter(|id| active.contains(id)).cloned().collect::<Vec<_>>();
+    newest_first.reverse();
+    assert_eq!(got, newest_first);
+    let (got, total) = all_pages(&app, "q=red&limit=6&include=archived").await;
+    assert_eq!(total, (active.len() + archived.iter().filter(|id| !deleted.contains(id)).count()) as u64);
+    assert!(got.iter().all(|id| !deleted.contains(&id)), "never a deleted record");
+    let sku = app.get(&format!("/v1/products/{}", active[3]), &app.admin).await.json()["sku"].clone();
+    let (got, total) = all_pages(&app, &format!("q=red&filter[sku]={}", sku.as_str().unwrap())).await;
+    assert_eq!((got, total), (vec![active[3].clone()], 1));
+
+    // One match: the store is given its id.
+    let n = red.iter().position(|id| *id == active[5]).unwrap();
+    let one = app.search.candidates("t1", "products", &format!("\"red thing {n}\""), 7, false).unwrap();
+    assert_eq!(one, tombstone_domain::query::Candidates::Ids(vec![active[5].clone()]));
+    let (got, total) = all_pages(&app, &format!("q=%22red%20thing%20{n}%22")).await;
+    assert_eq!((got, total), (vec![active[5].clone()], 1));
+}
+
+#[tokio::test]
+async fn an_index_of_the_older_format_is_replaced_and_filled_from_the_database() {
+    let app = TestApp::with_schema(SCHEMA).await;
+    let mug = product(&app, "1", "green mug").await;
+    // An index as the release before wrote it: tenant and collection terms, no fingerprints.
+    let old = app.dir.path().join("old-index");
+    {
+        use tantivy::schema::{STORED, STRING, TEXT};
+        let mut b = tantivy::schema::Schema::builder();
+        let key = b.add_text_field("key", STRING);
+        let tenant = b.add_text_field("tenant", STRING);
+        let collection = b.add_text_field("collection", STRING);
+        let id = b.add_text_field("id", STRING | STORED);
+        let text = b.add_text_field("text", TEXT);
+        std::fs::create_dir_all(&old).unwrap();
+        let index = tantivy::Index::create_in_dir(&old, b.build()).unwrap();
+        let mut writer: tantivy::IndexWriter = index.writer(20_000_000).unwrap();
+        let k = format!("t1\u{1f}products\u{1f}{mug}");
+        writer
+            .add_document(
+                tantivy::doc!(key => k.clone(), tenant => "t1", collection => "products", id => k, text => "green mug"),
+            )
+            .unwrap();
+        writer.commit().unwrap();
+    }
+    // Read-only, it is refused with what to do.
+    let refused = SearchIndex::open(&old, false).unwrap_err().to_string();
+    assert!(refused.contains("older format") && refused.contains("reindex"), "{refused}");
+    // A writer replaces it; until it is filled, a search is "being rebuilt", never a wrong answer.
+    let index = SearchIndex::open(&old, true).unwrap();
+    let waiting = index.candidates("t1", "products", "green", 50, false).unwrap_err();
+    assert!(matches!(waiting, tombstone_server::search::SearchError::Rebuilding), "{waiting}");
+    let bowl = product(&app, "2", "green bowl").await;
+    assert_eq!(index.catch_up(app.store.as_ref(), &app.config.schema).await.unwrap(), 2, "filled with both records");
+    let found = index.candidates("t1", "products", "green", 50, false).unwrap();
+    let tombstone_domain::query::Candidates::Ids(mut found) = found else { panic!("{found:?}") };
+    found.sort();
+    let mut want = vec![mug, bowl];
+    want.sort();
+    assert_eq!(found, want);
+    // Reopened, it is the new format: nothing to rebuild.
+    drop(index);
+    let reopened = SearchIndex::open(&old, true).unwrap();
+    assert!(reopened.candidates("t1", "products", "green", 50, false).is_ok());
+}
