@@ -125,6 +125,7 @@ search)
   "$tomb" reindex --config "$work/s/tombstone.toml"
   start "$work/s" 9104; k=$(key "$work/s")
   wrk_run "list ?q=teapot&limit=50 (10k hits)" -H "Authorization: Bearer $k" "http://127.0.0.1:9104/v1/products?q=teapot&limit=50"
+  wrk_run "  the same, a new q each time" -s "$here/search_distinct.lua" -H "Authorization: Bearer $k" "http://127.0.0.1:9104"
   wrk_run "list ?q=teapot+glass (1k hits)" -H "Authorization: Bearer $k" "http://127.0.0.1:9104/v1/products?q=%2Bteapot%20%2Bglass&limit=50"
   wrk_run "list ?limit=50 (no q)" -H "Authorization: Bearer $k" "http://127.0.0.1:9104/v1/products?limit=50"
   ;;

@@ -16,16 +16,16 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tantivy::collector::{Collector, DocSetCollector, SegmentCollector};
 use tantivy::columnar::{Column, ColumnIndex};
 use tantivy::directory::MmapDirectory;
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery, Weight};
 use tantivy::schema::{FAST, Field, IndexRecordOption, STORED, STRING, Schema as IndexSchema, TEXT, Value as _};
 use tantivy::{
-    COLLECT_BLOCK_BUFFER_LEN, DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, SegmentOrdinal,
+    COLLECT_BLOCK_BUFFER_LEN, DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentOrdinal,
     SegmentReader, TantivyDocument, Term, doc,
 };
 use tombstone_domain::config::{Collection, DeleteMode, FieldType, Schema};
@@ -85,6 +85,10 @@ pub struct SearchIndex {
     /// Whether the index was created by this open (none was there, or one of an older
     /// format was replaced) and is still to be filled from the database.
     unfilled: std::sync::atomic::AtomicBool,
+    /// Recent searches' matches, by index generation.
+    matches: moka::sync::Cache<MatchKey, Arc<Matches>>,
+    /// The keys of searches made once, whose matches were not kept.
+    seen: moka::sync::Cache<MatchKey, ()>,
 }
 
 impl std::fmt::Debug for SearchIndex {
@@ -191,6 +195,19 @@ impl SearchIndex {
             fields,
             erasures_unchecked: std::sync::atomic::AtomicBool::new(true),
             unfilled: std::sync::atomic::AtomicBool::new(created && writable),
+            matches: moka::sync::Cache::builder()
+                .max_capacity(MATCH_CACHE_BYTES)
+                .weigher(|key: &MatchKey, m: &Arc<Matches>| {
+                    // 16 bytes a fingerprint, and room for the ids should a page read them.
+                    u32::try_from(m.fingerprints.len() * 56 + key.2.len() + 128).unwrap_or(u32::MAX)
+                })
+                .time_to_idle(Duration::from_secs(60))
+                .build(),
+            seen: moka::sync::Cache::builder()
+                .max_capacity(SEEN_CACHE_BYTES)
+                .weigher(|key: &MatchKey, (): &()| u32::try_from(key.1.len() + key.2.len() + 64).unwrap_or(u32::MAX))
+                .time_to_idle(Duration::from_secs(60))
+                .build(),
         })
     }
 
@@ -242,6 +259,49 @@ impl SearchIndex {
             return Err(SearchError::Rebuilding);
         }
         let searcher = self.reader.searcher();
+        // The matches of one query on one state of the index do not change: the pages after
+        // the first (and the same search again) take them from the cache until the index
+        // commits again (a new generation: a new key).
+        let key = (searcher.generation().generation_id(), scope_of(tenant, collection), q.to_string());
+        let matches = match self.matches.get(&key) {
+            Some(matches) => matches,
+            None => {
+                let matches = Arc::new(self.matches_of(&searcher, tenant, collection, q)?);
+                // Kept from its second time on: a search seen once (most are) costs the cache
+                // nothing but its key.
+                if self.seen.contains_key(&key) {
+                    self.matches.insert(key, matches.clone());
+                } else {
+                    self.seen.insert(key, ());
+                }
+                matches
+            }
+        };
+        let n = matches.fingerprints.len();
+        let records = matches.records;
+        let walked = if count { records } else { (limit as usize + 1).saturating_mul(records) / n.max(1) };
+        if n.saturating_mul(LOOKUP_COST_IN_ROWS) > walked {
+            return Ok(Candidates::Fingerprints(matches.fingerprints.clone()));
+        }
+        if let Some(ids) = matches.ids.get() {
+            return Ok(Candidates::Ids(ids.clone()));
+        }
+        let addresses = searcher.search(&*matches.query, &DocSetCollector)?;
+        let mut ids = Vec::with_capacity(addresses.len());
+        for address in addresses {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            // The stored field is the key; the record id is its last part.
+            if let Some(id) =
+                doc.get_first(self.fields.id).and_then(|v| v.as_str()).and_then(|k| k.rsplit('\u{1f}').next())
+            {
+                ids.push(id.to_string());
+            }
+        }
+        Ok(Candidates::Ids(matches.ids.get_or_init(|| ids).clone()))
+    }
+
+    /// The matches of `q` among `tenant`'s records in `collection`: their fingerprints.
+    fn matches_of(&self, searcher: &Searcher, tenant: &str, collection: &str, q: &str) -> Result<Matches, SearchError> {
         let parser = QueryParser::for_index(&self.index, vec![self.fields.text]);
         let (user, _errors) = parser.parse_query_lenient(q);
         let scope = Term::from_field_text(self.fields.scope, &scope_of(tenant, collection));
@@ -258,25 +318,9 @@ impl SearchIndex {
                 (Occur::Must, user),
             ]))
         };
-        let matches = searcher.search(&query, &FingerprintCollector { fields: self.fields })?;
+        let found = searcher.search(&query, &FingerprintCollector { fields: self.fields })?;
         let records = usize::try_from(in_scope).unwrap_or(usize::MAX);
-        let n = matches.len();
-        let walked = if count { records } else { (limit as usize + 1).saturating_mul(records) / n.max(1) };
-        if n.saturating_mul(LOOKUP_COST_IN_ROWS) > walked {
-            return Ok(Candidates::Fingerprints(Arc::new(Fingerprints::new(matches, records))));
-        }
-        let addresses = searcher.search(&query, &DocSetCollector)?;
-        let mut ids = Vec::with_capacity(addresses.len());
-        for address in addresses {
-            let doc: TantivyDocument = searcher.doc(address)?;
-            // The stored field is the key; the record id is its last part.
-            if let Some(id) =
-                doc.get_first(self.fields.id).and_then(|v| v.as_str()).and_then(|k| k.rsplit('\u{1f}').next())
-            {
-                ids.push(id.to_string());
-            }
-        }
-        Ok(Candidates::Ids(ids))
+        Ok(Matches { fingerprints: Arc::new(Fingerprints::new(found, records)), records, ids: OnceLock::new(), query })
     }
 
     /// Whether any segment's term dictionary still holds `word` (lower-cased, as the
@@ -533,6 +577,9 @@ impl SearchIndex {
                     uncommitted = 0;
                 }
                 if erased {
+                    // No search of the erased values stays in memory either.
+                    self.matches.invalidate_all();
+                    self.seen.invalidate_all();
                     // Cleared only once the step is done, so a failure is retried.
                     self.erasures_unchecked.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -575,6 +622,25 @@ impl SearchIndex {
     }
 }
 
+/// The matches of one search on one generation of the index.
+struct Matches {
+    fingerprints: Arc<Fingerprints>,
+    /// The documents of the tenant's collection.
+    records: usize,
+    /// The matches' ids, once a page needed them.
+    ids: OnceLock<Vec<String>>,
+    query: Box<dyn Query>,
+}
+
+/// A search's key in the cache of matches: the index generation, the scope and `q`.
+type MatchKey = (u64, String, String);
+
+/// The cache of matches holds at most this many bytes (16 a match, plus the ids when read).
+const MATCH_CACHE_BYTES: u64 = 64 << 20;
+
+/// The keys of searches seen once take at most this many bytes.
+const SEEN_CACHE_BYTES: u64 = 4 << 20;
+
 /// Collects each matching document's id fingerprint, without scores.
 struct FingerprintCollector {
     fields: Fields,
@@ -598,6 +664,29 @@ impl Collector for FingerprintCollector {
 
     fn requires_scoring(&self) -> bool {
         false
+    }
+
+    fn collect_segment(&self, weight: &dyn Weight, segment: u32, reader: &SegmentReader) -> tantivy::Result<Vec<u128>> {
+        let mut child = self.for_segment(segment, reader)?;
+        // Room for the matches at once (the scorer's estimate is an upper bound): 10,000
+        // matches grown by doubling cost as much again in copies.
+        child.found.reserve(weight.scorer(reader, 1.0)?.size_hint() as usize);
+        match reader.alive_bitset() {
+            None => weight.for_each_no_score(reader, &mut |docs| child.collect_block(docs))?,
+            Some(alive) => weight.for_each_no_score(reader, &mut |docs| {
+                let (mut kept, mut n) = ([0; COLLECT_BLOCK_BUFFER_LEN], 0);
+                for &doc in docs.iter().filter(|d| alive.is_alive(**d)) {
+                    kept[n] = doc;
+                    n += 1;
+                    if n == kept.len() {
+                        child.collect_block(&kept);
+                        n = 0;
+                    }
+                }
+                child.collect_block(&kept[..n]);
+            })?,
+        }
+        Ok(child.harvest())
     }
 
     fn merge_fruits(&self, mut fruits: Vec<Vec<u128>>) -> tantivy::Result<Vec<u128>> {
