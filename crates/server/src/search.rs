@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tantivy::collector::{Collector, DocSetCollector, SegmentCollector};
 use tantivy::columnar::{Column, ColumnIndex};
-use tantivy::directory::MmapDirectory;
+use tantivy::directory::{Directory as _, MmapDirectory};
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery, Weight};
 use tantivy::schema::{FAST, Field, IndexRecordOption, STORED, STRING, Schema as IndexSchema, TEXT, Value as _};
 use tantivy::{
@@ -154,8 +154,17 @@ impl SearchIndex {
             // An index an older release wrote (without the fingerprint fields): a writer
             // replaces it with an empty one, which the indexer fills from the database.
             Err(tantivy::TantivyError::SchemaError(_)) if writable => {
-                Self::remove_index_files(path)?;
-                (Index::create(directory()?, schema, tantivy::IndexSettings::default())?, true)
+                // Only under the writer lock: a process still writing the old index keeps it.
+                let dir = directory()?;
+                let lock = dir.acquire_lock(&tantivy::directory::INDEX_WRITER_LOCK).map_err(|e| {
+                    SearchError::Directory(format!(
+                        "{} is in use by another process (a running server?): {e}",
+                        path.display()
+                    ))
+                })?;
+                Self::remove_index_files(path, &tantivy::directory::INDEX_WRITER_LOCK.filepath)?;
+                drop(lock);
+                (Index::create(dir, schema, tantivy::IndexSettings::default())?, true)
             }
             Err(tantivy::TantivyError::SchemaError(_)) => {
                 return Err(SearchError::Directory(format!(
@@ -211,12 +220,13 @@ impl SearchIndex {
         })
     }
 
-    /// Removes the files of an index under `path` (the directory holds nothing else).
-    fn remove_index_files(path: &Path) -> Result<(), SearchError> {
+    /// Removes the files of an index under `path` (the directory holds nothing else) but
+    /// the lock file `keep`.
+    fn remove_index_files(path: &Path, keep: &Path) -> Result<(), SearchError> {
         let failed = |e: std::io::Error| SearchError::Directory(format!("{}: {e}", path.display()));
         for entry in std::fs::read_dir(path).map_err(failed)? {
             let entry = entry.map_err(failed)?;
-            if entry.file_type().map_err(failed)?.is_file() {
+            if entry.file_type().map_err(failed)?.is_file() && entry.file_name() != keep.as_os_str() {
                 std::fs::remove_file(entry.path()).map_err(failed)?;
             }
         }
