@@ -9,6 +9,7 @@
 #                                  start --durable; stopped and removed on every exit)
 #   ARCHIVED=… DELETED=… ACTIVE=…  other sizes (ARCHIVED and DELETED: multiples of ACTIVE)
 #   SECS=…                         seconds per wrk run (default 10)
+#   CONNS=…                        wrk connections (default 8)
 #   TOMBSTONE_BIN=…                a release binary already built (else: cargo build --release)
 # Rows are seeded with SQL (sqlite3 or psql) after `tombstone migrate`, never through the
 # API; PostgreSQL's table is then vacuumed and analysed, as autovacuum would after a bulk
@@ -143,7 +144,7 @@ settle() { # url, key
 
 wrk_run() { # label, url, key
   local out; settle "$2" "$3"
-  out=$(wrk -t2 -c8 -d${secs}s --latency -H "Authorization: Bearer $3" "$2")
+  out=$(wrk -t2 -c"${CONNS:-8}" -d${secs}s --latency -H "Authorization: Bearer $3" "$2")
   printf "%-58s %9s req/s   p50 %8s   p99 %8s\n" "$1" "$(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
     "$(echo "$out" | awk '$1=="50%" {print $2}')" "$(echo "$out" | awk '$1=="99%" {print $2}')"
 }
