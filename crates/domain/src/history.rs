@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::audit::AuditAction;
 use crate::config::{Collection, Field};
-use crate::record::{ArchiveMark, DeletionMark, FieldValue, Record, Values, stored_field_value};
+use crate::record::{ArchiveMark, DeletionMark, FieldValue, Record, SYSTEM_KEYS, Values, stored_field_value};
 use crate::time::Timestamp;
 
 /// The action of a version written for a record that existed before history did: its
@@ -183,25 +183,6 @@ struct BodySeed<'a> {
     collection: &'a Collection,
     tenant: &'a str,
 }
-
-/// The system keys of a representation that a record keeps.
-const SYSTEM_KEYS: [&str; 15] = [
-    "id",
-    "version",
-    "created_at",
-    "updated_at",
-    "deleted",
-    "deleted_at",
-    "deleted_by",
-    "delete_reason",
-    "deletion_id",
-    "purge_at",
-    "archived",
-    "archived_at",
-    "archived_by",
-    "archive_reason",
-    "legal_hold",
-];
 
 /// The values of [`SYSTEM_KEYS`] read from a representation.
 #[derive(Default)]

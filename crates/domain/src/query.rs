@@ -14,7 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Collection, FieldType};
-use crate::record::{FieldValue, fold_case, parse_field_value};
+use crate::record::{FieldValue, Record, fold_case, parse_field_value};
 use crate::time::Timestamp;
 
 /// The default page size.
@@ -53,6 +53,31 @@ pub enum SortKey {
     UpdatedAt,
     DeletedAt,
     Field(String),
+}
+
+impl SortKey {
+    /// A record's value of this key, as a cursor carries it — the same in every store and in
+    /// as-of lists: booleans as 0 and 1, instants as microseconds, a missing value as null
+    /// (json and file fields are never sort keys).
+    #[must_use]
+    pub fn value_of(&self, record: &Record) -> SortValue {
+        match self {
+            Self::Id => SortValue::Text(record.id.clone()),
+            Self::CreatedAt => SortValue::Int(record.created_at.as_micros()),
+            Self::UpdatedAt => SortValue::Int(record.updated_at.as_micros()),
+            Self::DeletedAt => {
+                record.deletion.as_ref().map_or(SortValue::Null, |d| SortValue::Int(d.deleted_at.as_micros()))
+            }
+            Self::Field(f) => match record.values.get(f) {
+                Some(FieldValue::String(s) | FieldValue::Ref(s)) => SortValue::Text(s.clone()),
+                Some(FieldValue::Integer(i)) => SortValue::Int(*i),
+                Some(FieldValue::Number(n)) => SortValue::Float(*n),
+                Some(FieldValue::Boolean(b)) => SortValue::Int(i64::from(*b)),
+                Some(FieldValue::Timestamp(t)) => SortValue::Int(t.as_micros()),
+                None | Some(FieldValue::Null | FieldValue::Json(_)) => SortValue::Null,
+            },
+        }
+    }
 }
 
 /// An order: key and direction; ties are broken by id in the same direction.
@@ -244,7 +269,7 @@ pub fn fingerprint(id: &str) -> u128 {
 /// A hasher for values that are hashes already: the low 64 bits of a fingerprint are its
 /// bucket, without hashing it again.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Prehashed(u64);
+struct Prehashed(u64);
 
 impl Hasher for Prehashed {
     fn finish(&self) -> u64 {

@@ -154,13 +154,36 @@ impl Serialize for FieldJson<'_> {
     }
 }
 
+/// The system keys every representation carries, in the order it writes them (then
+/// `holds`, for readers who may see them, then the declared fields).
+pub const SYSTEM_KEYS: [&str; 16] = [
+    "id",
+    "collection",
+    "version",
+    "created_at",
+    "updated_at",
+    "deleted",
+    "deleted_at",
+    "deleted_by",
+    "delete_reason",
+    "deletion_id",
+    "purge_at",
+    "archived",
+    "archived_at",
+    "archived_by",
+    "archive_reason",
+    "legal_hold",
+];
+
 impl Serialize for RecordView<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let r = self.record;
         let d = r.deletion.as_ref();
         let a = r.archive.as_ref();
-        let mut map = s.serialize_map(Some(16 + usize::from(self.holds.is_some()) + self.collection.fields.len()))?;
+        let mut map = s.serialize_map(Some(
+            SYSTEM_KEYS.len() + usize::from(self.holds.is_some()) + self.collection.fields.len(),
+        ))?;
         map.serialize_entry("id", &r.id)?;
         map.serialize_entry("collection", &r.collection)?;
         map.serialize_entry("version", &r.version)?;
@@ -467,6 +490,31 @@ meta = { type = "json" }
         )
         .unwrap();
         config.schema.collection("products").unwrap().clone()
+    }
+
+    #[test]
+    fn a_representation_writes_the_system_keys_in_order_then_holds_then_the_fields() {
+        let c = products();
+        let record = Record {
+            tenant: "t".into(),
+            collection: "products".into(),
+            id: "p1".into(),
+            version: 1,
+            created_at: crate::time::Timestamp::from_micros(0),
+            updated_at: crate::time::Timestamp::from_micros(0),
+            deletion: None,
+            archive: None,
+            legal_hold: false,
+            values: Values::new(),
+        };
+        let keys = |holds| {
+            let json = record.to_json(&c, holds);
+            json.as_object().unwrap().keys().cloned().collect::<Vec<_>>()
+        };
+        let fields: Vec<String> = c.fields.keys().cloned().collect();
+        assert_eq!(keys(None), [SYSTEM_KEYS.map(String::from).to_vec(), fields.clone()].concat());
+        let with_holds = [SYSTEM_KEYS.map(String::from).to_vec(), vec!["holds".to_string()], fields].concat();
+        assert_eq!(keys(Some(&[])), with_holds);
     }
 
     #[test]

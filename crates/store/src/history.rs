@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use tombstone_domain::config::Collection;
 use tombstone_domain::history::{Version, record_from_body_text};
 use tombstone_domain::lifecycle::{Actor, IfMatch};
-use tombstone_domain::query::{ArchivedScope, DeletedScope, ListQuery, Position, SortKey, SortValue};
+use tombstone_domain::query::{ArchivedScope, DeletedScope, ListQuery, SortKey, SortValue};
 use tombstone_domain::record::{FieldValue, Record, fold_case};
 use tombstone_domain::time::Timestamp;
 
@@ -200,20 +200,13 @@ pub trait HistoryStore: Send + Sync + 'static {
         let total = query.count.then_some(matched.len() as u64);
         if whole {
             let key = &query.sort.key;
-            matched.sort_by(|a, b| ordered(query, &sort_value(a, key), &a.id, &sort_value(b, key), &b.id));
+            matched.sort_by(|a, b| ordered(query, &key.value_of(a), &a.id, &key.value_of(b), &b.id));
             if let Some(after) = &query.after {
-                matched.retain(|r| {
-                    ordered(query, &sort_value(r, key), &r.id, &after.value, &after.id) == Ordering::Greater
-                });
+                matched
+                    .retain(|r| ordered(query, &key.value_of(r), &r.id, &after.value, &after.id) == Ordering::Greater);
             }
         }
-        let next = if matched.len() > limit {
-            matched.truncate(limit);
-            matched.last().map(|r| Position { value: sort_value(r, &query.sort.key), id: r.id.clone() })
-        } else {
-            None
-        };
-        Ok(Page { items: matched, next, total })
+        Ok(Page::of(matched, query, total))
     }
 }
 
@@ -244,26 +237,6 @@ fn matches(query: &ListQuery, record: &Record) -> bool {
         && query.purge_before.is_none_or(|t| deleted.is_some_and(|d| d.purge_at < t));
     let ids_ok = query.candidates.as_ref().is_none_or(|c| c.admits(&record.id));
     filters_ok && deletion_ok && ids_ok
-}
-
-/// A record's value of a sort key, as a cursor carries it.
-fn sort_value(record: &Record, key: &SortKey) -> SortValue {
-    match key {
-        SortKey::Id => SortValue::Text(record.id.clone()),
-        SortKey::CreatedAt => SortValue::Int(record.created_at.as_micros()),
-        SortKey::UpdatedAt => SortValue::Int(record.updated_at.as_micros()),
-        SortKey::DeletedAt => {
-            record.deletion.as_ref().map_or(SortValue::Null, |d| SortValue::Int(d.deleted_at.as_micros()))
-        }
-        SortKey::Field(f) => match record.values.get(f) {
-            Some(FieldValue::String(s) | FieldValue::Ref(s)) => SortValue::Text(s.clone()),
-            Some(FieldValue::Integer(i)) => SortValue::Int(*i),
-            Some(FieldValue::Number(n)) => SortValue::Float(*n),
-            Some(FieldValue::Boolean(b)) => SortValue::Int(i64::from(*b)),
-            Some(FieldValue::Timestamp(t)) => SortValue::Int(t.as_micros()),
-            None | Some(FieldValue::Null | FieldValue::Json(_)) => SortValue::Null,
-        },
-    }
 }
 
 /// Nulls first, then numbers, then text; ascending.

@@ -206,6 +206,19 @@ pub struct Page {
     pub total: Option<u64>,
 }
 
+impl Page {
+    /// The page of a list read with one row more than its limit: the extra row only says
+    /// that there is a next page, which starts after the last row kept.
+    pub(crate) fn of(mut items: Vec<Record>, query: &ListQuery, total: Option<u64>) -> Self {
+        let limit = query.limit as usize;
+        let next = (items.len() > limit).then(|| {
+            items.truncate(limit);
+            items.last().map(|r| Position { value: query.sort.key.value_of(r), id: r.id.clone() })
+        });
+        Self { items, next: next.flatten(), total }
+    }
+}
+
 /// What a DELETE did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeleteOutcome {
@@ -506,23 +519,22 @@ pub(crate) fn list_count_sql(table: &str, clause: &str, query: &ListQuery) -> St
 /// are kept. Each store feeds it batches of the size it asks for.
 pub(crate) struct Walk<'a> {
     set: &'a tombstone_domain::query::Fingerprints,
-    want: u64,
+    /// How many matches a page needs; `None` for a count (every match, no ids kept).
+    want: Option<u64>,
     batch: usize,
     hits: Vec<String>,
     found: u64,
-    keep_ids: bool,
 }
 
 impl<'a> Walk<'a> {
     /// A walk for a page: its first `want` matches.
     pub(crate) fn page(set: &'a tombstone_domain::query::Fingerprints, want: usize) -> Self {
-        Self { set, want: want as u64, batch: set.first_batch(want), hits: Vec::new(), found: 0, keep_ids: true }
+        Self { set, want: Some(want as u64), batch: set.first_batch(want), hits: Vec::new(), found: 0 }
     }
 
     /// A walk for a count: every match, counted, no ids kept.
     pub(crate) fn count(set: &'a tombstone_domain::query::Fingerprints) -> Self {
-        let batch = tombstone_domain::query::MAX_WALK_BATCH;
-        Self { set, want: u64::MAX, batch, hits: Vec::new(), found: 0, keep_ids: false }
+        Self { set, want: None, batch: tombstone_domain::query::MAX_WALK_BATCH, hits: Vec::new(), found: 0 }
     }
 
     /// How many ids the next batch should hold.
@@ -538,11 +550,11 @@ impl<'a> Walk<'a> {
         for (id, hit) in ids.into_iter().zip(self.set.hits(&fps)) {
             if hit {
                 self.found += 1;
-                if self.keep_ids {
+                if let Some(want) = self.want {
                     self.hits.push(id);
-                }
-                if self.found == self.want {
-                    return true;
+                    if self.found == want {
+                        return true;
+                    }
                 }
             }
         }

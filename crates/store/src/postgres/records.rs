@@ -349,28 +349,6 @@ fn sort_param(key: &SortKey, collection: &Collection, v: &SortValue) -> Param {
     }
 }
 
-/// The cursor value of a record, exactly as SQLite's store makes it (booleans as 0 and 1),
-/// so a cursor from either store reads the same.
-fn sort_value_of(record: &Record, key: &SortKey) -> SortValue {
-    match key {
-        SortKey::Id => SortValue::Text(record.id.clone()),
-        SortKey::CreatedAt => SortValue::Int(record.created_at.as_micros()),
-        SortKey::UpdatedAt => SortValue::Int(record.updated_at.as_micros()),
-        SortKey::DeletedAt => {
-            record.deletion.as_ref().map_or(SortValue::Null, |d| SortValue::Int(d.deleted_at.as_micros()))
-        }
-        SortKey::Field(f) => match record.values.get(f) {
-            None | Some(FieldValue::Null) => SortValue::Null,
-            Some(FieldValue::String(s) | FieldValue::Ref(s)) => SortValue::Text(s.clone()),
-            Some(FieldValue::Integer(i)) => SortValue::Int(*i),
-            Some(FieldValue::Number(n)) => SortValue::Float(*n),
-            Some(FieldValue::Boolean(b)) => SortValue::Int(i64::from(*b)),
-            Some(FieldValue::Timestamp(t)) => SortValue::Int(t.as_micros()),
-            Some(FieldValue::Json(v)) => SortValue::Text(v.to_string()),
-        },
-    }
-}
-
 /// Builds the WHERE clause shared by a list and its count.
 fn filter_clause(collection: &Collection, tenant: &str, query: &ListQuery, params: &mut Vec<Param>) -> String {
     params.push(Param::Text(Some(tenant.to_string())));
@@ -446,14 +424,8 @@ pub(crate) async fn list(
     params.push(Param::Int(Some(i64::from(query.limit) + 1)));
     let list_sql = format!("{} where {clause} order by {order} limit ${}", sql.select, params.len());
     let rows = client.query(&list_sql, &refs(&params)).await?;
-    let mut items = rows.iter().map(|r| read_record(collection, r)).collect::<Result<Vec<_>, _>>()?;
-    let next = if items.len() > query.limit as usize {
-        items.truncate(query.limit as usize);
-        items.last().map(|r| Position { value: sort_value_of(r, &query.sort.key), id: r.id.clone() })
-    } else {
-        None
-    };
-    Ok(Page { items, next, total })
+    let items = rows.iter().map(|r| read_record(collection, r)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::of(items, query, total))
 }
 
 /// One page of a list narrowed by the fingerprints of a search's matches: the list's rows

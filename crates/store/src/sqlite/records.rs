@@ -327,23 +327,6 @@ fn sort_value_to_sql(v: &SortValue) -> SqlValue {
     }
 }
 
-fn sort_value_of(record: &Record, key: &SortKey) -> SortValue {
-    match key {
-        SortKey::Id => SortValue::Text(record.id.clone()),
-        SortKey::CreatedAt => SortValue::Int(record.created_at.as_micros()),
-        SortKey::UpdatedAt => SortValue::Int(record.updated_at.as_micros()),
-        SortKey::DeletedAt => {
-            record.deletion.as_ref().map_or(SortValue::Null, |d| SortValue::Int(d.deleted_at.as_micros()))
-        }
-        SortKey::Field(f) => match record.values.get(f).map(to_sql) {
-            None | Some(SqlValue::Null | SqlValue::Blob(_)) => SortValue::Null,
-            Some(SqlValue::Integer(i)) => SortValue::Int(i),
-            Some(SqlValue::Real(r)) => SortValue::Float(r),
-            Some(SqlValue::Text(t)) => SortValue::Text(t),
-        },
-    }
-}
-
 /// Builds the WHERE clause shared by a list and its count.
 fn filter_clause(collection: &Collection, tenant: &str, query: &ListQuery, params: &mut Vec<SqlValue>) -> String {
     params.push(SqlValue::Text(tenant.to_string()));
@@ -435,16 +418,10 @@ pub(crate) fn list(
     // and plans it again (14% of a list page's CPU; docs/DECISIONS.md).
     let list_sql = format!("{} where {clause} order by {order} limit +?{}", sql.select, params.len());
     let mut stmt = conn.prepare_cached(&list_sql)?;
-    let mut items = stmt
+    let items = stmt
         .query_map(params_from_iter(params.iter()), |r| read_record(collection, r))?
         .collect::<Result<Vec<_>, _>>()?;
-    let next = if items.len() > query.limit as usize {
-        items.truncate(query.limit as usize);
-        items.last().map(|r| Position { value: sort_value_of(r, &query.sort.key), id: r.id.clone() })
-    } else {
-        None
-    };
-    Ok(Page { items, next, total })
+    Ok(Page::of(items, query, total))
 }
 
 /// Adds the cursor's keyset condition to `clause`; returns the list's `order by`.
