@@ -21,6 +21,7 @@ use tombstone_domain::audit::AuditAction;
 use tombstone_domain::config::{Collection, DeleteMode, Field, FieldType, FileRules, OnDelete, Schema};
 use tombstone_domain::events::EventType;
 use tombstone_domain::query::{DEFAULT_LIMIT, MAX_LIMIT};
+use tombstone_domain::record::SYSTEM_KEYS;
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::path::{
     HttpMethod, Operation, OperationBuilder, Parameter, ParameterBuilder, ParameterIn, PathItem, PathsBuilder,
@@ -480,24 +481,7 @@ fn record_schema(collection: &Collection) -> ObjectBuilder {
             "holds",
             array_of(schema_ref("Hold")).description(Some("Active legal holds; present for keys with `read_deleted`.")),
         );
-    for name in [
-        "id",
-        "collection",
-        "version",
-        "created_at",
-        "updated_at",
-        "deleted",
-        "deleted_at",
-        "deleted_by",
-        "delete_reason",
-        "deletion_id",
-        "purge_at",
-        "archived",
-        "archived_at",
-        "archived_by",
-        "archive_reason",
-        "legal_hold",
-    ] {
+    for name in SYSTEM_KEYS {
         object = object.required(name);
     }
     for field in collection.fields.values() {
@@ -976,6 +960,16 @@ fn list_operation(collection: &Collection, names: &CollectionNames) -> Operation
         "Order; `-` for descending. Ties break by id; the default `id` is creation order.",
     ));
     parameters.push(query("count", boolean(), "`true`: add `total`, the number of matching records."));
+    let searchable = collection.fields.values().any(|f| f.search);
+    if searchable {
+        parameters.push(query(
+            "q",
+            string().min_length(Some(1)).max_length(Some(500)).pattern(Some(r"\S")),
+            "Full text over the `search` fields (1 to 500 characters, not only spaces). The index proposes, the \
+             database decides: filters, sort, cursors and `total` as without `q`, and never a deleted record. \
+             Ordered by `sort`, not by relevance.",
+        ));
+    }
     parameters.push(as_of_param(
         "The list as it was at this instant (§14): the same filters, sort and cursors, applied to the records \
          as they were; not with `q` (400).",
@@ -986,7 +980,20 @@ fn list_operation(collection: &Collection, names: &CollectionNames) -> Operation
         .parameters(Some(parameters))
         .response("200", json_response("A page.", schema_ref(&names.list)))
         .response("400", problem("`invalid-parameter`: an unknown, repeated or malformed parameter or cursor."));
-    authenticated(op, "read").build()
+    let op = authenticated(op, "read");
+    let op = if searchable {
+        op.response(
+            "503",
+            retry_later(
+                "`busy` or `storage-unavailable`: retry after `Retry-After`; with `q`, `unavailable` while the \
+                 server fills a new search index from the database (its first start, or after an upgrade that \
+                 changed the index's format).",
+            ),
+        )
+    } else {
+        op
+    };
+    op.build()
 }
 
 fn create_operation(collection: &Collection, names: &CollectionNames) -> Operation {

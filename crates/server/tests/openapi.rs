@@ -913,3 +913,34 @@ async fn file_fields_are_documented_and_answers_conform() {
     let wrong = app.send(Method::PUT, &uri, Some(&app.admin), &[("content-type", "text/plain")], None).await;
     wrong.assert_problem(415, "unsupported-media-type");
 }
+
+#[tokio::test]
+async fn q_is_documented_where_a_collection_has_search_fields_with_its_503() {
+    let app = TestApp::with_schema(
+        r#"
+[collections.notes.fields]
+title = { type = "string", search = true }
+[collections.tags.fields]
+label = { type = "string" }
+"#,
+    )
+    .await;
+    let doc = fetch(&app).await;
+    let notes = operation(&doc, "/v1/notes", "get");
+    let q = &param(notes, "q").expect("q on a searchable collection")["schema"];
+    assert_eq!(
+        (q["minLength"].as_u64(), q["maxLength"].as_u64(), q["pattern"].as_str()),
+        (Some(1), Some(500), Some(r"\S"))
+    );
+    let filling =
+        |op: &Value| op["responses"]["503"]["description"].as_str().unwrap_or_default().contains("search index");
+    assert!(filling(notes), "the index may be being filled: {}", notes["responses"]["503"]);
+    let tags = operation(&doc, "/v1/tags", "get");
+    assert!(param(tags, "q").is_none(), "no q where nothing is searchable (it answers 400)");
+    assert!(!filling(tags));
+    // What the document allows is accepted, and what it rules out is refused.
+    app.index().await;
+    app.get("/v1/notes?q=anything", &app.admin).await.assert_status(200);
+    app.get("/v1/notes?q=%20%20", &app.admin).await.assert_problem(400, "invalid-parameter");
+    app.get("/v1/tags?q=anything", &app.admin).await.assert_problem(400, "invalid-parameter");
+}

@@ -338,3 +338,16 @@ async fn an_index_of_the_older_format_is_replaced_and_filled_from_the_database()
     let reopened = SearchIndex::open(&old, true).unwrap();
     assert!(reopened.candidates("t1", "products", "green", 50, false).is_ok());
 }
+
+#[tokio::test]
+async fn a_search_before_a_new_index_is_filled_is_503_then_answers() {
+    let app = TestApp::with_schema(SCHEMA).await;
+    let mug = product(&app, "1", "green mug").await;
+    // The app's index is new: until the indexer has filled it from the database, a search
+    // would miss records, so it says so instead.
+    app.get("/v1/products?q=green", &app.admin).await.assert_problem(503, "unavailable");
+    // A list without q does not need the index.
+    app.get("/v1/products", &app.admin).await.assert_status(200);
+    app.index().await;
+    assert_eq!(search(&app, "green").await, [mug]);
+}
