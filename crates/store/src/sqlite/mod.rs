@@ -178,7 +178,7 @@ const CHECKPOINT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_se
 /// copies the few frames written since the checkpointer's last pass before its next
 /// transaction; that transaction then starts the WAL over, and the file's pages are
 /// reused instead of allocated.
-const WAL_RESTART_FRAMES: i64 = 4096;
+const WAL_RESTART_FRAMES: i64 = 32768;
 
 /// WAL pages after which the live writer's commit checkpoints by itself: only a backstop
 /// for a WAL growing without bound (the checkpointer starved of CPU for a long time), so a
@@ -280,12 +280,24 @@ fn spawn_writer(lane: Lane, mut conn: Connection) -> Result<mpsc::Sender<Job>, S
 /// Starts the checkpointer: on its own connection, in the idle CPU class, it copies new
 /// WAL frames into the database file a few times a second, beside the writers rather
 /// than inside their commits. It stops when `stop`'s sender is dropped.
+///
+/// When the WAL is due to start over (past [`WAL_RESTART_FRAMES`]) it also does what
+/// would otherwise stall the live writer: SQLite syncs the database file only after a
+/// pass that reached the WAL's end, which a writer that never pauses does not allow, so
+/// every copied page would wait, unsynced, for the writer's own pass
+/// ([`finish_checkpoint`]) — measured at 40–130 ms of `fsync` during which every write
+/// queued (docs/PERFORMANCE.md, "The write tail"). The checkpointer syncs those pages
+/// itself and copies again what arrived meanwhile, up to [`CATCH_UP_PASSES`] times, so the
+/// writer's pass has only the last few frames to copy and sync.
 fn spawn_checkpointer(
     conn: Connection,
     stop: mpsc::Receiver<()>,
     passes: Arc<parking_lot::Mutex<()>>,
     gate: Arc<WriteGate>,
 ) -> Result<(), StoreError> {
+    // Another handle on the database file, for `fdatasync`: any handle flushes the file's
+    // pages, whoever wrote them.
+    let file = conn.path().filter(|p| !p.is_empty()).and_then(|p| std::fs::File::open(p).ok());
     std::thread::Builder::new()
         .name("tombstone-checkpointer".into())
         .spawn(move || {
@@ -297,9 +309,10 @@ fn spawn_checkpointer(
                 // nothing new. Under `passes`, so a truncating checkpoint (erasure) waits for
                 // this pass instead of failing on SQLite's checkpoint lock.
                 let _pass = passes.lock();
-                match conn.query_row("pragma wal_checkpoint(passive)", [], |r| r.get::<_, i64>(1)) {
-                    Ok(frames) => {
-                        if frames >= WAL_RESTART_FRAMES {
+                match checkpoint_pass(&conn) {
+                    Ok(wal) => {
+                        if wal.frames >= WAL_RESTART_FRAMES {
+                            catch_up(&conn, file.as_ref(), wal);
                             gate.restart_wal.store(true, Ordering::Relaxed);
                         }
                         if failing {
@@ -322,6 +335,50 @@ fn spawn_checkpointer(
         })
         .map_err(|e| StoreError::Internal(format!("cannot start the checkpointer thread: {e}")))?;
     Ok(())
+}
+
+/// At most this many extra passes (each after syncing the database file) before the
+/// checkpointer hands the WAL's rewind to the writer.
+const CATCH_UP_PASSES: usize = 4;
+
+/// A pass that copied no more frames than this leaves the writer about as many (those
+/// appended while it ran): the checkpointer stops catching up.
+const CATCH_UP_ENOUGH: i64 = 256;
+
+/// The WAL after a passive checkpoint: its frames, and how many of them are copied into
+/// the database file (both as of the pass's start).
+#[derive(Debug, Clone, Copy)]
+struct WalState {
+    frames: i64,
+    copied: i64,
+}
+
+fn checkpoint_pass(conn: &Connection) -> rusqlite::Result<WalState> {
+    conn.query_row("pragma wal_checkpoint(passive)", [], |r| Ok(WalState { frames: r.get(1)?, copied: r.get(2)? }))
+}
+
+/// Syncs the pages the last pass copied and copies again what the writer appended
+/// meanwhile, until a pass finds little new (see [`spawn_checkpointer`]). Best effort: a
+/// failure leaves the rest to the writer's pass, which syncs as SQLite always does.
+fn catch_up(conn: &Connection, file: Option<&std::fs::File>, wal: WalState) {
+    let Some(file) = file else { return };
+    let sync = || {
+        file.sync_data()
+            .inspect_err(|e| tracing::debug!(error = %e, "cannot sync the database file; the writer's checkpoint will"))
+            .is_ok()
+    };
+    let mut copied = wal.copied;
+    for _ in 0..CATCH_UP_PASSES {
+        if !sync() {
+            return;
+        }
+        let Ok(next) = checkpoint_pass(conn) else { return };
+        let fresh = next.copied - std::mem::replace(&mut copied, next.copied);
+        if fresh <= CATCH_UP_ENOUGH {
+            break;
+        }
+    }
+    sync();
 }
 
 /// The SQLite implementation of [`Store`].
@@ -1360,5 +1417,64 @@ impl KeyStore for SqliteStore {
         let (_, tables) = self.catalog()?;
         let (id, actor) = (id.to_string(), actor.clone());
         self.write(move |tx| now(rules::keys::revoke(&mut SqliteTx::new(tx, &tables, None), &id, &actor, at))).await
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use std::path::Path;
+
+    use rusqlite::Connection;
+
+    use super::{WalState, catch_up, checkpoint_pass, schema};
+
+    fn open(path: &Path) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(schema::WRITER_PRAGMAS).unwrap();
+        conn.execute_batch("pragma wal_autocheckpoint = 0").unwrap();
+        conn
+    }
+
+    fn append(conn: &Connection, rows: usize) {
+        for _ in 0..rows {
+            conn.execute("insert into t values (randomblob(3000))", []).unwrap();
+        }
+    }
+
+    #[test]
+    fn catching_up_copies_what_arrived_after_the_pass_so_the_next_write_rewinds_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let writer = open(&path);
+        writer.execute_batch("create table t (x blob)").unwrap();
+        append(&writer, 100);
+        let checkpointer = open(&path);
+        let first = checkpoint_pass(&checkpointer).unwrap();
+        assert!(first.frames >= 100 && first.copied == first.frames, "{first:?}");
+        // What a writer that never pauses appends during the pass: more than a pass may
+        // leave, so catching up must copy it.
+        append(&writer, 400);
+        catch_up(&checkpointer, Some(&std::fs::File::open(&path).unwrap()), first);
+        // Everything is copied: the writer's next transaction starts the WAL over instead
+        // of appending after ~500 frames.
+        append(&writer, 1);
+        let after = checkpoint_pass(&checkpointer).unwrap();
+        assert!(after.frames < 10, "the WAL did not start over: {after:?}");
+    }
+
+    #[test]
+    fn without_a_handle_on_the_file_catching_up_leaves_the_rest_to_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let writer = open(&path);
+        writer.execute_batch("create table t (x blob)").unwrap();
+        append(&writer, 100);
+        let checkpointer = open(&path);
+        let first = checkpoint_pass(&checkpointer).unwrap();
+        append(&writer, 400);
+        catch_up(&checkpointer, None, first);
+        append(&writer, 1);
+        let after: WalState = checkpoint_pass(&checkpointer).unwrap();
+        assert!(after.frames > first.frames + 400, "{after:?}");
     }
 }
