@@ -29,7 +29,7 @@
 #                              wrk runs, which a shared machine's load moves far less than req/s: GET warm and DELETE at 32
 #                              connections on SQLite, N=100000 records, for each build in
 #                              BINS="label=path …" (default: this tree's release build)
-#   bench/http/run.sh tail     the write tail: DELETE (soft, search field indexed) at 32 connections for
+#   bench/http/run.sh tail     the write tail: DELETE (soft; WHAT=POST: create) at 32 connections for
 #                              SECS s on a fresh database of N=100000 records (SQLite), req/s, p50, p99
 #                              and p99/p50, for each build in BINS="label=path …" (a label may repeat:
 #                              runs alternate between builds)
@@ -326,7 +326,8 @@ cost)
   done
   ;;
 tail)
-  n=${N:-100000}; port=9150
+  n=${N:-100000}; port=9150; what=${WHAT:-DELETE}
+  script=delete.lua; [ "$what" = POST ] && script=post.lua
   for entry in ${BINS:-current=$tomb}; do
     label=${entry%%=*}; tomb=${entry#*=}
     d="$work/tail-$port"; mkdir -p "$d"; config "$d" ""
@@ -335,10 +336,10 @@ tail)
     "$tomb" reindex --config "$d/tombstone.toml" > /dev/null
     "$bins/idlist" "$d/data/t.db" "$n" | shuf > "$d/ids"
     port=$((port + 1)); start "$d" $port; k=$(key "$d"); pid=$(jobs -p | tail -1)
-    out=$(THREADS=2 IDS="$d/ids" wrk -t2 -c32 -d${secs}s --latency -s "$here/delete.lua" -H "Authorization: Bearer $k" http://127.0.0.1:$port)
-    echo "$out" | awk -v l="$label" '/Requests\/sec/ {r=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2}
+    out=$(THREADS=2 IDS="$d/ids" wrk -t2 -c32 -d${secs}s --latency -s "$here/$script" -H "Authorization: Bearer $k" http://127.0.0.1:$port)
+    echo "$out" | awk -v l="$label" -v w="$what" '/Requests\/sec/ {r=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2}
       function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; return v*1000 }
-      END { printf "%-10s DELETE %8.0f req/s  p50 %8s  p99 %8s  p99/p50 %5.1f\n", l, r, p50, p99, ms(p99)/ms(p50) }'
+      END { printf "%-10s %-6s %8.0f req/s  p50 %8s  p99 %8s  p99/p50 %5.1f\n", l, w, r, p50, p99, ms(p99)/ms(p50) }'
     kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$d"
   done
   ;;
