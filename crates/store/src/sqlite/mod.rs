@@ -312,7 +312,9 @@ fn spawn_checkpointer(
                 match checkpoint_pass(&conn) {
                     Ok(wal) => {
                         if wal.frames >= WAL_RESTART_FRAMES {
-                            catch_up(&conn, file.as_ref(), wal);
+                            // In the normal class while it lasts: the writer's next pass,
+                            // which every write waits for, gets what this leaves.
+                            crate::priority::urgently(|| catch_up(&conn, file.as_ref(), wal));
                             gate.restart_wal.store(true, Ordering::Relaxed);
                         }
                         if failing {
