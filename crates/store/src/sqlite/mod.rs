@@ -1443,8 +1443,10 @@ mod checkpoint_tests {
         }
     }
 
-    #[test]
-    fn catching_up_copies_what_arrived_after_the_pass_so_the_next_write_rewinds_the_wal() {
+    /// A WAL the checkpointer has passed over once, and 400 frames appended after its
+    /// pass (what a writer that never pauses appends meanwhile): more than a pass may
+    /// leave for the writer.
+    fn lagging_wal() -> (tempfile::TempDir, Connection, Connection, WalState) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let writer = open(&path);
@@ -1453,10 +1455,14 @@ mod checkpoint_tests {
         let checkpointer = open(&path);
         let first = checkpoint_pass(&checkpointer).unwrap();
         assert!(first.frames >= 100 && first.copied == first.frames, "{first:?}");
-        // What a writer that never pauses appends during the pass: more than a pass may
-        // leave, so catching up must copy it.
         append(&writer, 400);
-        catch_up(&checkpointer, Some(&std::fs::File::open(&path).unwrap()), first);
+        (dir, writer, checkpointer, first)
+    }
+
+    #[test]
+    fn catching_up_copies_what_arrived_after_the_pass_so_the_next_write_rewinds_the_wal() {
+        let (dir, writer, checkpointer, first) = lagging_wal();
+        catch_up(&checkpointer, Some(&std::fs::File::open(dir.path().join("t.db")).unwrap()), first);
         // Everything is copied: the writer's next transaction starts the WAL over instead
         // of appending after ~500 frames.
         append(&writer, 1);
@@ -1466,17 +1472,10 @@ mod checkpoint_tests {
 
     #[test]
     fn without_a_handle_on_the_file_catching_up_leaves_the_rest_to_the_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let writer = open(&path);
-        writer.execute_batch("create table t (x blob)").unwrap();
-        append(&writer, 100);
-        let checkpointer = open(&path);
-        let first = checkpoint_pass(&checkpointer).unwrap();
-        append(&writer, 400);
+        let (_dir, writer, checkpointer, first) = lagging_wal();
         catch_up(&checkpointer, None, first);
         append(&writer, 1);
-        let after: WalState = checkpoint_pass(&checkpointer).unwrap();
+        let after = checkpoint_pass(&checkpointer).unwrap();
         assert!(after.frames > first.frames + 400, "{after:?}");
     }
 }
