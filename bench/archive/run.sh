@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Archive (SPEC §17) and the list index plan: lists of 50 and their counts over 100,000
-# current records, first alone, then beside 1,000,000 archived and 1,000,000 soft-deleted
+# current records in a table of their own and beside 1,000,000 archived and 1,000,000 soft-deleted
 # rows in the same table, their ids interleaved with the current ones (each current record
 # has 10 archived and 10 deleted neighbours in id order), so a plan that is not flat would
 # read 21 rows per listed one.
@@ -10,6 +10,8 @@
 #   ARCHIVED=… DELETED=… ACTIVE=…  other sizes (ARCHIVED and DELETED: multiples of ACTIVE)
 #   SECS=…                         seconds per wrk run (default 10)
 #   CONNS=…                        wrk connections (default 8)
+#   ROUNDS=…                       runs of each request on each table, alternating (default 3);
+#                                  the ratio printed is of the median p99s
 #   TOMBSTONE_BIN=…                a release binary already built (else: cargo build --release)
 # Rows are seeded with SQL (sqlite3 or psql) after `tombstone migrate`, never through the
 # API; PostgreSQL's table is then vacuumed and analysed, as autovacuum would after a bulk
@@ -156,7 +158,13 @@ cursor() { # id
 mid=$(printf '%09d-%03d' $((active / 2)) 0)
 
 echo "store $store, $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-port=9201; n=0
+# Both tables are seeded, vacuumed and checkpointed before anything is measured, and both
+# servers run side by side; each request is then measured ROUNDS times on each, the order
+# swapped every round, so that the two sides share the machine's state (a checkpoint still
+# writing the bulk load, a busy neighbour) instead of one side having it to itself.
+rounds=${ROUNDS:-3}
+declare -a dirs dbs ports keys labels
+n=0
 for run in "none:0:0" "archived+deleted:$per_a:$per_d"; do
   IFS=: read -r label a d <<< "$run"
   n=$((n + 1)); dir="$work/$n"; mkdir -p "$dir"; config "$dir" "bench$n"
@@ -170,17 +178,47 @@ for run in "none:0:0" "archived+deleted:$per_a:$per_d"; do
   else summary=$(seed_sqlite "$dir" "$a" "$d" | tail -1); fi
   echo "== $label: $summary"
   plans "$dir" "$db"
-  start "$dir" $port; k=$(key "$dir")
-  base="http://127.0.0.1:$port/v1/products?limit=50"
-  wrk -t1 -c2 -d2s -H "Authorization: Bearer $k" "$base" > /dev/null  # warm-up
-  wrk_run "GET /v1/products?limit=50" "$base" "$k"
-  wrk_run "…&count=true" "$base&count=true" "$k"
-  wrk_run "…&cursor=<middle>" "$base&cursor=$(cursor "$mid")" "$k"
-  wrk_run "…&filter[archived]=true" "$base&filter%5Barchived%5D=true" "$k"
-  wrk_run "…&filter[archived]=true&cursor=<middle>" "$base&filter%5Barchived%5D=true&cursor=$(cursor "$mid")" "$k"
-  wrk_run "…&filter[archived]=true&count=true" "$base&filter%5Barchived%5D=true&count=true" "$k"
-  wrk_run "…&include=archived&count=true" "$base&include=archived&count=true" "$k"
-  kill %1 2>/dev/null || true; wait 2>/dev/null || true
-  if [ "$store" = postgres ]; then psql "$pg_url" -qc "drop database bench$n"; fi
-  rm -rf "$dir"; port=$((port + 1))
+  dirs[$n]=$dir; dbs[$n]=$db; labels[$n]=$label
 done
+# The bulk loads' pages on disk before the first request, not during it.
+if [ "$store" = postgres ]; then psql "$pg_url" -qc "checkpoint"
+else for i in 1 2; do sqlite3 "${dirs[$i]}/data/t.db" "pragma wal_checkpoint(truncate)" > /dev/null; done; fi
+sync
+for i in 1 2; do
+  ports[$i]=$((9200 + i)); start "${dirs[$i]}" "${ports[$i]}"; keys[$i]=$(key "${dirs[$i]}")
+  wrk -t1 -c2 -d2s -H "Authorization: Bearer ${keys[$i]}" "http://127.0.0.1:${ports[$i]}/v1/products?limit=50" > /dev/null  # warm-up
+done
+
+# p99 in ms from wrk's "99%" line (us, ms or s).
+to_ms() { awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 } printf "%.3f", v }'; }
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+compare() { # label, query string after ?limit=50
+  local r i order p99 ratios="" none=() beside=()
+  for r in $(seq 1 "$rounds"); do
+    if [ $((r % 2)) = 1 ]; then order="1 2"; else order="2 1"; fi
+    for i in $order; do
+      line=$(wrk_run "$1 [${labels[$i]}, round $r]" "http://127.0.0.1:${ports[$i]}/v1/products?limit=50$2" "${keys[$i]}")
+      echo "$line"
+      p99=$(echo "$line" | awk '{print $NF}' | to_ms)
+      if [ "$i" = 1 ]; then none+=("$p99"); else beside+=("$p99"); fi
+    done
+  done
+  for r in $(seq 0 $((rounds - 1))); do ratios+="$(awk -v a="${none[$r]}" -v b="${beside[$r]}" 'BEGIN { printf "%.2f ", b / a }')"; done
+  local mn mb; mn=$(printf '%s\n' "${none[@]}" | median); mb=$(printf '%s\n' "${beside[@]}" | median)
+  printf "   => %s: p99 ratio by round %s; median p99 %s ms none, %s ms beside: %s\n" "$1" "$ratios" "$mn" "$mb" \
+    "$(awk -v a="$mn" -v b="$mb" 'BEGIN { printf "%.2f", b / a }')"
+}
+alone() { # label, query string: the archived views, which only the seeded table has
+  local r
+  for r in $(seq 1 "$rounds"); do
+    wrk_run "$1 [${labels[2]}, round $r]" "http://127.0.0.1:${ports[2]}/v1/products?limit=50$2" "${keys[2]}"
+  done
+}
+compare "GET /v1/products?limit=50" ""
+compare "…&count=true" "&count=true"
+compare "…&cursor=<middle>" "&cursor=$(cursor "$mid")"
+compare "…&include=archived&count=true" "&include=archived&count=true"
+alone "…&filter[archived]=true" "&filter%5Barchived%5D=true"
+alone "…&filter[archived]=true&cursor=<middle>" "&filter%5Barchived%5D=true&cursor=$(cursor "$mid")"
+alone "…&filter[archived]=true&count=true" "&filter%5Barchived%5D=true&count=true"

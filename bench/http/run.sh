@@ -29,7 +29,8 @@
 #                              wrk runs, which a shared machine's load moves far less than req/s: GET warm and DELETE at 32
 #                              connections on SQLite, N=100000 records, for each build in
 #                              BINS="label=path …" (default: this tree's release build)
-#   bench/http/run.sh tail     the write tail: DELETE (soft; WHAT=POST: create) at 32 connections for
+#   bench/http/run.sh tail     the write tail: DELETE (soft; WHAT=POST: create; WHAT=PATCH: a new name
+#                              for random records) at 32 connections for
 #                              SECS s on a fresh database of N=100000 records (SQLite), req/s, p50, p99
 #                              and p99/p50, for each build in BINS="label=path …" (a label may repeat:
 #                              runs alternate between builds)
@@ -327,7 +328,7 @@ cost)
   ;;
 tail)
   n=${N:-100000}; port=9150; what=${WHAT:-DELETE}
-  script=delete.lua; [ "$what" = POST ] && script=post.lua
+  script=delete.lua; [ "$what" = POST ] && script=post.lua; [ "$what" = PATCH ] && script=patch.lua
   for entry in ${BINS:-current=$tomb}; do
     label=${entry%%=*}; tomb=${entry#*=}
     d="$work/tail-$port"; mkdir -p "$d"; config "$d" ""
@@ -337,9 +338,10 @@ tail)
     "$bins/idlist" "$d/data/t.db" "$n" | shuf > "$d/ids"
     port=$((port + 1)); start "$d" $port; k=$(key "$d"); pid=$(jobs -p | tail -1)
     out=$(THREADS=2 IDS="$d/ids" wrk -t2 -c32 -d${secs}s --latency -s "$here/$script" -H "Authorization: Bearer $k" http://127.0.0.1:$port)
-    echo "$out" | awk -v l="$label" -v w="$what" '/Requests\/sec/ {r=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2}
+    echo "$out" | awk -v l="$label" -v w="$what" '/Requests\/sec/ {r=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2} /Non-2xx/ {bad=$NF}
       function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; return v*1000 }
-      END { printf "%-10s %-6s %8.0f req/s  p50 %8s  p99 %8s  p99/p50 %5.1f\n", l, w, r, p50, p99, ms(p99)/ms(p50) }'
+      END { printf "%-10s %-6s %8.0f req/s  p50 %8s  p99 %8s  p99/p50 %5.1f%s\n", l, w, r, p50, p99, ms(p99)/ms(p50),
+            bad ? "  (" bad " answers not 2xx)" : "" }'
     kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$d"
   done
   ;;

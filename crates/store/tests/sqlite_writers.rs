@@ -260,7 +260,7 @@ async fn a_table_from_before_archive_gains_its_columns_and_keeps_its_rows() {
     {
         let conn = rusqlite::Connection::open(&path).expect("open");
         conn.execute_batch(
-            "drop index ix_notes_current; drop index ix_notes_archived;
+            "drop index ix_notes_page; drop index ix_notes_current; drop index ix_notes_archived;
              alter table rec_notes drop column archived_at; alter table rec_notes drop column archived_by;
              alter table rec_notes drop column archive_reason;
              create index ix_notes_active on rec_notes (tenant, id) where deleted_at is null;",
@@ -277,7 +277,10 @@ async fn a_table_from_before_archive_gains_its_columns_and_keeps_its_rows() {
         .expect("indexes")
         .collect::<Result<_, _>>()
         .expect("indexes");
-    assert_eq!(indexes, ["ix_notes_archived", "ix_notes_current", "ix_notes_deleted", "ix_notes_purge"]);
+    assert_eq!(
+        indexes,
+        ["ix_notes_archived", "ix_notes_current", "ix_notes_deleted", "ix_notes_page", "ix_notes_purge"]
+    );
     let n1 = store.get_record("t1", &c, "n1").await.expect("get").expect("kept");
     assert_eq!((n1.archive.clone(), n1.values.get("text")), (None, Some(&FieldValue::String("note n1".into()))));
     let request = tombstone_domain::lifecycle::ArchiveRequest::Archive { reason: None };

@@ -11,7 +11,7 @@ use tombstone_domain::time::Timestamp;
 use super::schema::{compare_column, table_name};
 use crate::{Page, StoreError, Walk};
 
-const SYSTEM_COLUMNS: &str = "tenant, id, version, created_at, updated_at, deleted_at, deleted_by, delete_reason, deletion_id, purge_at, archived_at, archived_by, archive_reason";
+pub(crate) const SYSTEM_COLUMNS: &str = "tenant, id, version, created_at, updated_at, deleted_at, deleted_by, delete_reason, deletion_id, purge_at, archived_at, archived_by, archive_reason";
 const SYSTEM_COUNT: usize = 13;
 
 /// The statements of one collection, built once.
@@ -506,6 +506,49 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("plan");
         details.into_iter().filter(|d| d.starts_with("SEARCH t ") || d.starts_with("SCAN t")).collect()
+    }
+
+    /// The plan of `sql` (with `params`), one line per read of the table `t`.
+    fn plan_of(conn: &Connection, sql: &str, params: &[rusqlite::types::Value]) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("explain query plan {sql}")).expect("explain");
+        let details: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(params.iter()), |r| r.get::<_, String>(3))
+            .expect("plan")
+            .collect::<Result<_, _>>()
+            .expect("plan");
+        details.into_iter().filter(|d| d.contains(" t ") || d.contains("rec_notes")).collect()
+    }
+
+    /// A page of the default list reads its rows from one index that carries them all,
+    /// never from the table (where archived and deleted neighbours sit between them), and
+    /// the id walk of a search keeps to the narrow index, as the count does.
+    #[test]
+    fn the_default_list_reads_a_covering_index_and_the_id_walk_the_narrow_one() {
+        use super::{SqlValue, TableSql, keyset};
+        use tombstone_domain::query::{Position, SortValue};
+        let toml = "[collections.notes]\n[collections.notes.fields]\ntext = { type = \"string\" }\nn = { type = \"integer\" }\n";
+        let schema = Config::parse(toml, Path::new(".")).expect("schema").schema;
+        let notes = schema.collection("notes").expect("notes").clone();
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate_system(&mut conn).expect("system");
+        let tx = conn.transaction().expect("tx");
+        migrate_collection(&tx, &notes).expect("collection");
+        tx.commit().expect("commit");
+        let sql = TableSql::new(&notes);
+        for after in [None, Some(Position { value: SortValue::Null, id: "x".into() })] {
+            let query = ListQuery { after, ..ListQuery::default() };
+            let mut params = Vec::new();
+            let mut clause = filter_clause(&notes, "t1", &query, &mut params);
+            let order = keyset(&notes, &query, &mut clause, &mut params);
+            params.push(SqlValue::Integer(51));
+            let page = format!("{} where {clause} order by {order} limit +?{}", sql.select, params.len());
+            let plan = plan_of(&conn, &page, &params);
+            assert!(plan.iter().any(|d| d.contains("USING COVERING INDEX ix_notes_page")), "{plan:?}");
+            params.pop();
+            let walked = format!("select id from {} where {clause} order by {order}", sql.table);
+            let plan = plan_of(&conn, &walked, &params);
+            assert!(plan.iter().any(|d| d.contains("USING COVERING INDEX ix_notes_current")), "{plan:?}");
+        }
     }
 
     /// Counts of undeleted records never leave their partial indexes: every table read is a
