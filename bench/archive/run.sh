@@ -12,6 +12,8 @@
 #   CONNS=…                        wrk connections (default 8)
 #   ROUNDS=…                       runs of each request on each table, alternating (default 3);
 #                                  the ratio printed is of the median p99s
+#   VIEWS=0                        only the default list, its count and the cursor page (the
+#                                  benchmark's bar), not include=archived and the archived views
 #   TOMBSTONE_BIN=…                a release binary already built (else: cargo build --release)
 # Rows are seeded with SQL (sqlite3 or psql) after `tombstone migrate`, never through the
 # API; PostgreSQL's table is then vacuumed and analysed, as autovacuum would after a bulk
@@ -21,6 +23,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+. "$root/bench/lib.sh"
 work="$(mktemp -d)"
 store=${STORE:-sqlite}
 pg_dir=""
@@ -189,9 +192,6 @@ for i in 1 2; do
   wrk -t1 -c2 -d2s -H "Authorization: Bearer ${keys[$i]}" "http://127.0.0.1:${ports[$i]}/v1/products?limit=50" > /dev/null  # warm-up
 done
 
-# p99 in ms from wrk's "99%" line (us, ms or s).
-to_ms() { awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 } printf "%.3f", v }'; }
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 compare() { # label, query string after ?limit=50
   local r i order p99 ratios="" none=() beside=()
@@ -218,6 +218,7 @@ alone() { # label, query string: the archived views, which only the seeded table
 compare "GET /v1/products?limit=50" ""
 compare "…&count=true" "&count=true"
 compare "…&cursor=<middle>" "&cursor=$(cursor "$mid")"
+[ "${VIEWS:-1}" = 0 ] && exit 0
 compare "…&include=archived&count=true" "&include=archived&count=true"
 alone "…&filter[archived]=true" "&filter%5Barchived%5D=true"
 alone "…&filter[archived]=true&cursor=<middle>" "&filter%5Barchived%5D=true&cursor=$(cursor "$mid")"
