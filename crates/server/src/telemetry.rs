@@ -37,7 +37,7 @@ pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Folds the histograms' recorded samples into their buckets every [`UPKEEP_EVERY`], on a
 /// thread of its own for the life of the process. The recorder keeps each sample until
 /// then (a scrape of `/metrics` folds them too), so without it every request — an
-/// unauthenticated one as well — would leave ~8 bytes behind on a server nobody scrapes.
+/// unauthenticated one as well — would leave ~16 bytes behind on a server nobody scrapes.
 fn keep_up(handle: PrometheusHandle) {
     let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
         loop {

@@ -11,13 +11,15 @@ use tombstone_domain::time::Timestamp;
 use super::schema::{compare_column, table_name};
 use crate::{Page, StoreError, Walk};
 
-pub(crate) const SYSTEM_COLUMNS: &str = "tenant, id, version, created_at, updated_at, deleted_at, deleted_by, delete_reason, deletion_id, purge_at, archived_at, archived_by, archive_reason";
+const SYSTEM_COLUMNS: &str = "tenant, id, version, created_at, updated_at, deleted_at, deleted_by, delete_reason, deletion_id, purge_at, archived_at, archived_by, archive_reason";
 const SYSTEM_COUNT: usize = 13;
 
 /// The statements of one collection, built once.
 #[derive(Debug)]
 pub(crate) struct TableSql {
     pub table: String,
+    /// Every column a record is read from, in `select`'s order.
+    columns: String,
     select: String,
     insert: String,
     update_values: String,
@@ -27,6 +29,11 @@ impl TableSql {
     /// `select <every column> from <table>`.
     pub(crate) fn select(&self) -> &str {
         &self.select
+    }
+
+    /// The columns `select` reads (comma-separated), which `ix_<c>_page` carries.
+    pub(crate) fn columns(&self) -> &str {
+        &self.columns
     }
 
     pub(crate) fn new(collection: &Collection) -> Self {
@@ -63,7 +70,7 @@ impl TableSql {
             sets.push(format!("{c} = ?{}", i + 5));
         }
         let update_values = format!("update {table} set {} where tenant = ?1 and id = ?2", sets.join(", "));
-        Self { table, select, insert, update_values }
+        Self { table, columns: select_cols, select, insert, update_values }
     }
 }
 
@@ -489,6 +496,15 @@ mod tests {
     use crate::list_count_sql;
     use crate::sqlite::schema::{migrate_collection, migrate_system};
 
+    /// The plan SQLite picks for `sql` (with `params`), one line per step.
+    fn plan(conn: &Connection, sql: &str, params: &[rusqlite::types::Value]) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("explain query plan {sql}")).expect("explain");
+        stmt.query_map(rusqlite::params_from_iter(params.iter()), |r| r.get::<_, String>(3))
+            .expect("plan")
+            .collect::<Result<_, _>>()
+            .expect("plan")
+    }
+
     /// The plan SQLite picks for the count of a list in a scope, one line per table read (`t`
     /// is the table's alias in the count).
     fn count_plan(
@@ -499,24 +515,10 @@ mod tests {
         let mut params = Vec::new();
         let clause = filter_clause(collection, "t1", query, &mut params);
         let sql = list_count_sql("\"rec_notes\"", &clause, query);
-        let mut stmt = conn.prepare(&format!("explain query plan {sql}")).expect("explain");
-        let details: Vec<String> = stmt
-            .query_map(rusqlite::params_from_iter(params.iter()), |r| r.get::<_, String>(3))
-            .expect("plan")
-            .collect::<Result<_, _>>()
-            .expect("plan");
-        details.into_iter().filter(|d| d.starts_with("SEARCH t ") || d.starts_with("SCAN t")).collect()
-    }
-
-    /// The plan of `sql` (with `params`), one line per read of the table `t`.
-    fn plan_of(conn: &Connection, sql: &str, params: &[rusqlite::types::Value]) -> Vec<String> {
-        let mut stmt = conn.prepare(&format!("explain query plan {sql}")).expect("explain");
-        let details: Vec<String> = stmt
-            .query_map(rusqlite::params_from_iter(params.iter()), |r| r.get::<_, String>(3))
-            .expect("plan")
-            .collect::<Result<_, _>>()
-            .expect("plan");
-        details.into_iter().filter(|d| d.contains(" t ") || d.contains("rec_notes")).collect()
+        plan(conn, &sql, &params)
+            .into_iter()
+            .filter(|d| d.starts_with("SEARCH t ") || d.starts_with("SCAN t"))
+            .collect()
     }
 
     /// A page of the default list reads its rows from one index that carries them all,
@@ -542,12 +544,12 @@ mod tests {
             let order = keyset(&notes, &query, &mut clause, &mut params);
             params.push(SqlValue::Integer(51));
             let page = format!("{} where {clause} order by {order} limit +?{}", sql.select, params.len());
-            let plan = plan_of(&conn, &page, &params);
-            assert!(plan.iter().any(|d| d.contains("USING COVERING INDEX ix_notes_page")), "{plan:?}");
+            let read = plan(&conn, &page, &params);
+            assert!(read.iter().any(|d| d.contains("USING COVERING INDEX ix_notes_page")), "{read:?}");
             params.pop();
             let walked = format!("select id from {} where {clause} order by {order}", sql.table);
-            let plan = plan_of(&conn, &walked, &params);
-            assert!(plan.iter().any(|d| d.contains("USING COVERING INDEX ix_notes_current")), "{plan:?}");
+            let read = plan(&conn, &walked, &params);
+            assert!(read.iter().any(|d| d.contains("USING COVERING INDEX ix_notes_current")), "{read:?}");
         }
     }
 

@@ -589,17 +589,13 @@ pub(crate) fn migrate_collection(tx: &Transaction<'_>, collection: &Collection) 
     // descent of the table apiece, where the index keeps them side by side (the list
     // benchmark, docs/PERFORMANCE.md). Counts keep the narrow `ix_{name}_current`, which
     // is several times smaller to read.
-    let listed: Vec<String> = super::records::SYSTEM_COLUMNS
-        .split(", ")
-        .map(str::to_string)
-        .chain(collection.fields.values().map(|f| format!("\"f_{}\"", f.name)))
-        .collect();
+    let listed = super::records::TableSql::new(collection);
     let mut wanted: Vec<(String, String)> = vec![
         (
             format!("ix_{name}_page"),
             format!(
                 "create index \"ix_{name}_page\" on {table} ({}) where deleted_at is null and archived_at is null",
-                listed.join(", ")
+                listed.columns()
             ),
         ),
         (
